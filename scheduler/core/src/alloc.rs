@@ -1,0 +1,42 @@
+//! Allocations: a job placed on a node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AllocId, JobId, NodeId};
+use crate::resources::Resources;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocState {
+    /// The worker should start it.
+    Assigned,
+    /// The worker said the process started.
+    Running,
+    /// The job was cancelled; the worker should stop it. Its resources stay
+    /// held until the worker confirms the process is gone, so nothing is
+    /// over-committed while it dies.
+    Stopping,
+}
+
+impl AllocState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+        }
+    }
+}
+
+/// A live allocation. Ended allocations leave the state; their job keeps the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub id: AllocId,
+    pub job: JobId,
+    pub node: NodeId,
+    pub resources: Resources,
+    /// Indices of the node's GPUs given to this allocation.
+    pub gpu_indices: Vec<u32>,
+    pub state: AllocState,
+    pub created_at_ms: u64,
+}

@@ -1,0 +1,190 @@
+//! The replicated log's vocabulary: `Command`s in, `Outcome`s out.
+//!
+//! Every variant is tagged by name in the log (`"type": "submit"`). A tag is
+//! never reused or renamed; a change of meaning is a new variant. A replica
+//! that reads a tag it does not know gets `Command::Unknown`, which `apply`
+//! refuses without touching the state; the scheduler stops applying there
+//! rather than diverge from replicas that do know it (upgrade it, then it
+//! catches up from the log).
+
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::AllocState;
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
+use crate::job::{JobSpec, JobState};
+use crate::resources::Resources;
+
+/// How a run ended, as the worker saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The process exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// A worker-side failure (the program could not be started, ...), empty otherwise.
+    #[serde(default)]
+    pub error: String,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && self.error.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        if !self.error.is_empty() {
+            return self.error.clone();
+        }
+        match (self.code, self.signal) {
+            (Some(0), _) => "exited with code 0".into(),
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "ended without an exit status".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// A member submits a job. `request_id` is the client's idempotency key:
+    /// the same member and request id always return the first job.
+    Submit {
+        request_id: String,
+        member: MemberId,
+        spec: JobSpec,
+        now_ms: u64,
+    },
+    /// A member cancels one of its jobs.
+    Cancel {
+        job: JobId,
+        member: MemberId,
+        now_ms: u64,
+    },
+    /// A worker (re)joins the pool.
+    RegisterNode {
+        node: NodeId,
+        owner: MemberId,
+        capacity: Resources,
+        addr: String,
+        incarnation: u64,
+        now_ms: u64,
+    },
+    /// The leader saw no heartbeat from this incarnation of the node within the timeout.
+    NodeLost {
+        node: NodeId,
+        incarnation: u64,
+        now_ms: u64,
+    },
+    /// Run the allocator over the pending queue.
+    Schedule { now_ms: u64 },
+    /// The worker started the allocation's process.
+    AllocStarted {
+        alloc: AllocId,
+        node: NodeId,
+        now_ms: u64,
+    },
+    /// The allocation's process ended (or could not start).
+    AllocFinished {
+        alloc: AllocId,
+        node: NodeId,
+        exit: ExitStatus,
+        now_ms: u64,
+    },
+    /// A tag this build does not know; see the module docs.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Submit { .. } => "submit",
+            Self::Cancel { .. } => "cancel",
+            Self::RegisterNode { .. } => "register_node",
+            Self::NodeLost { .. } => "node_lost",
+            Self::Schedule { .. } => "schedule",
+            Self::AllocStarted { .. } => "alloc_started",
+            Self::AllocFinished { .. } => "alloc_finished",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One job placed by a scheduling pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub job: JobId,
+    pub alloc: AllocId,
+    pub node: NodeId,
+    pub resources: Resources,
+    pub gpu_indices: Vec<u32>,
+}
+
+/// What a command did, returned to whoever proposed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    /// `existing` is true when the request id had been seen: nothing new was created.
+    Submitted {
+        job: JobId,
+        existing: bool,
+    },
+    Cancelled {
+        job: JobId,
+        stopping: Option<AllocId>,
+    },
+    NodeRegistered {
+        node: NodeId,
+        requeued: Vec<JobId>,
+    },
+    NodeLost {
+        node: NodeId,
+        requeued: Vec<JobId>,
+        failed: Vec<JobId>,
+    },
+    Scheduled {
+        placements: Vec<Placement>,
+    },
+    AllocStarted {
+        alloc: AllocId,
+        job: JobId,
+    },
+    AllocFinished {
+        alloc: AllocId,
+        job: JobId,
+        job_state: JobState,
+    },
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "type", content = "detail", rename_all = "snake_case")]
+pub enum CoreError {
+    #[error("invalid job: {0}")]
+    InvalidSpec(String),
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    #[error("impossible request: {0}")]
+    Impossible(String),
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+    #[error("job {job} belongs to member {owner}")]
+    NotOwner { job: JobId, owner: MemberId },
+    #[error("job {job} already ended as {state:?}")]
+    AlreadyEnded { job: JobId, state: JobState },
+    #[error("stale report: allocation {alloc} is not live on node {node}")]
+    StaleAllocation { alloc: AllocId, node: NodeId },
+    #[error("allocation {alloc} is {state:?}, not assigned")]
+    BadAllocTransition { alloc: AllocId, state: AllocState },
+    #[error("stale node event: node {node} is at incarnation {current}, not {given}")]
+    StaleIncarnation {
+        node: NodeId,
+        current: u64,
+        given: u64,
+    },
+    #[error("unknown command: this replica is older than the log")]
+    UnknownCommand,
+}

@@ -1,0 +1,50 @@
+//! Nodes: the machines members contribute to the pool.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AllocId, MemberId, NodeId};
+use crate::resources::Resources;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Ready,
+    /// Missed heartbeats past the timeout; it gets nothing until it registers again.
+    Lost,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    /// The member who contributes this machine.
+    pub owner: MemberId,
+    pub capacity: Resources,
+    /// Sum of the resources of the live allocations on this node.
+    pub allocated: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub state: NodeState,
+    /// Where the worker serves job logs.
+    pub addr: String,
+    /// Changes each time the worker process starts; allocations of an older
+    /// incarnation are gone with the process that ran them.
+    pub incarnation: u64,
+    pub registered_at_ms: u64,
+    pub allocs: BTreeSet<AllocId>,
+}
+
+impl Node {
+    pub fn free(&self) -> Resources {
+        self.capacity.saturating_sub(&self.allocated)
+    }
+}

@@ -1,0 +1,319 @@
+//! Unit scenarios for `ClusterState::apply`: each asserts the exact outcome.
+
+use coop_core::*;
+
+fn res(cpu: u64, mem_mi: u64, gpus: u32) -> Resources {
+    Resources::new(cpu, mem_mi << 20, gpus)
+}
+
+fn submit(
+    state: &mut ClusterState,
+    req: &str,
+    member: &str,
+    r: Resources,
+) -> Result<Outcome, CoreError> {
+    state.apply(&Command::Submit {
+        request_id: req.into(),
+        member: MemberId::new(member),
+        spec: JobSpec::command(vec!["true".into()], r),
+        now_ms: 10,
+    })
+}
+
+fn register(
+    state: &mut ClusterState,
+    node: &str,
+    cap: Resources,
+    incarnation: u64,
+) -> Result<Outcome, CoreError> {
+    state.apply(&Command::RegisterNode {
+        node: NodeId::new(node),
+        owner: MemberId::new("owner"),
+        capacity: cap,
+        addr: "127.0.0.1:1".into(),
+        incarnation,
+        now_ms: 5,
+    })
+}
+
+fn placements(outcome: Outcome) -> Vec<Placement> {
+    match outcome {
+        Outcome::Scheduled { placements } => placements,
+        other => panic!("expected Scheduled, got {other:?}"),
+    }
+}
+
+#[test]
+fn retried_request_returns_the_first_job() {
+    let mut s = ClusterState::new();
+    assert_eq!(
+        submit(&mut s, "r1", "ana", res(100, 64, 0)),
+        Ok(Outcome::Submitted {
+            job: JobId(1),
+            existing: false
+        })
+    );
+    assert_eq!(
+        submit(&mut s, "r1", "ana", res(100, 64, 0)),
+        Ok(Outcome::Submitted {
+            job: JobId(1),
+            existing: true
+        })
+    );
+    // The same request id from another member is another request.
+    assert_eq!(
+        submit(&mut s, "r1", "bo", res(100, 64, 0)),
+        Ok(Outcome::Submitted {
+            job: JobId(2),
+            existing: false
+        })
+    );
+    assert_eq!(s.jobs.len(), 2);
+}
+
+#[test]
+fn bad_submissions_change_nothing() {
+    let mut s = ClusterState::new();
+    register(&mut s, "n1", res(2000, 1024, 0), 1).unwrap();
+    let before = s.digest();
+    let empty = Command::Submit {
+        request_id: "x".into(),
+        member: MemberId::new("ana"),
+        spec: JobSpec::command(vec![], res(100, 64, 0)),
+        now_ms: 10,
+    };
+    assert!(
+        matches!(s.apply(&empty), Err(CoreError::InvalidSpec(m)) if m.contains("empty command"))
+    );
+    assert!(matches!(
+        submit(&mut s, "a", "ana", res(0, 64, 0)),
+        Err(CoreError::InvalidSpec(_))
+    ));
+    assert!(matches!(
+        submit(&mut s, "b", "ana", res(100, 0, 0)),
+        Err(CoreError::InvalidSpec(_))
+    ));
+    assert!(matches!(
+        submit(&mut s, "c", "ana", res(3000, 64, 0)),
+        Err(CoreError::Impossible(_))
+    ));
+    assert!(matches!(
+        submit(&mut s, "d", "ana", res(100, 64, 1)),
+        Err(CoreError::Impossible(_))
+    ));
+    assert!(matches!(
+        submit(&mut s, "e", "bad name", res(100, 64, 0)),
+        Err(CoreError::InvalidName(_))
+    ));
+    assert!(matches!(
+        submit(&mut s, "", "ana", res(100, 64, 0)),
+        Err(CoreError::InvalidSpec(_))
+    ));
+    assert_eq!(s.apply(&Command::Unknown), Err(CoreError::UnknownCommand));
+    assert_eq!(
+        s.apply(&Command::Cancel {
+            job: JobId(9),
+            member: MemberId::new("ana"),
+            now_ms: 11
+        }),
+        Err(CoreError::UnknownJob(JobId(9)))
+    );
+    assert_eq!(s.digest(), before);
+}
+
+#[test]
+fn first_fit_places_in_submission_order_within_capacity() {
+    let mut s = ClusterState::new();
+    register(&mut s, "a", res(1000, 1024, 1), 1).unwrap();
+    register(&mut s, "b", res(2000, 1024, 0), 1).unwrap();
+    submit(&mut s, "1", "ana", res(1000, 512, 1)).unwrap();
+    submit(&mut s, "2", "ana", res(1000, 512, 0)).unwrap();
+    submit(&mut s, "3", "bo", res(1000, 512, 0)).unwrap();
+    submit(&mut s, "4", "bo", res(1000, 512, 0)).unwrap();
+    let got = placements(s.apply(&Command::Schedule { now_ms: 20 }).unwrap());
+    let summary: Vec<(u64, &str, Vec<u32>)> = got
+        .iter()
+        .map(|p| (p.job.0, p.node.as_str(), p.gpu_indices.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(1, "a", vec![0]), (2, "b", vec![]), (3, "b", vec![])]
+    );
+    assert_eq!(s.jobs[&JobId(4)].state, JobState::Pending);
+    let reasons = s.pending_reasons(JobId(4));
+    assert!(
+        reasons[0].contains("waiting for free resources"),
+        "{reasons:?}"
+    );
+    // Nothing changes on a second pass.
+    assert!(placements(s.apply(&Command::Schedule { now_ms: 21 }).unwrap()).is_empty());
+}
+
+#[test]
+fn stale_reports_are_rejected_and_completion_recorded_once() {
+    let mut s = ClusterState::new();
+    register(&mut s, "a", res(1000, 1024, 0), 1).unwrap();
+    submit(&mut s, "1", "ana", res(1000, 512, 0)).unwrap();
+    let p = placements(s.apply(&Command::Schedule { now_ms: 20 }).unwrap());
+    let alloc = p[0].alloc;
+    let node = NodeId::new("a");
+    assert_eq!(
+        s.apply(&Command::AllocStarted {
+            alloc,
+            node: NodeId::new("b"),
+            now_ms: 21
+        }),
+        Err(CoreError::StaleAllocation {
+            alloc,
+            node: NodeId::new("b")
+        })
+    );
+    s.apply(&Command::AllocStarted {
+        alloc,
+        node: node.clone(),
+        now_ms: 21,
+    })
+    .unwrap();
+    let ok = ExitStatus {
+        code: Some(0),
+        signal: None,
+        error: String::new(),
+    };
+    assert_eq!(
+        s.apply(&Command::AllocFinished {
+            alloc,
+            node: node.clone(),
+            exit: ok.clone(),
+            now_ms: 30
+        }),
+        Ok(Outcome::AllocFinished {
+            alloc,
+            job: JobId(1),
+            job_state: JobState::Succeeded
+        })
+    );
+    assert_eq!(
+        s.apply(&Command::AllocFinished {
+            alloc,
+            node: node.clone(),
+            exit: ok,
+            now_ms: 31
+        }),
+        Err(CoreError::StaleAllocation { alloc, node })
+    );
+    assert_eq!(s.nodes[&NodeId::new("a")].allocated, Resources::ZERO);
+}
+
+#[test]
+fn lost_node_requeues_within_retry_limit() {
+    let mut s = ClusterState::new();
+    register(&mut s, "a", res(2000, 1024, 0), 1).unwrap();
+    let mut spec = JobSpec::command(vec!["sleep".into(), "9".into()], res(1000, 512, 0));
+    spec.max_retries = 1;
+    s.apply(&Command::Submit {
+        request_id: "1".into(),
+        member: MemberId::new("ana"),
+        spec,
+        now_ms: 1,
+    })
+    .unwrap();
+    submit(&mut s, "2", "ana", res(1000, 512, 0)).unwrap();
+    s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
+    // A NodeLost about an older incarnation is stale.
+    assert!(matches!(
+        s.apply(&Command::NodeLost {
+            node: NodeId::new("a"),
+            incarnation: 0,
+            now_ms: 3
+        }),
+        Err(CoreError::StaleIncarnation { .. })
+    ));
+    assert_eq!(
+        s.apply(&Command::NodeLost {
+            node: NodeId::new("a"),
+            incarnation: 1,
+            now_ms: 3
+        }),
+        Ok(Outcome::NodeLost {
+            node: NodeId::new("a"),
+            requeued: vec![JobId(1)],
+            failed: vec![JobId(2)]
+        })
+    );
+    assert!(s.allocs.is_empty());
+    assert_eq!(s.jobs[&JobId(1)].state, JobState::Pending);
+    assert_eq!(s.jobs[&JobId(2)].state, JobState::Failed);
+    // Nothing is placed on a lost node; a re-registered one gets the job back.
+    assert!(placements(s.apply(&Command::Schedule { now_ms: 4 }).unwrap()).is_empty());
+    register(&mut s, "a", res(2000, 1024, 0), 2).unwrap();
+    let p = placements(s.apply(&Command::Schedule { now_ms: 5 }).unwrap());
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].job, JobId(1));
+}
+
+#[test]
+fn cancel_stops_the_run_and_holds_resources_until_confirmed() {
+    let mut s = ClusterState::new();
+    register(&mut s, "a", res(1000, 1024, 0), 1).unwrap();
+    submit(&mut s, "1", "ana", res(1000, 512, 0)).unwrap();
+    submit(&mut s, "2", "ana", res(1000, 512, 0)).unwrap();
+    let p = placements(s.apply(&Command::Schedule { now_ms: 2 }).unwrap());
+    let alloc = p[0].alloc;
+    assert!(matches!(
+        s.apply(&Command::Cancel {
+            job: JobId(1),
+            member: MemberId::new("bo"),
+            now_ms: 3
+        }),
+        Err(CoreError::NotOwner { .. })
+    ));
+    assert_eq!(
+        s.apply(&Command::Cancel {
+            job: JobId(1),
+            member: MemberId::new("ana"),
+            now_ms: 3
+        }),
+        Ok(Outcome::Cancelled {
+            job: JobId(1),
+            stopping: Some(alloc)
+        })
+    );
+    assert_eq!(s.allocs[&alloc].state, AllocState::Stopping);
+    assert!(placements(s.apply(&Command::Schedule { now_ms: 4 }).unwrap()).is_empty());
+    let killed = ExitStatus {
+        code: None,
+        signal: Some(9),
+        error: String::new(),
+    };
+    s.apply(&Command::AllocFinished {
+        alloc,
+        node: NodeId::new("a"),
+        exit: killed,
+        now_ms: 5,
+    })
+    .unwrap();
+    assert_eq!(s.jobs[&JobId(1)].state, JobState::Cancelled);
+    assert_eq!(
+        placements(s.apply(&Command::Schedule { now_ms: 6 }).unwrap()).len(),
+        1
+    );
+}
+
+#[test]
+fn snapshot_round_trips() {
+    let mut s = ClusterState::new();
+    register(&mut s, "a", res(1000, 1024, 2), 1).unwrap();
+    submit(&mut s, "1", "ana", res(500, 512, 1)).unwrap();
+    s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
+    let bytes = s.to_snapshot_bytes();
+    let back = ClusterState::from_snapshot_bytes(&bytes).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.to_snapshot_bytes(), bytes);
+    assert!(ClusterState::from_snapshot_bytes(b"{not json").is_err());
+}
+
+#[test]
+fn unknown_command_tag_decodes_to_unknown() {
+    let cmd: Command = serde_json::from_str(r#"{"type":"from_the_future","x":1}"#).unwrap();
+    assert_eq!(cmd, Command::Unknown);
+}
