@@ -1,1 +1,4 @@
+//! `coop-scheduler`: a replica of Coop's scheduler. openraft glue around
+//! `coop-core`, the gRPC services, and the leader driver.
 
+pub mod raft;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AllocId, JobId, MemberId};
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::resources::Resources;
 
 /// Limits on a job spec that hold whatever the policy says; they keep one
@@ -173,6 +173,8 @@ pub struct Job {
     pub attempts: u32,
     /// The live allocation, while assigned or running (or being stopped).
     pub alloc: Option<AllocId>,
+    /// The latest allocation and its node, live or ended: where its logs are.
+    pub last_run: Option<(AllocId, NodeId)>,
     pub submitted_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,

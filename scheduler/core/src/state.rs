@@ -186,6 +186,7 @@ impl ClusterState {
             state: JobState::Pending,
             attempts: 0,
             alloc: None,
+            last_run: None,
             submitted_at_ms: now_ms,
             started_at_ms: None,
             finished_at_ms: None,
@@ -468,6 +469,7 @@ impl ClusterState {
             if let Some(job) = self.jobs.get_mut(&p.job) {
                 job.state = JobState::Assigned;
                 job.alloc = Some(alloc_id);
+                job.last_run = Some((alloc_id, p.node.clone()));
                 job.record(
                     now_ms,
                     format!(

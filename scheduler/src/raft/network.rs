@@ -1,0 +1,170 @@
+//! Raft client side: sends openraft's messages to peers over tonic.
+
+use std::future::Future;
+use std::time::Duration;
+
+use coop_proto::raft::raft_transport_client::RaftTransportClient;
+use coop_proto::raft::{RaftPayload, SnapshotChunk};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Snapshot, SnapshotData, TypeConfig, Vote};
+
+/// Bytes per snapshot chunk on the wire.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+/// Creates one connection per peer.
+#[derive(Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        PeerConn {
+            target,
+            client: connect_lazy(&node.addr),
+        }
+    }
+}
+
+pub(crate) fn connect_lazy(addr: &str) -> Option<RaftTransportClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true);
+    Some(
+        RaftTransportClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
+    )
+}
+
+pub struct PeerConn {
+    target: u64,
+    client: Option<RaftTransportClient<Channel>>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RPCError<TypeConfig>> {
+    serde_json::to_vec(v).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RPCError<TypeConfig>> {
+    serde_json::from_slice(bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+fn status_err(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl PeerConn {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().ok_or_else(|| {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "bad address for replica {}",
+                self.target
+            )))
+        })
+    }
+
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        ttl: Duration,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let payload = RaftPayload { data: encode(req)? };
+        let fut = f(self.client()?, payload);
+        let reply = tokio::time::timeout(ttl, fut)
+            .await
+            .map_err(|_| {
+                RPCError::Unreachable(Unreachable::from_string(format!(
+                    "replica {} timed out",
+                    self.target
+                )))
+            })?
+            .map_err(status_err)?;
+        // The peer answers Result<T, RaftError>; a RaftError there is fatal on
+        // the peer (it stopped), which to us means it cannot be reached.
+        let result: Result<Resp, openraft::errors::RaftError<TypeConfig>> =
+            decode(&reply.into_inner().data)?;
+        result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.soft_ttl(), |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.soft_ttl(), |mut c, p| async move {
+            c.vote(p).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = encode(&(vote, snapshot.meta.clone()))?;
+        let data = snapshot.snapshot.into_inner();
+        let mut chunks = Vec::with_capacity(data.len() / SNAPSHOT_CHUNK + 1);
+        chunks.push(SnapshotChunk {
+            header,
+            data: Vec::new(),
+        });
+        for piece in data.chunks(SNAPSHOT_CHUNK) {
+            chunks.push(SnapshotChunk {
+                header: Vec::new(),
+                data: piece.to_vec(),
+            });
+        }
+        let mut client = self.client()?;
+        let send = async move { client.install_snapshot(tokio_stream::iter(chunks)).await };
+        tokio::pin!(cancel);
+        let reply = tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply.map_err(status_err)?,
+        };
+        let result: Result<SnapshotResponse<TypeConfig>, openraft::errors::RaftError<TypeConfig>> =
+            decode(&reply.into_inner().data)?;
+        result.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+    }
+}

@@ -1,0 +1,227 @@
+//! The Raft state machine: `coop-core`'s `ClusterState` in memory, made
+//! durable by snapshots in redb (the log holds everything after the last one).
+//!
+//! On restart openraft loads the last snapshot and re-applies the committed
+//! log after it, so the state is rebuilt exactly.
+
+use std::io;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use coop_core::{ClusterState, Command, CoreError};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    io_err, LogId, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+
+pub(super) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const SNAPSHOT_KEY: &str = "current";
+
+/// What the applied state is: the replica's view, readable by services.
+pub struct Applied {
+    pub state: ClusterState,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// A stored snapshot: the meta and the core state bytes.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<RwLock<Applied>>,
+    db: Arc<Database>,
+    /// Bumped after every applied batch with the last applied index, so the
+    /// leader driver and assignment streams wake on change.
+    applied_tx: Arc<watch::Sender<u64>>,
+}
+
+impl StateMachine {
+    pub(super) fn open(db: Arc<Database>) -> io::Result<Self> {
+        let mut applied = Applied {
+            state: ClusterState::new(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+        };
+        if let Some(snap) = read_snapshot(&db)? {
+            applied.state =
+                ClusterState::from_snapshot_bytes(&snap.data).map_err(io::Error::other)?;
+            applied.last_applied = snap.meta.last_log_id;
+            applied.membership = snap.meta.last_membership.clone();
+        }
+        let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
+        let (applied_tx, _) = watch::channel(index);
+        Ok(Self {
+            inner: Arc::new(RwLock::new(applied)),
+            db,
+            applied_tx: Arc::new(applied_tx),
+        })
+    }
+
+    /// A read view of the applied state. Do not hold it across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.inner
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Wakes with the last applied index after every applied batch.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    fn store_snapshot(&self, snap: &StoredSnapshot) -> io::Result<()> {
+        let bytes = serde_json::to_vec(snap).map_err(io_err)?;
+        let txn = self.db.begin_write().map_err(io_err)?;
+        {
+            let mut table = txn.open_table(SNAPSHOT).map_err(io_err)?;
+            table
+                .insert(SNAPSHOT_KEY, bytes.as_slice())
+                .map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)
+    }
+}
+
+fn read_snapshot(db: &Database) -> io::Result<Option<StoredSnapshot>> {
+    let txn = db.begin_read().map_err(io_err)?;
+    let table = txn.open_table(SNAPSHOT).map_err(io_err)?;
+    match table.get(SNAPSHOT_KEY).map_err(io_err)? {
+        Some(v) => {
+            Ok(Some(serde_json::from_slice(v.value()).map_err(|e| {
+                io::Error::other(format!("corrupt snapshot: {e}"))
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (meta, data) = {
+            let applied = self.read();
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+            };
+            (meta, applied.state.to_snapshot_bytes())
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let this = self.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || this.store_snapshot(&stored).map(|_| stored))
+                .await
+                .map_err(io_err)??;
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = stored.data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(stored.data),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.read();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut last_index = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut applied = self.inner.write().unwrap_or_else(|p| p.into_inner());
+                applied.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Response(None),
+                    EntryPayload::Membership(m) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Response(None)
+                    }
+                    EntryPayload::Normal(req) => {
+                        let result = applied.state.apply(&req.0);
+                        if result == Err(CoreError::UnknownCommand) && req.0 == Command::Unknown {
+                            // Applying past a command this build cannot read would fork
+                            // the state from replicas that can: stop here instead.
+                            return Err(io::Error::other(format!(
+                                "log entry {} holds a command this coop-scheduler does not know; upgrade it",
+                                entry.log_id.index
+                            )));
+                        }
+                        Response(Some(result))
+                    }
+                }
+            };
+            last_index = Some(entry.log_id.index);
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        if let Some(index) = last_index {
+            self.applied_tx.send_replace(index);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let state = ClusterState::from_snapshot_bytes(&data).map_err(io::Error::other)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.store_snapshot(&stored))
+            .await
+            .map_err(io_err)??;
+        {
+            let mut applied = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            applied.state = state;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+        }
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "snapshot installed");
+        self.applied_tx
+            .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let db = self.db.clone();
+        let snap = tokio::task::spawn_blocking(move || read_snapshot(&db))
+            .await
+            .map_err(io_err)??;
+        Ok(snap.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: std::io::Cursor::new(s.data),
+        }))
+    }
+}
