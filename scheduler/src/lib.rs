@@ -1,4 +1,21 @@
 //! `coop-scheduler`: a replica of Coop's scheduler. openraft glue around
 //! `coop-core`, the gRPC services, and the leader driver.
+//!
+//! ```text
+//!  coop CLI ─▶ CoopService ─┐             ┌─▶ RaftTransportService ◀─ peers
+//!  workers ──▶ GatewayService ─▶ Shared ──┤
+//!                               (RaftNode)└─▶ driver (leader: Schedule, NodeLost)
+//! ```
 
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod driver;
+pub mod error;
+pub mod gateway;
 pub mod raft;
+pub mod replica;
+pub mod shared;
+
+pub use config::Config;
+pub use replica::Replica;

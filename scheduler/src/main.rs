@@ -1,1 +1,93 @@
-fn main() {}
+//! `coop-scheduler`: runs one replica of Coop's scheduler.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use coop_scheduler::{Config, Replica};
+
+/// One replica of Coop's Raft-replicated scheduler.
+///
+/// Start every replica of the cluster with the same --peers, then run
+/// `coop cluster init` once against any of them.
+#[derive(Parser, Debug)]
+#[command(name = "coop-scheduler", version)]
+struct Args {
+    /// TOML config file; flags override its values.
+    #[arg(long, env = "COOP_SCHEDULER_CONFIG")]
+    config: Option<PathBuf>,
+    /// This replica's id (a positive number, unique in the cluster).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address to listen on, HOST:PORT.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address others reach this replica at, when not the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Every voter as ID=HOST:PORT, comma separated, this one included.
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Directory for the Raft log and snapshots.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Initialize the cluster with --peers at start if it never was (run on
+    /// one replica only; `coop cluster init` does the same afterwards).
+    #[arg(long)]
+    init: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+            Config::from_toml(&path.display().to_string(), &text)?
+        }
+        None => Config::default(),
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(advertise) = args.advertise {
+        config.advertise = Some(advertise);
+    }
+    if let Some(peers) = args.peers {
+        config.peers = peers;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let mut replica = Replica::start(config, listener).await?;
+    if args.init {
+        match replica.initialize().await {
+            Ok(()) => tracing::info!("cluster initialized"),
+            Err(e) if e.to_string().contains("already initialized") => {
+                tracing::info!("cluster already initialized")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tokio::select! {
+        _ = replica.wait() => {}
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            replica.stop().await;
+        }
+    }
+    Ok(())
+}

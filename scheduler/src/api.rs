@@ -1,0 +1,277 @@
+//! The public `Coop` service. Any replica accepts every call: calls that
+//! need the leader (writes, linearizable reads) are forwarded to it.
+
+use std::sync::Arc;
+
+use coop_core::{Command, JobId, JobState, MemberId, Outcome};
+use coop_proto::api::coop_client::CoopClient;
+use coop_proto::api::coop_server::Coop;
+use coop_proto::api::*;
+use coop_proto::worker::worker_agent_client::WorkerAgentClient;
+use coop_proto::worker::ReadLogsRequest;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{job_to_proto, node_to_proto, spec_from_proto};
+use crate::error::core_status;
+use crate::shared::{forwarded, now_ms, Route, Shared};
+
+/// Largest log chunk one `Logs` call returns.
+const MAX_LOG_CHUNK: u32 = 1024 * 1024;
+
+pub struct CoopService {
+    shared: Arc<Shared>,
+}
+
+impl CoopService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Sends the call to the leader unless this replica leads.
+macro_rules! via_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Route::Forward(channel) = $self.shared.route(&$request).await? {
+            return CoopClient::new(channel)
+                .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
+                .$method(forwarded(&$request))
+                .await;
+        }
+    };
+}
+
+fn replicas_to_proto(status: &crate::raft::RaftStatus) -> Vec<Replica> {
+    status
+        .replicas
+        .iter()
+        .map(|r| Replica {
+            id: r.id,
+            addr: r.addr.clone(),
+            voter: r.voter,
+            leader: status.leader_id == Some(r.id),
+            matched_index: r.matched_index,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Coop for CoopService {
+    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        via_leader!(self, request, submit);
+        let req = request.get_ref();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(spec_from_proto)
+            .ok_or_else(|| Status::invalid_argument("missing job spec"))?;
+        let member = MemberId::new(req.member.clone());
+        // Refuse bad input before it reaches the log; apply checks again.
+        {
+            let applied = self.shared.node.state_machine().read();
+            let dedup = applied.state.requests.get(&member).and_then(|r| r.get(&req.request_id));
+            if dedup.is_none() {
+                applied
+                    .state
+                    .check_submit(&req.request_id, &member, &spec)
+                    .map_err(|e| core_status(&e))?;
+            }
+        }
+        let cmd = Command::Submit {
+            request_id: req.request_id.clone(),
+            member,
+            spec,
+            now_ms: now_ms(),
+        };
+        match self.shared.write(cmd).await? {
+            Outcome::Submitted { job, existing } => Ok(Response::new(SubmitResponse { job_id: job.0, existing })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        via_leader!(self, request, get_job);
+        self.shared.read_barrier().await?;
+        let id = JobId(request.get_ref().job_id);
+        let applied = self.shared.node.state_machine().read();
+        let job = applied
+            .state
+            .jobs
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
+        Ok(Response::new(job_to_proto(&applied.state, job, true)))
+    }
+
+    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        via_leader!(self, request, list_jobs);
+        let req = request.get_ref();
+        let state_filter = match req.state.as_str() {
+            "" => None,
+            s => Some(JobState::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown state {s:?}: use pending, assigned, running, succeeded, failed or cancelled"
+                ))
+            })?),
+        };
+        self.shared.read_barrier().await?;
+        let applied = self.shared.node.state_machine().read();
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+        let jobs = applied
+            .state
+            .jobs
+            .values()
+            .rev()
+            .filter(|j| state_filter.is_none_or(|s| j.state == s))
+            .filter(|j| req.member.is_empty() || j.member.as_str() == req.member)
+            .take(limit)
+            .map(|j| job_to_proto(&applied.state, j, false))
+            .collect();
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        via_leader!(self, request, cancel);
+        let req = request.get_ref();
+        let cmd = Command::Cancel {
+            job: JobId(req.job_id),
+            member: MemberId::new(req.member.clone()),
+            now_ms: now_ms(),
+        };
+        match self.shared.write(cmd).await? {
+            Outcome::Cancelled { stopping, .. } => Ok(Response::new(CancelResponse {
+                stopping: stopping.is_some(),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogsResponse>, Status> {
+        via_leader!(self, request, logs);
+        let req = request.get_ref().clone();
+        if req.stream != "stdout" && req.stream != "stderr" {
+            return Err(Status::invalid_argument("stream must be stdout or stderr"));
+        }
+        self.shared.read_barrier().await?;
+        let (alloc, addr, terminal) = {
+            let applied = self.shared.node.state_machine().read();
+            let id = JobId(req.job_id);
+            let job = applied
+                .state
+                .jobs
+                .get(&id)
+                .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
+            let Some((alloc, node)) = &job.last_run else {
+                return Err(Status::failed_precondition(format!("job {id} has not run yet: no logs")));
+            };
+            let addr = applied
+                .state
+                .nodes
+                .get(node)
+                .map(|n| n.addr.clone())
+                .ok_or_else(|| Status::not_found(format!("node {node} is unknown")))?;
+            (*alloc, addr, job.state.is_terminal() && job.alloc.is_none())
+        };
+        let channel = self.shared.channel(&addr)?;
+        let reply = WorkerAgentClient::new(channel)
+            .read_logs(ReadLogsRequest {
+                alloc_id: alloc.0,
+                stream: req.stream,
+                offset: req.offset,
+                max_bytes: req.max_bytes.clamp(1, MAX_LOG_CHUNK),
+            })
+            .await
+            .map_err(|s| Status::new(s.code(), format!("worker at {addr}: {}", s.message())))?
+            .into_inner();
+        Ok(Response::new(LogsResponse {
+            complete: terminal && !reply.running && reply.data.is_empty(),
+            data: reply.data,
+            next_offset: reply.next_offset,
+        }))
+    }
+
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        via_leader!(self, request, list_nodes);
+        self.shared.read_barrier().await?;
+        let applied = self.shared.node.state_machine().read();
+        let nodes = applied.state.nodes.values().map(node_to_proto).collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    /// Answered by the replica asked, from its own view: that is the point
+    /// of asking several.
+    async fn cluster_status(&self, _request: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+        let status = self.shared.node.status();
+        let leader_addr = self.shared.node.leader().map(|(_, a)| a).unwrap_or_default();
+        let applied = self.shared.node.state_machine().read();
+        let state = &applied.state;
+        let running = state
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Running | JobState::Assigned))
+            .count();
+        Ok(Response::new(ClusterStatusResponse {
+            answered_by: status.id,
+            leader_id: status.leader_id,
+            leader_addr,
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            last_log_index: status.last_log_index,
+            snapshot_index: status.snapshot_index,
+            replicas: replicas_to_proto(&status),
+            jobs: state.jobs.len() as u64,
+            pending: state.pending.len() as u64,
+            running: running as u64,
+            nodes_ready: state
+                .nodes
+                .values()
+                .filter(|n| n.state == coop_core::NodeState::Ready)
+                .count() as u64,
+            state_digest: state.digest(),
+        }))
+    }
+
+    async fn init_cluster(&self, _request: Request<InitClusterRequest>) -> Result<Response<InitClusterResponse>, Status> {
+        let peers = self
+            .shared
+            .config
+            .peer_map()
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let peers = if peers.is_empty() {
+            [(self.shared.node.id, self.shared.config.advertise_addr().to_string())].into()
+        } else {
+            peers
+        };
+        self.shared
+            .node
+            .initialize(&peers)
+            .await
+            .map_err(Status::already_exists)?;
+        self.shared.node.wait_for_leader(std::time::Duration::from_secs(10)).await;
+        Ok(Response::new(InitClusterResponse {
+            replicas: replicas_to_proto(&self.shared.node.status()),
+        }))
+    }
+
+    async fn add_replica(&self, request: Request<AddReplicaRequest>) -> Result<Response<AddReplicaResponse>, Status> {
+        via_leader!(self, request, add_replica);
+        let req = request.get_ref();
+        if req.id == 0 {
+            return Err(Status::invalid_argument("replica ids start at 1"));
+        }
+        let status = self.shared.node.status();
+        if let Some(r) = status.replicas.iter().find(|r| r.id == req.id) {
+            return Err(Status::already_exists(format!("replica {} is already a member at {}", r.id, r.addr)));
+        }
+        if req.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(Status::invalid_argument(format!("address {:?} is not HOST:PORT", req.addr)));
+        }
+        self.shared
+            .node
+            .add_replica(req.id, &req.addr)
+            .await
+            .map_err(|e| crate::error::write_status(&e))?;
+        Ok(Response::new(AddReplicaResponse {
+            replicas: replicas_to_proto(&self.shared.node.status()),
+        }))
+    }
+}

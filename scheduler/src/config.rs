@@ -1,0 +1,260 @@
+//! The scheduler replica's configuration: a TOML file and flags (flags win),
+//! checked by `validate` before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This replica's id: a positive number unique in the cluster.
+    pub id: u64,
+    /// Address to listen on for every service (API, workers, raft).
+    pub listen: String,
+    /// Address other replicas, workers and clients reach this one at;
+    /// defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Where the Raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// Every voter of the cluster as `ID=HOST:PORT`, this replica included.
+    pub peers: Vec<String>,
+    /// How often workers heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A node with no heartbeat for this long is lost and its jobs requeue.
+    pub heartbeat_timeout_ms: u64,
+    pub raft_heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Snapshot and compact the log after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            listen: "127.0.0.1:7001".into(),
+            advertise: None,
+            data_dir: PathBuf::new(),
+            peers: Vec::new(),
+            heartbeat_interval_ms: 500,
+            heartbeat_timeout_ms: 5000,
+            raft_heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("data dir: {0}")]
+    DataDir(String),
+}
+
+impl Config {
+    /// Parses a TOML config; the error names the bad field.
+    pub fn from_toml(path: &str, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: path.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The voters by id.
+    pub fn peer_map(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
+        let mut peers = BTreeMap::new();
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("peer {p:?} is not ID=HOST:PORT")))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("peer {p:?}: id must be a positive number")))?;
+            let addr = addr.trim();
+            check_addr("peer", addr)?;
+            if id == 0 {
+                return Err(ConfigError::Invalid(format!("peer {p:?}: ids start at 1")));
+            }
+            if peers.insert(id, addr.to_string()).is_some() {
+                return Err(ConfigError::Invalid(format!("peer id {id} appears twice")));
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for (id, addr) in &peers {
+            if let Some(other) = seen.insert(addr.clone(), *id) {
+                return Err(ConfigError::Invalid(format!("replicas {other} and {id} share the address {addr}")));
+            }
+        }
+        Ok(peers)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::Invalid("id: give this replica a positive id (--id)".into()));
+        }
+        check_addr("listen", &self.listen)?;
+        if let Some(a) = &self.advertise {
+            check_addr("advertise", a)?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("data_dir: give a data directory (--data-dir)".into()));
+        }
+        let peers = self.peer_map()?;
+        if !peers.is_empty() {
+            match peers.get(&self.id) {
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "peers: this replica's id {} is not among the peers {:?}",
+                        self.id,
+                        peers.keys().collect::<Vec<_>>()
+                    )))
+                }
+                Some(addr) if addr != self.advertise_addr() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "peers: replica {} is listed at {addr} but advertises {}",
+                        self.id,
+                        self.advertise_addr()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(
+                "heartbeat_timeout_ms must be larger than heartbeat_interval_ms (> 0)".into(),
+            ));
+        }
+        if self.raft_heartbeat_ms == 0
+            || self.election_timeout_min_ms <= self.raft_heartbeat_ms
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            return Err(ConfigError::Invalid(
+                "raft timing: need 0 < raft_heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return Err(ConfigError::Invalid("snapshot_every must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+fn check_addr(what: &str, addr: &str) -> Result<(), ConfigError> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::Invalid(format!("{what} address {addr:?} is not HOST:PORT"))),
+    }
+}
+
+const IDENTITY_FILE: &str = "replica.json";
+
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    replica_id: u64,
+}
+
+/// Makes sure the data dir can be used by this replica: creates it (its
+/// parent must exist) and records the replica id in it on first use, and
+/// refuses a data dir that belongs to another replica id.
+pub fn prepare_data_dir(dir: &Path, id: u64) -> Result<(), ConfigError> {
+    if !dir.exists() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(ConfigError::DataDir(format!(
+                "{} does not exist, and neither does its parent {}",
+                dir.display(),
+                parent.display()
+            )));
+        }
+        std::fs::create_dir(dir).map_err(|e| ConfigError::DataDir(format!("create {}: {e}", dir.display())))?;
+    } else if !dir.is_dir() {
+        return Err(ConfigError::DataDir(format!("{} is not a directory", dir.display())));
+    }
+    let identity = dir.join(IDENTITY_FILE);
+    match std::fs::read(&identity) {
+        Ok(bytes) => {
+            let found: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+                ConfigError::DataDir(format!("{} is corrupt: {e}", identity.display()))
+            })?;
+            if found.replica_id != id {
+                return Err(ConfigError::DataDir(format!(
+                    "{} belongs to replica {}, but this replica was started with id {id}",
+                    dir.display(),
+                    found.replica_id
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = serde_json::to_vec(&Identity { replica_id: id }).expect("identity serializes");
+            std::fs::write(&identity, bytes)
+                .map_err(|e| ConfigError::DataDir(format!("write {}: {e}", identity.display())))?;
+        }
+        Err(e) => return Err(ConfigError::DataDir(format!("read {}: {e}", identity.display()))),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config {
+            id: 1,
+            listen: "127.0.0.1:7001".into(),
+            data_dir: "/tmp/x".into(),
+            peers: vec!["1=127.0.0.1:7001".into(), "2=127.0.0.1:7002".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validates_peers_and_ids() {
+        assert!(cfg().validate().is_ok());
+        let mut c = cfg();
+        c.id = 3;
+        assert!(c.validate().unwrap_err().to_string().contains("not among the peers"));
+        let mut c = cfg();
+        c.peers.push("2=127.0.0.1:7003".into());
+        assert!(c.validate().unwrap_err().to_string().contains("appears twice"));
+        let mut c = cfg();
+        c.peers[1] = "2=nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("not HOST:PORT"));
+    }
+
+    #[test]
+    fn toml_errors_name_the_field() {
+        let err = Config::from_toml("s.toml", "id = \"one\"\n").unwrap_err().to_string();
+        assert!(err.contains("id"), "{err}");
+        let err = Config::from_toml("s.toml", "idd = 1\n").unwrap_err().to_string();
+        assert!(err.contains("idd"), "{err}");
+    }
+
+    #[test]
+    fn data_dir_belongs_to_one_replica() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("r1");
+        prepare_data_dir(&dir, 1).unwrap();
+        prepare_data_dir(&dir, 1).unwrap();
+        assert!(prepare_data_dir(&dir, 2).unwrap_err().to_string().contains("belongs to replica 1"));
+        let missing = tmp.path().join("no/such/dir");
+        assert!(prepare_data_dir(&missing, 1).unwrap_err().to_string().contains("does not exist"));
+    }
+}

@@ -1,0 +1,42 @@
+//! The one table from scheduler errors to gRPC statuses.
+
+use coop_core::CoreError;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::raft::WriteError;
+
+pub fn core_status(e: &CoreError) -> Status {
+    let code = match e {
+        CoreError::InvalidSpec(_) | CoreError::InvalidName(_) | CoreError::Impossible(_) => Code::InvalidArgument,
+        CoreError::UnknownJob(_) | CoreError::UnknownNode(_) => Code::NotFound,
+        CoreError::NotOwner { .. } => Code::PermissionDenied,
+        CoreError::AlreadyEnded { .. }
+        | CoreError::StaleAllocation { .. }
+        | CoreError::BadAllocTransition { .. }
+        | CoreError::StaleIncarnation { .. } => Code::FailedPrecondition,
+        CoreError::UnknownCommand => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// "Not the leader" is UNAVAILABLE (retryable) with the leader's address in
+/// metadata, so a worker can go straight there.
+pub fn not_leader(leader_addr: Option<&str>) -> Status {
+    let mut status = Status::unavailable(match leader_addr {
+        Some(addr) => format!("not the leader; the leader is at {addr}"),
+        None => "no leader elected yet; retry shortly".to_string(),
+    });
+    if let Some(v) = leader_addr.and_then(|a| MetadataValue::try_from(a).ok()) {
+        status.metadata_mut().insert(coop_proto::LEADER_METADATA, v);
+    }
+    status
+}
+
+pub fn write_status(e: &WriteError) -> Status {
+    match e {
+        WriteError::NotLeader { leader_addr, .. } => not_leader(leader_addr.as_deref()),
+        WriteError::Uncertain => Status::unavailable(e.to_string()),
+        WriteError::Fatal(_) => Status::internal(e.to_string()),
+    }
+}

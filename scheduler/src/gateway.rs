@@ -1,0 +1,211 @@
+//! `WorkerGateway`: how workers join, heartbeat, receive their allocations
+//! and report. Heartbeats and the assignment stream are leader-only (a
+//! follower answers UNAVAILABLE naming the leader); registration and reports
+//! are writes, forwarded like any other.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coop_core::{AllocId, Command, CoreError, ExitStatus, MemberId, NodeId, NodeState, Outcome};
+use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
+use coop_proto::worker::worker_gateway_server::WorkerGateway;
+use coop_proto::worker::*;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{assignment_to_proto, resources_from_proto};
+use crate::error::{core_status, not_leader};
+use crate::shared::{forwarded, now_ms, Route, Shared};
+
+pub struct GatewayService {
+    shared: Arc<Shared>,
+}
+
+impl GatewayService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.shared.node.is_leader() {
+            Ok(())
+        } else {
+            Err(not_leader(self.shared.node.leader().map(|(_, a)| a).as_deref()))
+        }
+    }
+
+    async fn report(&self, cmd: Command) -> Result<Response<ReportResponse>, Status> {
+        match self.shared.write_result(cmd).await? {
+            Ok(_) => Ok(Response::new(ReportResponse::default())),
+            // The fencing token at work: a report about an allocation that is
+            // no longer live is dropped, and the worker is told so.
+            Err(e @ (CoreError::StaleAllocation { .. } | CoreError::BadAllocTransition { .. })) => {
+                Ok(Response::new(ReportResponse {
+                    stale: true,
+                    message: e.to_string(),
+                }))
+            }
+            Err(e) => Err(core_status(&e)),
+        }
+    }
+}
+
+macro_rules! via_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Route::Forward(channel) = $self.shared.route(&$request).await? {
+            return WorkerGatewayClient::new(channel).$method(forwarded(&$request)).await;
+        }
+    };
+}
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<AssignmentSet, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerGateway for GatewayService {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        via_leader!(self, request, register);
+        let req = request.get_ref();
+        let node = NodeId::new(req.node_id.clone());
+        let cmd = Command::RegisterNode {
+            node: node.clone(),
+            owner: MemberId::new(req.owner.clone()),
+            capacity: resources_from_proto(req.capacity.as_ref()),
+            addr: req.addr.clone(),
+            incarnation: req.incarnation,
+            now_ms: now_ms(),
+        };
+        match self.shared.write(cmd).await? {
+            Outcome::NodeRegistered { requeued, .. } => {
+                if !requeued.is_empty() {
+                    tracing::info!(node = %node, requeued = requeued.len(), "worker restarted; its old allocations requeued");
+                }
+                self.shared
+                    .heartbeats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node, (req.incarnation, Instant::now()));
+                Ok(Response::new(RegisterResponse {
+                    heartbeat_interval_ms: self.shared.config.heartbeat_interval_ms,
+                    heartbeat_timeout_ms: self.shared.config.heartbeat_timeout_ms,
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        self.require_leader()?;
+        let req = request.into_inner();
+        let node = NodeId::new(req.node_id);
+        let known = {
+            let applied = self.shared.node.state_machine().read();
+            applied
+                .state
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.incarnation == req.incarnation && n.state == NodeState::Ready)
+        };
+        if known {
+            self.shared
+                .heartbeats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node, (req.incarnation, Instant::now()));
+        }
+        Ok(Response::new(HeartbeatResponse { reregister: !known }))
+    }
+
+    type AssignmentsStream = AssignmentStream;
+
+    async fn assignments(&self, request: Request<AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
+        self.require_leader()?;
+        let req = request.into_inner();
+        let node = NodeId::new(req.node_id);
+        let shared = self.shared.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let sm = shared.node.state_machine().clone();
+            let mut applied_rx = sm.subscribe();
+            let mut last_sent: Option<Vec<Assignment>> = None;
+            loop {
+                if !shared.node.is_leader() {
+                    let leader = shared.node.leader().map(|(_, a)| a);
+                    let _ = tx.send(Err(not_leader(leader.as_deref()))).await;
+                    return;
+                }
+                let view = {
+                    let applied = sm.read();
+                    let ready = applied
+                        .state
+                        .nodes
+                        .get(&node)
+                        .is_some_and(|n| n.incarnation == req.incarnation && n.state == NodeState::Ready);
+                    ready.then(|| {
+                        let set: Vec<Assignment> = applied
+                            .state
+                            .node_allocations(&node)
+                            .into_iter()
+                            .map(|a| assignment_to_proto(&applied.state, a))
+                            .collect();
+                        (set, applied.last_applied.map(|l| l.index).unwrap_or(0))
+                    })
+                };
+                let Some((set, index)) = view else {
+                    let _ = tx
+                        .send(Err(Status::failed_precondition(format!(
+                            "node {node} incarnation {} is not registered: register again",
+                            req.incarnation
+                        ))))
+                        .await;
+                    return;
+                };
+                if last_sent.as_ref() != Some(&set) {
+                    let msg = AssignmentSet {
+                        allocations: set.clone(),
+                        applied_index: index,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Some(set);
+                }
+                tokio::select! {
+                    changed = applied_rx.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_started(&self, request: Request<ReportStartedRequest>) -> Result<Response<ReportResponse>, Status> {
+        via_leader!(self, request, report_started);
+        let req = request.get_ref();
+        self.report(Command::AllocStarted {
+            alloc: AllocId(req.alloc_id),
+            node: NodeId::new(req.node_id.clone()),
+            now_ms: now_ms(),
+        })
+        .await
+    }
+
+    async fn report_finished(&self, request: Request<ReportFinishedRequest>) -> Result<Response<ReportResponse>, Status> {
+        via_leader!(self, request, report_finished);
+        let req = request.get_ref();
+        self.report(Command::AllocFinished {
+            alloc: AllocId(req.alloc_id),
+            node: NodeId::new(req.node_id.clone()),
+            exit: ExitStatus {
+                code: req.exit_code,
+                signal: req.signal,
+                error: req.error.clone(),
+            },
+            now_ms: now_ms(),
+        })
+        .await
+    }
+}

@@ -1,0 +1,110 @@
+//! A running replica: Raft, the services on one listener, and the driver.
+//! `start` takes an already bound listener, so tests bind `127.0.0.1:0`.
+
+use std::sync::Arc;
+
+use coop_proto::api::coop_server::CoopServer;
+use coop_proto::raft::raft_transport_server::RaftTransportServer;
+use coop_proto::worker::worker_gateway_server::WorkerGatewayServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::CoopService;
+use crate::config::{prepare_data_dir, Config};
+use crate::gateway::GatewayService;
+use crate::raft::{RaftNode, RaftTiming, RaftTransportService};
+use crate::shared::Shared;
+
+/// Largest public API request: a job spec is at most 64 KiB, so this leaves
+/// room while refusing anything absurd before it is parsed.
+pub const MAX_API_REQUEST_BYTES: usize = 1024 * 1024;
+
+pub struct Replica {
+    pub node: RaftNode,
+    pub addr: String,
+    shared: Arc<Shared>,
+    stop_tx: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    driver: JoinHandle<()>,
+}
+
+impl Replica {
+    pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Replica> {
+        config.validate()?;
+        prepare_data_dir(&config.data_dir, config.id)?;
+        let timing = RaftTiming {
+            heartbeat_ms: config.raft_heartbeat_ms,
+            election_min_ms: config.election_timeout_min_ms,
+            election_max_ms: config.election_timeout_max_ms,
+            snapshot_every: config.snapshot_every,
+        };
+        let node = RaftNode::start(config.id, &config.data_dir, &timing).await?;
+        let addr = config.advertise_addr().to_string();
+        let shared = Arc::new(Shared::new(node.clone(), config));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                CoopServer::new(CoopService::new(shared.clone()))
+                    .max_decoding_message_size(MAX_API_REQUEST_BYTES)
+                    .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                WorkerGatewayServer::new(GatewayService::new(shared.clone()))
+                    .max_decoding_message_size(MAX_API_REQUEST_BYTES),
+            )
+            .add_service(
+                RaftTransportServer::new(RaftTransportService::new(node.raft().clone()))
+                    .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
+            );
+        let incoming = TcpListenerStream::new(listener);
+        let server = tokio::spawn(async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                tracing::error!(error = %e, "server stopped");
+            }
+        });
+        let driver = tokio::spawn(crate::driver::run(shared.clone()));
+        tracing::info!(id = node.id, addr = %addr, "replica started");
+        Ok(Replica {
+            node,
+            addr,
+            shared,
+            stop_tx: Some(stop_tx),
+            server,
+            driver,
+        })
+    }
+
+    /// One-time cluster formation with the configured peers (or this
+    /// replica alone when none are configured).
+    pub async fn initialize(&self) -> anyhow::Result<()> {
+        let mut peers = self.shared.config.peer_map()?;
+        if peers.is_empty() {
+            peers.insert(self.node.id, self.addr.clone());
+        }
+        self.node.initialize(&peers).await.map_err(anyhow::Error::msg)
+    }
+
+    /// Stops serving and shuts Raft down; the data dir stays for a restart.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        self.driver.abort();
+        self.node.shutdown().await;
+        self.server.abort();
+        let _ = (&mut self.server).await;
+        let _ = (&mut self.driver).await;
+    }
+
+    /// Waits until the server stops (it stops only through `stop`).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.server).await;
+    }
+}

@@ -1,0 +1,114 @@
+//! What every service of a replica shares: the Raft node, the config, the
+//! leader's in-memory heartbeat table, and cached client channels.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use coop_core::{Command, CoreError, NodeId, Outcome};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::config::Config;
+use crate::error::{core_status, not_leader, write_status};
+use crate::raft::RaftNode;
+
+/// Metadata marking a call one replica forwarded to another, so a
+/// forwarded call is never forwarded again (no ping-pong during elections).
+pub const FORWARDED: &str = "coop-forwarded";
+
+pub struct Shared {
+    pub node: RaftNode,
+    pub config: Config,
+    /// node -> (incarnation, last heartbeat). Heartbeats are not logged:
+    /// only the leader's view matters, and a new leader starts everyone
+    /// with a full timeout of grace.
+    pub heartbeats: Mutex<HashMap<NodeId, (u64, Instant)>>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// Milliseconds since the Unix epoch: the `now` the leader stamps into commands.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub enum Route {
+    /// Serve it here: this replica leads.
+    Local,
+    /// Send it to the leader at this channel.
+    Forward(Channel),
+}
+
+impl Shared {
+    pub fn new(node: RaftNode, config: Config) -> Self {
+        Self {
+            node,
+            config,
+            heartbeats: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A lazily connected channel to another replica or a worker, reused.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Where a leader-only call should go. A call that was already forwarded
+    /// to us and finds us not leading fails as retryable instead.
+    pub async fn route<T>(&self, request: &tonic::Request<T>) -> Result<Route, Status> {
+        if self.node.is_leader() {
+            return Ok(Route::Local);
+        }
+        if request.metadata().contains_key(FORWARDED) {
+            return Err(not_leader(self.node.leader().map(|(_, a)| a).as_deref()));
+        }
+        match self.node.wait_for_leader(Duration::from_secs(3)).await {
+            Some((id, _)) if id == self.node.id => Ok(Route::Local),
+            Some((_, addr)) => Ok(Route::Forward(self.channel(&addr)?)),
+            None => Err(not_leader(None)),
+        }
+    }
+
+    /// Proposes a command here (we lead) and maps every failure to a status.
+    pub async fn write(&self, cmd: Command) -> Result<Outcome, Status> {
+        match self.node.write(cmd).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(core_status(&e)),
+            Err(e) => Err(write_status(&e)),
+        }
+    }
+
+    /// Like `write`, but a refusal by `apply` comes back as a value.
+    pub async fn write_result(&self, cmd: Command) -> Result<Result<Outcome, CoreError>, Status> {
+        self.node.write(cmd).await.map_err(|e| write_status(&e))
+    }
+
+    /// Makes the local applied state linearizable before a read.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        self.node.linearizable_read().await.map_err(|e| write_status(&e))
+    }
+}
+
+/// Copies a request for forwarding, marked as forwarded.
+pub fn forwarded<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(request.get_ref().clone());
+    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(t) = request.metadata().get("grpc-timeout") {
+        r.metadata_mut().insert("grpc-timeout", t.clone());
+    }
+    r
+}
