@@ -56,7 +56,10 @@ fn replicas_to_proto(status: &crate::raft::RaftStatus) -> Vec<Replica> {
 
 #[tonic::async_trait]
 impl Coop for CoopService {
-    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
         via_leader!(self, request, submit);
         let req = request.get_ref();
         let spec = req
@@ -68,7 +71,11 @@ impl Coop for CoopService {
         // Refuse bad input before it reaches the log; apply checks again.
         {
             let applied = self.shared.node.state_machine().read();
-            let dedup = applied.state.requests.get(&member).and_then(|r| r.get(&req.request_id));
+            let dedup = applied
+                .state
+                .requests
+                .get(&member)
+                .and_then(|r| r.get(&req.request_id));
             if dedup.is_none() {
                 applied
                     .state
@@ -83,7 +90,10 @@ impl Coop for CoopService {
             now_ms: now_ms(),
         };
         match self.shared.write(cmd).await? {
-            Outcome::Submitted { job, existing } => Ok(Response::new(SubmitResponse { job_id: job.0, existing })),
+            Outcome::Submitted { job, existing } => Ok(Response::new(SubmitResponse {
+                job_id: job.0,
+                existing,
+            })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -101,7 +111,10 @@ impl Coop for CoopService {
         Ok(Response::new(job_to_proto(&applied.state, job, true)))
     }
 
-    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
         via_leader!(self, request, list_jobs);
         let req = request.get_ref();
         let state_filter = match req.state.as_str() {
@@ -114,7 +127,11 @@ impl Coop for CoopService {
         };
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
-        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit as usize
+        };
         let jobs = applied
             .state
             .jobs
@@ -128,7 +145,10 @@ impl Coop for CoopService {
         Ok(Response::new(ListJobsResponse { jobs }))
     }
 
-    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
         via_leader!(self, request, cancel);
         let req = request.get_ref();
         let cmd = Command::Cancel {
@@ -160,7 +180,9 @@ impl Coop for CoopService {
                 .get(&id)
                 .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
             let Some((alloc, node)) = &job.last_run else {
-                return Err(Status::failed_precondition(format!("job {id} has not run yet: no logs")));
+                return Err(Status::failed_precondition(format!(
+                    "job {id} has not run yet: no logs"
+                )));
             };
             let addr = applied
                 .state
@@ -188,7 +210,10 @@ impl Coop for CoopService {
         }))
     }
 
-    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
         via_leader!(self, request, list_nodes);
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
@@ -198,9 +223,17 @@ impl Coop for CoopService {
 
     /// Answered by the replica asked, from its own view: that is the point
     /// of asking several.
-    async fn cluster_status(&self, _request: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
         let status = self.shared.node.status();
-        let leader_addr = self.shared.node.leader().map(|(_, a)| a).unwrap_or_default();
+        let leader_addr = self
+            .shared
+            .node
+            .leader()
+            .map(|(_, a)| a)
+            .unwrap_or_default();
         let applied = self.shared.node.state_machine().read();
         let state = &applied.state;
         let running = state
@@ -230,14 +263,21 @@ impl Coop for CoopService {
         }))
     }
 
-    async fn init_cluster(&self, _request: Request<InitClusterRequest>) -> Result<Response<InitClusterResponse>, Status> {
+    async fn init_cluster(
+        &self,
+        _request: Request<InitClusterRequest>,
+    ) -> Result<Response<InitClusterResponse>, Status> {
         let peers = self
             .shared
             .config
             .peer_map()
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let peers = if peers.is_empty() {
-            [(self.shared.node.id, self.shared.config.advertise_addr().to_string())].into()
+            [(
+                self.shared.node.id,
+                self.shared.config.advertise_addr().to_string(),
+            )]
+            .into()
         } else {
             peers
         };
@@ -246,13 +286,19 @@ impl Coop for CoopService {
             .initialize(&peers)
             .await
             .map_err(Status::already_exists)?;
-        self.shared.node.wait_for_leader(std::time::Duration::from_secs(10)).await;
+        self.shared
+            .node
+            .wait_for_leader(std::time::Duration::from_secs(10))
+            .await;
         Ok(Response::new(InitClusterResponse {
             replicas: replicas_to_proto(&self.shared.node.status()),
         }))
     }
 
-    async fn add_replica(&self, request: Request<AddReplicaRequest>) -> Result<Response<AddReplicaResponse>, Status> {
+    async fn add_replica(
+        &self,
+        request: Request<AddReplicaRequest>,
+    ) -> Result<Response<AddReplicaResponse>, Status> {
         via_leader!(self, request, add_replica);
         let req = request.get_ref();
         if req.id == 0 {
@@ -260,10 +306,21 @@ impl Coop for CoopService {
         }
         let status = self.shared.node.status();
         if let Some(r) = status.replicas.iter().find(|r| r.id == req.id) {
-            return Err(Status::already_exists(format!("replica {} is already a member at {}", r.id, r.addr)));
+            return Err(Status::already_exists(format!(
+                "replica {} is already a member at {}",
+                r.id, r.addr
+            )));
         }
-        if req.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-            return Err(Status::invalid_argument(format!("address {:?} is not HOST:PORT", req.addr)));
+        if req
+            .addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(Status::invalid_argument(format!(
+                "address {:?} is not HOST:PORT",
+                req.addr
+            )));
         }
         self.shared
             .node

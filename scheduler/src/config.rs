@@ -80,10 +80,9 @@ impl Config {
             let (id, addr) = p
                 .split_once('=')
                 .ok_or_else(|| ConfigError::Invalid(format!("peer {p:?} is not ID=HOST:PORT")))?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::Invalid(format!("peer {p:?}: id must be a positive number")))?;
+            let id: u64 = id.trim().parse().map_err(|_| {
+                ConfigError::Invalid(format!("peer {p:?}: id must be a positive number"))
+            })?;
             let addr = addr.trim();
             check_addr("peer", addr)?;
             if id == 0 {
@@ -96,7 +95,9 @@ impl Config {
         let mut seen = BTreeMap::new();
         for (id, addr) in &peers {
             if let Some(other) = seen.insert(addr.clone(), *id) {
-                return Err(ConfigError::Invalid(format!("replicas {other} and {id} share the address {addr}")));
+                return Err(ConfigError::Invalid(format!(
+                    "replicas {other} and {id} share the address {addr}"
+                )));
             }
         }
         Ok(peers)
@@ -104,14 +105,18 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
-            return Err(ConfigError::Invalid("id: give this replica a positive id (--id)".into()));
+            return Err(ConfigError::Invalid(
+                "id: give this replica a positive id (--id)".into(),
+            ));
         }
         check_addr("listen", &self.listen)?;
         if let Some(a) = &self.advertise {
             check_addr("advertise", a)?;
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid("data_dir: give a data directory (--data-dir)".into()));
+            return Err(ConfigError::Invalid(
+                "data_dir: give a data directory (--data-dir)".into(),
+            ));
         }
         let peers = self.peer_map()?;
         if !peers.is_empty() {
@@ -133,7 +138,9 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.heartbeat_interval_ms == 0 || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms
+        {
             return Err(ConfigError::Invalid(
                 "heartbeat_timeout_ms must be larger than heartbeat_interval_ms (> 0)".into(),
             ));
@@ -147,7 +154,9 @@ impl Config {
             ));
         }
         if self.snapshot_every == 0 {
-            return Err(ConfigError::Invalid("snapshot_every must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "snapshot_every must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -159,7 +168,9 @@ fn check_addr(what: &str, addr: &str) -> Result<(), ConfigError> {
     }
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(ConfigError::Invalid(format!("{what} address {addr:?} is not HOST:PORT"))),
+        _ => Err(ConfigError::Invalid(format!(
+            "{what} address {addr:?} is not HOST:PORT"
+        ))),
     }
 }
 
@@ -175,7 +186,10 @@ struct Identity {
 /// refuses a data dir that belongs to another replica id.
 pub fn prepare_data_dir(dir: &Path, id: u64) -> Result<(), ConfigError> {
     if !dir.exists() {
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !parent.is_dir() {
             return Err(ConfigError::DataDir(format!(
                 "{} does not exist, and neither does its parent {}",
@@ -183,9 +197,13 @@ pub fn prepare_data_dir(dir: &Path, id: u64) -> Result<(), ConfigError> {
                 parent.display()
             )));
         }
-        std::fs::create_dir(dir).map_err(|e| ConfigError::DataDir(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir(dir)
+            .map_err(|e| ConfigError::DataDir(format!("create {}: {e}", dir.display())))?;
     } else if !dir.is_dir() {
-        return Err(ConfigError::DataDir(format!("{} is not a directory", dir.display())));
+        return Err(ConfigError::DataDir(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     let identity = dir.join(IDENTITY_FILE);
     match std::fs::read(&identity) {
@@ -202,11 +220,17 @@ pub fn prepare_data_dir(dir: &Path, id: u64) -> Result<(), ConfigError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let bytes = serde_json::to_vec(&Identity { replica_id: id }).expect("identity serializes");
+            let bytes =
+                serde_json::to_vec(&Identity { replica_id: id }).expect("identity serializes");
             std::fs::write(&identity, bytes)
                 .map_err(|e| ConfigError::DataDir(format!("write {}: {e}", identity.display())))?;
         }
-        Err(e) => return Err(ConfigError::DataDir(format!("read {}: {e}", identity.display()))),
+        Err(e) => {
+            return Err(ConfigError::DataDir(format!(
+                "read {}: {e}",
+                identity.display()
+            )))
+        }
     }
     Ok(())
 }
@@ -230,20 +254,36 @@ mod tests {
         assert!(cfg().validate().is_ok());
         let mut c = cfg();
         c.id = 3;
-        assert!(c.validate().unwrap_err().to_string().contains("not among the peers"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not among the peers"));
         let mut c = cfg();
         c.peers.push("2=127.0.0.1:7003".into());
-        assert!(c.validate().unwrap_err().to_string().contains("appears twice"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
         let mut c = cfg();
         c.peers[1] = "2=nowhere".into();
-        assert!(c.validate().unwrap_err().to_string().contains("not HOST:PORT"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not HOST:PORT"));
     }
 
     #[test]
     fn toml_errors_name_the_field() {
-        let err = Config::from_toml("s.toml", "id = \"one\"\n").unwrap_err().to_string();
+        let err = Config::from_toml("s.toml", "id = \"one\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("id"), "{err}");
-        let err = Config::from_toml("s.toml", "idd = 1\n").unwrap_err().to_string();
+        let err = Config::from_toml("s.toml", "idd = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("idd"), "{err}");
     }
 
@@ -253,8 +293,14 @@ mod tests {
         let dir = tmp.path().join("r1");
         prepare_data_dir(&dir, 1).unwrap();
         prepare_data_dir(&dir, 1).unwrap();
-        assert!(prepare_data_dir(&dir, 2).unwrap_err().to_string().contains("belongs to replica 1"));
+        assert!(prepare_data_dir(&dir, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("belongs to replica 1"));
         let missing = tmp.path().join("no/such/dir");
-        assert!(prepare_data_dir(&missing, 1).unwrap_err().to_string().contains("does not exist"));
+        assert!(prepare_data_dir(&missing, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
     }
 }

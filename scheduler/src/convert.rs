@@ -33,7 +33,11 @@ pub fn spec_from_proto(spec: &api::JobSpec) -> JobSpec {
         name: spec.name.clone(),
         kind: JobKind::Command {
             argv: spec.argv.clone(),
-            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         },
         resources: resources_from_proto(spec.resources.as_ref()),
         max_retries: spec.max_retries,
@@ -62,7 +66,11 @@ pub fn job_to_proto(state: &ClusterState, job: &Job, with_detail: bool) -> api::
         finished_at_ms: job.finished_at_ms.unwrap_or(0),
         exit_code: job.exit_code,
         message: job.message.clone(),
-        pending_reasons: if with_detail { state.pending_reasons(job.id) } else { Vec::new() },
+        pending_reasons: if with_detail {
+            state.pending_reasons(job.id)
+        } else {
+            Vec::new()
+        },
         history: if with_detail {
             job.history
                 .iter()

@@ -8,7 +8,9 @@ use crate::raft::WriteError;
 
 pub fn core_status(e: &CoreError) -> Status {
     let code = match e {
-        CoreError::InvalidSpec(_) | CoreError::InvalidName(_) | CoreError::Impossible(_) => Code::InvalidArgument,
+        CoreError::InvalidSpec(_) | CoreError::InvalidName(_) | CoreError::Impossible(_) => {
+            Code::InvalidArgument
+        }
         CoreError::UnknownJob(_) | CoreError::UnknownNode(_) => Code::NotFound,
         CoreError::NotOwner { .. } => Code::PermissionDenied,
         CoreError::AlreadyEnded { .. }

@@ -33,7 +33,9 @@ impl GatewayService {
         if self.shared.node.is_leader() {
             Ok(())
         } else {
-            Err(not_leader(self.shared.node.leader().map(|(_, a)| a).as_deref()))
+            Err(not_leader(
+                self.shared.node.leader().map(|(_, a)| a).as_deref(),
+            ))
         }
     }
 
@@ -56,7 +58,9 @@ impl GatewayService {
 macro_rules! via_leader {
     ($self:ident, $request:ident, $method:ident) => {
         if let Route::Forward(channel) = $self.shared.route(&$request).await? {
-            return WorkerGatewayClient::new(channel).$method(forwarded(&$request)).await;
+            return WorkerGatewayClient::new(channel)
+                .$method(forwarded(&$request))
+                .await;
         }
     };
 }
@@ -65,7 +69,10 @@ type AssignmentStream = Pin<Box<dyn Stream<Item = Result<AssignmentSet, Status>>
 
 #[tonic::async_trait]
 impl WorkerGateway for GatewayService {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         via_leader!(self, request, register);
         let req = request.get_ref();
         let node = NodeId::new(req.node_id.clone());
@@ -96,18 +103,20 @@ impl WorkerGateway for GatewayService {
         }
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         self.require_leader()?;
         let req = request.into_inner();
         let node = NodeId::new(req.node_id);
-        let known = {
-            let applied = self.shared.node.state_machine().read();
-            applied
-                .state
-                .nodes
-                .get(&node)
-                .is_some_and(|n| n.incarnation == req.incarnation && n.state == NodeState::Ready)
-        };
+        let known =
+            {
+                let applied = self.shared.node.state_machine().read();
+                applied.state.nodes.get(&node).is_some_and(|n| {
+                    n.incarnation == req.incarnation && n.state == NodeState::Ready
+                })
+            };
         if known {
             self.shared
                 .heartbeats
@@ -120,7 +129,10 @@ impl WorkerGateway for GatewayService {
 
     type AssignmentsStream = AssignmentStream;
 
-    async fn assignments(&self, request: Request<AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
+    async fn assignments(
+        &self,
+        request: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
         self.require_leader()?;
         let req = request.into_inner();
         let node = NodeId::new(req.node_id);
@@ -138,11 +150,9 @@ impl WorkerGateway for GatewayService {
                 }
                 let view = {
                     let applied = sm.read();
-                    let ready = applied
-                        .state
-                        .nodes
-                        .get(&node)
-                        .is_some_and(|n| n.incarnation == req.incarnation && n.state == NodeState::Ready);
+                    let ready = applied.state.nodes.get(&node).is_some_and(|n| {
+                        n.incarnation == req.incarnation && n.state == NodeState::Ready
+                    });
                     ready.then(|| {
                         let set: Vec<Assignment> = applied
                             .state
@@ -182,7 +192,10 @@ impl WorkerGateway for GatewayService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn report_started(&self, request: Request<ReportStartedRequest>) -> Result<Response<ReportResponse>, Status> {
+    async fn report_started(
+        &self,
+        request: Request<ReportStartedRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
         via_leader!(self, request, report_started);
         let req = request.get_ref();
         self.report(Command::AllocStarted {
@@ -193,7 +206,10 @@ impl WorkerGateway for GatewayService {
         .await
     }
 
-    async fn report_finished(&self, request: Request<ReportFinishedRequest>) -> Result<Response<ReportResponse>, Status> {
+    async fn report_finished(
+        &self,
+        request: Request<ReportFinishedRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
         via_leader!(self, request, report_finished);
         let req = request.get_ref();
         self.report(Command::AllocFinished {

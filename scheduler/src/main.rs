@@ -48,7 +48,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read config {}", path.display()))?;
             Config::from_toml(&path.display().to_string(), &text)?
         }
         None => Config::default(),

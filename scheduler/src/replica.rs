@@ -88,7 +88,10 @@ impl Replica {
         if peers.is_empty() {
             peers.insert(self.node.id, self.addr.clone());
         }
-        self.node.initialize(&peers).await.map_err(anyhow::Error::msg)
+        self.node
+            .initialize(&peers)
+            .await
+            .map_err(anyhow::Error::msg)
     }
 
     /// Stops serving and shuts Raft down; the data dir stays for a restart.

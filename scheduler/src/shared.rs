@@ -99,14 +99,18 @@ impl Shared {
 
     /// Makes the local applied state linearizable before a read.
     pub async fn read_barrier(&self) -> Result<(), Status> {
-        self.node.linearizable_read().await.map_err(|e| write_status(&e))
+        self.node
+            .linearizable_read()
+            .await
+            .map_err(|e| write_status(&e))
     }
 }
 
 /// Copies a request for forwarding, marked as forwarded.
 pub fn forwarded<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(request.get_ref().clone());
-    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     if let Some(t) = request.metadata().get("grpc-timeout") {
         r.metadata_mut().insert("grpc-timeout", t.clone());
     }

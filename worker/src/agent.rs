@@ -1,0 +1,419 @@
+//! The worker's control loop.
+//!
+//! ```text
+//!  connection task: register ─▶ heartbeat loop ┐   (to the leader; re-register
+//!                               assignment stream ┤    or follow the leader hint
+//!                                                  ▼    on any error)
+//!  actor task:  desired set ─▶ reconcile ─▶ start / stop processes
+//!               process exits ─────────────▶ local table
+//!  reporter task: started/finished reports, in order, retried until the
+//!                 scheduler acknowledges (or calls them stale)
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coop_proto::api::Resources;
+use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
+use coop_proto::worker::*;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::executor::{self, Exit, Launch};
+use crate::reconcile::{reconcile, Action, Desired, Local};
+
+/// Who this worker is and where to reach the schedulers.
+pub struct Identity {
+    pub node_id: String,
+    pub owner: String,
+    pub capacity: Resources,
+    pub addr: String,
+    pub incarnation: u64,
+    pub work_dir: PathBuf,
+    pub stop_grace: Duration,
+}
+
+/// Finds and remembers the scheduler leader.
+pub struct Schedulers {
+    addrs: Vec<String>,
+    next: Mutex<usize>,
+    leader: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Schedulers {
+    pub fn new(addrs: Vec<String>) -> Self {
+        Self {
+            addrs,
+            next: Mutex::new(0),
+            leader: Mutex::new(None),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The leader if known, otherwise the next address in turn.
+    fn target(&self) -> String {
+        if let Some(l) = self
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return l;
+        }
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let addr = self.addrs[*next % self.addrs.len()].clone();
+        *next += 1;
+        addr
+    }
+
+    /// Learns from an error: follows a leader hint, or forgets a leader that failed.
+    fn observe(&self, status: &tonic::Status) {
+        let hint = status
+            .metadata()
+            .get(coop_proto::LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = hint;
+    }
+
+    fn client(&self, addr: &str) -> Option<WorkerGatewayClient<Channel>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(format!("http://{addr}"))
+                    .ok()?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(10))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Some(WorkerGatewayClient::new(channel))
+    }
+}
+
+/// Registers, then heartbeats and follows the assignment stream until
+/// something breaks; then starts over. Runs until the task is aborted.
+pub async fn connection_loop(
+    id: Arc<Identity>,
+    scheds: Arc<Schedulers>,
+    desired_tx: mpsc::Sender<Vec<Assignment>>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let (interval, registered_at) = match register(&id, &scheds).await {
+            Ok(interval) => (interval, scheds.target()),
+            Err(e) => {
+                tracing::debug!(error = %e, "register failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        tracing::info!(node = %id.node_id, via = %registered_at, "registered");
+        tokio::select! {
+            _ = heartbeat_loop(&id, &scheds, interval) => {},
+            _ = stream_loop(&id, &scheds, &desired_tx) => {},
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic::Status> {
+    let addr = scheds.target();
+    let mut client = scheds
+        .client(&addr)
+        .ok_or_else(|| tonic::Status::invalid_argument(format!("bad scheduler address {addr}")))?;
+    let reply = client
+        .register(RegisterRequest {
+            node_id: id.node_id.clone(),
+            owner: id.owner.clone(),
+            capacity: Some(id.capacity),
+            addr: id.addr.clone(),
+            incarnation: id.incarnation,
+        })
+        .await;
+    match reply {
+        Ok(r) => Ok(Duration::from_millis(
+            r.into_inner().heartbeat_interval_ms.max(10),
+        )),
+        Err(status) => {
+            scheds.observe(&status);
+            if status.code() == Code::InvalidArgument {
+                tracing::error!(error = %status.message(), "the scheduler refused this worker");
+            }
+            Err(status)
+        }
+    }
+}
+
+/// Returns when the worker must register again (or the leader is gone).
+async fn heartbeat_loop(id: &Identity, scheds: &Schedulers, interval: Duration) {
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(interval).await;
+        let addr = scheds.target();
+        let Some(mut client) = scheds.client(&addr) else {
+            return;
+        };
+        match client
+            .heartbeat(HeartbeatRequest {
+                node_id: id.node_id.clone(),
+                incarnation: id.incarnation,
+            })
+            .await
+        {
+            Ok(r) if r.get_ref().reregister => return,
+            Ok(_) => failures = 0,
+            Err(status) => {
+                scheds.observe(&status);
+                failures += 1;
+                // A new leader may not know us yet; after a few misses, start over.
+                if failures >= 3 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn stream_loop(
+    id: &Identity,
+    scheds: &Schedulers,
+    desired_tx: &mpsc::Sender<Vec<Assignment>>,
+) {
+    loop {
+        let addr = scheds.target();
+        let Some(mut client) = scheds.client(&addr) else {
+            return;
+        };
+        let request = AssignmentsRequest {
+            node_id: id.node_id.clone(),
+            incarnation: id.incarnation,
+        };
+        let mut stream = match client.assignments(request).await {
+            Ok(s) => s.into_inner(),
+            Err(status) => {
+                scheds.observe(&status);
+                if status.code() == Code::FailedPrecondition {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(set)) => {
+                    if desired_tx.send(set.allocations).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    scheds.observe(&status);
+                    if status.code() == Code::FailedPrecondition {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A report for the scheduler; sent in order.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Started(u64),
+    Finished(u64, Exit),
+}
+
+pub enum Event {
+    Desired(Vec<Assignment>),
+    Exited(u64, Exit),
+}
+
+/// Owns the local table; turns desired sets and exits into actions.
+pub async fn actor(
+    id: Arc<Identity>,
+    local: Arc<Mutex<BTreeMap<u64, Local>>>,
+    mut events: mpsc::Receiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let mut pgids: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut specs: BTreeMap<u64, Assignment> = BTreeMap::new();
+    let mut desired: BTreeMap<u64, Desired> = BTreeMap::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Desired(set) => {
+                desired = set
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.alloc_id,
+                            if a.state == "stopping" {
+                                Desired::Stop
+                            } else {
+                                Desired::Run
+                            },
+                        )
+                    })
+                    .collect();
+                specs = set.into_iter().map(|a| (a.alloc_id, a)).collect();
+            }
+            Event::Exited(alloc, exit) => {
+                pgids.remove(&alloc);
+                local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(alloc, Local::Ended);
+                let _ = reports.send(Report::Finished(alloc, exit));
+            }
+        }
+        let actions = {
+            let table = local.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile(&desired, &table)
+        };
+        for action in actions {
+            match action {
+                Action::Start(alloc) => {
+                    let Some(a) = specs.get(&alloc) else { continue };
+                    let spec = a.spec.clone().unwrap_or_default();
+                    let env: BTreeMap<String, String> = spec.env.into_iter().collect();
+                    let launch = Launch {
+                        alloc_id: alloc,
+                        job_id: a.job_id,
+                        argv: &spec.argv,
+                        env: &env,
+                        gpu_indices: &a.gpu_indices,
+                    };
+                    match executor::spawn(&id.work_dir, &launch) {
+                        Ok(child) => {
+                            if let Some(pid) = child.id() {
+                                pgids.insert(alloc, pid);
+                            }
+                            local
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(alloc, Local::Running);
+                            let _ = reports.send(Report::Started(alloc));
+                            tracing::info!(alloc, job = a.job_id, "started");
+                            let tx = events_tx.clone();
+                            tokio::spawn(async move {
+                                let exit = executor::wait(child).await;
+                                let _ = tx.send(Event::Exited(alloc, exit)).await;
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(alloc, error = %e, "could not start");
+                            local
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(alloc, Local::Ended);
+                            let _ = reports.send(Report::Finished(alloc, Exit::error(e)));
+                        }
+                    }
+                }
+                Action::Stop(alloc) => {
+                    local
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(alloc, Local::Stopping);
+                    if let Some(&pgid) = pgids.get(&alloc) {
+                        tracing::info!(alloc, "stopping");
+                        let grace = id.stop_grace;
+                        tokio::spawn(executor::stop_group(pgid, grace));
+                    }
+                }
+                Action::ReportNeverStarted(alloc) => {
+                    local
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(alloc, Local::Ended);
+                    let _ = reports.send(Report::Finished(
+                        alloc,
+                        Exit::error("cancelled before it started"),
+                    ));
+                }
+                Action::Forget(alloc) => {
+                    local
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&alloc);
+                }
+            }
+        }
+    }
+}
+
+/// Sends reports in order, each retried until the scheduler answers.
+pub async fn reporter(
+    id: Arc<Identity>,
+    scheds: Arc<Schedulers>,
+    mut rx: mpsc::UnboundedReceiver<Report>,
+) {
+    let mut queue: VecDeque<Report> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(r) => queue.push_back(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            queue.push_back(r);
+        }
+        let Some(report) = queue.front().cloned() else {
+            continue;
+        };
+        let addr = scheds.target();
+        let Some(mut client) = scheds.client(&addr) else {
+            return;
+        };
+        let result = match &report {
+            Report::Started(alloc) => {
+                client
+                    .report_started(ReportStartedRequest {
+                        node_id: id.node_id.clone(),
+                        alloc_id: *alloc,
+                    })
+                    .await
+            }
+            Report::Finished(alloc, exit) => {
+                client
+                    .report_finished(ReportFinishedRequest {
+                        node_id: id.node_id.clone(),
+                        alloc_id: *alloc,
+                        exit_code: exit.code,
+                        signal: exit.signal,
+                        error: exit.error.clone(),
+                    })
+                    .await
+            }
+        };
+        match result {
+            Ok(r) => {
+                if r.get_ref().stale {
+                    tracing::info!(?report, why = %r.get_ref().message, "report was stale");
+                }
+                queue.pop_front();
+            }
+            Err(status) => {
+                scheds.observe(&status);
+                tracing::debug!(error = %status, "report failed; will retry");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The worker's configuration: a TOML file and flags (flags win).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// This node's name in the pool; the hostname by default.
+    pub node_id: String,
+    /// The member who contributes this machine.
+    pub owner: String,
+    /// Scheduler replicas, HOST:PORT; any one will do, the worker finds the leader.
+    pub schedulers: Vec<String>,
+    /// Where this worker serves job logs to the schedulers.
+    pub listen: String,
+    pub advertise: Option<String>,
+    /// Job work dirs and logs live under here.
+    pub work_dir: PathBuf,
+    /// Inventory overrides; detected when absent.
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub gpus: Option<u32>,
+    /// Between SIGTERM and SIGKILL when a job is stopped.
+    pub stop_grace_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: hostname(),
+            owner: String::new(),
+            schedulers: Vec::new(),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            work_dir: std::env::temp_dir().join("coop-worker"),
+            cpu_millis: None,
+            memory_bytes: None,
+            gpus: None,
+            stop_grace_ms: 5000,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+impl WorkerConfig {
+    pub fn from_toml(path: &str, text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            format!(
+                "config file {path}: {}",
+                e.to_string().trim().replace('\n', " ")
+            )
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("node_id", &self.node_id)?;
+        check_name("owner", &self.owner)?;
+        if self.schedulers.is_empty() {
+            return Err("schedulers: give at least one scheduler address (--scheduler)".into());
+        }
+        for s in &self.schedulers {
+            if s.rsplit_once(':')
+                .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!("scheduler address {s:?} is not HOST:PORT"));
+            }
+        }
+        if self.cpu_millis == Some(0) || self.memory_bytes == Some(0) {
+            return Err("a worker must offer some cpu and memory".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "{what} {name:?} must be 1 to 64 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
+}

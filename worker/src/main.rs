@@ -1,0 +1,95 @@
+//! `coop-worker`: joins a machine to a Coop pool and runs its jobs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use coop_worker::{Worker, WorkerConfig};
+
+/// Joins this machine to a Coop pool and runs the jobs placed on it.
+#[derive(Parser, Debug)]
+#[command(name = "coop-worker", version)]
+struct Args {
+    /// TOML config file; flags override its values.
+    #[arg(long, env = "COOP_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Scheduler replica addresses, HOST:PORT, comma separated.
+    #[arg(long = "scheduler", value_delimiter = ',', env = "COOP_SCHEDULERS")]
+    schedulers: Option<Vec<String>>,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The member contributing this machine.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Address to serve job logs on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address schedulers reach this worker at, when not the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directory for job work dirs and logs.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Offer this many CPUs instead of all (e.g. 2 or 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Offer this much memory in bytes instead of all.
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read config {}", path.display()))?;
+            WorkerConfig::from_toml(&path.display().to_string(), &text)
+                .map_err(anyhow::Error::msg)?
+        }
+        None => WorkerConfig::default(),
+    };
+    if let Some(s) = args.schedulers {
+        config.schedulers = s;
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = n;
+    }
+    if let Some(o) = args.owner {
+        config.owner = o;
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(a) = args.advertise {
+        config.advertise = Some(a);
+    }
+    if let Some(w) = args.work_dir {
+        config.work_dir = w;
+    }
+    if let Some(c) = args.cpus {
+        if !(c > 0.0 && c.is_finite()) {
+            anyhow::bail!("--cpus must be a positive number");
+        }
+        config.cpu_millis = Some((c * 1000.0).round() as u64);
+    }
+    if let Some(m) = args.memory_bytes {
+        config.memory_bytes = Some(m);
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let worker = Worker::start(config, listener).await?;
+    println!("worker {} serving logs on {}", worker.node_id, worker.addr);
+    tokio::signal::ctrl_c().await?;
+    worker.stop();
+    Ok(())
+}
