@@ -1,1 +1,161 @@
-fn main() {}
+//! `coop`: every member and operator command.
+
+mod bench;
+mod client;
+mod commands;
+mod demo;
+mod local;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use output::Format;
+
+/// Coop: a cooperative's shared GPU/CPU pool, scheduled by published rules.
+#[derive(Parser, Debug)]
+#[command(name = "coop", version)]
+pub struct Cli {
+    /// A scheduler replica, HOST:PORT (any replica will do).
+    #[arg(
+        long,
+        global = true,
+        env = "COOP_ADDR",
+        default_value = "127.0.0.1:7001"
+    )]
+    addr: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Submit a job: `coop submit --cpu 1 --memory 512Mi -- python eval.py`.
+    Submit(commands::SubmitArgs),
+    /// Show one job: state, placement, history, and every reason it waits.
+    Status { job: u64 },
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs in this state (pending, assigned, running, succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this member's jobs.
+        #[arg(long)]
+        member: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel one of your jobs; a running one is stopped.
+    Cancel {
+        job: u64,
+        /// The member you act as.
+        #[arg(long, env = "COOP_MEMBER")]
+        member: Option<String>,
+    },
+    /// Print a job's output (kept on the worker that ran it).
+    Logs {
+        job: u64,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// List the pool's nodes.
+    Nodes,
+    /// Replicas, leader, term and log indices.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+    /// Run one replica and one worker here, on a temporary data dir, until Ctrl-C.
+    Dev {
+        /// Keep data here instead of a temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Port for the replica (0 picks a free one).
+        #[arg(long, default_value_t = 7001)]
+        port: u16,
+    },
+    /// Start a local 3-replica cluster and 2 workers, run jobs from two
+    /// members, kill the leader midway, and show that nothing was lost.
+    Demo,
+    /// Measure submit throughput and submit-to-start latency.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Show the cluster as the replica at --addr sees it.
+    Status,
+    /// Form the cluster from the replicas' --peers (once, ever).
+    Init,
+    /// Add a replica (started with the same --peers plus itself).
+    AddReplica {
+        #[arg(long)]
+        id: u64,
+        /// Its address, HOST:PORT.
+        #[arg(long = "replica-addr")]
+        replica_addr: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COOP_LOG")
+                .unwrap_or_else(|_| "warn,openraft=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("coop: {e:#}");
+            1
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let fmt = cli.output;
+    match cli.command {
+        Cmd::Submit(args) => commands::submit(&cli.addr, fmt, args).await,
+        Cmd::Status { job } => commands::status(&cli.addr, fmt, job).await,
+        Cmd::Jobs {
+            state,
+            member,
+            limit,
+        } => commands::jobs(&cli.addr, fmt, state, member, limit).await,
+        Cmd::Cancel { job, member } => commands::cancel(&cli.addr, fmt, job, member).await,
+        Cmd::Logs {
+            job,
+            stderr,
+            follow,
+        } => commands::logs(&cli.addr, job, stderr, follow).await,
+        Cmd::Nodes => commands::nodes(&cli.addr, fmt).await,
+        Cmd::Cluster { command } => match command {
+            ClusterCmd::Status => commands::cluster_status(&cli.addr, fmt).await,
+            ClusterCmd::Init => commands::cluster_init(&cli.addr, fmt).await,
+            ClusterCmd::AddReplica { id, replica_addr } => {
+                commands::add_replica(&cli.addr, fmt, id, replica_addr).await
+            }
+        },
+        Cmd::Dev { data_dir, port } => demo::dev(data_dir, port).await,
+        Cmd::Demo => demo::demo().await,
+        Cmd::Bench(args) => bench::run(&cli.addr, args).await,
+    }
+}

@@ -80,6 +80,11 @@ impl Schedulers {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = hint;
     }
 
+    /// Records that `addr` answered a leader-only call: it leads.
+    fn confirm(&self, addr: &str) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
+    }
+
     fn client(&self, addr: &str) -> Option<WorkerGatewayClient<Channel>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(addr) {
@@ -172,7 +177,10 @@ async fn heartbeat_loop(id: &Identity, scheds: &Schedulers, interval: Duration) 
             .await
         {
             Ok(r) if r.get_ref().reregister => return,
-            Ok(_) => failures = 0,
+            Ok(_) => {
+                scheds.confirm(&addr);
+                failures = 0;
+            }
             Err(status) => {
                 scheds.observe(&status);
                 failures += 1;
@@ -200,7 +208,10 @@ async fn stream_loop(
             incarnation: id.incarnation,
         };
         let mut stream = match client.assignments(request).await {
-            Ok(s) => s.into_inner(),
+            Ok(s) => {
+                scheds.confirm(&addr);
+                s.into_inner()
+            }
             Err(status) => {
                 scheds.observe(&status);
                 if status.code() == Code::FailedPrecondition {

@@ -1,0 +1,160 @@
+//! `coop bench`: a load tool for a running cluster (or a local one).
+//! It prints its figures; it asserts nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use coop_proto::api::{JobSpec, Resources};
+
+use crate::client::connect;
+use crate::commands::{get_job, submit_one};
+use crate::local::LocalCluster;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure: `submit` (acknowledged submits per second) or
+    /// `latency` (submit-to-start on an idle worker).
+    #[arg(value_parser = ["submit", "latency"])]
+    pub what: String,
+    /// Start a local 3-replica cluster (and one worker for latency) instead of using --addr.
+    #[arg(long)]
+    pub local: bool,
+    /// Concurrent clients (submit).
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Jobs to submit in all.
+    #[arg(long, default_value_t = 20000)]
+    pub jobs: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+pub async fn run(addr: &str, args: BenchArgs) -> Result<i32> {
+    let tmp = tempfile::Builder::new().prefix("coop-bench-").tempdir()?;
+    let mut cluster = None;
+    let addr = if args.local {
+        let mut c = LocalCluster::start(tmp.path(), 3).await?;
+        if args.what == "latency" {
+            c.add_worker("bench-node", "bench", 4000, 4 << 30).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let leader = c.leader(Duration::from_secs(5)).await.unwrap_or(0);
+        let a = c.replicas[leader]
+            .as_ref()
+            .map(|r| r.addr.clone())
+            .unwrap_or_default();
+        cluster = Some(c);
+        a
+    } else {
+        addr.to_string()
+    };
+    let result = match args.what.as_str() {
+        "submit" => submit_throughput(&addr, args.clients.max(1), args.jobs).await,
+        _ => latency(&addr, args.jobs.min(10_000)).await,
+    };
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
+    result
+}
+
+fn bench_spec(argv: &[&str]) -> JobSpec {
+    JobSpec {
+        name: "bench".into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        resources: Some(Resources {
+            cpu_millis: 100,
+            memory_bytes: 16 << 20,
+            gpus: 0,
+        }),
+        max_retries: 0,
+        preemptible: true,
+    }
+}
+
+async fn submit_throughput(addr: &str, clients: usize, jobs: usize) -> Result<i32> {
+    let client = connect(addr).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let spec = bench_spec(&["true"]);
+    let run_id = crate::commands::new_request_id();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = client.clone();
+        let next = next.clone();
+        let spec = spec.clone();
+        let run_id = run_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= jobs as u64 {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let t = Instant::now();
+                submit_one(&client, "bench", &format!("{run_id}-{n}"), &spec).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "submit: {} jobs acknowledged by {addr} with {clients} clients in {secs:.2} s = {:.0} submits/s (ack latency p50 {:.2} ms, p99 {:.2} ms)",
+        latencies.len(),
+        latencies.len() as f64 / secs,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    Ok(0)
+}
+
+async fn latency(addr: &str, jobs: usize) -> Result<i32> {
+    let client = connect(addr).await?;
+    let spec = bench_spec(&["true"]);
+    let run_id = crate::commands::new_request_id();
+    let mut starts = Vec::new();
+    let mut observed = Vec::new();
+    for n in 0..jobs {
+        let t = Instant::now();
+        let reply = submit_one(&client, "bench", &format!("{run_id}-lat-{n}"), &spec).await?;
+        // Poll until the worker has reported the process started.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let job = loop {
+            let job = get_job(&client, reply.job_id).await?;
+            if job.started_at_ms > 0 {
+                break job;
+            }
+            if Instant::now() > deadline {
+                bail!("job {} did not start within 30 s", reply.job_id);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        observed.push(t.elapsed().as_secs_f64() * 1000.0);
+        starts.push(job.started_at_ms.saturating_sub(job.submitted_at_ms) as f64);
+    }
+    starts.sort_by(|a, b| a.total_cmp(b));
+    observed.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "latency: {} jobs on an idle worker via {addr}: submit-to-start (leader clock: submit proposed -> worker reported start) p50 {:.1} ms, p99 {:.1} ms; client-observed submit-to-seen-running p50 {:.1} ms, p99 {:.1} ms",
+        starts.len(),
+        percentile(&starts, 0.5),
+        percentile(&starts, 0.99),
+        percentile(&observed, 0.5),
+        percentile(&observed, 0.99)
+    );
+    Ok(0)
+}

@@ -1,0 +1,535 @@
+//! The member and operator commands that talk to a running cluster.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use coop_core::resources::{format_bytes, format_cpu, parse_bytes, parse_cpu};
+use coop_proto::api::*;
+use serde_json::json;
+
+use crate::client::{connect, explain, retry, Client};
+use crate::output::{job_json, ms_ago, print_json, res, res_json, table, Format};
+
+/// How long a command keeps retrying while the cluster elects a leader.
+const RETRY_BUDGET: Duration = Duration::from_secs(15);
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// CPU cores (2, 0.5) or millicores (500m).
+    #[arg(long, default_value = "1")]
+    pub cpu: String,
+    /// Memory (512Mi, 2Gi, 1G).
+    #[arg(long, default_value = "256Mi")]
+    pub memory: String,
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// Retries after a failed or lost run.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// May be preempted to give resources back to a member below entitlement.
+    #[arg(long)]
+    pub preemptible: bool,
+    /// A label for the job.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Environment for the job, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The member you submit as.
+    #[arg(long, env = "COOP_MEMBER")]
+    pub member: Option<String>,
+    /// Idempotency key (generated when absent); resubmitting with the same key returns the same job.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Wait for the job to finish, showing progress; exit non-zero if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    /// The program and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+pub fn member_or_default(member: Option<String>) -> Result<String> {
+    match member
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|m| !m.is_empty())
+    {
+        Some(m) => Ok(m),
+        None => bail!("say who you are: --member NAME or COOP_MEMBER"),
+    }
+}
+
+pub fn new_request_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{:x}", std::process::id(), nanos)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
+    if args.command.is_empty() {
+        bail!("empty command: give the program to run after --, e.g. coop submit -- echo hi");
+    }
+    let cpu_millis = parse_cpu(&args.cpu).map_err(anyhow::Error::msg)?;
+    let memory_bytes = parse_bytes(&args.memory).map_err(anyhow::Error::msg)?;
+    let mut env = HashMap::new();
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?} is not KEY=VALUE");
+        };
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(JobSpec {
+        name: args.name.clone(),
+        argv: args.command.clone(),
+        env,
+        resources: Some(Resources {
+            cpu_millis,
+            memory_bytes,
+            gpus: args.gpus,
+        }),
+        max_retries: args.retries,
+        preemptible: args.preemptible,
+    })
+}
+
+pub async fn submit_one(
+    client: &Client,
+    member: &str,
+    request_id: &str,
+    spec: &JobSpec,
+) -> Result<SubmitResponse> {
+    let req = SubmitRequest {
+        member: member.to_string(),
+        request_id: request_id.to_string(),
+        spec: Some(spec.clone()),
+    };
+    let reply = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        let req = req.clone();
+        async move { c.submit(req).await }
+    })
+    .await
+    .map_err(explain)?;
+    Ok(reply.into_inner())
+}
+
+pub async fn get_job(client: &Client, job: u64) -> Result<Job> {
+    let reply = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        async move { c.get_job(GetJobRequest { job_id: job }).await }
+    })
+    .await
+    .map_err(explain)?;
+    Ok(reply.into_inner())
+}
+
+pub async fn submit(addr: &str, fmt: Format, args: SubmitArgs) -> Result<i32> {
+    let spec = build_spec(&args)?;
+    let member = member_or_default(args.member.clone())?;
+    let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
+    let client = connect(addr).await?;
+    let reply = submit_one(&client, &member, &request_id, &spec).await?;
+    if !args.wait {
+        match fmt {
+            Format::Json => print_json(
+                &json!({"job_id": reply.job_id, "existing": reply.existing, "request_id": request_id}),
+            ),
+            Format::Table => {
+                let note = if reply.existing {
+                    " (already submitted with this request id)"
+                } else {
+                    ""
+                };
+                println!("submitted job {}{note}", reply.job_id);
+            }
+        }
+        return Ok(0);
+    }
+    let job = wait_for(&client, reply.job_id, fmt == Format::Table).await?;
+    match fmt {
+        Format::Json => print_json(&job_json(&job)),
+        Format::Table => println!(
+            "job {} {} on {}: {}",
+            job.id,
+            job.state,
+            if job.node.is_empty() { "-" } else { &job.node },
+            job.message
+        ),
+    }
+    Ok(if job.state == "succeeded" { 0 } else { 1 })
+}
+
+/// Polls a job until it ends, with a spinner showing its state.
+pub async fn wait_for(client: &Client, job_id: u64, show: bool) -> Result<Job> {
+    let bar = if show {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(100));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    loop {
+        let job = get_job(client, job_id).await?;
+        let detail = match job.state.as_str() {
+            "pending" => job.pending_reasons.first().cloned().unwrap_or_default(),
+            "assigned" | "running" => format!("on {}", job.node),
+            _ => String::new(),
+        };
+        bar.set_message(format!("job {} {} {}", job.id, job.state, detail));
+        if matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled") {
+            bar.finish_and_clear();
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
+    let client = connect(addr).await?;
+    let j = get_job(&client, job).await?;
+    if fmt == Format::Json {
+        print_json(&job_json(&j));
+        return Ok(0);
+    }
+    let spec = j.spec.clone().unwrap_or_default();
+    let now = now_ms();
+    println!(
+        "job {}  {}",
+        j.id,
+        if spec.name.is_empty() {
+            String::new()
+        } else {
+            format!("({})", spec.name)
+        }
+    );
+    println!("  member     {}", j.member);
+    println!("  state      {}", j.state);
+    println!("  command    {}", spec.argv.join(" "));
+    println!("  resources  {}", res(spec.resources.as_ref()));
+    println!(
+        "  retries    {} used of {}",
+        j.attempts.min(spec.max_retries),
+        spec.max_retries
+    );
+    if !j.node.is_empty() {
+        println!("  node       {} (allocation {})", j.node, j.alloc_id);
+    }
+    if !j.gpu_indices.is_empty() {
+        println!("  gpus       {:?}", j.gpu_indices);
+    }
+    println!("  submitted  {}", ms_ago(j.submitted_at_ms, now));
+    if j.started_at_ms > 0 {
+        println!("  started    {}", ms_ago(j.started_at_ms, now));
+    }
+    if j.finished_at_ms > 0 {
+        println!("  finished   {}", ms_ago(j.finished_at_ms, now));
+    }
+    if !j.message.is_empty() {
+        println!("  outcome    {}", j.message);
+    }
+    if !j.pending_reasons.is_empty() {
+        println!("  waiting because:");
+        for r in &j.pending_reasons {
+            println!("    - {r}");
+        }
+    }
+    println!("  history:");
+    for e in &j.history {
+        println!("    {:>8}  {}", ms_ago(e.at_ms, now), e.what);
+    }
+    Ok(0)
+}
+
+pub async fn jobs(
+    addr: &str,
+    fmt: Format,
+    state: Option<String>,
+    member: Option<String>,
+    limit: u32,
+) -> Result<i32> {
+    let client = connect(addr).await?;
+    let req = ListJobsRequest {
+        state: state.unwrap_or_default(),
+        member: member.unwrap_or_default(),
+        limit,
+    };
+    let reply = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        let req = req.clone();
+        async move { c.list_jobs(req).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner();
+    if fmt == Format::Json {
+        print_json(&json!(reply.jobs.iter().map(job_json).collect::<Vec<_>>()));
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut t = table(&[
+        "JOB",
+        "MEMBER",
+        "STATE",
+        "NODE",
+        "RESOURCES",
+        "SUBMITTED",
+        "COMMAND",
+    ]);
+    for j in &reply.jobs {
+        let spec = j.spec.clone().unwrap_or_default();
+        let mut cmd = spec.argv.join(" ");
+        if cmd.len() > 40 {
+            cmd.truncate(37);
+            cmd.push_str("...");
+        }
+        t.add_row(vec![
+            j.id.to_string(),
+            j.member.clone(),
+            j.state.clone(),
+            if j.node.is_empty() {
+                "-".into()
+            } else {
+                j.node.clone()
+            },
+            res(spec.resources.as_ref()),
+            ms_ago(j.submitted_at_ms, now),
+            cmd,
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub async fn cancel(addr: &str, fmt: Format, job: u64, member: Option<String>) -> Result<i32> {
+    let member = member_or_default(member)?;
+    let client = connect(addr).await?;
+    let req = CancelRequest {
+        job_id: job,
+        member,
+    };
+    let reply = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        let req = req.clone();
+        async move { c.cancel(req).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner();
+    match fmt {
+        Format::Json => {
+            print_json(&json!({"job_id": job, "cancelled": true, "stopping": reply.stopping}))
+        }
+        Format::Table if reply.stopping => {
+            println!("cancelled job {job}; its process is being stopped")
+        }
+        Format::Table => println!("cancelled job {job}"),
+    }
+    Ok(0)
+}
+
+pub async fn logs(addr: &str, job: u64, stderr: bool, follow: bool) -> Result<i32> {
+    let client = connect(addr).await?;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let mut offset = 0;
+    let mut out = std::io::stdout();
+    loop {
+        let req = LogsRequest {
+            job_id: job,
+            stream: stream.into(),
+            offset,
+            max_bytes: 256 * 1024,
+        };
+        let reply = retry(RETRY_BUDGET, || {
+            let mut c = client.clone();
+            let req = req.clone();
+            async move { c.logs(req).await }
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+        out.write_all(&reply.data)?;
+        out.flush()?;
+        offset = reply.next_offset;
+        if reply.complete || (!follow && reply.data.is_empty()) {
+            return Ok(0);
+        }
+        if reply.data.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
+    let client = connect(addr).await?;
+    let reply = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        async move { c.list_nodes(ListNodesRequest {}).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner();
+    if fmt == Format::Json {
+        let nodes: Vec<_> = reply
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({"id": n.id, "owner": n.owner, "state": n.state, "addr": n.addr,
+                       "capacity": res_json(n.capacity.as_ref()), "allocated": res_json(n.allocated.as_ref()),
+                       "allocations": n.allocations})
+            })
+            .collect();
+        print_json(&json!(nodes));
+        return Ok(0);
+    }
+    let mut t = table(&[
+        "NODE",
+        "OWNER",
+        "STATE",
+        "CPU USED/TOTAL",
+        "MEMORY USED/TOTAL",
+        "GPUS",
+        "ALLOCS",
+    ]);
+    for n in &reply.nodes {
+        let c = n.capacity.clone().unwrap_or_default();
+        let a = n.allocated.clone().unwrap_or_default();
+        t.add_row(vec![
+            n.id.clone(),
+            n.owner.clone(),
+            n.state.clone(),
+            format!("{}/{}", format_cpu(a.cpu_millis), format_cpu(c.cpu_millis)),
+            format!(
+                "{}/{}",
+                format_bytes(a.memory_bytes),
+                format_bytes(c.memory_bytes)
+            ),
+            format!("{}/{}", a.gpus, c.gpus),
+            n.allocations.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+fn print_replicas(replicas: &[Replica]) {
+    let mut t = table(&["REPLICA", "ADDRESS", "ROLE", "MATCHED INDEX"]);
+    for r in replicas {
+        t.add_row(vec![
+            r.id.to_string(),
+            r.addr.clone(),
+            format!(
+                "{}{}",
+                if r.leader {
+                    "leader"
+                } else if r.voter {
+                    "voter"
+                } else {
+                    "learner"
+                },
+                ""
+            ),
+            r.matched_index
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn replicas_json(replicas: &[Replica]) -> serde_json::Value {
+    json!(replicas
+        .iter()
+        .map(|r| json!({"id": r.id, "addr": r.addr, "voter": r.voter, "leader": r.leader, "matched_index": r.matched_index}))
+        .collect::<Vec<_>>())
+}
+
+pub async fn cluster_status(addr: &str, fmt: Format) -> Result<i32> {
+    let mut client = connect(addr).await?;
+    let s = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if fmt == Format::Json {
+        print_json(&json!({
+            "answered_by": s.answered_by, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
+            "term": s.term, "commit_index": s.commit_index, "applied_index": s.applied_index,
+            "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+            "replicas": replicas_json(&s.replicas), "jobs": s.jobs, "pending": s.pending,
+            "running": s.running, "nodes_ready": s.nodes_ready, "state_digest": s.state_digest,
+        }));
+        return Ok(0);
+    }
+    println!("answered by replica {}", s.answered_by);
+    match s.leader_id {
+        Some(l) => println!("leader       replica {l} at {}", s.leader_addr),
+        None => println!("leader       none (election in progress, or the cluster is not initialized: coop cluster init)"),
+    }
+    println!("term         {}", s.term);
+    println!(
+        "log          last {} · committed {} · applied {} · snapshot {}",
+        s.last_log_index, s.commit_index, s.applied_index, s.snapshot_index
+    );
+    println!(
+        "jobs         {} ({} pending, {} running)",
+        s.jobs, s.pending, s.running
+    );
+    println!("nodes ready  {}", s.nodes_ready);
+    println!("state digest {}", s.state_digest);
+    print_replicas(&s.replicas);
+    Ok(0)
+}
+
+pub async fn cluster_init(addr: &str, fmt: Format) -> Result<i32> {
+    let mut client = connect(addr).await?;
+    let reply = client
+        .init_cluster(InitClusterRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    match fmt {
+        Format::Json => {
+            print_json(&json!({"initialized": true, "replicas": replicas_json(&reply.replicas)}))
+        }
+        Format::Table => {
+            println!("cluster initialized");
+            print_replicas(&reply.replicas);
+        }
+    }
+    Ok(0)
+}
+
+pub async fn add_replica(addr: &str, fmt: Format, id: u64, replica_addr: String) -> Result<i32> {
+    let client = connect(addr).await?;
+    let req = AddReplicaRequest {
+        id,
+        addr: replica_addr,
+    };
+    let reply = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        let req = req.clone();
+        async move { c.add_replica(req).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner();
+    match fmt {
+        Format::Json => print_json(&json!({"replicas": replicas_json(&reply.replicas)})),
+        Format::Table => {
+            println!("replica {id} added");
+            print_replicas(&reply.replicas);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,195 @@
+//! `coop dev` and `coop demo`: Coop on this machine with no setup.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use coop_proto::api::{JobSpec, ListJobsRequest, LogsRequest, Resources};
+
+use crate::client::connect;
+use crate::commands::{new_request_id, submit_one, wait_for};
+use crate::local::LocalCluster;
+
+pub async fn dev(data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
+    let tmp;
+    let dir = match data_dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::Builder::new().prefix("coop-dev-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| anyhow::anyhow!("port {port} is taken ({e}); pass --port 0 for a free one"))?;
+    let addr = listener.local_addr()?.to_string();
+    let config = coop_scheduler::Config {
+        id: 1,
+        listen: addr.clone(),
+        data_dir: dir.join("replica-1"),
+        ..Default::default()
+    };
+    let replica = coop_scheduler::Replica::start(config, listener).await?;
+    if let Err(e) = replica.initialize().await {
+        if !e.to_string().contains("already initialized") {
+            return Err(e);
+        }
+    }
+    replica
+        .node
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the replica did not become leader"))?;
+    let wl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let worker = coop_worker::Worker::start(
+        coop_worker::WorkerConfig {
+            node_id: "dev-node".into(),
+            owner: std::env::var("USER")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "dev".into()),
+            schedulers: vec![addr.clone()],
+            work_dir: dir.join("worker"),
+            ..Default::default()
+        },
+        wl,
+    )
+    .await?;
+    println!(
+        "coop dev: one replica and one worker, data in {}",
+        dir.display()
+    );
+    println!("scheduler address: {addr}");
+    println!("try:  export COOP_ADDR={addr}");
+    println!("      coop submit --wait -- echo hello");
+    println!("Ctrl-C stops it.");
+    tokio::signal::ctrl_c().await?;
+    worker.stop();
+    replica.stop().await;
+    Ok(0)
+}
+
+fn demo_spec(member: &str, n: usize) -> JobSpec {
+    JobSpec {
+        name: format!("{member}-{n}"),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo \"job $COOP_JOB_ID ({member} #{n}) ran on $(hostname)\"; sleep 1"),
+        ],
+        env: Default::default(),
+        resources: Some(Resources {
+            cpu_millis: 500,
+            memory_bytes: 128 << 20,
+            gpus: 0,
+        }),
+        max_retries: 2,
+        preemptible: false,
+    }
+}
+
+pub async fn demo() -> Result<i32> {
+    let started = Instant::now();
+    let tmp = tempfile::Builder::new().prefix("coop-demo-").tempdir()?;
+    println!(
+        "== starting 3 scheduler replicas and 2 workers (data in {})",
+        tmp.path().display()
+    );
+    let mut cluster = LocalCluster::start(tmp.path(), 3).await?;
+    cluster.add_worker("node-ana", "ana", 2000, 2 << 30).await?;
+    cluster.add_worker("node-ben", "ben", 2000, 2 << 30).await?;
+    let leader = cluster.leader(Duration::from_secs(5)).await.unwrap_or(0);
+    println!("   leader is replica {}", leader + 1);
+    // Talk to a follower: writes are forwarded, and it survives the leader's death.
+    let follower = (leader + 1) % 3;
+    let addr = cluster.replicas[follower]
+        .as_ref()
+        .map(|r| r.addr.clone())
+        .unwrap_or_default();
+    let client = connect(&addr).await?;
+    let mut acked = Vec::new();
+    println!(
+        "== ana and ben submit 16 jobs (0.5 cpu, 1 s each) through replica {}",
+        follower + 1
+    );
+    for n in 0..16 {
+        let member = if n % 2 == 0 { "ana" } else { "ben" };
+        if n == 8 {
+            let killed = cluster.kill_leader().await?;
+            println!(
+                "== killed the leader, replica {}, after 8 acknowledged submits",
+                killed + 1
+            );
+        }
+        let reply = submit_one(&client, member, &new_request_id(), &demo_spec(member, n)).await?;
+        acked.push(reply.job_id);
+        println!("   {member} submitted job {}", reply.job_id);
+    }
+    let new_leader = cluster.leader(Duration::from_secs(10)).await;
+    match new_leader {
+        Some(l) => println!(
+            "== replica {} leads now; waiting for every acknowledged job",
+            l + 1
+        ),
+        None => bail!("no new leader was elected"),
+    }
+    let mut failed = 0;
+    for id in &acked {
+        let job = tokio::time::timeout(Duration::from_secs(60), wait_for(&client, *id, false))
+            .await
+            .map_err(|_| anyhow::anyhow!("job {id} did not finish within 60 s"))??;
+        if job.state != "succeeded" {
+            failed += 1;
+        }
+        println!(
+            "   job {:>2} {:<9} {:<6} on {:<9} attempts {}",
+            job.id, job.state, job.member, job.node, job.attempts
+        );
+    }
+    let mut c = client.clone();
+    let all = c
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner()
+        .jobs;
+    let logs = c
+        .logs(LogsRequest {
+            job_id: acked[0],
+            stream: "stdout".into(),
+            offset: 0,
+            max_bytes: 4096,
+        })
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner();
+    println!(
+        "== coop logs {}: {}",
+        acked[0],
+        String::from_utf8_lossy(&logs.data).trim()
+    );
+    println!("== summary");
+    println!(
+        "   acknowledged {} · present {} · succeeded {} · failed {}",
+        acked.len(),
+        all.len(),
+        acked.len() - failed,
+        failed
+    );
+    println!(
+        "   leader failover survived; took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.stop().await;
+    let lost = acked
+        .iter()
+        .filter(|id| !all.iter().any(|j| j.id == **id))
+        .count();
+    if lost > 0 || failed > 0 || all.len() != acked.len() {
+        println!("   FAILED: {lost} acknowledged jobs missing, {failed} did not succeed");
+        return Ok(1);
+    }
+    println!("   every acknowledged job is present and ran to completion");
+    Ok(0)
+}
