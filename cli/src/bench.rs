@@ -47,10 +47,7 @@ pub async fn run(addr: &str, args: BenchArgs) -> Result<i32> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let leader = c.leader(Duration::from_secs(5)).await.unwrap_or(0);
-        let a = c.replicas[leader]
-            .as_ref()
-            .map(|r| r.addr.clone())
-            .unwrap_or_default();
+        let a = c.addr(leader).unwrap_or_default();
         cluster = Some(c);
         a
     } else {

@@ -103,10 +103,7 @@ pub async fn demo() -> Result<i32> {
     println!("   leader is replica {}", leader + 1);
     // Talk to a follower: writes are forwarded, and it survives the leader's death.
     let follower = (leader + 1) % 3;
-    let addr = cluster.replicas[follower]
-        .as_ref()
-        .map(|r| r.addr.clone())
-        .unwrap_or_default();
+    let addr = cluster.addr(follower).unwrap_or_default();
     let client = connect(&addr).await?;
     let mut acked = Vec::new();
     println!(

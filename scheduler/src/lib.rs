@@ -13,6 +13,7 @@ pub mod convert;
 pub mod driver;
 pub mod error;
 pub mod gateway;
+pub mod local;
 pub mod raft;
 pub mod replica;
 pub mod shared;

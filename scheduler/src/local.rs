@@ -1,0 +1,131 @@
+//! Several replicas in one process on loopback ports: what `coop dev`,
+//! `coop demo`, `coop bench --local` and the integration tests run on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::TcpListener;
+
+use crate::{Config, Replica};
+
+pub struct LocalReplicas {
+    /// `None` where a replica was stopped.
+    pub replicas: Vec<Option<Replica>>,
+    pub configs: Vec<Config>,
+}
+
+/// Quick timings for a cluster on one machine.
+pub fn local_config(id: u64, listen: String, data_dir: PathBuf, peers: Vec<String>) -> Config {
+    Config {
+        id,
+        listen,
+        data_dir,
+        peers,
+        heartbeat_interval_ms: 200,
+        heartbeat_timeout_ms: 2000,
+        raft_heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..Default::default()
+    }
+}
+
+impl LocalReplicas {
+    /// Starts `n` replicas under `dir`, with `tune` applied to each config,
+    /// forms the cluster and waits for a leader.
+    pub async fn start(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> Result<Self> {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+        }
+        let peers: Vec<String> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{}={}", i + 1, l.local_addr().expect("bound")))
+            .collect();
+        let mut replicas = Vec::new();
+        let mut configs = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let mut config = local_config(
+                i as u64 + 1,
+                listener.local_addr()?.to_string(),
+                dir.join(format!("replica-{}", i + 1)),
+                peers.clone(),
+            );
+            tune(&mut config);
+            configs.push(config.clone());
+            replicas.push(Some(Replica::start(config, listener).await?));
+        }
+        replicas[0]
+            .as_ref()
+            .expect("just started")
+            .initialize()
+            .await?;
+        let cluster = Self { replicas, configs };
+        cluster
+            .leader(Duration::from_secs(10))
+            .await
+            .context("no leader elected")?;
+        Ok(cluster)
+    }
+
+    /// Addresses of the replicas still running.
+    pub fn addrs(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .flatten()
+            .map(|r| r.addr.clone())
+            .collect()
+    }
+
+    /// Index of the leader among the running replicas, waiting for one.
+    pub async fn leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = self
+                .replicas
+                .iter()
+                .position(|r| r.as_ref().is_some_and(|r| r.node.is_leader()))
+            {
+                return Some(i);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops replica `i` (its data dir stays).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(r) = self.replicas[i].take() {
+            r.stop().await;
+        }
+    }
+
+    /// Stops the leader; returns its index.
+    pub async fn kill_leader(&mut self) -> Result<usize> {
+        let Some(i) = self.leader(Duration::from_secs(5)).await else {
+            bail!("no leader to kill")
+        };
+        self.stop(i).await;
+        Ok(i)
+    }
+
+    /// Starts replica `i` again from its data dir, on its old address.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        let config = self.configs[i].clone();
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("rebind {}", config.listen))?;
+        self.replicas[i] = Some(Replica::start(config, listener).await?);
+        Ok(())
+    }
+
+    pub async fn stop_all(self) {
+        for r in self.replicas.into_iter().flatten() {
+            r.stop().await;
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! End to end over real sockets: 3 in-process scheduler replicas on
+//! 127.0.0.1 with redb on disk, and `coop-worker` as a real process that
+//! runs real jobs. No timing thresholds: every wait is for a condition,
+//! bounded only so a broken build fails instead of hanging.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use coop_proto::api::coop_client::CoopClient;
+use coop_proto::api::*;
+use coop_scheduler::local::LocalReplicas;
+use coop_scheduler::Config;
+use tonic::transport::Channel;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn fast(c: &mut Config) {
+    c.heartbeat_interval_ms = 100;
+    c.heartbeat_timeout_ms = 1500;
+}
+
+struct WorkerProc(Child);
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(node: &str, schedulers: &[String], work_dir: &Path, cpus: &str) -> WorkerProc {
+    let child = Command::new(env!("CARGO_BIN_EXE_coop-worker"))
+        .args([
+            "--node-id",
+            node,
+            "--owner",
+            "ana",
+            "--cpus",
+            cpus,
+            "--memory-bytes",
+            "4294967296",
+        ])
+        .arg("--scheduler")
+        .arg(schedulers.join(","))
+        .arg("--work-dir")
+        .arg(work_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start coop-worker");
+    WorkerProc(child)
+}
+
+async fn client(addr: &str) -> CoopClient<Channel> {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    CoopClient::new(ch)
+}
+
+fn spec(argv: &[&str], cpu_millis: u64, retries: u32) -> JobSpec {
+    JobSpec {
+        name: String::new(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        resources: Some(Resources {
+            cpu_millis,
+            memory_bytes: 32 << 20,
+            gpus: 0,
+        }),
+        max_retries: retries,
+        preemptible: false,
+    }
+}
+
+/// Submits, retrying UNAVAILABLE on every given replica with the same request id.
+async fn submit(addrs: &[String], member: &str, request_id: &str, spec: &JobSpec) -> u64 {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut i = 0;
+    loop {
+        let mut c = client(&addrs[i % addrs.len()]).await;
+        let req = SubmitRequest {
+            member: member.into(),
+            request_id: request_id.into(),
+            spec: Some(spec.clone()),
+        };
+        match c.submit(req).await {
+            Ok(r) => return r.into_inner().job_id,
+            Err(s) if s.code() == tonic::Code::InvalidArgument => panic!("rejected: {s}"),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("submit never acknowledged: {s}"),
+        }
+    }
+}
+
+async fn job(addrs: &[String], id: u64) -> Job {
+    let mut i = 0;
+    loop {
+        match client(&addrs[i % addrs.len()])
+            .await
+            .get_job(GetJobRequest { job_id: id })
+            .await
+        {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => panic!("job {id} not found: {s}"),
+            Err(_) => {
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn wait_job(addrs: &[String], id: u64, pred: impl Fn(&Job) -> bool) -> Job {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let j = job(addrs, id).await;
+        if pred(&j) {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} stuck: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_runs_to_completion_and_its_logs_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    let addrs = cluster.addrs();
+    let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "2");
+    let id = submit(
+        &addrs,
+        "ana",
+        "r1",
+        &spec(&["sh", "-c", "echo hello from $COOP_JOB_ID"], 500, 0),
+    )
+    .await;
+    let j = wait_job(&addrs, id, |j| {
+        j.state == "succeeded" || j.state == "failed"
+    })
+    .await;
+    assert_eq!(j.state, "succeeded", "{j:?}");
+    assert_eq!(j.node, "w1");
+    // Logs come from the worker, through any replica (here a follower).
+    let follower = cluster
+        .replicas
+        .iter()
+        .flatten()
+        .find(|r| !r.node.is_leader())
+        .unwrap()
+        .addr
+        .clone();
+    let logs = client(&follower)
+        .await
+        .logs(LogsRequest {
+            job_id: id,
+            stream: "stdout".into(),
+            offset: 0,
+            max_bytes: 1024,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&logs.data),
+        format!("hello from {id}\n")
+    );
+    // Bad input changes nothing.
+    let mut c = client(&addrs[0]).await;
+    let before = c
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .len();
+    let empty = c
+        .submit(SubmitRequest {
+            member: "ana".into(),
+            request_id: "bad".into(),
+            spec: Some(spec(&[], 500, 0)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    let huge = c
+        .submit(SubmitRequest {
+            member: "ana".into(),
+            request_id: "huge".into(),
+            spec: Some(spec(&["true"], 64_000_000, 0)),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        huge.message().contains("no node in the pool can ever hold"),
+        "{huge}"
+    );
+    let oversized = c
+        .submit(SubmitRequest {
+            member: "ana".into(),
+            request_id: "big".into(),
+            spec: Some(spec(&["echo", &"x".repeat(2 << 20)], 500, 0)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(oversized.code(), tonic::Code::OutOfRange, "{oversized}");
+    let unknown = c.get_job(GetJobRequest { job_id: 999 }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let again = c.init_cluster(InitClusterRequest {}).await.unwrap_err();
+    assert!(again.message().contains("already initialized"), "{again}");
+    let after = c
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .len();
+    assert_eq!(before, after);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    let addrs = cluster.addrs();
+    let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "8");
+    let ran = tmp.path().join("ran.txt");
+    let cmd = format!("echo $COOP_JOB_ID >> {}", ran.display());
+    let job_spec = spec(&["sh", "-c", &cmd], 100, 0);
+    let mut tasks = Vec::new();
+    for client_no in 0..8 {
+        let addrs = addrs.clone();
+        let job_spec = job_spec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..25 {
+                acked.push(submit(&addrs, "ana", &format!("c{client_no}-{n}"), &job_spec).await);
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = cluster.kill_leader().await.unwrap();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), 200);
+    let survivors: Vec<String> = cluster.addrs();
+    assert!(!survivors.contains(&cluster.configs[killed].listen));
+    for id in &acked {
+        let j = wait_job(&survivors, *id, |j| {
+            j.state == "succeeded" || j.state == "failed"
+        })
+        .await;
+        assert_eq!(j.state, "succeeded", "{j:?}");
+    }
+    let mut c = client(&survivors[0]).await;
+    let all = c
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(
+        all.len(),
+        200,
+        "exactly the acknowledged jobs exist (dedup held across retries)"
+    );
+    let text = std::fs::read_to_string(&ran).unwrap();
+    let mut runs: BTreeMap<u64, usize> = BTreeMap::new();
+    for line in text.lines() {
+        *runs.entry(line.trim().parse().unwrap()).or_default() += 1;
+    }
+    for id in &acked {
+        assert_eq!(
+            runs.get(id),
+            Some(&1),
+            "job {id} ran {:?} times",
+            runs.get(id)
+        );
+    }
+    cluster.stop_all().await;
+}
+
+async fn applied_and_digest(addr: &str) -> (u64, String) {
+    let s = client(addr)
+        .await
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    (s.applied_index, s.state_digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = LocalReplicas::start(tmp.path(), 3, |c| {
+        fast(c);
+        c.snapshot_every = 40;
+    })
+    .await
+    .unwrap();
+    let leader = cluster.leader(LIMIT).await.unwrap();
+    let follower = (leader + 1) % 3;
+    cluster.stop(follower).await;
+    let addrs = cluster.addrs();
+    for n in 0..120 {
+        submit(&addrs, "ana", &format!("r{n}"), &spec(&["true"], 100, 0)).await;
+    }
+    cluster.restart(follower).await.unwrap();
+    let leader_addr = cluster.replicas[leader].as_ref().unwrap().addr.clone();
+    let follower_addr = cluster.configs[follower].listen.clone();
+    let target = applied_and_digest(&leader_addr).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let got = applied_and_digest(&follower_addr).await;
+        if got.0 >= target.0 {
+            assert_eq!(
+                got.1,
+                applied_and_digest(&leader_addr).await.1,
+                "same state after catching up"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restarted replica stuck at {got:?}, want {target:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A brand-new replica joins after the log was compacted: it can only
+    // catch up by installing a snapshot.
+    let leader_status = client(&leader_addr)
+        .await
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        leader_status.snapshot_index > 0,
+        "the leader compacted its log"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let new_addr = listener.local_addr().unwrap().to_string();
+    let config = Config {
+        id: 4,
+        listen: new_addr.clone(),
+        data_dir: tmp.path().join("replica-4"),
+        ..cluster.configs[0].clone()
+    };
+    let config = Config {
+        peers: Vec::new(),
+        ..config
+    };
+    let newcomer = coop_scheduler::Replica::start(config, listener)
+        .await
+        .unwrap();
+    client(&leader_addr)
+        .await
+        .add_replica(AddReplicaRequest {
+            id: 4,
+            addr: new_addr.clone(),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let s = client(&new_addr)
+            .await
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let lead = applied_and_digest(&leader_addr).await;
+        if s.applied_index >= lead.0 && s.snapshot_index > 0 {
+            assert_eq!(s.state_digest, lead.1);
+            assert!(s.replicas.iter().any(|r| r.id == 4 && r.voter));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new replica stuck: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    newcomer.stop().await;
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    let addrs = cluster.addrs();
+    let mut w1 = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "1");
+    let id = submit(&addrs, "ana", "r1", &spec(&["sleep", "2"], 1000, 1)).await;
+    let j = wait_job(&addrs, id, |j| j.state == "running").await;
+    assert_eq!(j.node, "w1");
+    let _w2 = spawn_worker("w2", &addrs, &tmp.path().join("w2"), "1");
+    let mut c = client(&addrs[0]).await;
+    let mut nodes = 0;
+    wait_for("w2 to register", || {
+        nodes = futures::executor::block_on(c.list_nodes(ListNodesRequest {}))
+            .map(|r| r.into_inner().nodes.len())
+            .unwrap_or(0);
+        nodes == 2
+    })
+    .await;
+    // SIGKILL: no goodbye, the heartbeats just stop.
+    let _ = w1.0.kill();
+    let _ = w1.0.wait();
+    let j = wait_job(&addrs, id, |j| j.state == "succeeded").await;
+    assert_eq!(j.node, "w2");
+    assert_eq!(j.attempts, 1);
+    let nodes = c
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.iter().find(|n| n.id == "w1").unwrap().state, "lost");
+    cluster.stop_all().await;
+}
