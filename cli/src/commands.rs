@@ -402,8 +402,8 @@ pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
         "ALLOCS",
     ]);
     for n in &reply.nodes {
-        let c = n.capacity.clone().unwrap_or_default();
-        let a = n.allocated.clone().unwrap_or_default();
+        let c = n.capacity.unwrap_or_default();
+        let a = n.allocated.unwrap_or_default();
         t.add_row(vec![
             n.id.clone(),
             n.owner.clone(),

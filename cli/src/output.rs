@@ -19,7 +19,7 @@ pub fn table(header: &[&str]) -> Table {
 }
 
 pub fn res(r: Option<&api::Resources>) -> String {
-    let r = r.cloned().unwrap_or_default();
+    let r = r.copied().unwrap_or_default();
     format!(
         "cpu {} · mem {} · gpu {}",
         format_cpu(r.cpu_millis),
@@ -29,7 +29,7 @@ pub fn res(r: Option<&api::Resources>) -> String {
 }
 
 pub fn res_json(r: Option<&api::Resources>) -> Value {
-    let r = r.cloned().unwrap_or_default();
+    let r = r.copied().unwrap_or_default();
     json!({"cpu_millis": r.cpu_millis, "memory_bytes": r.memory_bytes, "gpus": r.gpus})
 }
 

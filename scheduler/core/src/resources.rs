@@ -86,7 +86,7 @@ impl fmt::Display for Resources {
 
 /// `1500` -> `"1.5"`, `2000` -> `"2"`.
 pub fn format_cpu(cpu_millis: u64) -> String {
-    if cpu_millis % 1000 == 0 {
+    if cpu_millis.is_multiple_of(1000) {
         format!("{}", cpu_millis / 1000)
     } else {
         format!("{:.3}", cpu_millis as f64 / 1000.0)
@@ -122,7 +122,7 @@ pub fn parse_cpu(text: &str) -> Result<u64, String> {
         return m.parse::<u64>().map_err(|_| bad());
     }
     let cores: f64 = t.parse().map_err(|_| bad())?;
-    if !cores.is_finite() || cores < 0.0 || cores > 1.0e9 {
+    if !cores.is_finite() || !(0.0..=1.0e9).contains(&cores) {
         return Err(bad());
     }
     Ok((cores * 1000.0).round() as u64)
