@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::api::CoopService;
 use crate::config::{prepare_data_dir, Config};
@@ -60,7 +61,14 @@ impl Replica {
                     .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
             );
-        let incoming = TcpListenerStream::new(listener);
+        // serve_with_incoming does not apply the builder's TCP_NODELAY to
+        // accepted sockets; without it Nagle and delayed ACKs add ~40-200 ms
+        // stalls to small request/response exchanges.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
         let server = tokio::spawn(async move {
             let stop = async {
                 let _ = stop_rx.await;

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 pub use config::WorkerConfig;
 
@@ -106,7 +107,11 @@ impl Worker {
         tasks.push(tokio::spawn(async move {
             let server = tonic::transport::Server::builder()
                 .add_service(WorkerAgentServer::new(logs))
-                .serve_with_incoming(TcpListenerStream::new(listener));
+                .serve_with_incoming(TcpListenerStream::new(listener).map(|conn| {
+                    conn.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                }));
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "log server stopped");
             }
