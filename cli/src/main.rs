@@ -111,7 +111,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COOP_LOG")
-                .unwrap_or_else(|_| "warn,openraft=error".into()),
+                .unwrap_or_else(|_| "warn,openraft=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
