@@ -75,6 +75,7 @@ fn bench_spec(argv: &[&str]) -> JobSpec {
         }),
         max_retries: 0,
         preemptible: true,
+        ..Default::default()
     }
 }
 

@@ -31,6 +31,15 @@ pub struct SubmitArgs {
     /// May be preempted to give resources back to a member below entitlement.
     #[arg(long)]
     pub preemptible: bool,
+    /// Only GPUs whose model contains this (e.g. A100).
+    #[arg(long)]
+    pub gpu_model: Option<String>,
+    /// Only GPUs with at least this much memory (e.g. 40Gi).
+    #[arg(long)]
+    pub gpu_min_memory: Option<String>,
+    /// Kill the run after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<u64>,
     /// A label for the job.
     #[arg(long, default_value = "")]
     pub name: String,
@@ -100,6 +109,14 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
         }),
         max_retries: args.retries,
         preemptible: args.preemptible,
+        gpu_model: args.gpu_model.clone(),
+        gpu_min_memory_bytes: args
+            .gpu_min_memory
+            .as_deref()
+            .map(parse_bytes)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        timeout_secs: args.timeout,
     })
 }
 
@@ -242,6 +259,20 @@ pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
         println!("  waiting because:");
         for r in &j.pending_reasons {
             println!("    - {r}");
+        }
+    }
+    if !j.decisions.is_empty() {
+        println!("  decisions:");
+        for d in &j.decisions {
+            println!(
+                "    {:>8}  {} allocation {} on {} by rule {} (policy v{})",
+                ms_ago(d.at_ms, now),
+                d.kind,
+                d.alloc_id,
+                d.node,
+                d.rule,
+                d.policy_version
+            );
         }
     }
     println!("  history:");
@@ -529,6 +560,156 @@ pub async fn add_replica(addr: &str, fmt: Format, id: u64, replica_addr: String)
         Format::Table => {
             println!("replica {id} added");
             print_replicas(&reply.replicas);
+        }
+    }
+    Ok(0)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+pub async fn why(addr: &str, fmt: Format, job: u64) -> Result<i32> {
+    let client = connect(addr).await?;
+    let e = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        async move { c.why(WhyRequest { job_id: job }).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner();
+    if fmt == Format::Json {
+        print_json(&json!({
+            "job_id": e.job_id, "member": e.member, "state": e.state, "reasons": e.reasons,
+            "queue_position": e.queue_position, "queue_length": e.queue_length,
+            "dominant_share": e.dominant_share, "entitlement": e.entitlement,
+            "would_start": e.would_start, "policy_version": e.policy_version,
+        }));
+        return Ok(0);
+    }
+    if e.state != "pending" {
+        println!(
+            "job {} is {}, not waiting (coop status {} shows its history)",
+            e.job_id, e.state, e.job_id
+        );
+        return Ok(0);
+    }
+    println!(
+        "job {} of {} waits (policy v{})",
+        e.job_id, e.member, e.policy_version
+    );
+    println!(
+        "  queue      position {} of {} in {}'s queue",
+        e.queue_position, e.queue_length, e.member
+    );
+    println!(
+        "  share      {} has {} of the pool (dominant share); entitled to {}",
+        e.member,
+        pct(e.dominant_share),
+        pct(e.entitlement)
+    );
+    println!("  because:");
+    for r in &e.reasons {
+        println!("    - {r}");
+    }
+    if !e.would_start.is_empty() {
+        println!("  it starts when:");
+        for w in &e.would_start {
+            println!("    - {w}");
+        }
+    }
+    Ok(0)
+}
+
+pub async fn share(addr: &str, fmt: Format) -> Result<i32> {
+    let client = connect(addr).await?;
+    let s = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        async move { c.share(ShareRequest {}).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner();
+    if fmt == Format::Json {
+        let members: Vec<_> = s
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "member": m.member, "entitlement": m.entitlement, "floor_part": m.floor_part,
+                    "contribution_part": m.contribution_part, "allocated": res_json(m.allocated.as_ref()),
+                    "gpu_share": m.gpu_share, "cpu_share": m.cpu_share, "memory_share": m.memory_share,
+                    "dominant_share": m.dominant_share, "usage_gpu_seconds": m.usage_gpu_seconds,
+                    "usage_cpu_seconds": m.usage_cpu_seconds, "usage_memory_gib_seconds": m.usage_memory_gib_seconds,
+                    "usage_share": m.usage_share, "contribution": m.contribution,
+                    "pending": m.pending, "running": m.running,
+                })
+            })
+            .collect();
+        print_json(
+            &json!({"pool": res_json(s.pool.as_ref()), "policy_version": s.policy_version, "members": members}),
+        );
+        return Ok(0);
+    }
+    println!(
+        "pool: {} · policy v{}",
+        res(s.pool.as_ref()),
+        s.policy_version
+    );
+    let mut t = table(&[
+        "MEMBER",
+        "ENTITLED",
+        "DOMINANT",
+        "GPU",
+        "CPU",
+        "MEM",
+        "USAGE (cpu·s / gpu·s)",
+        "CONTRIBUTION",
+        "RUNNING",
+        "PENDING",
+    ]);
+    for m in &s.members {
+        t.add_row(vec![
+            m.member.clone(),
+            pct(m.entitlement),
+            pct(m.dominant_share),
+            pct(m.gpu_share),
+            pct(m.cpu_share),
+            pct(m.memory_share),
+            format!("{:.0} / {:.0}", m.usage_cpu_seconds, m.usage_gpu_seconds),
+            format!("{:.1}", m.contribution),
+            m.running.to_string(),
+            m.pending.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub async fn policy_show(addr: &str, fmt: Format) -> Result<i32> {
+    let client = connect(addr).await?;
+    let p = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        async move { c.get_policy(GetPolicyRequest {}).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner();
+    match fmt {
+        Format::Json => print_json(
+            &json!({"version": p.version, "toml": p.toml, "genesis_adopted": p.genesis_adopted}),
+        ),
+        Format::Table => {
+            println!(
+                "# policy version {}{}",
+                p.version,
+                if p.genesis_adopted {
+                    ""
+                } else {
+                    " (built-in defaults; genesis not adopted yet)"
+                }
+            );
+            print!("{}", p.toml);
         }
     }
     Ok(0)

@@ -86,6 +86,7 @@ fn demo_spec(member: &str, n: usize) -> JobSpec {
         }),
         max_retries: 2,
         preemptible: false,
+        ..Default::default()
     }
 }
 

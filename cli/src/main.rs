@@ -38,6 +38,16 @@ enum Cmd {
     Submit(commands::SubmitArgs),
     /// Show one job: state, placement, history, and every reason it waits.
     Status { job: u64 },
+    /// Why a job waits: every reason, its queue position, its member's share
+    /// against entitlement, and what would let it start.
+    Why { job: u64 },
+    /// Per member: entitlement, allocation, dominant share, usage, contribution, jobs.
+    Share,
+    /// The quota rules in force.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
     /// List jobs, newest first.
     Jobs {
         /// Only jobs in this state (pending, assigned, running, succeeded, failed, cancelled).
@@ -88,6 +98,12 @@ enum Cmd {
     Demo,
     /// Measure submit throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Print the policy document in force.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +163,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             follow,
         } => commands::logs(&cli.addr, job, stderr, follow).await,
         Cmd::Nodes => commands::nodes(&cli.addr, fmt).await,
+        Cmd::Why { job } => commands::why(&cli.addr, fmt, job).await,
+        Cmd::Share => commands::share(&cli.addr, fmt).await,
+        Cmd::Policy {
+            command: PolicyCmd::Show,
+        } => commands::policy_show(&cli.addr, fmt).await,
         Cmd::Cluster { command } => match command {
             ClusterCmd::Status => commands::cluster_status(&cli.addr, fmt).await,
             ClusterCmd::Init => commands::cluster_init(&cli.addr, fmt).await,

@@ -11,7 +11,7 @@ use coop_proto::worker::worker_agent_client::WorkerAgentClient;
 use coop_proto::worker::ReadLogsRequest;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{job_to_proto, node_to_proto, spec_from_proto};
+use crate::convert::{job_to_proto, node_to_proto, resources_to_proto, spec_from_proto};
 use crate::error::core_status;
 use crate::shared::{forwarded, now_ms, Route, Shared};
 
@@ -56,6 +56,78 @@ fn replicas_to_proto(status: &crate::raft::RaftStatus) -> Vec<Replica> {
 
 #[tonic::async_trait]
 impl Coop for CoopService {
+    async fn why(&self, request: Request<WhyRequest>) -> Result<Response<Explanation>, Status> {
+        via_leader!(self, request, why);
+        self.shared.read_barrier().await?;
+        let id = JobId(request.get_ref().job_id);
+        let applied = self.shared.node.state_machine().read();
+        let e = coop_core::explain::explain(&applied.state, id)
+            .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
+        Ok(Response::new(Explanation {
+            job_id: e.job.0,
+            member: e.member.to_string(),
+            state: e.state.as_str().into(),
+            reasons: e.reasons,
+            queue_position: e.queue_position as u32,
+            queue_length: e.queue_length as u32,
+            dominant_share: e.dominant_share,
+            entitlement: e.entitlement,
+            would_start: e.would_start,
+            policy_version: e.policy_version,
+        }))
+    }
+
+    async fn share(
+        &self,
+        request: Request<ShareRequest>,
+    ) -> Result<Response<ShareResponse>, Status> {
+        via_leader!(self, request, share);
+        self.shared.read_barrier().await?;
+        let applied = self.shared.node.state_machine().read();
+        let shares = coop_core::fairshare::compute_shares(&applied.state);
+        let members = shares
+            .members
+            .values()
+            .map(|m| MemberShare {
+                member: m.member.to_string(),
+                entitlement: m.entitlement,
+                floor_part: m.floor_part,
+                contribution_part: m.contribution_part,
+                allocated: Some(resources_to_proto(&m.allocated)),
+                gpu_share: m.share[0],
+                cpu_share: m.share[1],
+                memory_share: m.share[2],
+                dominant_share: m.dominant_share,
+                usage_gpu_seconds: m.usage.gpu,
+                usage_cpu_seconds: m.usage.cpu,
+                usage_memory_gib_seconds: m.usage.mem,
+                usage_share: m.usage_share,
+                contribution: m.contribution,
+                pending: m.pending as u32,
+                running: m.running as u32,
+            })
+            .collect();
+        Ok(Response::new(ShareResponse {
+            pool: Some(resources_to_proto(&shares.pool)),
+            members,
+            policy_version: applied.state.policy.version,
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<GetPolicyRequest>,
+    ) -> Result<Response<PolicyResponse>, Status> {
+        via_leader!(self, request, get_policy);
+        self.shared.read_barrier().await?;
+        let applied = self.shared.node.state_machine().read();
+        Ok(Response::new(PolicyResponse {
+            version: applied.state.policy.version,
+            toml: applied.state.policy.to_toml(),
+            genesis_adopted: applied.state.genesis_adopted,
+        }))
+    }
+
     async fn submit(
         &self,
         request: Request<SubmitRequest>,

@@ -30,6 +30,9 @@ pub struct Config {
     pub election_timeout_max_ms: u64,
     /// Snapshot and compact the log after this many entries.
     pub snapshot_every: u64,
+    /// The genesis policy (a `[policy]` table); the built-in defaults when
+    /// absent. Used once, when the cluster first elects a leader.
+    pub policy: Option<coop_core::Policy>,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_every: 10_000,
+            policy: None,
         }
     }
 }
@@ -152,6 +156,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "raft timing: need 0 < raft_heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             ));
+        }
+        if let Some(p) = &self.policy {
+            p.validate().map_err(ConfigError::Invalid)?;
         }
         if self.snapshot_every == 0 {
             return Err(ConfigError::Invalid(

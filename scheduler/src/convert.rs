@@ -1,6 +1,8 @@
 //! Conversions between `coop-core` types and the gRPC messages.
 
-use coop_core::{AllocState, Allocation, ClusterState, Job, JobKind, JobSpec, Node, Resources};
+use coop_core::{
+    AllocState, Allocation, ClusterState, GpuInfo, Job, JobKind, JobSpec, Node, Resources,
+};
 use coop_proto::{api, worker};
 
 pub fn resources_to_proto(r: &Resources) -> api::Resources {
@@ -25,6 +27,9 @@ pub fn spec_to_proto(spec: &JobSpec) -> api::JobSpec {
         resources: Some(resources_to_proto(&spec.resources)),
         max_retries: spec.max_retries,
         preemptible: spec.preemptible,
+        gpu_model: spec.gpu_model.clone(),
+        gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
+        timeout_secs: spec.timeout_secs,
     }
 }
 
@@ -42,6 +47,27 @@ pub fn spec_from_proto(spec: &api::JobSpec) -> JobSpec {
         resources: resources_from_proto(spec.resources.as_ref()),
         max_retries: spec.max_retries,
         preemptible: spec.preemptible,
+        gpu_model: spec.gpu_model.clone(),
+        gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
+        timeout_secs: spec.timeout_secs,
+    }
+}
+
+pub fn gpu_to_proto(g: &GpuInfo) -> api::GpuInfo {
+    api::GpuInfo {
+        index: g.index,
+        uuid: g.uuid.clone(),
+        model: g.model.clone(),
+        memory_bytes: g.memory_bytes,
+    }
+}
+
+pub fn gpu_from_proto(g: &api::GpuInfo) -> GpuInfo {
+    GpuInfo {
+        index: g.index,
+        uuid: g.uuid.clone(),
+        model: g.model.clone(),
+        memory_bytes: g.memory_bytes,
     }
 }
 
@@ -83,6 +109,25 @@ pub fn job_to_proto(state: &ClusterState, job: &Job, with_detail: bool) -> api::
             Vec::new()
         },
         request_id: job.request_id.clone(),
+        decisions: if with_detail {
+            state
+                .decisions
+                .iter()
+                .filter(|d| d.job == job.id)
+                .map(|d| api::Decision {
+                    at_ms: d.at_ms,
+                    kind: d.kind.clone(),
+                    job_id: d.job.0,
+                    member: d.member.to_string(),
+                    alloc_id: d.alloc.0,
+                    node: d.node.to_string(),
+                    rule: d.rule.clone(),
+                    policy_version: d.policy_version,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -96,6 +141,7 @@ pub fn node_to_proto(node: &Node) -> api::Node {
         addr: node.addr.clone(),
         allocations: node.allocs.len() as u32,
         incarnation: node.incarnation,
+        gpus: node.gpus.iter().map(gpu_to_proto).collect(),
     }
 }
 
@@ -113,5 +159,11 @@ pub fn assignment_to_proto(state: &ClusterState, alloc: &Allocation) -> worker::
             AllocState::Stopping => "stopping",
         }
         .into(),
+        stop_grace_ms: if alloc.preempted {
+            state.policy.grace_secs * 1000
+        } else {
+            0
+        },
+        preempted: alloc.preempted,
     }
 }

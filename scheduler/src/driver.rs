@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coop_core::allocator::plan_first_fit;
+use coop_core::fairshare;
 use coop_core::{Command, NodeId, NodeState};
 
 use crate::shared::{now_ms, Shared};
@@ -32,8 +32,27 @@ pub async fn run(shared: Arc<Shared>) {
             continue;
         }
         let since = *leader_since.get_or_insert_with(Instant::now);
+        adopt_genesis_policy(&shared).await;
         maybe_schedule(&shared, &scheduling);
         detect_lost_nodes(&shared, since).await;
+    }
+}
+
+/// The first leader of a new cluster proposes the genesis policy from its
+/// bootstrap config; `apply` takes only the first such proposal, ever.
+async fn adopt_genesis_policy(shared: &Arc<Shared>) {
+    let adopted = shared.node.state_machine().read().state.genesis_adopted;
+    if adopted {
+        return;
+    }
+    let policy = shared.config.policy.clone().unwrap_or_default();
+    let cmd = Command::AdoptGenesisPolicy {
+        policy,
+        now_ms: now_ms(),
+    };
+    match shared.write(cmd).await {
+        Ok(_) => tracing::info!("genesis policy adopted"),
+        Err(e) => tracing::debug!(error = %e, "genesis policy proposal failed"),
     }
 }
 
@@ -44,7 +63,7 @@ fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>) {
     }
     let worth_it = {
         let applied = shared.node.state_machine().read();
-        !applied.state.pending.is_empty() && !plan_first_fit(&applied.state).is_empty()
+        !applied.state.pending.is_empty() && !fairshare::plan(&applied.state).is_empty()
     };
     if !worth_it {
         return;

@@ -17,6 +17,7 @@ pub fn core_status(e: &CoreError) -> Status {
         | CoreError::StaleAllocation { .. }
         | CoreError::BadAllocTransition { .. }
         | CoreError::StaleIncarnation { .. } => Code::FailedPrecondition,
+        CoreError::Policy(_) => Code::FailedPrecondition,
         CoreError::UnknownCommand => Code::Internal,
     };
     Status::new(code, e.to_string())

@@ -83,6 +83,11 @@ impl WorkerGateway for GatewayService {
             addr: req.addr.clone(),
             incarnation: req.incarnation,
             now_ms: now_ms(),
+            gpus: req
+                .gpus
+                .iter()
+                .map(crate::convert::gpu_from_proto)
+                .collect(),
         };
         match self.shared.write(cmd).await? {
             Outcome::NodeRegistered { requeued, .. } => {

@@ -31,6 +31,9 @@ struct Args {
     /// Directory for the Raft log and snapshots.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The genesis policy, a TOML file (overrides a `[policy]` table in --config).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Initialize the cluster with --peers at start if it never was (run on
     /// one replica only; `coop cluster init` does the same afterwards).
     #[arg(long)]
@@ -68,6 +71,14 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(path) = &args.policy {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read policy {}", path.display()))?;
+        config.policy = Some(
+            coop_core::Policy::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        );
     }
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -30,6 +30,7 @@ pub struct Identity {
     pub node_id: String,
     pub owner: String,
     pub capacity: Resources,
+    pub gpus: Vec<coop_proto::api::GpuInfo>,
     pub addr: String,
     pub incarnation: u64,
     pub work_dir: PathBuf,
@@ -144,6 +145,7 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
             capacity: Some(id.capacity),
             addr: id.addr.clone(),
             incarnation: id.incarnation,
+            gpus: id.gpus.clone(),
         })
         .await;
     match reply {
@@ -321,8 +323,10 @@ pub async fn actor(
                             let _ = reports.send(Report::Started(alloc));
                             tracing::info!(alloc, job = a.job_id, "started");
                             let tx = events_tx.clone();
+                            let timeout = spec.timeout_secs.map(Duration::from_secs);
+                            let grace = id.stop_grace;
                             tokio::spawn(async move {
-                                let exit = executor::wait(child).await;
+                                let exit = executor::wait_with_timeout(child, timeout, grace).await;
                                 let _ = tx.send(Event::Exited(alloc, exit)).await;
                             });
                         }
@@ -342,8 +346,13 @@ pub async fn actor(
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(alloc, Local::Stopping);
                     if let Some(&pgid) = pgids.get(&alloc) {
-                        tracing::info!(alloc, "stopping");
-                        let grace = id.stop_grace;
+                        // A reclaim carries the policy's grace; a cancel uses the worker's.
+                        let grace = specs
+                            .get(&alloc)
+                            .filter(|a| a.stop_grace_ms > 0)
+                            .map(|a| Duration::from_millis(a.stop_grace_ms))
+                            .unwrap_or(id.stop_grace);
+                        tracing::info!(alloc, ?grace, "stopping");
                         tokio::spawn(executor::stop_group(pgid, grace));
                     }
                 }

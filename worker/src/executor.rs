@@ -103,6 +103,37 @@ pub async fn wait(mut child: Child) -> Exit {
     }
 }
 
+/// Like `wait`, but stops the group once `timeout` has passed.
+pub async fn wait_with_timeout(child: Child, timeout: Option<Duration>, grace: Duration) -> Exit {
+    let Some(timeout) = timeout else {
+        return wait(child).await;
+    };
+    let pgid = child.id();
+    let waiting = wait(child);
+    tokio::pin!(waiting);
+    tokio::select! {
+        exit = &mut waiting => exit,
+        _ = tokio::time::sleep(timeout) => {
+            if let Some(pgid) = pgid {
+                stop_group(pgid, grace).await;
+            }
+            let exit = waiting.await;
+            Exit {
+                error: format!("timed out after {} s ({})", timeout.as_secs(), describe(&exit)),
+                ..exit
+            }
+        }
+    }
+}
+
+fn describe(exit: &Exit) -> String {
+    match (exit.code, exit.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "no status".into(),
+    }
+}
+
 /// SIGTERM to the group, then SIGKILL after `grace` if it is still there.
 pub async fn stop_group(pgid: u32, grace: Duration) {
     signal_group(pgid, libc::SIGTERM);

@@ -60,10 +60,17 @@ impl Worker {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
+        let gpus = (0..capacity.gpus)
+            .map(|index| coop_proto::api::GpuInfo {
+                index,
+                ..Default::default()
+            })
+            .collect();
         let id = Arc::new(Identity {
             node_id: config.node_id.clone(),
             owner: config.owner.clone(),
             capacity,
+            gpus,
             addr: addr.clone(),
             incarnation,
             work_dir: config.work_dir.clone(),

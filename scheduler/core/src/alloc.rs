@@ -39,4 +39,10 @@ pub struct Allocation {
     pub gpu_indices: Vec<u32>,
     pub state: AllocState,
     pub created_at_ms: u64,
+    /// The policy rule that placed it.
+    #[serde(default)]
+    pub rule: String,
+    /// Being stopped by a reclaim: its job requeues without spending a retry.
+    #[serde(default)]
+    pub preempted: bool,
 }

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::alloc::AllocState;
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::{JobSpec, JobState};
+use crate::node::GpuInfo;
+use crate::policy::Policy;
 use crate::resources::Resources;
 
 /// How a run ended, as the worker saw it.
@@ -44,7 +46,7 @@ impl ExitStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// A member submits a job. `request_id` is the client's idempotency key:
@@ -69,6 +71,10 @@ pub enum Command {
         addr: String,
         incarnation: u64,
         now_ms: u64,
+        /// The node's GPUs (index, model, memory); generic ones are assumed
+        /// when empty and `capacity.gpus` > 0.
+        #[serde(default)]
+        gpus: Vec<GpuInfo>,
     },
     /// The leader saw no heartbeat from this incarnation of the node within the timeout.
     NodeLost {
@@ -76,6 +82,9 @@ pub enum Command {
         incarnation: u64,
         now_ms: u64,
     },
+    /// The genesis policy from the bootstrap config; applies once, ever.
+    /// Later changes come only through member votes.
+    AdoptGenesisPolicy { policy: Policy, now_ms: u64 },
     /// Run the allocator over the pending queue.
     Schedule { now_ms: u64 },
     /// The worker started the allocation's process.
@@ -104,6 +113,7 @@ impl Command {
             Self::RegisterNode { .. } => "register_node",
             Self::NodeLost { .. } => "node_lost",
             Self::Schedule { .. } => "schedule",
+            Self::AdoptGenesisPolicy { .. } => "adopt_genesis_policy",
             Self::AllocStarted { .. } => "alloc_started",
             Self::AllocFinished { .. } => "alloc_finished",
             Self::Unknown => "unknown",
@@ -119,6 +129,19 @@ pub struct Placement {
     pub node: NodeId,
     pub resources: Resources,
     pub gpu_indices: Vec<u32>,
+    /// The policy rule that placed it (see `fairshare::Rule`).
+    pub rule: String,
+}
+
+/// One allocation a scheduling pass stops to give its resources back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preemption {
+    pub alloc: AllocId,
+    pub job: JobId,
+    pub victim: MemberId,
+    /// The waiting job this makes room for.
+    pub for_job: JobId,
+    pub rule: String,
 }
 
 /// What a command did, returned to whoever proposed it.
@@ -145,6 +168,11 @@ pub enum Outcome {
     },
     Scheduled {
         placements: Vec<Placement>,
+        #[serde(default)]
+        preemptions: Vec<Preemption>,
+    },
+    PolicyAdopted {
+        version: u64,
     },
     AllocStarted {
         alloc: AllocId,
@@ -185,6 +213,8 @@ pub enum CoreError {
         current: u64,
         given: u64,
     },
+    #[error("policy: {0}")]
+    Policy(String),
     #[error("unknown command: this replica is older than the log")]
     UnknownCommand,
 }

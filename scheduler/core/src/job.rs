@@ -43,6 +43,16 @@ pub struct JobSpec {
     /// resources back to a member below entitlement.
     #[serde(default)]
     pub preemptible: bool,
+    /// GPU constraint: each GPU's model must contain this (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    /// GPU constraint: each GPU must have at least this much memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_min_memory_bytes: Option<u64>,
+    /// The run is killed after this many seconds (at most the policy's
+    /// `max_job_runtime_secs`, which is also the default when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 impl JobSpec {
@@ -57,7 +67,15 @@ impl JobSpec {
             resources,
             max_retries: 0,
             preemptible: false,
+            gpu_model: None,
+            gpu_min_memory_bytes: None,
+            timeout_secs: None,
         }
+    }
+
+    /// True when the job constrains which GPUs it may get.
+    pub fn has_gpu_constraints(&self) -> bool {
+        self.resources.gpus > 0 && (self.gpu_model.is_some() || self.gpu_min_memory_bytes.is_some())
     }
 
     /// Checks what can be checked without the cluster: a clear message for
@@ -104,6 +122,16 @@ impl JobSpec {
         }
         if r.memory_bytes == 0 {
             return Err("a job must request some memory (e.g. --memory 64Mi)".into());
+        }
+        if self
+            .gpu_model
+            .as_ref()
+            .is_some_and(|m| m.is_empty() || m.len() > 64)
+        {
+            return Err("gpu model must be 1 to 64 characters".into());
+        }
+        if self.timeout_secs == Some(0) {
+            return Err("timeout must be at least 1 second".into());
         }
         if self.max_retries > MAX_RETRIES {
             return Err(format!("retries must be at most {MAX_RETRIES}"));

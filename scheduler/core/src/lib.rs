@@ -4,18 +4,23 @@
 //! log, and anyone holding the log can recompute every decision.
 
 pub mod alloc;
-pub mod allocator;
 pub mod command;
+pub mod explain;
+pub mod fairshare;
 pub mod ids;
 pub mod job;
+pub mod ledger;
 pub mod node;
+pub mod nodefit;
+pub mod policy;
 pub mod resources;
 pub mod state;
 
 pub use alloc::{AllocState, Allocation};
-pub use command::{Command, CoreError, ExitStatus, Outcome, Placement};
+pub use command::{Command, CoreError, ExitStatus, Outcome, Placement, Preemption};
 pub use ids::{AllocId, JobId, MemberId, NodeId};
 pub use job::{Job, JobKind, JobSpec, JobState};
-pub use node::{Node, NodeState};
+pub use node::{GpuInfo, Node, NodeState};
+pub use policy::Policy;
 pub use resources::Resources;
 pub use state::ClusterState;

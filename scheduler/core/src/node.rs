@@ -41,6 +41,29 @@ pub struct Node {
     pub incarnation: u64,
     pub registered_at_ms: u64,
     pub allocs: BTreeSet<AllocId>,
+    /// The GPUs, by index; `capacity.gpus` of them.
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// One GPU of a node, as the worker detected it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    #[serde(default)]
+    pub uuid: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+impl GpuInfo {
+    /// Whether this GPU meets a job's constraints.
+    pub fn matches(&self, model: Option<&str>, min_memory: Option<u64>) -> bool {
+        model.is_none_or(|m| self.model.to_lowercase().contains(&m.to_lowercase()))
+            && min_memory.is_none_or(|b| self.memory_bytes >= b)
+    }
 }
 
 impl Node {

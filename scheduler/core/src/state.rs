@@ -12,30 +12,89 @@
 //! `apply` checks everything first and mutates only once the command is
 //! known to be valid, so a refused command leaves the state untouched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::alloc::{AllocState, Allocation};
-use crate::allocator;
-use crate::command::{Command, CoreError, ExitStatus, Outcome, Placement};
+use crate::command::{Command, CoreError, ExitStatus, Outcome, Placement, Preemption};
+use crate::fairshare;
 use crate::ids::{validate_name, AllocId, JobId, MemberId, NodeId};
 use crate::job::{Job, JobSpec, JobState};
-use crate::node::{Node, NodeState};
+use crate::ledger::{decay_factor, gpu_equivalents, Usage};
+use crate::node::{GpuInfo, Node, NodeState};
+use crate::policy::Policy;
 use crate::resources::Resources;
 
 /// Longest client request id accepted (it is kept in the dedup table).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub id: MemberId,
     pub first_seen_ms: u64,
     pub jobs_submitted: u64,
+    /// Sum of the member's live allocations.
+    pub allocated: Resources,
+    /// Decayed resource-seconds the member has used.
+    pub usage: Usage,
+    /// Decayed GPU-equivalent-seconds the member's ready nodes have offered.
+    pub contribution: f64,
+    /// GPU-equivalents per second the member's ready nodes offer now.
+    pub offered: f64,
+    /// When `usage` and `contribution` were last brought up to date.
+    pub accrued_at_ms: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+impl Member {
+    fn new(id: MemberId, now_ms: u64) -> Self {
+        Self {
+            id,
+            first_seen_ms: now_ms,
+            jobs_submitted: 0,
+            allocated: Resources::ZERO,
+            usage: Usage::default(),
+            contribution: 0.0,
+            offered: 0.0,
+            accrued_at_ms: now_ms,
+        }
+    }
+
+    /// Brings the decayed ledger up to `now_ms` at the current rates.
+    fn accrue(&mut self, now_ms: u64, policy: &Policy) {
+        if now_ms <= self.accrued_at_ms {
+            return;
+        }
+        let dt = now_ms - self.accrued_at_ms;
+        let factor = decay_factor(dt, policy);
+        let secs = dt as f64 / 1000.0;
+        self.usage.decay(factor);
+        self.usage.add(&self.allocated, secs);
+        self.contribution = self.contribution * factor + self.offered * secs;
+        self.accrued_at_ms = now_ms;
+    }
+}
+
+/// One allocation decision, kept in a bounded history for `coop status`
+/// and the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at_ms: u64,
+    /// "place" or "preempt".
+    pub kind: String,
+    pub job: JobId,
+    pub member: MemberId,
+    pub alloc: AllocId,
+    pub node: NodeId,
+    pub rule: String,
+    pub policy_version: u64,
+}
+
+/// Decisions kept in the state; older ones are dropped first.
+pub const DECISIONS_KEPT: usize = 1000;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub last_job_id: u64,
     pub last_alloc_id: u64,
@@ -50,6 +109,12 @@ pub struct ClusterState {
     pub pending: BTreeSet<JobId>,
     /// Dedup table: member -> client request id -> the job it created.
     pub requests: BTreeMap<MemberId, BTreeMap<String, JobId>>,
+    /// The rules in force.
+    pub policy: Policy,
+    /// Whether the genesis policy was adopted (it can be, once).
+    pub genesis_adopted: bool,
+    /// The latest placements and preemptions, oldest first.
+    pub decisions: VecDeque<Decision>,
 }
 
 impl ClusterState {
@@ -78,13 +143,15 @@ impl ClusterState {
                 addr,
                 incarnation,
                 now_ms,
-            } => self.register_node(node, owner, *capacity, addr, *incarnation, *now_ms),
+                gpus,
+            } => self.register_node(node, owner, *capacity, addr, *incarnation, gpus, *now_ms),
             Command::NodeLost {
                 node,
                 incarnation,
                 now_ms,
             } => self.node_lost(node, *incarnation, *now_ms),
             Command::Schedule { now_ms } => Ok(self.schedule(*now_ms)),
+            Command::AdoptGenesisPolicy { policy, now_ms } => self.adopt_genesis(policy, *now_ms),
             Command::AllocStarted {
                 alloc,
                 node,
@@ -131,6 +198,37 @@ impl ClusterState {
         }
         spec.validate().map_err(CoreError::InvalidSpec)?;
         let want = spec.resources;
+        if let Some(max) = self.policy.max_job_gpus {
+            if want.gpus > max {
+                return Err(CoreError::Impossible(format!(
+                    "the policy (version {}) allows at most {max} GPUs per job",
+                    self.policy.version
+                )));
+            }
+        }
+        if let (Some(max), Some(asked)) = (self.policy.max_job_runtime_secs, spec.timeout_secs) {
+            if asked > max {
+                return Err(CoreError::Impossible(format!(
+                    "the policy (version {}) allows runs of at most {max} s",
+                    self.policy.version
+                )));
+            }
+        }
+        if spec.has_gpu_constraints()
+            && !self.nodes.is_empty()
+            && !self.nodes.values().any(|n| {
+                n.gpus
+                    .iter()
+                    .filter(|g| g.matches(spec.gpu_model.as_deref(), spec.gpu_min_memory_bytes))
+                    .count()
+                    >= want.gpus as usize
+            })
+        {
+            return Err(CoreError::Impossible(format!(
+                "no node in the pool has {} GPUs matching the constraints",
+                want.gpus
+            )));
+        }
         // Impossible asks are refused up front rather than queued forever.
         // With no node registered yet there is nothing to compare against,
         // so the job waits for the pool to form.
@@ -152,6 +250,30 @@ impl ClusterState {
         self.now_ms = self.now_ms.max(now_ms);
     }
 
+    /// The member's record, created on first sight, with its ledger brought
+    /// up to the state's time so a change of rates starts from here.
+    fn member_mut(&mut self, id: &MemberId) -> &mut Member {
+        let now = self.now_ms;
+        let policy = &self.policy;
+        let m = self
+            .members
+            .entry(id.clone())
+            .or_insert_with(|| Member::new(id.clone(), now));
+        m.accrue(now, policy);
+        m
+    }
+
+    /// Recomputes what a member's ready nodes offer per second.
+    fn refresh_offered(&mut self, owner: &MemberId) {
+        let offered: f64 = self
+            .nodes
+            .values()
+            .filter(|n| &n.owner == owner && n.state == NodeState::Ready)
+            .map(|n| gpu_equivalents(&n.capacity, &self.policy))
+            .sum();
+        self.member_mut(owner).offered = offered;
+    }
+
     fn submit(
         &mut self,
         request_id: &str,
@@ -169,15 +291,7 @@ impl ClusterState {
         self.touch_time(now_ms);
         self.last_job_id += 1;
         let id = JobId(self.last_job_id);
-        let entry = self
-            .members
-            .entry(member.clone())
-            .or_insert_with(|| Member {
-                id: member.clone(),
-                first_seen_ms: now_ms,
-                jobs_submitted: 0,
-            });
-        entry.jobs_submitted += 1;
+        self.member_mut(member).jobs_submitted += 1;
         let mut job = Job {
             id,
             member: member.clone(),
@@ -246,6 +360,32 @@ impl ClusterState {
         })
     }
 
+    fn adopt_genesis(&mut self, policy: &Policy, now_ms: u64) -> Result<Outcome, CoreError> {
+        if self.genesis_adopted {
+            return Err(CoreError::Policy(format!(
+                "the genesis policy was adopted already (version {} is in force); changes go through a member vote",
+                self.policy.version
+            )));
+        }
+        policy.validate().map_err(CoreError::Policy)?;
+        self.touch_time(now_ms);
+        // Bring every ledger up to now under the old rates first.
+        let ids: Vec<MemberId> = self.members.keys().cloned().collect();
+        for id in &ids {
+            self.member_mut(id);
+        }
+        self.policy = policy.clone();
+        self.genesis_adopted = true;
+        let owners: BTreeSet<MemberId> = self.nodes.values().map(|n| n.owner.clone()).collect();
+        for owner in owners {
+            self.refresh_offered(&owner);
+        }
+        Ok(Outcome::PolicyAdopted {
+            version: policy.version,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn register_node(
         &mut self,
         node_id: &NodeId,
@@ -253,6 +393,7 @@ impl ClusterState {
         capacity: Resources,
         addr: &str,
         incarnation: u64,
+        gpus: &[GpuInfo],
         now_ms: u64,
     ) -> Result<Outcome, CoreError> {
         validate_name("node", node_id.as_str()).map_err(CoreError::InvalidName)?;
@@ -261,6 +402,17 @@ impl ClusterState {
             return Err(CoreError::Impossible(
                 "a node must offer some cpu and memory".into(),
             ));
+        }
+        if !gpus.is_empty() {
+            let indices: BTreeSet<u32> = gpus.iter().map(|g| g.index).collect();
+            if gpus.len() != capacity.gpus as usize || indices != (0..capacity.gpus).collect() {
+                return Err(CoreError::Impossible(format!(
+                    "node {node_id} lists {} GPUs but offers {}; indices must be 0..{}",
+                    gpus.len(),
+                    capacity.gpus,
+                    capacity.gpus
+                )));
+            }
         }
         if let Some(existing) = self.nodes.get(node_id) {
             if incarnation < existing.incarnation {
@@ -272,14 +424,17 @@ impl ClusterState {
             }
             // Within one worker process the capacity is fixed: allocations
             // were sized against it, so a change needs a new incarnation.
-            if incarnation == existing.incarnation && capacity != existing.capacity {
+            if incarnation == existing.incarnation
+                && (capacity != existing.capacity || existing.owner != *owner)
+            {
                 return Err(CoreError::Impossible(format!(
-                    "node {node_id} changed capacity without restarting its worker"
+                    "node {node_id} changed capacity or owner without restarting its worker"
                 )));
             }
         }
         self.touch_time(now_ms);
         let mut requeued = Vec::new();
+        let previous_owner = self.nodes.get(node_id).map(|n| n.owner.clone());
         let same_incarnation = self
             .nodes
             .get(node_id)
@@ -289,6 +444,16 @@ impl ClusterState {
             let (req, _failed) = self.end_node_allocs(node_id, now_ms, "its worker restarted");
             requeued = req;
         }
+        let inventory: Vec<GpuInfo> = if gpus.is_empty() {
+            (0..capacity.gpus)
+                .map(|index| GpuInfo {
+                    index,
+                    ..GpuInfo::default()
+                })
+                .collect()
+        } else {
+            gpus.to_vec()
+        };
         let node = self.nodes.entry(node_id.clone()).or_insert_with(|| Node {
             id: node_id.clone(),
             owner: owner.clone(),
@@ -300,14 +465,20 @@ impl ClusterState {
             incarnation,
             registered_at_ms: now_ms,
             allocs: BTreeSet::new(),
+            gpus: Vec::new(),
         });
         node.owner = owner.clone();
         node.capacity = capacity;
         node.addr = addr.to_string();
         node.incarnation = incarnation;
         node.state = NodeState::Ready;
+        node.gpus = inventory;
         if !same_incarnation {
             node.registered_at_ms = now_ms;
+        }
+        self.refresh_offered(owner);
+        if let Some(prev) = previous_owner.filter(|p| p != owner) {
+            self.refresh_offered(&prev);
         }
         Ok(Outcome::NodeRegistered {
             node: node_id.clone(),
@@ -332,11 +503,13 @@ impl ClusterState {
                 given: incarnation,
             });
         }
+        let owner = node.owner.clone();
         self.touch_time(now_ms);
         let (requeued, failed) = self.end_node_allocs(node_id, now_ms, "its node was lost");
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.state = NodeState::Lost;
         }
+        self.refresh_offered(&owner);
         Ok(Outcome::NodeLost {
             node: node_id.clone(),
             requeued,
@@ -368,7 +541,7 @@ impl ClusterState {
                 signal: None,
                 error: format!("allocation {alloc_id} lost: {why}"),
             };
-            match self.end_run(alloc.job, alloc_id, &exit, now_ms) {
+            match self.end_run(alloc.job, &alloc, &exit, now_ms) {
                 JobState::Pending => requeued.push(alloc.job),
                 JobState::Failed => failed.push(alloc.job),
                 _ => {}
@@ -383,19 +556,24 @@ impl ClusterState {
             node.allocated = node.allocated.saturating_sub(&alloc.resources);
             node.allocs.remove(&alloc_id);
         }
+        if let Some(member) = self.jobs.get(&alloc.job).map(|j| j.member.clone()) {
+            let m = self.member_mut(&member);
+            m.allocated = m.allocated.saturating_sub(&alloc.resources);
+        }
         Some(alloc)
     }
 
     /// Records the end of a job's run and decides what the job becomes:
-    /// succeeded, requeued (retries left) or failed. A cancelled job stays
-    /// cancelled.
+    /// succeeded, requeued (retries left, or preempted) or failed. A
+    /// cancelled job stays cancelled.
     fn end_run(
         &mut self,
         job_id: JobId,
-        alloc_id: AllocId,
+        alloc: &Allocation,
         exit: &ExitStatus,
         now_ms: u64,
     ) -> JobState {
+        let alloc_id = alloc.id;
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return JobState::Failed;
         };
@@ -408,6 +586,19 @@ impl ClusterState {
                 format!("allocation {alloc_id} stopped: {}", exit.describe()),
             );
             return JobState::Cancelled;
+        }
+        if alloc.preempted {
+            // Reclaim is the cooperative's decision, not the job's failure.
+            job.state = JobState::Pending;
+            job.record(
+                now_ms,
+                format!(
+                    "allocation {alloc_id} preempted ({}); requeued without spending a retry",
+                    exit.describe()
+                ),
+            );
+            self.pending.insert(job_id);
+            return JobState::Pending;
         }
         job.exit_code = exit.code;
         if exit.success() {
@@ -444,13 +635,27 @@ impl ClusterState {
         job.state
     }
 
+    fn decide(&mut self, decision: Decision) {
+        if self.decisions.len() == DECISIONS_KEPT {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(decision);
+    }
+
+    /// One pass of the fair-share allocator (see `fairshare`), carried out.
     fn schedule(&mut self, now_ms: u64) -> Outcome {
         self.touch_time(now_ms);
-        let plan = allocator::plan_first_fit(self);
-        let mut placements = Vec::with_capacity(plan.len());
-        for p in plan {
+        let ids: Vec<MemberId> = self.members.keys().cloned().collect();
+        for id in &ids {
+            self.member_mut(id);
+        }
+        let plan = fairshare::plan(self);
+        let version = self.policy.version;
+        let mut placements = Vec::with_capacity(plan.placements.len());
+        for p in plan.placements {
             self.last_alloc_id += 1;
             let alloc_id = AllocId(self.last_alloc_id);
+            let rule = p.rule.as_str().to_string();
             let alloc = Allocation {
                 id: alloc_id,
                 job: p.job,
@@ -459,6 +664,8 @@ impl ClusterState {
                 gpu_indices: p.gpu_indices.clone(),
                 state: AllocState::Assigned,
                 created_at_ms: now_ms,
+                rule: rule.clone(),
+                preempted: false,
             };
             if let Some(node) = self.nodes.get_mut(&p.node) {
                 node.allocated = node.allocated.saturating_add(&p.resources);
@@ -466,27 +673,87 @@ impl ClusterState {
             }
             self.allocs.insert(alloc_id, alloc);
             self.pending.remove(&p.job);
-            if let Some(job) = self.jobs.get_mut(&p.job) {
-                job.state = JobState::Assigned;
-                job.alloc = Some(alloc_id);
-                job.last_run = Some((alloc_id, p.node.clone()));
-                job.record(
-                    now_ms,
-                    format!(
-                        "placed on {} as allocation {alloc_id} (rule: first-fit)",
-                        p.node
-                    ),
-                );
-            }
+            let member = match self.jobs.get_mut(&p.job) {
+                Some(job) => {
+                    job.state = JobState::Assigned;
+                    job.alloc = Some(alloc_id);
+                    job.last_run = Some((alloc_id, p.node.clone()));
+                    job.record(
+                        now_ms,
+                        format!("placed on {} as allocation {alloc_id} (rule: {rule}, policy v{version})", p.node),
+                    );
+                    job.member.clone()
+                }
+                None => continue,
+            };
+            let m = self.member_mut(&member);
+            m.allocated = m.allocated.saturating_add(&p.resources);
+            self.decide(Decision {
+                at_ms: now_ms,
+                kind: "place".into(),
+                job: p.job,
+                member,
+                alloc: alloc_id,
+                node: p.node.clone(),
+                rule: rule.clone(),
+                policy_version: version,
+            });
             placements.push(Placement {
                 job: p.job,
                 alloc: alloc_id,
                 node: p.node,
                 resources: p.resources,
                 gpu_indices: p.gpu_indices,
+                rule,
             });
         }
-        Outcome::Scheduled { placements }
+        let mut preemptions = Vec::with_capacity(plan.preemptions.len());
+        for p in plan.preemptions {
+            let Some(alloc) = self.allocs.get_mut(&p.alloc) else {
+                continue;
+            };
+            alloc.state = AllocState::Stopping;
+            alloc.preempted = true;
+            let (job_id, node) = (alloc.job, alloc.node.clone());
+            let rule = p.rule.as_str().to_string();
+            let for_member = self
+                .jobs
+                .get(&p.for_job)
+                .map(|j| j.member.clone())
+                .unwrap_or_else(|| MemberId::new("?"));
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            job.record(
+                now_ms,
+                format!(
+                    "preempted on {node} (rule: {rule}, policy v{version}) for job {} of {for_member}; grace {} s",
+                    p.for_job, self.policy.grace_secs
+                ),
+            );
+            let victim = job.member.clone();
+            self.decide(Decision {
+                at_ms: now_ms,
+                kind: "preempt".into(),
+                job: job_id,
+                member: victim.clone(),
+                alloc: p.alloc,
+                node,
+                rule: rule.clone(),
+                policy_version: version,
+            });
+            preemptions.push(Preemption {
+                alloc: p.alloc,
+                job: job_id,
+                victim,
+                for_job: p.for_job,
+                rule,
+            });
+        }
+        Outcome::Scheduled {
+            placements,
+            preemptions,
+        }
     }
 
     fn live_alloc_on(&self, alloc_id: AllocId, node: &NodeId) -> Result<&Allocation, CoreError> {
@@ -548,7 +815,7 @@ impl ClusterState {
         self.live_alloc_on(alloc_id, node)?;
         self.touch_time(now_ms);
         let alloc = self.remove_alloc(alloc_id).expect("checked live above");
-        let job_state = self.end_run(alloc.job, alloc_id, exit, now_ms);
+        let job_state = self.end_run(alloc.job, &alloc, exit, now_ms);
         Ok(Outcome::AllocFinished {
             alloc: alloc_id,
             job: alloc.job,
@@ -580,7 +847,9 @@ impl ClusterState {
     /// Every reason a pending job waits; empty for a job that is not pending.
     pub fn pending_reasons(&self, job: JobId) -> Vec<String> {
         match self.jobs.get(&job) {
-            Some(j) if j.state == JobState::Pending => allocator::pending_reasons(self, job),
+            Some(j) if j.state == JobState::Pending => crate::explain::explain(self, job)
+                .map(|e| e.reasons)
+                .unwrap_or_default(),
             _ => Vec::new(),
         }
     }

@@ -27,7 +27,7 @@ pub use state_machine::{Applied, StateMachine};
 pub use transport::RaftTransportService;
 
 /// A log entry's payload: one core command.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request(pub Command);
 
 impl fmt::Display for Request {
@@ -37,7 +37,7 @@ impl fmt::Display for Request {
 }
 
 /// What applying an entry returned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct Response(pub Option<Result<Outcome, CoreError>>);
 
 openraft::declare_raft_types!(

@@ -72,6 +72,7 @@ fn spec(argv: &[&str], cpu_millis: u64, retries: u32) -> JobSpec {
         }),
         max_retries: retries,
         preemptible: false,
+        ..Default::default()
     }
 }
 
@@ -242,7 +243,14 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    // A generous heartbeat timeout: this test is about the log, and a worker
+    // declared lost while 4 tests share 2 cores would rerun its jobs.
+    let mut cluster = LocalReplicas::start(tmp.path(), 3, |c| {
+        fast(c);
+        c.heartbeat_timeout_ms = 10_000;
+    })
+    .await
+    .unwrap();
     let addrs = cluster.addrs();
     let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "8");
     let ran = tmp.path().join("ran.txt");

@@ -33,12 +33,13 @@ fn register(
         addr: "127.0.0.1:1".into(),
         incarnation,
         now_ms: 5,
+        gpus: vec![],
     })
 }
 
 fn placements(outcome: Outcome) -> Vec<Placement> {
     match outcome {
-        Outcome::Scheduled { placements } => placements,
+        Outcome::Scheduled { placements, .. } => placements,
         other => panic!("expected Scheduled, got {other:?}"),
     }
 }
@@ -122,7 +123,7 @@ fn bad_submissions_change_nothing() {
 }
 
 #[test]
-fn first_fit_places_in_submission_order_within_capacity() {
+fn drf_serves_the_member_with_the_lower_dominant_share_first() {
     let mut s = ClusterState::new();
     register(&mut s, "a", res(1000, 1024, 1), 1).unwrap();
     register(&mut s, "b", res(2000, 1024, 0), 1).unwrap();
@@ -135,16 +136,15 @@ fn first_fit_places_in_submission_order_within_capacity() {
         .iter()
         .map(|p| (p.job.0, p.node.as_str(), p.gpu_indices.clone()))
         .collect();
+    // ana's first job takes the pool's only GPU: a dominant share of 100%,
+    // so bo (0%) is served next, twice, before ana's second job.
     assert_eq!(
         summary,
-        vec![(1, "a", vec![0]), (2, "b", vec![]), (3, "b", vec![])]
+        vec![(1, "a", vec![0]), (3, "b", vec![]), (4, "b", vec![])]
     );
-    assert_eq!(s.jobs[&JobId(4)].state, JobState::Pending);
-    let reasons = s.pending_reasons(JobId(4));
-    assert!(
-        reasons[0].contains("waiting for free resources"),
-        "{reasons:?}"
-    );
+    assert_eq!(s.jobs[&JobId(2)].state, JobState::Pending);
+    let reasons = s.pending_reasons(JobId(2));
+    assert!(reasons[0].contains("busy"), "{reasons:?}");
     // Nothing changes on a second pass.
     assert!(placements(s.apply(&Command::Schedule { now_ms: 21 }).unwrap()).is_empty());
 }

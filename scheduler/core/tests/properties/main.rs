@@ -90,6 +90,7 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
             addr: "127.0.0.1:1".into(),
             incarnation: incarnation as u64,
             now_ms,
+            gpus: vec![],
         },
         Op::Submit {
             member,
@@ -265,7 +266,7 @@ proptest! {
         state.apply(&Command::Schedule { now_ms: 1_000_000 }).unwrap();
         let once = state.clone();
         let again = state.apply(&Command::Schedule { now_ms: 1_000_000 }).unwrap();
-        prop_assert_eq!(again, Outcome::Scheduled { placements: vec![] });
+        prop_assert_eq!(again, Outcome::Scheduled { placements: vec![], preemptions: vec![] });
         prop_assert_eq!(state, once);
     }
 }

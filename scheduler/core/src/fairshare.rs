@@ -1,0 +1,580 @@
+//! The fair-share allocator: who is entitled to what, and one scheduling
+//! pass that places jobs and reclaims lent capacity. docs/policy.md gives
+//! every formula with a worked example.
+//!
+//! ```text
+//!  entitlement_m = floor / |A| + (1 - floor) * contribution_m / sum_A contribution
+//!  dominant_m    = max_r allocated_m,r / pool_r                   (DRF)
+//!  key_m         = (dominant_m + usage_weight * usage_share_m) / entitlement_m
+//! ```
+//!
+//! A = members with demand (pending or running jobs). The pass is weighted
+//! DRF by progressive filling (Ghodsi et al., NSDI 2011): repeatedly serve
+//! the member with the lowest key, placing the oldest job of its queue that
+//! fits anywhere. It is work conserving: a member is only passed over when
+//! none of its jobs fits, or a rule (the cap) holds it. Then members below
+//! entitlement whose jobs still wait reclaim preemptible allocations from
+//! members above theirs.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
+use crate::job::Job;
+use crate::ledger::{Usage, GIB};
+use crate::node::{Node, NodeState};
+use crate::nodefit::FitTree;
+use crate::policy::Policy;
+use crate::resources::Resources;
+use crate::state::ClusterState;
+
+/// Slack for comparing shares computed in floating point.
+pub const EPS: f64 = 1e-9;
+
+/// The rule behind a decision, as recorded in the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// Placed within the member's entitlement.
+    FairShare,
+    /// Placed beyond the member's entitlement on idle capacity (lent).
+    WorkConserving,
+    /// Placed on a machine the member owns.
+    OwnerFirst,
+    /// Stopped to give a member below entitlement its share.
+    Reclaim,
+    /// Stopped to give an owner its own machine back.
+    OwnerReclaim,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::FairShare => "fair-share",
+            Rule::WorkConserving => "work-conserving",
+            Rule::OwnerFirst => "owner-first",
+            Rule::Reclaim => "reclaim",
+            Rule::OwnerReclaim => "owner-reclaim",
+        }
+    }
+}
+
+/// One member's standing, as `coop share` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberShare {
+    pub member: MemberId,
+    pub pending: usize,
+    pub running: usize,
+    /// Fraction of the pool the member is entitled to (0 without demand).
+    pub entitlement: f64,
+    pub floor_part: f64,
+    pub contribution_part: f64,
+    pub allocated: Resources,
+    /// allocated / pool, per dimension (gpu, cpu, mem).
+    pub share: [f64; 3],
+    pub dominant_share: f64,
+    pub usage: Usage,
+    /// max over dimensions of the member's part of all decayed usage.
+    pub usage_share: f64,
+    pub contribution: f64,
+    /// Lower is served first.
+    pub key: f64,
+}
+
+impl MemberShare {
+    pub fn has_demand(&self) -> bool {
+        self.pending + self.running > 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shares {
+    /// Capacity of the ready nodes.
+    pub pool: Resources,
+    pub members: BTreeMap<MemberId, MemberShare>,
+}
+
+/// The share a request is of the pool, per dimension.
+pub fn share_of(r: &Resources, pool: &Resources) -> [f64; 3] {
+    let f = |x: f64, total: f64| if total > 0.0 { x / total } else { 0.0 };
+    [
+        f(r.gpus as f64, pool.gpus as f64),
+        f(r.cpu_millis as f64, pool.cpu_millis as f64),
+        f(r.memory_bytes as f64, pool.memory_bytes as f64),
+    ]
+}
+
+fn dominant(share: &[f64; 3]) -> f64 {
+    share.iter().copied().fold(0.0, f64::max)
+}
+
+/// Priority key: (dominant + w * usage_share) / entitlement; +inf without entitlement.
+pub fn priority_key(
+    dominant_share: f64,
+    usage_share: f64,
+    entitlement: f64,
+    policy: &Policy,
+) -> f64 {
+    if entitlement <= 0.0 {
+        return f64::INFINITY;
+    }
+    (dominant_share + policy.usage_weight * usage_share) / entitlement
+}
+
+/// Everyone's entitlement and share, from the state as it is.
+pub fn compute_shares(state: &ClusterState) -> Shares {
+    let policy = &state.policy;
+    let pool = state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready)
+        .fold(Resources::ZERO, |acc, n| acc.saturating_add(&n.capacity));
+    let mut pending: BTreeMap<&MemberId, usize> = BTreeMap::new();
+    for id in &state.pending {
+        if let Some(job) = state.jobs.get(id) {
+            *pending.entry(&job.member).or_default() += 1;
+        }
+    }
+    let mut running: BTreeMap<&MemberId, usize> = BTreeMap::new();
+    for alloc in state.allocs.values() {
+        if let Some(job) = state.jobs.get(&alloc.job) {
+            *running.entry(&job.member).or_default() += 1;
+        }
+    }
+    let active: Vec<&MemberId> = state
+        .members
+        .keys()
+        .filter(|m| pending.contains_key(m) || running.contains_key(m))
+        .collect();
+    let total_contribution: f64 = active.iter().map(|m| state.members[*m].contribution).sum();
+    let mut total_usage = [0.0f64; 3];
+    for m in state.members.values() {
+        for (d, t) in total_usage.iter_mut().enumerate() {
+            *t += m.usage.get(d);
+        }
+    }
+    let n_active = active.len() as f64;
+    let mut members = BTreeMap::new();
+    for (id, m) in &state.members {
+        let has_demand = pending.contains_key(id) || running.contains_key(id);
+        let (floor_part, contribution_part) = if has_demand {
+            let floor_part = policy.floor / n_active;
+            // With no contribution anywhere, the rest is split equally too.
+            let c = if total_contribution > 0.0 {
+                m.contribution / total_contribution
+            } else {
+                1.0 / n_active
+            };
+            (floor_part, (1.0 - policy.floor) * c)
+        } else {
+            (0.0, 0.0)
+        };
+        let entitlement = floor_part + contribution_part;
+        let share = share_of(&m.allocated, &pool);
+        let dominant_share = dominant(&share);
+        let usage_share = (0..3)
+            .map(|d| {
+                if total_usage[d] > 0.0 {
+                    m.usage.get(d) / total_usage[d]
+                } else {
+                    0.0
+                }
+            })
+            .fold(0.0, f64::max);
+        members.insert(
+            id.clone(),
+            MemberShare {
+                member: id.clone(),
+                pending: pending.get(id).copied().unwrap_or(0),
+                running: running.get(id).copied().unwrap_or(0),
+                entitlement,
+                floor_part,
+                contribution_part,
+                allocated: m.allocated,
+                share,
+                dominant_share,
+                usage: m.usage,
+                usage_share,
+                contribution: m.contribution,
+                key: priority_key(dominant_share, usage_share, entitlement, policy),
+            },
+        );
+    }
+    Shares { pool, members }
+}
+
+/// One placement the pass wants, before an allocation id is given to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPlacement {
+    pub job: JobId,
+    pub node: NodeId,
+    pub resources: Resources,
+    pub gpu_indices: Vec<u32>,
+    pub rule: Rule,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPreemption {
+    pub alloc: AllocId,
+    pub for_job: JobId,
+    pub rule: Rule,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub placements: Vec<PlannedPlacement>,
+    pub preemptions: Vec<PlannedPreemption>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.placements.is_empty() && self.preemptions.is_empty()
+    }
+}
+
+/// A ready node's room during a pass.
+struct Room<'a> {
+    node: &'a Node,
+    free: Resources,
+    free_gpus: BTreeSet<u32>,
+}
+
+impl Room<'_> {
+    /// The GPU indices a job would get here, if it fits.
+    fn pick_gpus(&self, job: &Job) -> Option<Vec<u32>> {
+        let want = job.spec.resources;
+        if !want.fits_in(&self.free) {
+            return None;
+        }
+        let model = job.spec.gpu_model.as_deref();
+        let min_mem = job.spec.gpu_min_memory_bytes;
+        let picked: Vec<u32> = self
+            .free_gpus
+            .iter()
+            .copied()
+            .filter(|i| {
+                if model.is_none() && min_mem.is_none() {
+                    return true;
+                }
+                self.node
+                    .gpus
+                    .iter()
+                    .find(|g| g.index == *i)
+                    .is_some_and(|g| g.matches(model, min_mem))
+            })
+            .take(want.gpus as usize)
+            .collect();
+        (picked.len() == want.gpus as usize).then_some(picked)
+    }
+}
+
+/// Total order on f64 keys (they are never NaN: entitlements are > 0 or the key is +inf).
+#[derive(Clone, Copy, PartialEq)]
+struct Key(f64);
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Plans one scheduling pass. Cost: O(P log M + P log N) for P pending
+/// jobs, M members and N nodes when nodes are alike (see `nodefit`); each
+/// member's queue is walked once, because a job that does not fit cannot
+/// fit later in the same pass (free capacity only shrinks during it).
+pub fn plan(state: &ClusterState) -> Plan {
+    let policy = &state.policy;
+    let shares = compute_shares(state);
+    let pool = shares.pool;
+    let mut rooms: Vec<Room<'_>> = state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready)
+        .map(|n| Room {
+            node: n,
+            free: n.free(),
+            free_gpus: state.free_gpu_indices(n),
+        })
+        .collect();
+    let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rooms.iter().enumerate() {
+        owned.entry(&r.node.owner).or_default().push(i);
+    }
+    let mut tree = FitTree::new(&rooms.iter().map(|r| r.free).collect::<Vec<_>>());
+
+    let mut queues: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
+    for id in &state.pending {
+        if let Some(job) = state.jobs.get(id) {
+            queues.entry(&job.member).or_default().push(job);
+        }
+    }
+    let mut cursor: BTreeMap<&MemberId, usize> = BTreeMap::new();
+    let mut unplaced: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
+    let mut share_now: BTreeMap<&MemberId, [f64; 3]> = BTreeMap::new();
+    let mut heap = BinaryHeap::new();
+    for m in queues.keys() {
+        let s = &shares.members[*m];
+        share_now.insert(m, s.share);
+        heap.push(Reverse((Key(s.key), *m)));
+    }
+    // Request shapes that found no room this pass: anything at least as
+    // large in every dimension cannot fit either.
+    let mut failed: Vec<Resources> = Vec::new();
+    let mut out = Plan::default();
+
+    while let Some(Reverse((_, member))) = heap.pop() {
+        let s = &shares.members[member];
+        let queue = &queues[member];
+        let pos = cursor.entry(member).or_insert(0);
+        let mut placed = None;
+        while *pos < queue.len() {
+            let job = queue[*pos];
+            *pos += 1;
+            let want = job.spec.resources;
+            let after = dominant(&add(&share_now[member], &share_of(&want, &pool)));
+            if let Some(cap) = policy.member_cap {
+                if after > cap + EPS {
+                    unplaced.entry(member).or_default().push(job);
+                    continue;
+                }
+            }
+            let constrained = job.spec.has_gpu_constraints();
+            if !constrained && failed.iter().any(|f| f.fits_in(&want)) {
+                unplaced.entry(member).or_default().push(job);
+                continue;
+            }
+            let mut found: Option<(usize, Vec<u32>)> = None;
+            if policy.owner_first {
+                if let Some(mine) = owned.get(member) {
+                    for &i in mine {
+                        if let Some(g) = rooms[i].pick_gpus(job) {
+                            found = Some((i, g));
+                            break;
+                        }
+                    }
+                }
+            }
+            if found.is_none() {
+                let mut picked = None;
+                let leaf = tree.find(&want, &mut |i| {
+                    picked = rooms[i].pick_gpus(job);
+                    picked.is_some()
+                });
+                if let (Some(i), Some(g)) = (leaf, picked) {
+                    found = Some((i, g));
+                }
+            }
+            match found {
+                Some((i, gpus)) => {
+                    placed = Some((job, i, gpus, after));
+                    break;
+                }
+                None => {
+                    if !constrained && failed.len() < 64 {
+                        failed.push(want);
+                    }
+                    unplaced.entry(member).or_default().push(job);
+                }
+            }
+        }
+        let Some((job, i, gpus, after)) = placed else {
+            continue;
+        };
+        let room = &mut rooms[i];
+        room.free = room.free.saturating_sub(&job.spec.resources);
+        for g in &gpus {
+            room.free_gpus.remove(g);
+        }
+        tree.update(i, room.free);
+        let rule = if policy.owner_first && room.node.owner == *member {
+            Rule::OwnerFirst
+        } else if after <= s.entitlement + EPS {
+            Rule::FairShare
+        } else {
+            Rule::WorkConserving
+        };
+        out.placements.push(PlannedPlacement {
+            job: job.id,
+            node: room.node.id.clone(),
+            resources: job.spec.resources,
+            gpu_indices: gpus,
+            rule,
+        });
+        let now = share_now.get_mut(member).expect("member queued");
+        *now = add(now, &share_of(&job.spec.resources, &pool));
+        heap.push(Reverse((
+            Key(priority_key(
+                dominant(now),
+                s.usage_share,
+                s.entitlement,
+                policy,
+            )),
+            member,
+        )));
+    }
+
+    reclaim(
+        state, &shares, &rooms, &share_now, &unplaced, &owned, &mut out,
+    );
+    out
+}
+
+/// Members below entitlement whose jobs still wait take back preemptible
+/// allocations from the members furthest above theirs. A claim is only
+/// made within the claimant's entitlement, and a victim is only taken
+/// while its member is above its own, so two members never preempt each
+/// other back and forth.
+fn reclaim(
+    state: &ClusterState,
+    shares: &Shares,
+    rooms: &[Room<'_>],
+    share_now: &BTreeMap<&MemberId, [f64; 3]>,
+    unplaced: &BTreeMap<&MemberId, Vec<&Job>>,
+    owned: &BTreeMap<&MemberId, Vec<usize>>,
+    out: &mut Plan,
+) {
+    let policy = &state.policy;
+    let pool = shares.pool;
+    let mut shares_now: BTreeMap<MemberId, [f64; 3]> =
+        share_now.iter().map(|(m, d)| ((*m).clone(), *d)).collect();
+    for (m, s) in &shares.members {
+        shares_now.entry(m.clone()).or_insert(s.share);
+    }
+    let ds = |now: &BTreeMap<MemberId, [f64; 3]>, m: &MemberId| dominant(&now[m]);
+    let mut claimants: Vec<(&MemberId, &Vec<&Job>)> = unplaced
+        .iter()
+        .map(|(m, jobs)| (*m, jobs))
+        .filter(|(m, _)| ds(&shares_now, m) + EPS < shares.members[*m].entitlement)
+        .collect();
+    claimants.sort_by(|a, b| {
+        shares.members[a.0]
+            .key
+            .total_cmp(&shares.members[b.0].key)
+            .then(a.0.cmp(b.0))
+    });
+    let mut taken: BTreeSet<AllocId> = BTreeSet::new();
+    for (member, jobs) in claimants {
+        let entitlement = shares.members[member].entitlement;
+        let Some(job) = jobs.iter().find(|j| {
+            dominant(&add(
+                &shares_now[member],
+                &share_of(&j.spec.resources, &pool),
+            )) <= entitlement + EPS
+        }) else {
+            continue;
+        };
+        let mut order: Vec<usize> = Vec::new();
+        if policy.owner_first {
+            order.extend(owned.get(member).into_iter().flatten().copied());
+        }
+        let rest: Vec<usize> = (0..rooms.len()).filter(|i| !order.contains(i)).collect();
+        order.extend(rest);
+        for i in order {
+            let room = &rooms[i];
+            if !job.spec.resources.fits_in(&room.node.capacity) {
+                continue;
+            }
+            // Already being freed on this node (earlier preemptions or cancels).
+            let mut incoming = room.free;
+            let mut incoming_gpus = room.free_gpus.clone();
+            for a in room.node.allocs.iter().filter_map(|a| state.allocs.get(a)) {
+                if a.state == crate::alloc::AllocState::Stopping || taken.contains(&a.id) {
+                    incoming = incoming.saturating_add(&a.resources);
+                    incoming_gpus.extend(a.gpu_indices.iter().copied());
+                }
+            }
+            let probe = |free: Resources, gpus: &BTreeSet<u32>| {
+                Room {
+                    node: room.node,
+                    free,
+                    free_gpus: gpus.clone(),
+                }
+                .pick_gpus(job)
+                .is_some()
+            };
+            if probe(incoming, &incoming_gpus) {
+                // Room is on its way; no new preemption needed.
+                break;
+            }
+            let mut victims: Vec<(f64, AllocId)> = room
+                .node
+                .allocs
+                .iter()
+                .filter_map(|a| state.allocs.get(a))
+                .filter(|a| a.state != crate::alloc::AllocState::Stopping && !taken.contains(&a.id))
+                .filter_map(|a| {
+                    let j = state.jobs.get(&a.job)?;
+                    if !j.spec.preemptible || &j.member == member {
+                        return None;
+                    }
+                    let v = &shares.members[&j.member];
+                    let d = ds(&shares_now, &j.member);
+                    let ratio = if v.entitlement > 0.0 {
+                        d / v.entitlement
+                    } else {
+                        f64::INFINITY
+                    };
+                    (d > v.entitlement + EPS).then_some((ratio, a.id))
+                })
+                .collect();
+            victims.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+            let mut chosen = Vec::new();
+            let mut free = incoming;
+            let mut free_gpus = incoming_gpus;
+            let mut shadow = shares_now.clone();
+            for (_, alloc_id) in victims {
+                let a = &state.allocs[&alloc_id];
+                let victim = &state.jobs[&a.job].member;
+                // Take only while the victim is still above its entitlement.
+                if ds(&shadow, victim) <= shares.members[victim].entitlement + EPS {
+                    continue;
+                }
+                free = free.saturating_add(&a.resources);
+                free_gpus.extend(a.gpu_indices.iter().copied());
+                let v = shadow.get_mut(victim).expect("member");
+                *v = sub(v, &share_of(&a.resources, &pool));
+                chosen.push(alloc_id);
+                if probe(free, &free_gpus) {
+                    break;
+                }
+            }
+            if !chosen.is_empty() && probe(free, &free_gpus) {
+                let rule = if policy.owner_first && room.node.owner == *member {
+                    Rule::OwnerReclaim
+                } else {
+                    Rule::Reclaim
+                };
+                for alloc in chosen {
+                    taken.insert(alloc);
+                    out.preemptions.push(PlannedPreemption {
+                        alloc,
+                        for_job: job.id,
+                        rule,
+                    });
+                }
+                shares_now = shadow;
+                break;
+            }
+        }
+    }
+}
+
+fn add(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+}
+
+fn sub(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+/// Memory in GiB, for reports.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / GIB
+}

@@ -1,0 +1,179 @@
+//! The policy: the cooperative's published quota rules, a versioned TOML
+//! document kept in the replicated state. Every decision records the
+//! version it was made under. docs/policy.md states each rule with a
+//! worked example.
+
+use serde::{Deserialize, Serialize};
+
+/// The rules, with their defaults. Unknown fields are an error, so a typo
+/// never silently falls back to a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Bumped by every adopted change; 1 for the genesis policy.
+    pub version: u64,
+    /// Social floor: this fraction of the pool is split equally among the
+    /// members with demand, contributors or not.
+    #[serde(default = "defaults::floor")]
+    pub floor: f64,
+    /// Half-life of decayed usage and contribution, in seconds.
+    #[serde(default = "defaults::half_life_secs")]
+    pub half_life_secs: u64,
+    /// How much decayed past usage counts against a member next to its
+    /// current dominant share (0 = only what runs now).
+    #[serde(default = "defaults::usage_weight")]
+    pub usage_weight: f64,
+    /// Reclaim grace: a preempted job gets SIGTERM, then SIGKILL this many
+    /// seconds later.
+    #[serde(default = "defaults::grace_secs")]
+    pub grace_secs: u64,
+    /// An owner's jobs go to, and reclaim, the owner's own machines first.
+    #[serde(default = "defaults::owner_first")]
+    pub owner_first: bool,
+    /// Optional ceiling on any member's dominant share (fraction of the pool).
+    #[serde(default)]
+    pub member_cap: Option<f64>,
+    /// Optional per-job limits.
+    #[serde(default)]
+    pub max_job_gpus: Option<u32>,
+    #[serde(default)]
+    pub max_job_runtime_secs: Option<u64>,
+    /// GPU normalisation of contribution: this many CPU cores count as one GPU...
+    #[serde(default = "defaults::cpus_per_gpu")]
+    pub cpus_per_gpu: f64,
+    /// ...and so does this much memory, in GiB.
+    #[serde(default = "defaults::memory_gib_per_gpu")]
+    pub memory_gib_per_gpu: f64,
+}
+
+mod defaults {
+    pub fn floor() -> f64 {
+        0.5
+    }
+    pub fn half_life_secs() -> u64 {
+        7 * 24 * 3600
+    }
+    pub fn usage_weight() -> f64 {
+        0.5
+    }
+    pub fn grace_secs() -> u64 {
+        30
+    }
+    pub fn owner_first() -> bool {
+        true
+    }
+    pub fn cpus_per_gpu() -> f64 {
+        16.0
+    }
+    pub fn memory_gib_per_gpu() -> f64 {
+        64.0
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            version: 1,
+            floor: defaults::floor(),
+            half_life_secs: defaults::half_life_secs(),
+            usage_weight: defaults::usage_weight(),
+            grace_secs: defaults::grace_secs(),
+            owner_first: defaults::owner_first(),
+            member_cap: None,
+            max_job_gpus: None,
+            max_job_runtime_secs: None,
+            cpus_per_gpu: defaults::cpus_per_gpu(),
+            memory_gib_per_gpu: defaults::memory_gib_per_gpu(),
+        }
+    }
+}
+
+impl Policy {
+    /// Parses and validates a policy document; the error names the field.
+    pub fn from_toml(text: &str) -> Result<Policy, String> {
+        let policy: Policy = toml::from_str(text).map_err(|e| {
+            format!(
+                "policy: {}",
+                e.to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("policy always serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let fraction = |name: &str, v: f64| {
+            if v.is_finite() && (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "policy field {name}: must be between 0 and 1, got {v}"
+                ))
+            }
+        };
+        if self.version == 0 {
+            return Err("policy field version: must be at least 1".into());
+        }
+        fraction("floor", self.floor)?;
+        fraction("usage_weight", self.usage_weight)?;
+        if let Some(cap) = self.member_cap {
+            fraction("member_cap", cap)?;
+            if cap == 0.0 {
+                return Err("policy field member_cap: 0 would let nobody run anything".into());
+            }
+        }
+        if self.half_life_secs == 0 {
+            return Err("policy field half_life_secs: must be at least 1".into());
+        }
+        if self.grace_secs > 24 * 3600 {
+            return Err("policy field grace_secs: at most one day".into());
+        }
+        for (name, v) in [
+            ("cpus_per_gpu", self.cpus_per_gpu),
+            ("memory_gib_per_gpu", self.memory_gib_per_gpu),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!(
+                    "policy field {name}: must be a positive number, got {v}"
+                ));
+            }
+        }
+        if self.max_job_runtime_secs == Some(0) {
+            return Err("policy field max_job_runtime_secs: must be at least 1 when set".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_round_trip() {
+        let p = Policy::from_toml("version = 1\n").unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(Policy::from_toml(&p.to_toml()).unwrap(), p);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = Policy::from_toml("version = 1\nfloor = 1.5\n").unwrap_err();
+        assert!(e.contains("floor"), "{e}");
+        let e = Policy::from_toml("version = 1\nflor = 0.5\n").unwrap_err();
+        assert!(e.contains("flor"), "{e}");
+        let e = Policy::from_toml("version = 1\nhalf_life_secs = \"week\"\n").unwrap_err();
+        assert!(e.contains("half_life_secs") || e.contains("integer"), "{e}");
+        let e = Policy::from_toml("floor = 0.5\n").unwrap_err();
+        assert!(e.contains("version"), "{e}");
+        let e = Policy::from_toml("version = 1\nmember_cap = 0.0\n").unwrap_err();
+        assert!(e.contains("member_cap"), "{e}");
+    }
+}
