@@ -293,85 +293,120 @@ pub fn plan(state: &ClusterState) -> Plan {
     let policy = &state.policy;
     let shares = compute_shares(state);
     let pool = shares.pool;
-    let mut rooms: Vec<Room<'_>> = state
-        .nodes
-        .values()
-        .filter(|n| n.state == NodeState::Ready)
-        .map(|n| Room {
-            node: n,
-            free: n.free(),
-            free_gpus: state.free_gpu_indices(n),
-        })
-        .collect();
+    let mut pass = Pass {
+        rooms: state
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| Room {
+                node: n,
+                free: n.free(),
+                free_gpus: state.free_gpu_indices(n),
+            })
+            .collect(),
+        tree: FitTree::new(&[]),
+        out: Plan::default(),
+    };
+    pass.tree = FitTree::new(&pass.rooms.iter().map(|r| r.free).collect::<Vec<_>>());
     let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
-    for (i, r) in rooms.iter().enumerate() {
+    for (i, r) in pass.rooms.iter().enumerate() {
         owned.entry(&r.node.owner).or_default().push(i);
     }
-    let mut tree = FitTree::new(&rooms.iter().map(|r| r.free).collect::<Vec<_>>());
-
     let mut queues: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
     for id in &state.pending {
         if let Some(job) = state.jobs.get(id) {
             queues.entry(&job.member).or_default().push(job);
         }
     }
-    let mut cursor: BTreeMap<&MemberId, usize> = BTreeMap::new();
-    let mut unplaced: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
-    let mut share_now: BTreeMap<&MemberId, [f64; 3]> = BTreeMap::new();
+    let mut cursor: BTreeMap<&MemberId, usize> = queues.keys().map(|m| (*m, 0)).collect();
+    let mut share_now: BTreeMap<&MemberId, [f64; 3]> = queues
+        .keys()
+        .map(|m| (*m, shares.members[*m].share))
+        .collect();
+    let mut by_key: Vec<&MemberId> = queues.keys().copied().collect();
+    by_key.sort_by(|a, b| {
+        shares.members[*a]
+            .key
+            .total_cmp(&shares.members[*b].key)
+            .then(a.cmp(b))
+    });
+
+    // Owners first, on their own machines, up to their entitlement: a
+    // contributor never waits for its own idle machine, and never takes
+    // more of it than its share while others wait.
+    if policy.owner_first {
+        for member in &by_key {
+            let Some(mine) = owned.get(member) else {
+                continue;
+            };
+            let entitlement = shares.members[*member].entitlement;
+            let queue = &queues[member];
+            let pos = cursor.get_mut(member).expect("queued");
+            while *pos < queue.len() {
+                let job = queue[*pos];
+                let after = add(&share_now[member], &share_of(&job.spec.resources, &pool));
+                if dominant(&after) > entitlement + EPS || over_cap(policy, &after) {
+                    break;
+                }
+                let Some((i, gpus)) = mine
+                    .iter()
+                    .find_map(|&i| pass.rooms[i].pick_gpus(job).map(|g| (i, g)))
+                else {
+                    break;
+                };
+                pass.place(job, i, gpus, Rule::OwnerFirst);
+                share_now.insert(member, after);
+                *pos += 1;
+            }
+        }
+    }
+
+    // Weighted DRF by progressive filling over everyone's queues.
     let mut heap = BinaryHeap::new();
-    for m in queues.keys() {
+    for m in &by_key {
         let s = &shares.members[*m];
-        share_now.insert(m, s.share);
-        heap.push(Reverse((Key(s.key), *m)));
+        heap.push(Reverse((
+            Key(priority_key(
+                dominant(&share_now[m]),
+                s.usage_share,
+                s.entitlement,
+                policy,
+            )),
+            *m,
+        )));
     }
     // Request shapes that found no room this pass: anything at least as
     // large in every dimension cannot fit either.
     let mut failed: Vec<Resources> = Vec::new();
-    let mut out = Plan::default();
-
+    let mut unplaced: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
     while let Some(Reverse((_, member))) = heap.pop() {
         let s = &shares.members[member];
         let queue = &queues[member];
-        let pos = cursor.entry(member).or_insert(0);
+        let pos = cursor.get_mut(member).expect("queued");
         let mut placed = None;
         while *pos < queue.len() {
             let job = queue[*pos];
             *pos += 1;
             let want = job.spec.resources;
-            let after = dominant(&add(&share_now[member], &share_of(&want, &pool)));
-            if let Some(cap) = policy.member_cap {
-                if after > cap + EPS {
-                    unplaced.entry(member).or_default().push(job);
-                    continue;
-                }
+            let after = add(&share_now[member], &share_of(&want, &pool));
+            if over_cap(policy, &after) {
+                unplaced.entry(member).or_default().push(job);
+                continue;
             }
             let constrained = job.spec.has_gpu_constraints();
             if !constrained && failed.iter().any(|f| f.fits_in(&want)) {
                 unplaced.entry(member).or_default().push(job);
                 continue;
             }
-            let mut found: Option<(usize, Vec<u32>)> = None;
-            if policy.owner_first {
-                if let Some(mine) = owned.get(member) {
-                    for &i in mine {
-                        if let Some(g) = rooms[i].pick_gpus(job) {
-                            found = Some((i, g));
-                            break;
-                        }
-                    }
-                }
-            }
-            if found.is_none() {
-                let mut picked = None;
-                let leaf = tree.find(&want, &mut |i| {
-                    picked = rooms[i].pick_gpus(job);
-                    picked.is_some()
-                });
-                if let (Some(i), Some(g)) = (leaf, picked) {
-                    found = Some((i, g));
-                }
-            }
-            match found {
+            let own = if policy.owner_first {
+                owned.get(member).and_then(|mine| {
+                    mine.iter()
+                        .find_map(|&i| pass.rooms[i].pick_gpus(job).map(|g| (i, g)))
+                })
+            } else {
+                None
+            };
+            match own.or_else(|| pass.find(job)) {
                 Some((i, gpus)) => {
                     placed = Some((job, i, gpus, after));
                     break;
@@ -387,31 +422,18 @@ pub fn plan(state: &ClusterState) -> Plan {
         let Some((job, i, gpus, after)) = placed else {
             continue;
         };
-        let room = &mut rooms[i];
-        room.free = room.free.saturating_sub(&job.spec.resources);
-        for g in &gpus {
-            room.free_gpus.remove(g);
-        }
-        tree.update(i, room.free);
-        let rule = if policy.owner_first && room.node.owner == *member {
+        let rule = if policy.owner_first && pass.rooms[i].node.owner == *member {
             Rule::OwnerFirst
-        } else if after <= s.entitlement + EPS {
+        } else if dominant(&after) <= s.entitlement + EPS {
             Rule::FairShare
         } else {
             Rule::WorkConserving
         };
-        out.placements.push(PlannedPlacement {
-            job: job.id,
-            node: room.node.id.clone(),
-            resources: job.spec.resources,
-            gpu_indices: gpus,
-            rule,
-        });
-        let now = share_now.get_mut(member).expect("member queued");
-        *now = add(now, &share_of(&job.spec.resources, &pool));
+        pass.place(job, i, gpus, rule);
+        share_now.insert(member, after);
         heap.push(Reverse((
             Key(priority_key(
-                dominant(now),
+                dominant(&after),
                 s.usage_share,
                 s.entitlement,
                 policy,
@@ -419,11 +441,60 @@ pub fn plan(state: &ClusterState) -> Plan {
             member,
         )));
     }
-
+    // Jobs never reached (their member's turn ended early) wait too.
+    for (member, queue) in &queues {
+        let pos = cursor[member];
+        unplaced
+            .entry(member)
+            .or_default()
+            .extend(queue[pos..].iter().copied());
+    }
+    let Pass { rooms, mut out, .. } = pass;
     reclaim(
         state, &shares, &rooms, &share_now, &unplaced, &owned, &mut out,
     );
     out
+}
+
+fn over_cap(policy: &Policy, share: &[f64; 3]) -> bool {
+    policy
+        .member_cap
+        .is_some_and(|cap| dominant(share) > cap + EPS)
+}
+
+/// The rooms of one pass and the placements made in them so far.
+struct Pass<'a> {
+    rooms: Vec<Room<'a>>,
+    tree: FitTree,
+    out: Plan,
+}
+
+impl<'a> Pass<'a> {
+    /// The leftmost room the job fits in, with the GPUs it would get.
+    fn find(&self, job: &Job) -> Option<(usize, Vec<u32>)> {
+        let mut picked = None;
+        let leaf = self.tree.find(&job.spec.resources, &mut |i| {
+            picked = self.rooms[i].pick_gpus(job);
+            picked.is_some()
+        })?;
+        picked.map(|g| (leaf, g))
+    }
+
+    fn place(&mut self, job: &Job, i: usize, gpus: Vec<u32>, rule: Rule) {
+        let room = &mut self.rooms[i];
+        room.free = room.free.saturating_sub(&job.spec.resources);
+        for g in &gpus {
+            room.free_gpus.remove(g);
+        }
+        self.tree.update(i, room.free);
+        self.out.placements.push(PlannedPlacement {
+            job: job.id,
+            node: room.node.id.clone(),
+            resources: job.spec.resources,
+            gpu_indices: gpus,
+            rule,
+        });
+    }
 }
 
 /// Members below entitlement whose jobs still wait take back preemptible
