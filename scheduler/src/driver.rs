@@ -61,10 +61,12 @@ fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>) {
     if in_flight.load(Ordering::Acquire) {
         return;
     }
-    let worth_it = {
+    // A pass over a large queue takes a while (docs/benchmarks.md): run it
+    // where blocking is allowed rather than stalling this runtime thread.
+    let worth_it = tokio::task::block_in_place(|| {
         let applied = shared.node.state_machine().read();
         !applied.state.pending.is_empty() && !fairshare::plan(&applied.state).is_empty()
-    };
+    });
     if !worth_it {
         return;
     }

@@ -513,126 +513,157 @@ fn reclaim(
 ) {
     let policy = &state.policy;
     let pool = shares.pool;
-    let mut shares_now: BTreeMap<MemberId, [f64; 3]> =
-        share_now.iter().map(|(m, d)| ((*m).clone(), *d)).collect();
-    for (m, s) in &shares.members {
-        shares_now.entry(m.clone()).or_insert(s.share);
+    let mut now: BTreeMap<&MemberId, [f64; 3]> =
+        shares.members.iter().map(|(m, s)| (m, s.share)).collect();
+    for (m, s) in share_now {
+        now.insert(*m, *s);
     }
-    let ds = |now: &BTreeMap<MemberId, [f64; 3]>, m: &MemberId| dominant(&now[m]);
+    let above = |now: &BTreeMap<&MemberId, [f64; 3]>, m: &MemberId| {
+        dominant(&now[m]) > shares.members[m].entitlement + EPS
+    };
     let mut claimants: Vec<(&MemberId, &Vec<&Job>)> = unplaced
         .iter()
         .map(|(m, jobs)| (*m, jobs))
-        .filter(|(m, _)| ds(&shares_now, m) + EPS < shares.members[*m].entitlement)
+        .filter(|(m, _)| dominant(&now[*m]) + EPS < shares.members[*m].entitlement)
         .collect();
+    if claimants.is_empty() {
+        return;
+    }
     claimants.sort_by(|a, b| {
         shares.members[a.0]
             .key
             .total_cmp(&shares.members[b.0].key)
             .then(a.0.cmp(b.0))
     });
-    let mut taken: BTreeSet<AllocId> = BTreeSet::new();
+    // Per node: what is already being freed, and the preemptible
+    // allocations that could be taken, computed once.
+    struct NodeView<'a> {
+        incoming: Resources,
+        incoming_gpus: BTreeSet<u32>,
+        candidates: Vec<(&'a crate::alloc::Allocation, &'a MemberId)>,
+        /// incoming plus every candidate: an upper bound on what reclaim could free here.
+        potential: Resources,
+    }
+    let mut views: Vec<NodeView<'_>> = rooms
+        .iter()
+        .map(|room| {
+            let mut v = NodeView {
+                incoming: room.free,
+                incoming_gpus: room.free_gpus.clone(),
+                candidates: Vec::new(),
+                potential: Resources::ZERO,
+            };
+            for a in room.node.allocs.iter().filter_map(|a| state.allocs.get(a)) {
+                if a.state == crate::alloc::AllocState::Stopping {
+                    v.incoming = v.incoming.saturating_add(&a.resources);
+                    v.incoming_gpus.extend(a.gpu_indices.iter().copied());
+                } else if let Some(j) = state.jobs.get(&a.job) {
+                    // Members only fall during reclaim, so one not above its
+                    // entitlement now never becomes a victim in this pass.
+                    if j.spec.preemptible && above(&now, &j.member) {
+                        v.candidates.push((a, &j.member));
+                    }
+                }
+            }
+            v.potential = v
+                .candidates
+                .iter()
+                .fold(v.incoming, |acc, (a, _)| acc.saturating_add(&a.resources));
+            v
+        })
+        .collect();
+    let fits = |room: &Room<'_>, job: &Job, free: Resources, gpus: &BTreeSet<u32>| {
+        if !job.spec.resources.fits_in(&free) {
+            return false;
+        }
+        Room {
+            node: room.node,
+            free,
+            free_gpus: gpus.clone(),
+        }
+        .pick_gpus(job)
+        .is_some()
+    };
     for (member, jobs) in claimants {
         let entitlement = shares.members[member].entitlement;
         let Some(job) = jobs.iter().find(|j| {
-            dominant(&add(
-                &shares_now[member],
-                &share_of(&j.spec.resources, &pool),
-            )) <= entitlement + EPS
+            dominant(&add(&now[member], &share_of(&j.spec.resources, &pool))) <= entitlement + EPS
         }) else {
             continue;
         };
-        let mut order: Vec<usize> = Vec::new();
-        if policy.owner_first {
-            order.extend(owned.get(member).into_iter().flatten().copied());
-        }
-        let rest: Vec<usize> = (0..rooms.len()).filter(|i| !order.contains(i)).collect();
-        order.extend(rest);
+        let mine: Vec<usize> = if policy.owner_first {
+            owned.get(member).cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let order = mine
+            .iter()
+            .copied()
+            .chain((0..rooms.len()).filter(|i| !mine.contains(i)));
         for i in order {
             let room = &rooms[i];
-            if !job.spec.resources.fits_in(&room.node.capacity) {
+            let view = &views[i];
+            if !job.spec.resources.fits_in(&view.potential) {
                 continue;
             }
-            // Already being freed on this node (earlier preemptions or cancels).
-            let mut incoming = room.free;
-            let mut incoming_gpus = room.free_gpus.clone();
-            for a in room.node.allocs.iter().filter_map(|a| state.allocs.get(a)) {
-                if a.state == crate::alloc::AllocState::Stopping || taken.contains(&a.id) {
-                    incoming = incoming.saturating_add(&a.resources);
-                    incoming_gpus.extend(a.gpu_indices.iter().copied());
-                }
-            }
-            let probe = |free: Resources, gpus: &BTreeSet<u32>| {
-                Room {
-                    node: room.node,
-                    free,
-                    free_gpus: gpus.clone(),
-                }
-                .pick_gpus(job)
-                .is_some()
-            };
-            if probe(incoming, &incoming_gpus) {
+            if fits(room, job, view.incoming, &view.incoming_gpus) {
                 // Room is on its way; no new preemption needed.
                 break;
             }
-            let mut victims: Vec<(f64, AllocId)> = room
-                .node
-                .allocs
+            let mut victims: Vec<(f64, &crate::alloc::Allocation, &MemberId)> = view
+                .candidates
                 .iter()
-                .filter_map(|a| state.allocs.get(a))
-                .filter(|a| a.state != crate::alloc::AllocState::Stopping && !taken.contains(&a.id))
-                .filter_map(|a| {
-                    let j = state.jobs.get(&a.job)?;
-                    if !j.spec.preemptible || &j.member == member {
-                        return None;
-                    }
-                    let v = &shares.members[&j.member];
-                    let d = ds(&shares_now, &j.member);
-                    let ratio = if v.entitlement > 0.0 {
-                        d / v.entitlement
-                    } else {
-                        f64::INFINITY
-                    };
-                    (d > v.entitlement + EPS).then_some((ratio, a.id))
-                })
+                .filter(|(_, v)| *v != member && above(&now, v))
+                .map(|(a, v)| (dominant(&now[*v]) / shares.members[*v].entitlement, *a, *v))
                 .collect();
-            victims.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+            if victims.is_empty() {
+                continue;
+            }
+            victims.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.id.cmp(&a.1.id)));
             let mut chosen = Vec::new();
-            let mut free = incoming;
-            let mut free_gpus = incoming_gpus;
-            let mut shadow = shares_now.clone();
-            for (_, alloc_id) in victims {
-                let a = &state.allocs[&alloc_id];
-                let victim = &state.jobs[&a.job].member;
+            let mut free = view.incoming;
+            let mut free_gpus = view.incoming_gpus.clone();
+            // Shares of the victims as they would be, without copying everyone's.
+            let mut trial: BTreeMap<&MemberId, [f64; 3]> = BTreeMap::new();
+            for (_, a, victim) in victims {
+                let current = *trial.get(victim).unwrap_or(&now[victim]);
                 // Take only while the victim is still above its entitlement.
-                if ds(&shadow, victim) <= shares.members[victim].entitlement + EPS {
+                if dominant(&current) <= shares.members[victim].entitlement + EPS {
                     continue;
                 }
                 free = free.saturating_add(&a.resources);
                 free_gpus.extend(a.gpu_indices.iter().copied());
-                let v = shadow.get_mut(victim).expect("member");
-                *v = sub(v, &share_of(&a.resources, &pool));
-                chosen.push(alloc_id);
-                if probe(free, &free_gpus) {
+                trial.insert(victim, sub(&current, &share_of(&a.resources, &pool)));
+                chosen.push(a.id);
+                if fits(room, job, free, &free_gpus) {
                     break;
                 }
             }
-            if !chosen.is_empty() && probe(free, &free_gpus) {
-                let rule = if policy.owner_first && room.node.owner == *member {
-                    Rule::OwnerReclaim
-                } else {
-                    Rule::Reclaim
-                };
-                for alloc in chosen {
-                    taken.insert(alloc);
-                    out.preemptions.push(PlannedPreemption {
-                        alloc,
-                        for_job: job.id,
-                        rule,
-                    });
-                }
-                shares_now = shadow;
-                break;
+            if chosen.is_empty() || !fits(room, job, free, &free_gpus) {
+                continue;
             }
+            let rule = if policy.owner_first && room.node.owner == *member {
+                Rule::OwnerReclaim
+            } else {
+                Rule::Reclaim
+            };
+            for alloc in chosen {
+                out.preemptions.push(PlannedPreemption {
+                    alloc,
+                    for_job: job.id,
+                    rule,
+                });
+            }
+            let view = &mut views[i];
+            view.incoming = free;
+            view.incoming_gpus = free_gpus;
+            let taken: BTreeSet<AllocId> = out.preemptions.iter().map(|p| p.alloc).collect();
+            view.candidates.retain(|(a, _)| !taken.contains(&a.id));
+            view.potential = view.candidates.iter().fold(view.incoming, |acc, (a, _)| {
+                acc.saturating_add(&a.resources)
+            });
+            now.extend(trial);
+            break;
         }
     }
 }

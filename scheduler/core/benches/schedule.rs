@@ -1,0 +1,114 @@
+//! One scheduling pass over 100,000 pending jobs, 10,000 nodes and 1,000
+//! members with mixed GPU/CPU demands. Run: `cargo bench -p coop-core`.
+
+use std::time::Instant;
+
+use coop_core::*;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const GIB: u64 = 1 << 30;
+
+/// A deterministic mixed cluster: every 4th node has 8 GPUs; jobs ask for
+/// 1-8 cores, 2-32 GiB, and one in five for 1-2 GPUs.
+fn cluster(nodes: usize, members: usize, jobs: usize) -> ClusterState {
+    let mut s = ClusterState::new();
+    s.apply(&Command::AdoptGenesisPolicy {
+        policy: Policy::default(),
+        now_ms: 0,
+    })
+    .unwrap();
+    for n in 0..nodes {
+        let gpus = if n % 4 == 0 { 8 } else { 0 };
+        s.apply(&Command::RegisterNode {
+            node: NodeId::new(format!("node-{n:05}")),
+            owner: MemberId::new(format!("member-{:04}", n % members)),
+            capacity: Resources::new(64_000, 256 * GIB, gpus),
+            addr: "10.0.0.1:7101".into(),
+            incarnation: 1,
+            now_ms: 0,
+            gpus: vec![],
+        })
+        .unwrap();
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for j in 0..jobs {
+        // xorshift: a fixed, reproducible mix.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let cpu = 1000 * (1 + x % 8);
+        let mem = GIB * (2 + (x >> 8) % 31);
+        let gpus = if (x >> 16) % 5 == 0 {
+            1 + ((x >> 20) % 2) as u32
+        } else {
+            0
+        };
+        let mut spec = JobSpec::command(
+            vec!["python".into(), "eval.py".into()],
+            Resources::new(cpu, mem, gpus),
+        );
+        spec.preemptible = (x >> 24) % 2 == 0;
+        s.apply(&Command::Submit {
+            request_id: format!("r{j}"),
+            member: MemberId::new(format!("member-{:04}", (x >> 32) as usize % members)),
+            spec,
+            now_ms: 1_000,
+        })
+        .unwrap();
+    }
+    s
+}
+
+fn bench(c: &mut Criterion) {
+    let built = Instant::now();
+    let state = cluster(10_000, 1_000, 100_000);
+    let snapshot = state.to_snapshot_bytes();
+    println!(
+        "setup: {} nodes, {} members, {} pending jobs in {:.1} s; snapshot {} bytes = {} bytes per pending job",
+        state.nodes.len(),
+        state.members.len(),
+        state.pending.len(),
+        built.elapsed().as_secs_f64(),
+        snapshot.len(),
+        snapshot.len() / state.pending.len()
+    );
+    let plan = fairshare::plan(&state);
+    let t = Instant::now();
+    let mut applied = state.clone();
+    let outcome = applied.apply(&Command::Schedule { now_ms: 2_000 }).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    if let Outcome::Scheduled { placements, .. } = outcome {
+        println!(
+            "one applied pass: {} placements in {:.1} ms = {:.0} placements/s ({} still pending)",
+            placements.len(),
+            secs * 1000.0,
+            placements.len() as f64 / secs,
+            applied.pending.len()
+        );
+    }
+    println!(
+        "plan: {} placements, {} preemptions",
+        plan.placements.len(),
+        plan.preemptions.len()
+    );
+    let mut group = c.benchmark_group("schedule");
+    group.sample_size(10);
+    group.bench_function("plan: 100k pending, 10k nodes, 1k members", |b| {
+        b.iter(|| fairshare::plan(&state))
+    });
+    // The same pass when the pool is already full: the common steady state.
+    group.bench_function("plan: 100k pending on a full pool", |b| {
+        b.iter(|| fairshare::plan(&applied))
+    });
+    for pending in [25_000usize, 50_000] {
+        let smaller = cluster(10_000, 1_000, pending);
+        group.bench_function(
+            format!("plan: {}k pending, 10k nodes, 1k members", pending / 1000),
+            |b| b.iter(|| fairshare::plan(&smaller)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

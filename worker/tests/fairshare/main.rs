@@ -1,0 +1,285 @@
+//! Fair share end to end: real replicas, a real worker process, real jobs.
+//! A member without machines bursts onto the idle pool; the contributor's
+//! submissions reclaim its entitlement by preemption; `why` and `share`
+//! show the numbers.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use coop_core::Policy;
+use coop_proto::api::coop_client::CoopClient;
+use coop_proto::api::*;
+use coop_scheduler::local::LocalReplicas;
+use tonic::transport::Channel;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn client(addr: &str) -> CoopClient<Channel> {
+    CoopClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy(),
+    )
+}
+
+fn job_spec(argv: &[&str], preemptible: bool) -> JobSpec {
+    JobSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        resources: Some(Resources {
+            cpu_millis: 1000,
+            memory_bytes: 32 << 20,
+            gpus: 0,
+        }),
+        preemptible,
+        ..Default::default()
+    }
+}
+
+/// Retries UNAVAILABLE (elections) until `LIMIT`.
+async fn call<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match f().await {
+            Ok(r) => return r.into_inner(),
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("call failed: {s}"),
+        }
+    }
+}
+
+async fn submit(c: &CoopClient<Channel>, member: &str, req: &str, spec: JobSpec) -> u64 {
+    call(|| {
+        let mut c = c.clone();
+        let r = SubmitRequest {
+            member: member.into(),
+            request_id: req.into(),
+            spec: Some(spec.clone()),
+        };
+        async move { c.submit(r).await }
+    })
+    .await
+    .job_id
+}
+
+async fn get(c: &CoopClient<Channel>, id: u64) -> Job {
+    call(|| {
+        let mut c = c.clone();
+        async move { c.get_job(GetJobRequest { job_id: id }).await }
+    })
+    .await
+}
+
+async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = LocalReplicas::start(tmp.path(), 3, |c| {
+        c.heartbeat_interval_ms = 100;
+        c.heartbeat_timeout_ms = 10_000;
+        c.policy = Some(Policy {
+            grace_secs: 1,
+            ..Policy::default()
+        });
+    })
+    .await
+    .unwrap();
+    let addrs = cluster.addrs();
+    let _worker = Proc(
+        Command::new(env!("CARGO_BIN_EXE_coop-worker"))
+            .args([
+                "--node-id",
+                "olga-box",
+                "--owner",
+                "olga",
+                "--cpus",
+                "4",
+                "--memory-bytes",
+                "4294967296",
+            ])
+            .arg("--scheduler")
+            .arg(addrs.join(","))
+            .arg("--work-dir")
+            .arg(tmp.path().join("w"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = client(&addrs[1]).await;
+    let policy = call(|| {
+        let mut c = c.clone();
+        async move { c.get_policy(GetPolicyRequest {}).await }
+    })
+    .await;
+    assert!(
+        policy.toml.contains("grace_secs = 1"),
+        "the genesis policy from the config is in force: {}",
+        policy.toml
+    );
+
+    // Pete has no machine. The pool is idle, so his burst takes all of it.
+    let mut burst = Vec::new();
+    for i in 0..4 {
+        burst.push(
+            submit(
+                &c,
+                "pete",
+                &format!("b{i}"),
+                job_spec(&["sleep", "60"], true),
+            )
+            .await,
+        );
+    }
+    for id in &burst {
+        let c = c.clone();
+        let id = *id;
+        wait_until("the burst to run", || {
+            let c = c.clone();
+            async move { get(&c, id).await.state == "running" }
+        })
+        .await;
+    }
+
+    // Olga contributes the machine: she is entitled to 0.5/2 + 0.5 = 75%.
+    let mut hers = Vec::new();
+    for i in 0..2 {
+        hers.push(
+            submit(
+                &c,
+                "olga",
+                &format!("o{i}"),
+                job_spec(&["sh", "-c", "sleep 1"], false),
+            )
+            .await,
+        );
+    }
+    for id in &hers {
+        let c = c.clone();
+        let id = *id;
+        wait_until("olga's jobs to succeed by reclaim", || {
+            let c = c.clone();
+            async move { get(&c, id).await.state == "succeeded" }
+        })
+        .await;
+    }
+    let olga_job = get(&c, hers[0]).await;
+    assert!(
+        olga_job
+            .decisions
+            .iter()
+            .any(|d| d.rule == "owner-first" && d.policy_version == 1),
+        "{olga_job:?}"
+    );
+
+    // Two of pete's jobs were preempted (owner-reclaim), requeued without
+    // spending a retry, and run again once olga's finished.
+    let mut preempted = 0;
+    for id in &burst {
+        let j = get(&c, *id).await;
+        if j.history.iter().any(|h| {
+            h.what
+                .contains("preempted on olga-box (rule: owner-reclaim, policy v1)")
+        }) {
+            preempted += 1;
+            assert_eq!(j.attempts, 0, "{j:?}");
+            assert!(
+                j.history
+                    .iter()
+                    .any(|h| h.what.contains("requeued without spending a retry")),
+                "{j:?}"
+            );
+        }
+    }
+    assert_eq!(preempted, 2);
+
+    // Now olga asks for three: she gets them back from pete, and pete's
+    // waiting job is explained.
+    let mut third = Vec::new();
+    for i in 0..3 {
+        third.push(
+            submit(
+                &c,
+                "olga",
+                &format!("p{i}"),
+                job_spec(&["sleep", "30"], false),
+            )
+            .await,
+        );
+    }
+    for id in &third {
+        let c = c.clone();
+        let id = *id;
+        wait_until("olga's three jobs to run", || {
+            let c = c.clone();
+            async move { get(&c, id).await.state == "running" }
+        })
+        .await;
+    }
+    let share = call(|| {
+        let mut c = c.clone();
+        async move { c.share(ShareRequest {}).await }
+    })
+    .await;
+    let olga = share.members.iter().find(|m| m.member == "olga").unwrap();
+    let pete = share.members.iter().find(|m| m.member == "pete").unwrap();
+    assert!((olga.entitlement - 0.75).abs() < 1e-6, "{olga:?}");
+    assert!((pete.entitlement - 0.25).abs() < 1e-6, "{pete:?}");
+    assert!((olga.cpu_share - 0.75).abs() < 1e-6, "{olga:?}");
+    assert!((pete.cpu_share - 0.25).abs() < 1e-6, "{pete:?}");
+    assert!(olga.contribution > 0.0 && pete.contribution == 0.0);
+    let waiting = {
+        let mut w = None;
+        for id in &burst {
+            let j = get(&c, *id).await;
+            if j.state == "pending" {
+                w = Some(j.id);
+            }
+        }
+        w.expect("a burst job waits")
+    };
+    let why = call(|| {
+        let mut c = c.clone();
+        async move { c.why(WhyRequest { job_id: waiting }).await }
+    })
+    .await;
+    assert_eq!(why.member, "pete");
+    assert!((why.entitlement - 0.25).abs() < 1e-6, "{why:?}");
+    assert!(why.reasons.iter().any(|r| r.contains("busy")), "{why:?}");
+    assert!(
+        why.queue_position >= 1 && !why.would_start.is_empty(),
+        "{why:?}"
+    );
+    cluster.stop_all().await;
+}
