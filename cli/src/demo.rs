@@ -179,15 +179,120 @@ pub async fn demo() -> Result<i32> {
         "   leader failover survived; took {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    cluster.stop().await;
     let lost = acked
         .iter()
         .filter(|id| !all.iter().any(|j| j.id == **id))
         .count();
     if lost > 0 || failed > 0 || all.len() != acked.len() {
         println!("   FAILED: {lost} acknowledged jobs missing, {failed} did not succeed");
+        cluster.stop().await;
         return Ok(1);
     }
     println!("   every acknowledged job is present and ran to completion");
+    let fair = fair_share_act(&client, &addr).await;
+    cluster.stop().await;
+    fair
+}
+
+fn sleeper(secs: u32, preemptible: bool) -> JobSpec {
+    JobSpec {
+        argv: vec!["sleep".into(), secs.to_string()],
+        resources: Some(Resources {
+            cpu_millis: 500,
+            memory_bytes: 64 << 20,
+            gpus: 0,
+        }),
+        preemptible,
+        ..Default::default()
+    }
+}
+
+/// Act two: cam, who contributes no machine, bursts onto the idle pool;
+/// ana and ben, who do, take their share back by preemption.
+async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i32> {
+    println!();
+    println!(
+        "== fair share: cam (no machines) bursts 8 preemptible jobs onto the idle pool (4 cpus)"
+    );
+    let mut cams = Vec::new();
+    for _ in 0..8 {
+        cams.push(
+            submit_one(client, "cam", &new_request_id(), &sleeper(60, true))
+                .await?
+                .job_id,
+        );
+    }
+    wait_state(client, &cams, "running", Duration::from_secs(30)).await?;
+    println!("   all 8 run: the pool was idle, so cam may use all of it (work conserving)");
+    println!("== ana and ben, who contribute node-ana and node-ben, submit 2 jobs each");
+    let mut owners = Vec::new();
+    for m in ["ana", "ben"] {
+        for _ in 0..2 {
+            owners.push(
+                submit_one(client, m, &new_request_id(), &sleeper(3, false))
+                    .await?
+                    .job_id,
+            );
+        }
+    }
+    wait_state(client, &owners, "running", Duration::from_secs(60)).await?;
+    println!("   they reclaimed their machines: cam's jobs were preempted (SIGTERM, grace, SIGKILL) and requeued");
+    println!("== coop share");
+    crate::commands::share(addr, crate::output::Format::Table).await?;
+    let mut c = client.clone();
+    let waiting = c
+        .list_jobs(ListJobsRequest {
+            state: "pending".into(),
+            member: "cam".into(),
+            limit: 1,
+        })
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner()
+        .jobs;
+    if let Some(j) = waiting.first() {
+        println!("== coop why {}", j.id);
+        crate::commands::why(addr, crate::output::Format::Table, j.id).await?;
+    }
+    println!("== coop status {} (one of ana's)", owners[0]);
+    crate::commands::status(addr, crate::output::Format::Table, owners[0]).await?;
+    wait_state(client, &owners, "succeeded", Duration::from_secs(60)).await?;
+    for id in &cams {
+        let _ = c
+            .cancel(coop_proto::api::CancelRequest {
+                job_id: *id,
+                member: "cam".into(),
+            })
+            .await;
+    }
+    println!("== the owners' jobs succeeded; cam's burst is cancelled; the demo is over");
     Ok(0)
+}
+
+/// Waits until each job is in `state`; "running" also accepts a job that
+/// already ended after starting.
+async fn wait_state(
+    client: &crate::client::Client,
+    jobs: &[u64],
+    state: &str,
+    limit: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    for id in jobs {
+        loop {
+            let j = crate::commands::get_job(client, *id).await?;
+            if j.state == state || (state == "running" && j.state == "succeeded") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "job {id} is {} after {} s, expected {state}",
+                    j.state,
+                    limit.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }

@@ -223,6 +223,9 @@ pub struct PlannedPreemption {
 pub struct Plan {
     pub placements: Vec<PlannedPlacement>,
     pub preemptions: Vec<PlannedPreemption>,
+    /// Loans this pass planned and then took back for a claimant. Room they
+    /// leave over is only refilled by another pass, so the caller runs one.
+    pub revoked: usize,
 }
 
 impl Plan {
@@ -497,6 +500,23 @@ impl<'a> Pass<'a> {
     }
 }
 
+/// Something reclaim can take back: a running allocation (preempted), or a
+/// loan this very pass planned (simply not made). Counting this pass's
+/// loans keeps the pass a fixed point: the next pass, seeing them as
+/// allocations, would otherwise preempt them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    Alloc(AllocId),
+    Loan(JobId),
+}
+
+struct Victim<'a> {
+    what: Taken,
+    resources: Resources,
+    gpu_indices: &'a [u32],
+    member: &'a MemberId,
+}
+
 /// Members below entitlement whose jobs still wait take back preemptible
 /// allocations from the members furthest above theirs. A claim is only
 /// made within the claimant's entitlement, and a victim is only taken
@@ -535,43 +555,71 @@ fn reclaim(
             .total_cmp(&shares.members[b.0].key)
             .then(a.0.cmp(b.0))
     });
-    // Per node: what is already being freed, and the preemptible
-    // allocations that could be taken, computed once.
+    let planned = out.placements.clone();
+    let node_index: BTreeMap<&NodeId, usize> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (&r.node.id, i))
+        .collect();
+    // Per node: what is already being freed, and what could be taken back,
+    // computed once. Members only fall during reclaim, so one not above its
+    // entitlement now never becomes a victim in this pass.
     struct NodeView<'a> {
         incoming: Resources,
         incoming_gpus: BTreeSet<u32>,
-        candidates: Vec<(&'a crate::alloc::Allocation, &'a MemberId)>,
+        candidates: Vec<Victim<'a>>,
         /// incoming plus every candidate: an upper bound on what reclaim could free here.
         potential: Resources,
     }
     let mut views: Vec<NodeView<'_>> = rooms
         .iter()
-        .map(|room| {
-            let mut v = NodeView {
-                incoming: room.free,
-                incoming_gpus: room.free_gpus.clone(),
-                candidates: Vec::new(),
-                potential: Resources::ZERO,
-            };
-            for a in room.node.allocs.iter().filter_map(|a| state.allocs.get(a)) {
-                if a.state == crate::alloc::AllocState::Stopping {
-                    v.incoming = v.incoming.saturating_add(&a.resources);
-                    v.incoming_gpus.extend(a.gpu_indices.iter().copied());
-                } else if let Some(j) = state.jobs.get(&a.job) {
-                    // Members only fall during reclaim, so one not above its
-                    // entitlement now never becomes a victim in this pass.
-                    if j.spec.preemptible && above(&now, &j.member) {
-                        v.candidates.push((a, &j.member));
-                    }
-                }
-            }
-            v.potential = v
-                .candidates
-                .iter()
-                .fold(v.incoming, |acc, (a, _)| acc.saturating_add(&a.resources));
-            v
+        .map(|room| NodeView {
+            incoming: room.free,
+            incoming_gpus: room.free_gpus.clone(),
+            candidates: Vec::new(),
+            potential: Resources::ZERO,
         })
         .collect();
+    for (i, room) in rooms.iter().enumerate() {
+        for a in room.node.allocs.iter().filter_map(|a| state.allocs.get(a)) {
+            let v = &mut views[i];
+            if a.state == crate::alloc::AllocState::Stopping {
+                v.incoming = v.incoming.saturating_add(&a.resources);
+                v.incoming_gpus.extend(a.gpu_indices.iter().copied());
+            } else if let Some(j) = state.jobs.get(&a.job) {
+                if j.spec.preemptible && above(&now, &j.member) {
+                    v.candidates.push(Victim {
+                        what: Taken::Alloc(a.id),
+                        resources: a.resources,
+                        gpu_indices: &a.gpu_indices,
+                        member: &j.member,
+                    });
+                }
+            }
+        }
+    }
+    for p in &planned {
+        let Some(&i) = node_index.get(&p.node) else {
+            continue;
+        };
+        let Some(j) = state.jobs.get(&p.job) else {
+            continue;
+        };
+        if p.rule == Rule::WorkConserving && above(&now, &j.member) {
+            views[i].candidates.push(Victim {
+                what: Taken::Loan(p.job),
+                resources: p.resources,
+                gpu_indices: &p.gpu_indices,
+                member: &j.member,
+            });
+        }
+    }
+    for v in &mut views {
+        v.potential = v
+            .candidates
+            .iter()
+            .fold(v.incoming, |acc, c| acc.saturating_add(&c.resources));
+    }
     let fits = |room: &Room<'_>, job: &Job, free: Resources, gpus: &BTreeSet<u32>| {
         if !job.spec.resources.fits_in(&free) {
             return false;
@@ -584,87 +632,157 @@ fn reclaim(
         .pick_gpus(job)
         .is_some()
     };
+    let mut revoked: BTreeSet<JobId> = BTreeSet::new();
     for (member, jobs) in claimants {
         let entitlement = shares.members[member].entitlement;
-        let Some(job) = jobs.iter().find(|j| {
-            dominant(&add(&now[member], &share_of(&j.spec.resources, &pool))) <= entitlement + EPS
-        }) else {
-            continue;
-        };
         let mine: Vec<usize> = if policy.owner_first {
             owned.get(member).cloned().unwrap_or_default()
         } else {
             Vec::new()
         };
-        let order = mine
-            .iter()
-            .copied()
-            .chain((0..rooms.len()).filter(|i| !mine.contains(i)));
-        for i in order {
-            let room = &rooms[i];
-            let view = &views[i];
-            if !job.spec.resources.fits_in(&view.potential) {
+        // Every waiting job that keeps the member within its entitlement
+        // claims room, in queue order, so the whole floor comes back within
+        // one grace period rather than one job per pass.
+        for job in jobs {
+            let job_share = share_of(&job.spec.resources, &pool);
+            let after = add(&now[member], &job_share);
+            if dominant(&after) > entitlement + EPS || over_cap(policy, &after) {
                 continue;
             }
-            if fits(room, job, view.incoming, &view.incoming_gpus) {
-                // Room is on its way; no new preemption needed.
-                break;
-            }
-            let mut victims: Vec<(f64, &crate::alloc::Allocation, &MemberId)> = view
-                .candidates
+            let order = mine
                 .iter()
-                .filter(|(_, v)| *v != member && above(&now, v))
-                .map(|(a, v)| (dominant(&now[*v]) / shares.members[*v].entitlement, *a, *v))
-                .collect();
-            if victims.is_empty() {
-                continue;
-            }
-            victims.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.id.cmp(&a.1.id)));
-            let mut chosen = Vec::new();
-            let mut free = view.incoming;
-            let mut free_gpus = view.incoming_gpus.clone();
-            // Shares of the victims as they would be, without copying everyone's.
-            let mut trial: BTreeMap<&MemberId, [f64; 3]> = BTreeMap::new();
-            for (_, a, victim) in victims {
-                let current = *trial.get(victim).unwrap_or(&now[victim]);
-                // Take only while the victim is still above its entitlement.
-                if dominant(&current) <= shares.members[victim].entitlement + EPS {
+                .copied()
+                .chain((0..rooms.len()).filter(|i| !mine.contains(i)));
+            for i in order {
+                let room = &rooms[i];
+                let view = &views[i];
+                if !job.spec.resources.fits_in(&view.potential) {
                     continue;
                 }
-                free = free.saturating_add(&a.resources);
-                free_gpus.extend(a.gpu_indices.iter().copied());
-                trial.insert(victim, sub(&current, &share_of(&a.resources, &pool)));
-                chosen.push(a.id);
-                if fits(room, job, free, &free_gpus) {
-                    break;
+                let mut free = view.incoming;
+                let mut free_gpus = view.incoming_gpus.clone();
+                let mut chosen: Vec<Taken> = Vec::new();
+                // Shares of the victims as they would be, without copying everyone's.
+                let mut trial: BTreeMap<&MemberId, [f64; 3]> = BTreeMap::new();
+                if !fits(room, job, free, &free_gpus) {
+                    // Loans first (nothing runs yet), then the furthest above
+                    // entitlement, newest first.
+                    let mut victims: Vec<(bool, f64, &Victim<'_>)> = view
+                        .candidates
+                        .iter()
+                        .filter(|c| c.member != member && above(&now, c.member))
+                        .map(|c| {
+                            let loan = matches!(c.what, Taken::Loan(_));
+                            (
+                                loan,
+                                dominant(&now[c.member]) / shares.members[c.member].entitlement,
+                                c,
+                            )
+                        })
+                        .collect();
+                    victims.sort_by(|a, b| {
+                        b.0.cmp(&a.0)
+                            .then(b.1.total_cmp(&a.1))
+                            .then(match (b.2.what, a.2.what) {
+                                (Taken::Alloc(x), Taken::Alloc(y)) => x.cmp(&y),
+                                (Taken::Loan(x), Taken::Loan(y)) => x.cmp(&y),
+                                _ => std::cmp::Ordering::Equal,
+                            })
+                    });
+                    for (_, _, v) in victims {
+                        let current = *trial.get(v.member).unwrap_or(&now[v.member]);
+                        // Take only while the victim is still above its entitlement.
+                        if dominant(&current) <= shares.members[v.member].entitlement + EPS {
+                            continue;
+                        }
+                        free = free.saturating_add(&v.resources);
+                        free_gpus.extend(v.gpu_indices.iter().copied());
+                        trial.insert(v.member, sub(&current, &share_of(&v.resources, &pool)));
+                        chosen.push(v.what);
+                        if fits(room, job, free, &free_gpus) {
+                            break;
+                        }
+                    }
+                    if chosen.is_empty() || !fits(room, job, free, &free_gpus) {
+                        continue;
+                    }
                 }
+                let rule = if policy.owner_first && room.node.owner == *member {
+                    Rule::OwnerReclaim
+                } else {
+                    Rule::Reclaim
+                };
+                let mut preempts = false;
+                for taken in &chosen {
+                    match taken {
+                        Taken::Alloc(alloc) => {
+                            preempts = true;
+                            out.preemptions.push(PlannedPreemption {
+                                alloc: *alloc,
+                                for_job: job.id,
+                                rule,
+                            });
+                        }
+                        Taken::Loan(loaned) => {
+                            revoked.insert(*loaned);
+                        }
+                    }
+                }
+                let picked = Room {
+                    node: room.node,
+                    free,
+                    free_gpus: free_gpus.clone(),
+                }
+                .pick_gpus(job)
+                .unwrap_or_default();
+                for g in &picked {
+                    free_gpus.remove(g);
+                }
+                // Room that is already free (or freed by revoking loans) is
+                // used now; room still being vacated is reserved for this job,
+                // so the next claim does not count on it too and a later pass,
+                // seeing it on its way, preempts nothing more.
+                let immediate = !preempts
+                    && job.spec.resources.fits_in(
+                        &rooms[i].free.saturating_add(
+                            &chosen
+                                .iter()
+                                .filter_map(|t| match t {
+                                    Taken::Loan(j) => {
+                                        planned.iter().find(|p| p.job == *j).map(|p| p.resources)
+                                    }
+                                    Taken::Alloc(_) => None,
+                                })
+                                .fold(Resources::ZERO, |a, r| a.saturating_add(&r)),
+                        ),
+                    );
+                if immediate {
+                    out.placements.push(PlannedPlacement {
+                        job: job.id,
+                        node: room.node.id.clone(),
+                        resources: job.spec.resources,
+                        gpu_indices: picked,
+                        rule: Rule::FairShare,
+                    });
+                }
+                let view = &mut views[i];
+                view.incoming = free.saturating_sub(&job.spec.resources);
+                view.incoming_gpus = free_gpus;
+                view.candidates.retain(|c| !chosen.contains(&c.what));
+                view.potential = view
+                    .candidates
+                    .iter()
+                    .fold(view.incoming, |acc, c| acc.saturating_add(&c.resources));
+                now.extend(trial);
+                let claimed = add(&now[member], &job_share);
+                now.insert(member, claimed);
+                break;
             }
-            if chosen.is_empty() || !fits(room, job, free, &free_gpus) {
-                continue;
-            }
-            let rule = if policy.owner_first && room.node.owner == *member {
-                Rule::OwnerReclaim
-            } else {
-                Rule::Reclaim
-            };
-            for alloc in chosen {
-                out.preemptions.push(PlannedPreemption {
-                    alloc,
-                    for_job: job.id,
-                    rule,
-                });
-            }
-            let view = &mut views[i];
-            view.incoming = free;
-            view.incoming_gpus = free_gpus;
-            let taken: BTreeSet<AllocId> = out.preemptions.iter().map(|p| p.alloc).collect();
-            view.candidates.retain(|(a, _)| !taken.contains(&a.id));
-            view.potential = view.candidates.iter().fold(view.incoming, |acc, (a, _)| {
-                acc.saturating_add(&a.resources)
-            });
-            now.extend(trial);
-            break;
         }
+    }
+    if !revoked.is_empty() {
+        out.placements.retain(|p| !revoked.contains(&p.job));
+        out.revoked = revoked.len();
     }
 }
 

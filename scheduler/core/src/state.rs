@@ -650,6 +650,40 @@ impl ClusterState {
             self.member_mut(id);
         }
         let plan = fairshare::plan(self);
+        let mut revoked = plan.revoked;
+        let mut outcome = self.carry_out(plan, now_ms);
+        // A pass that took back loans may leave room only another pass can
+        // fill; carry on until a pass takes nothing back, so scheduling the
+        // result again changes nothing. Each round satisfies a claim, and
+        // the bound keeps a pathological state from looping.
+        let mut rounds = 0;
+        while revoked > 0 && rounds < 8 {
+            rounds += 1;
+            let plan = fairshare::plan(self);
+            if plan.is_empty() {
+                break;
+            }
+            revoked = plan.revoked;
+            if let (
+                Outcome::Scheduled {
+                    placements,
+                    preemptions,
+                },
+                Outcome::Scheduled {
+                    placements: all_placements,
+                    preemptions: all_preemptions,
+                },
+            ) = (self.carry_out(plan, now_ms), &mut outcome)
+            {
+                all_placements.extend(placements);
+                all_preemptions.extend(preemptions);
+            }
+        }
+        outcome
+    }
+
+    /// Applies a plan: its placements, then its preemptions.
+    fn carry_out(&mut self, plan: fairshare::Plan, now_ms: u64) -> Outcome {
         let version = self.policy.version;
         let mut placements = Vec::with_capacity(plan.placements.len());
         for p in plan.placements {

@@ -277,16 +277,169 @@ proptest! {
         state.apply(&Command::Schedule { now_ms: 1_000_000 }).unwrap();
         let once = state.clone();
         let again = state.apply(&Command::Schedule { now_ms: 1_000_000 }).unwrap();
+
         prop_assert_eq!(again, Outcome::Scheduled { placements: vec![], preemptions: vec![] });
         prop_assert_eq!(&state, &once);
         // Work conserving: after a pass no pending job fits in what is free
-        // on a ready node (no cap in these policies, so no rule holds one).
+        // on a ready node, unless a rule holds the room: there is no cap in
+        // these policies, so the only one is a reclaim, which reserves the
+        // free room of a node where preempted allocations are stopping.
         for id in &state.pending {
             let want = state.jobs[id].spec.resources;
-            for node in state.nodes.values().filter(|n| n.state == NodeState::Ready) {
+            let reserving = |n: &Node| n.allocs.iter().any(|a| state.allocs[a].state == AllocState::Stopping);
+            for node in state.nodes.values().filter(|n| n.state == NodeState::Ready && !reserving(n)) {
                 let fits = want.fits_in(&node.free()) && state.free_gpu_indices(node).len() >= want.gpus as usize;
                 prop_assert!(!fits, "job {} waits though it fits on {}", id, node.id);
             }
         }
+    }
+}
+
+/// A single large node owned by a member without demand, `n` members with
+/// saturated demand of one job shape each, equal entitlements (floor 1),
+/// no usage history: the textbook DRF setting.
+fn drf_setting(shapes: &[(u64, u64)]) -> ClusterState {
+    let mut s = ClusterState::new();
+    let policy = Policy {
+        floor: 1.0,
+        usage_weight: 0.0,
+        ..Policy::default()
+    };
+    s.apply(&Command::AdoptGenesisPolicy { policy, now_ms: 0 })
+        .unwrap();
+    s.apply(&Command::RegisterNode {
+        node: NodeId::new("big"),
+        owner: MemberId::new("landlord"),
+        capacity: Resources::new(64_000, 256 << 30, 0),
+        addr: "127.0.0.1:1".into(),
+        incarnation: 1,
+        now_ms: 0,
+        gpus: vec![],
+    })
+    .unwrap();
+    for (m, (cpu, mem_gib)) in shapes.iter().enumerate() {
+        for j in 0..200 {
+            let spec = JobSpec::command(
+                vec!["x".into()],
+                Resources::new(cpu * 1000, mem_gib << 30, 0),
+            );
+            s.apply(&Command::Submit {
+                request_id: format!("{j}"),
+                member: MemberId::new(format!("m{m}")),
+                spec,
+                now_ms: 1,
+            })
+            .unwrap();
+        }
+    }
+    s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// DRF's sharing incentive: with equal entitlements each member gets at
+    /// least what a static 1/n split would give it (up to one job), and
+    /// envy-freeness: no member could run more of its jobs with another's
+    /// allocation (up to one job).
+    #[test]
+    fn drf_sharing_incentive_and_envy_freeness(shapes in proptest::collection::vec((1..8u64, 1..32u64), 2..5)) {
+        let s = drf_setting(&shapes);
+        let n = shapes.len() as f64;
+        let cap = Resources::new(64_000, 256 << 30, 0);
+        let alloc = |m: usize| s.members[&MemberId::new(format!("m{m}"))].allocated;
+        let dom = |cpu: u64, mem: u64| (cpu as f64 / cap.cpu_millis as f64).max(mem as f64 / cap.memory_bytes as f64);
+        // Jobs are indivisible, so a member can fall short by at most the
+        // largest job anyone runs.
+        let largest = shapes.iter().map(|(c, m)| dom(c * 1000, m << 30)).fold(0.0, f64::max);
+        for (i, (cpu, mem)) in shapes.iter().enumerate() {
+            let (cpu, mem) = (cpu * 1000, mem << 30);
+            let got = alloc(i).cpu_millis / cpu;
+            let mine = dom(alloc(i).cpu_millis, alloc(i).memory_bytes);
+            // What a static 1/n slice of the pool would hold of i's jobs.
+            let static_jobs = ((cap.cpu_millis as f64 / n) / cpu as f64)
+                .min((cap.memory_bytes as f64 / n) / mem as f64)
+                .floor();
+            let static_share = static_jobs * dom(cpu, mem);
+            prop_assert!(
+                mine + largest + 1e-9 >= static_share,
+                "m{i} holds {mine:.4} of the pool, a 1/n split {static_share:.4}"
+            );
+            for j in 0..shapes.len() {
+                if i == j {
+                    continue;
+                }
+                let other = alloc(j);
+                let could = (other.cpu_millis / cpu).min(other.memory_bytes / mem);
+                // Envy-free up to one job: j's bundle holds no more of i's
+                // work than i has, plus the indivisibility slack.
+                let envied = could as f64 * dom(cpu, mem);
+                prop_assert!(
+                    envied <= mine + largest + 1e-9,
+                    "m{i} ({got} jobs) envies m{j}, whose bundle holds {could} of its jobs"
+                );
+            }
+        }
+    }
+
+    /// The floor guarantee: a member with no machines whose demand reaches
+    /// its entitlement gets it back from preemptible borrowers within one
+    /// grace period (one pass to preempt, the stops, one pass to place).
+    #[test]
+    fn floor_comes_back_within_one_grace_period(floor in 0.2f64..1.0, borrowers in 1..4usize, cores in 8..32u64) {
+        let mut s = ClusterState::new();
+        let policy = Policy { floor, ..Policy::default() };
+        s.apply(&Command::AdoptGenesisPolicy { policy, now_ms: 0 }).unwrap();
+        s.apply(&Command::RegisterNode {
+            node: NodeId::new("n"),
+            owner: MemberId::new("landlord"),
+            capacity: Resources::new(cores * 1000, 1024 << 30, 0),
+            addr: "127.0.0.1:1".into(),
+            incarnation: 1,
+            now_ms: 0,
+            gpus: vec![],
+        })
+        .unwrap();
+        let submit = |s: &mut ClusterState, member: &str, n: u64, preemptible: bool, now_ms: u64| {
+            for j in 0..n {
+                let mut spec = JobSpec::command(vec!["x".into()], Resources::new(1000, 1 << 30, 0));
+                spec.preemptible = preemptible;
+                s.apply(&Command::Submit {
+                    request_id: format!("{member}-{now_ms}-{j}"),
+                    member: MemberId::new(member),
+                    spec,
+                    now_ms,
+                })
+                .unwrap();
+            }
+        };
+        for b in 0..borrowers {
+            submit(&mut s, &format!("b{b}"), cores, true, 1);
+        }
+        s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
+        prop_assert_eq!(s.nodes[&NodeId::new("n")].free().cpu_millis, 0);
+        submit(&mut s, "newcomer", cores, false, 3);
+        s.apply(&Command::Schedule { now_ms: 4 }).unwrap();
+        let stopping: Vec<(AllocId, NodeId)> = s
+            .allocs
+            .values()
+            .filter(|a| a.state == AllocState::Stopping)
+            .map(|a| (a.id, a.node.clone()))
+            .collect();
+        for (alloc, node) in stopping {
+            let exit = ExitStatus { code: None, signal: Some(15), error: String::new() };
+            s.apply(&Command::AllocFinished { alloc, node, exit, now_ms: 5 }).unwrap();
+        }
+        s.apply(&Command::Schedule { now_ms: 6 }).unwrap();
+        let shares = fairshare::compute_shares(&s);
+        let me = &shares.members[&MemberId::new("newcomer")];
+        let job = 1.0 / cores as f64;
+        prop_assert!(
+            me.dominant_share + job > me.entitlement - 1e-9,
+            "newcomer has {} of an entitlement of {}",
+            me.dominant_share,
+            me.entitlement
+        );
     }
 }
