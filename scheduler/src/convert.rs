@@ -151,7 +151,12 @@ pub fn assignment_to_proto(state: &ClusterState, alloc: &Allocation) -> worker::
         alloc_id: alloc.id.0,
         job_id: alloc.job.0,
         member: job.map(|j| j.member.to_string()).unwrap_or_default(),
-        spec: job.map(|j| spec_to_proto(&j.spec)),
+        // The policy's runtime limit is the timeout of a job that names none.
+        spec: job.map(|j| {
+            let mut spec = spec_to_proto(&j.spec);
+            spec.timeout_secs = spec.timeout_secs.or(state.policy.max_job_runtime_secs);
+            spec
+        }),
         gpu_indices: alloc.gpu_indices.clone(),
         state: match alloc.state {
             AllocState::Assigned => "assigned",

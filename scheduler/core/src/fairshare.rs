@@ -570,6 +570,8 @@ fn reclaim(
         candidates: Vec<Victim<'a>>,
         /// incoming plus every candidate: an upper bound on what reclaim could free here.
         potential: Resources,
+        /// What is free now, not counting what is still being vacated.
+        free_now: Resources,
     }
     let mut views: Vec<NodeView<'_>> = rooms
         .iter()
@@ -578,6 +580,7 @@ fn reclaim(
             incoming_gpus: room.free_gpus.clone(),
             candidates: Vec::new(),
             potential: Resources::ZERO,
+            free_now: room.free,
         })
         .collect();
     for (i, room) in rooms.iter().enumerate() {
@@ -632,7 +635,12 @@ fn reclaim(
         .pick_gpus(job)
         .is_some()
     };
+    let loans: BTreeMap<JobId, Resources> = planned.iter().map(|p| (p.job, p.resources)).collect();
     let mut revoked: BTreeSet<JobId> = BTreeSet::new();
+    // Claims only get harder during the pass (victims fall toward their
+    // entitlement, room gets reserved), so a shape that found no room
+    // cannot find it later: do not scan every node for it again.
+    let mut failed: Vec<Resources> = Vec::new();
     for (member, jobs) in claimants {
         let entitlement = shares.members[member].entitlement;
         let mine: Vec<usize> = if policy.owner_first {
@@ -649,6 +657,11 @@ fn reclaim(
             if dominant(&after) > entitlement + EPS || over_cap(policy, &after) {
                 continue;
             }
+            let constrained = job.spec.has_gpu_constraints();
+            if !constrained && failed.iter().any(|f| f.fits_in(&job.spec.resources)) {
+                continue;
+            }
+            let mut claimed_here = false;
             let order = mine
                 .iter()
                 .copied()
@@ -742,20 +755,15 @@ fn reclaim(
                 // used now; room still being vacated is reserved for this job,
                 // so the next claim does not count on it too and a later pass,
                 // seeing it on its way, preempts nothing more.
-                let immediate = !preempts
-                    && job.spec.resources.fits_in(
-                        &rooms[i].free.saturating_add(
-                            &chosen
-                                .iter()
-                                .filter_map(|t| match t {
-                                    Taken::Loan(j) => {
-                                        planned.iter().find(|p| p.job == *j).map(|p| p.resources)
-                                    }
-                                    Taken::Alloc(_) => None,
-                                })
-                                .fold(Resources::ZERO, |a, r| a.saturating_add(&r)),
-                        ),
-                    );
+                // Room free right now (plus revoked loans) is used now;
+                // room still being vacated is reserved for this job.
+                let free_now = chosen.iter().fold(views[i].free_now, |acc, t| match t {
+                    Taken::Loan(j) => {
+                        acc.saturating_add(&loans.get(j).copied().unwrap_or_default())
+                    }
+                    Taken::Alloc(_) => acc,
+                });
+                let immediate = !preempts && job.spec.resources.fits_in(&free_now);
                 if immediate {
                     out.placements.push(PlannedPlacement {
                         job: job.id,
@@ -766,6 +774,7 @@ fn reclaim(
                     });
                 }
                 let view = &mut views[i];
+                view.free_now = free_now.saturating_sub(&job.spec.resources);
                 view.incoming = free.saturating_sub(&job.spec.resources);
                 view.incoming_gpus = free_gpus;
                 view.candidates.retain(|c| !chosen.contains(&c.what));
@@ -776,7 +785,11 @@ fn reclaim(
                 now.extend(trial);
                 let claimed = add(&now[member], &job_share);
                 now.insert(member, claimed);
+                claimed_here = true;
                 break;
+            }
+            if !claimed_here && !constrained && failed.len() < 64 {
+                failed.push(job.spec.resources);
             }
         }
     }
