@@ -55,9 +55,49 @@ pub struct SubmitArgs {
     /// Wait for the job to finish, showing progress; exit non-zero if it fails.
     #[arg(long)]
     pub wait: bool,
+    /// Inference: the ONNX model to run (a path on the worker or an http(s)
+    /// URI; append #sha256=HEX to have it checked).
+    #[arg(long, value_name = "MODEL", conflicts_with = "evaluate")]
+    pub infer: Option<String>,
+    /// Inference: the input (.npy or JSONL rows).
+    #[arg(long, requires = "infer")]
+    pub input: Option<String>,
+    /// Inference: where to write the outputs in the job's work dir (.npy or .jsonl).
+    #[arg(long, requires = "infer", default_value = "output.npy")]
+    pub output: String,
+    /// Evaluation: a model to score (repeat for several; they are also
+    /// scored as an ensemble).
+    #[arg(long = "evaluate", value_name = "MODEL")]
+    pub evaluate: Vec<String>,
+    /// Evaluation: the labelled dataset (CSV with a header, or JSONL).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Evaluation: the label column.
+    #[arg(long, default_value = "label")]
+    pub label: String,
+    /// Evaluation: classification or regression.
+    #[arg(long, default_value = "classification")]
+    pub task: String,
+    /// Evaluation: a metric (repeatable; default: all of the task's).
+    #[arg(long = "metric")]
+    pub metrics: Vec<String>,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// `path#sha256=HEX` -> an artifact with its digest.
+pub fn artifact(text: &str) -> Artifact {
+    match text.rsplit_once("#sha256=") {
+        Some((uri, sha)) => Artifact {
+            uri: uri.to_string(),
+            sha256: Some(sha.to_string()),
+        },
+        None => Artifact {
+            uri: text.to_string(),
+            sha256: None,
+        },
+    }
 }
 
 pub fn member_or_default(member: Option<String>) -> Result<String> {
@@ -86,9 +126,40 @@ pub fn now_ms() -> u64 {
 }
 
 pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
-    if args.command.is_empty() {
+    let model_job = args.infer.is_some() || !args.evaluate.is_empty();
+    if model_job && !args.command.is_empty() {
+        bail!("a model job (--infer or --evaluate) takes no command");
+    }
+    if !model_job && args.command.is_empty() {
         bail!("empty command: give the program to run after --, e.g. coop submit -- echo hi");
     }
+    let inference = match &args.infer {
+        Some(model) => Some(InferenceSpec {
+            model: Some(artifact(model)),
+            input: Some(artifact(
+                args.input
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("--infer needs --input"))?,
+            )),
+            output: args.output.clone(),
+        }),
+        None => None,
+    };
+    let evaluation = if args.evaluate.is_empty() {
+        None
+    } else {
+        Some(EvaluationSpec {
+            models: args.evaluate.iter().map(|m| artifact(m)).collect(),
+            dataset: Some(artifact(
+                args.dataset
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("--evaluate needs --dataset"))?,
+            )),
+            label_column: args.label.clone(),
+            task: args.task.clone(),
+            metrics: args.metrics.clone(),
+        })
+    };
     let cpu_millis = parse_cpu(&args.cpu).map_err(anyhow::Error::msg)?;
     let memory_bytes = parse_bytes(&args.memory).map_err(anyhow::Error::msg)?;
     let mut env = HashMap::new();
@@ -117,6 +188,8 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
             .transpose()
             .map_err(anyhow::Error::msg)?,
         timeout_secs: args.timeout,
+        inference,
+        evaluation,
     })
 }
 
@@ -254,6 +327,9 @@ pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
     }
     if !j.message.is_empty() {
         println!("  outcome    {}", j.message);
+    }
+    if let Ok(result) = serde_json::from_str::<serde_json::Value>(&j.result_json) {
+        print_result(&result);
     }
     if !j.pending_reasons.is_empty() {
         println!("  waiting because:");
@@ -713,4 +789,126 @@ pub async fn policy_show(addr: &str, fmt: Format) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i32> {
+    let client = connect(addr).await?;
+    let req = ListEvaluationsRequest {
+        dataset: dataset.unwrap_or_default(),
+    };
+    let boards = retry(RETRY_BUDGET, || {
+        let mut c = client.clone();
+        let req = req.clone();
+        async move { c.list_evaluations(req).await }
+    })
+    .await
+    .map_err(explain)?
+    .into_inner()
+    .leaderboards;
+    if fmt == Format::Json {
+        let out: Vec<_> = boards
+            .iter()
+            .map(|b| {
+                json!({
+                    "dataset": b.dataset, "dataset_sha256": b.dataset_sha256, "task": b.task,
+                    "entries": b.entries.iter().map(|e| json!({
+                        "job_id": e.job_id, "member": e.member, "model": e.model, "model_sha256": e.model_sha256,
+                        "metrics": e.metrics, "rows": e.rows,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(&json!(out));
+        return Ok(0);
+    }
+    if boards.is_empty() {
+        println!("no evaluations yet: coop submit --evaluate MODEL --dataset DATA.csv");
+    }
+    for b in &boards {
+        println!(
+            "dataset {} ({}, sha256 {}…)",
+            b.dataset,
+            b.task,
+            &b.dataset_sha256[..b.dataset_sha256.len().min(12)]
+        );
+        let names: Vec<String> = {
+            let mut n: Vec<String> = b
+                .entries
+                .iter()
+                .flat_map(|e| e.metrics.keys().cloned())
+                .collect();
+            n.sort();
+            n.dedup();
+            n
+        };
+        let mut header = vec!["RANK", "MODEL", "JOB", "MEMBER", "ROWS"];
+        let upper: Vec<String> = names.iter().map(|n| n.to_uppercase()).collect();
+        header.extend(upper.iter().map(String::as_str));
+        let mut t = table(&header);
+        for (i, e) in b.entries.iter().enumerate() {
+            let mut row = vec![
+                (i + 1).to_string(),
+                e.model.clone(),
+                e.job_id.to_string(),
+                e.member.clone(),
+                e.rows.to_string(),
+            ];
+            row.extend(names.iter().map(|n| {
+                e.metrics
+                    .get(n)
+                    .map(|v| format!("{v:.4}"))
+                    .unwrap_or_default()
+            }));
+            t.add_row(row);
+        }
+        println!("{t}");
+    }
+    Ok(0)
+}
+
+/// A model job's result, for `coop status`.
+fn print_result(r: &serde_json::Value) {
+    match r["kind"].as_str() {
+        Some("inference") => {
+            let rows = r["rows"].as_u64().unwrap_or(0);
+            let secs = r["seconds"].as_f64().unwrap_or(0.0);
+            let rate = if secs > 0.0 { rows as f64 / secs } else { 0.0 };
+            println!(
+                "  result     {rows} rows in {secs:.3} s ({rate:.0} rows/s) -> {}",
+                r["output"].as_str().unwrap_or("")
+            );
+            println!(
+                "             output sha256 {}",
+                r["output_sha256"].as_str().unwrap_or("")
+            );
+        }
+        Some("evaluation") => {
+            println!(
+                "  result     {} rows of {} ({})",
+                r["rows"].as_u64().unwrap_or(0),
+                r["dataset"].as_str().unwrap_or(""),
+                r["task"].as_str().unwrap_or("")
+            );
+            let scores = r["scores"].as_array().cloned().unwrap_or_default();
+            for s in scores
+                .iter()
+                .chain(r["ensemble"].as_object().map(|_| &r["ensemble"]))
+            {
+                let metrics: Vec<String> = s["metrics"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k} {:.4}", v.as_f64().unwrap_or(f64::NAN)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "             {}: {}",
+                    s["model"].as_str().unwrap_or(""),
+                    metrics.join(", ")
+                );
+            }
+        }
+        _ => {}
+    }
 }

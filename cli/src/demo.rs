@@ -189,9 +189,64 @@ pub async fn demo() -> Result<i32> {
         return Ok(1);
     }
     println!("   every acknowledged job is present and ran to completion");
-    let fair = fair_share_act(&client, &addr).await;
+    let mut code = fair_share_act(&client, &addr).await?;
+    if code == 0 {
+        code = evaluation_act(&client, &addr, tmp.path()).await?;
+    }
     cluster.stop().await;
-    fair
+    Ok(code)
+}
+
+/// Act three: three ONNX classifiers and their ensemble scored on one
+/// dataset by a worker, shown as a leaderboard.
+async fn evaluation_act(
+    client: &crate::client::Client,
+    addr: &str,
+    dir: &std::path::Path,
+) -> Result<i32> {
+    use coop_worker::model::examples;
+    println!();
+    println!(
+        "== model evaluation: three ONNX classifiers and their ensemble on one labelled dataset"
+    );
+    let models = examples::classifiers(dir)?;
+    let data = examples::dataset(dir)?;
+    let artifact = |p: &std::path::Path| coop_proto::api::Artifact {
+        uri: p.display().to_string(),
+        sha256: None,
+    };
+    let spec = JobSpec {
+        name: "points-eval".into(),
+        resources: Some(Resources {
+            cpu_millis: 500,
+            memory_bytes: 256 << 20,
+            gpus: 0,
+        }),
+        evaluation: Some(coop_proto::api::EvaluationSpec {
+            models: models.iter().map(|m| artifact(m)).collect(),
+            dataset: Some(artifact(&data)),
+            label_column: "label".into(),
+            task: "classification".into(),
+            metrics: vec![],
+        }),
+        ..Default::default()
+    };
+    let id = submit_one(client, "ana", &new_request_id(), &spec)
+        .await?
+        .job_id;
+    let job = tokio::time::timeout(Duration::from_secs(60), wait_for(client, id, false))
+        .await
+        .map_err(|_| anyhow::anyhow!("evaluation job {id} did not finish within 60 s"))??;
+    if job.state != "succeeded" {
+        println!(
+            "   FAILED: evaluation job {id} {}: {}",
+            job.state, job.message
+        );
+        return Ok(1);
+    }
+    println!("== coop evals");
+    crate::commands::evals(addr, crate::output::Format::Table, None).await?;
+    Ok(0)
 }
 
 fn sleeper(secs: u32, preemptible: bool) -> JobSpec {

@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Submit a job: `coop submit --cpu 1 --memory 512Mi -- python eval.py`.
-    Submit(commands::SubmitArgs),
+    Submit(Box<commands::SubmitArgs>),
     /// Show one job: state, placement, history, and every reason it waits.
     Status { job: u64 },
     /// Why a job waits: every reason, its queue position, its member's share
@@ -79,6 +79,12 @@ enum Cmd {
     },
     /// List the pool's nodes.
     Nodes,
+    /// Evaluation leaderboards, one per dataset, best first.
+    Evals {
+        /// Only this dataset (URI or sha256).
+        #[arg(long)]
+        dataset: Option<String>,
+    },
     /// Replicas, leader, term and log indices.
     Cluster {
         #[command(subcommand)]
@@ -123,6 +129,15 @@ enum ClusterCmd {
 }
 
 fn main() {
+    // In-process workers (`coop dev`, `coop demo`) run model jobs as child
+    // processes of this binary: `coop run-model DIR CACHE`.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("run-model") && args.len() == 4 {
+        std::process::exit(coop_worker::model::child_main(
+            std::path::Path::new(&args[2]),
+            std::path::Path::new(&args[3]),
+        ));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -149,7 +164,7 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.output;
     match cli.command {
-        Cmd::Submit(args) => commands::submit(&cli.addr, fmt, args).await,
+        Cmd::Submit(args) => commands::submit(&cli.addr, fmt, *args).await,
         Cmd::Status { job } => commands::status(&cli.addr, fmt, job).await,
         Cmd::Jobs {
             state,
@@ -163,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             follow,
         } => commands::logs(&cli.addr, job, stderr, follow).await,
         Cmd::Nodes => commands::nodes(&cli.addr, fmt).await,
+        Cmd::Evals { dataset } => commands::evals(&cli.addr, fmt, dataset).await,
         Cmd::Why { job } => commands::why(&cli.addr, fmt, job).await,
         Cmd::Share => commands::share(&cli.addr, fmt).await,
         Cmd::Policy {

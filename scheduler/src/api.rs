@@ -114,6 +114,19 @@ impl Coop for CoopService {
         }))
     }
 
+    async fn list_evaluations(
+        &self,
+        request: Request<ListEvaluationsRequest>,
+    ) -> Result<Response<ListEvaluationsResponse>, Status> {
+        via_leader!(self, request, list_evaluations);
+        self.shared.read_barrier().await?;
+        let filter = request.get_ref().dataset.clone();
+        let applied = self.shared.node.state_machine().read();
+        Ok(Response::new(ListEvaluationsResponse {
+            leaderboards: crate::evals::leaderboards(&applied.state, &filter),
+        }))
+    }
+
     async fn get_policy(
         &self,
         request: Request<GetPolicyRequest>,
@@ -137,8 +150,11 @@ impl Coop for CoopService {
         let spec = req
             .spec
             .as_ref()
-            .map(spec_from_proto)
-            .ok_or_else(|| Status::invalid_argument("missing job spec"))?;
+            .ok_or_else(|| Status::invalid_argument("missing job spec"))
+            .and_then(|s| {
+                spec_from_proto(s)
+                    .map_err(|e| Status::invalid_argument(format!("invalid job: {e}")))
+            })?;
         let member = MemberId::new(req.member.clone());
         // Refuse bad input before it reaches the log; apply checks again.
         {

@@ -1,7 +1,8 @@
 //! Conversions between `coop-core` types and the gRPC messages.
 
 use coop_core::{
-    AllocState, Allocation, ClusterState, GpuInfo, Job, JobKind, JobSpec, Node, Resources,
+    AllocState, Allocation, Artifact, ClusterState, EvalTask, GpuInfo, Job, JobKind, JobSpec, Node,
+    Resources,
 };
 use coop_proto::{api, worker};
 
@@ -18,25 +19,105 @@ pub fn resources_from_proto(r: Option<&api::Resources>) -> Resources {
         .unwrap_or_default()
 }
 
+fn artifact_to_proto(a: &Artifact) -> api::Artifact {
+    api::Artifact {
+        uri: a.uri.clone(),
+        sha256: a.sha256.clone(),
+    }
+}
+
+fn artifact_from_proto(a: Option<&api::Artifact>) -> Artifact {
+    a.map(|a| Artifact {
+        uri: a.uri.clone(),
+        sha256: a.sha256.clone().filter(|h| !h.is_empty()),
+    })
+    .unwrap_or(Artifact {
+        uri: String::new(),
+        sha256: None,
+    })
+}
+
 pub fn spec_to_proto(spec: &JobSpec) -> api::JobSpec {
-    let JobKind::Command { argv, env } = &spec.kind;
-    api::JobSpec {
+    let mut out = api::JobSpec {
         name: spec.name.clone(),
-        argv: argv.clone(),
-        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         resources: Some(resources_to_proto(&spec.resources)),
         max_retries: spec.max_retries,
         preemptible: spec.preemptible,
         gpu_model: spec.gpu_model.clone(),
         gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
         timeout_secs: spec.timeout_secs,
+        ..Default::default()
+    };
+    match &spec.kind {
+        JobKind::Command { argv, env } => {
+            out.argv = argv.clone();
+            out.env = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        JobKind::Inference {
+            model,
+            input,
+            output,
+        } => {
+            out.inference = Some(api::InferenceSpec {
+                model: Some(artifact_to_proto(model)),
+                input: Some(artifact_to_proto(input)),
+                output: output.clone(),
+            });
+        }
+        JobKind::Evaluation {
+            models,
+            dataset,
+            label_column,
+            task,
+            metrics,
+        } => {
+            out.evaluation = Some(api::EvaluationSpec {
+                models: models.iter().map(artifact_to_proto).collect(),
+                dataset: Some(artifact_to_proto(dataset)),
+                label_column: label_column.clone(),
+                task: task.as_str().into(),
+                metrics: metrics.clone(),
+            });
+        }
     }
+    out
 }
 
-pub fn spec_from_proto(spec: &api::JobSpec) -> JobSpec {
-    JobSpec {
-        name: spec.name.clone(),
-        kind: JobKind::Command {
+/// The core spec for a request; a model job's kind-specific checks happen in the core.
+pub fn spec_from_proto(spec: &api::JobSpec) -> Result<JobSpec, String> {
+    let kind = match (&spec.inference, &spec.evaluation) {
+        (Some(_), Some(_)) => return Err("a job is an inference or an evaluation, not both".into()),
+        (Some(_), None) | (None, Some(_)) if !spec.argv.is_empty() => {
+            return Err("a model job takes no command".into())
+        }
+        (Some(i), None) => JobKind::Inference {
+            model: artifact_from_proto(i.model.as_ref()),
+            input: artifact_from_proto(i.input.as_ref()),
+            output: i.output.clone(),
+        },
+        (None, Some(e)) => {
+            let task = match e.task.as_str() {
+                "classification" => EvalTask::Classification,
+                "regression" => EvalTask::Regression,
+                other => return Err(format!("task {other:?}: use classification or regression")),
+            };
+            JobKind::Evaluation {
+                models: e
+                    .models
+                    .iter()
+                    .map(|a| artifact_from_proto(Some(a)))
+                    .collect(),
+                dataset: artifact_from_proto(e.dataset.as_ref()),
+                label_column: e.label_column.clone(),
+                task,
+                metrics: if e.metrics.is_empty() {
+                    task.metrics().iter().map(|m| m.to_string()).collect()
+                } else {
+                    e.metrics.clone()
+                },
+            }
+        }
+        (None, None) => JobKind::Command {
             argv: spec.argv.clone(),
             env: spec
                 .env
@@ -44,13 +125,17 @@ pub fn spec_from_proto(spec: &api::JobSpec) -> JobSpec {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         },
+    };
+    Ok(JobSpec {
+        name: spec.name.clone(),
+        kind,
         resources: resources_from_proto(spec.resources.as_ref()),
         max_retries: spec.max_retries,
         preemptible: spec.preemptible,
         gpu_model: spec.gpu_model.clone(),
         gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
         timeout_secs: spec.timeout_secs,
-    }
+    })
 }
 
 pub fn gpu_to_proto(g: &GpuInfo) -> api::GpuInfo {
@@ -109,6 +194,11 @@ pub fn job_to_proto(state: &ClusterState, job: &Job, with_detail: bool) -> api::
             Vec::new()
         },
         request_id: job.request_id.clone(),
+        result_json: job
+            .result
+            .as_ref()
+            .and_then(|r| serde_json::to_string(r).ok())
+            .unwrap_or_default(),
         decisions: if with_detail {
             state
                 .decisions

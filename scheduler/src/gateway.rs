@@ -226,7 +226,23 @@ impl WorkerGateway for GatewayService {
                 error: req.error.clone(),
             },
             now_ms: now_ms(),
+            result: parse_result(&req.result_json),
         })
         .await
+    }
+}
+
+/// A worker's result report; one that does not parse is dropped (the run
+/// still ends), since retrying it would never help.
+fn parse_result(json: &str) -> Option<coop_core::JobResult> {
+    if json.is_empty() {
+        return None;
+    }
+    match serde_json::from_str(json) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "dropping a malformed job result");
+            None
+        }
     }
 }

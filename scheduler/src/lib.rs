@@ -12,6 +12,7 @@ pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod error;
+pub mod evals;
 pub mod gateway;
 pub mod local;
 pub mod raft;

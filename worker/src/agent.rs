@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::executor::{self, Exit, Launch};
+use crate::model::{self, ModelJob};
 use crate::reconcile::{reconcile, Action, Desired, Local};
 
 /// Who this worker is and where to reach the schedulers.
@@ -35,6 +36,8 @@ pub struct Identity {
     pub incarnation: u64,
     pub work_dir: PathBuf,
     pub stop_grace: Duration,
+    /// The binary that runs model jobs (`<runner> run-model DIR CACHE`).
+    pub runner: PathBuf,
 }
 
 /// Finds and remembers the scheduler leader.
@@ -303,11 +306,26 @@ pub async fn actor(
                 Action::Start(alloc) => {
                     let Some(a) = specs.get(&alloc) else { continue };
                     let spec = a.spec.clone().unwrap_or_default();
-                    let env: BTreeMap<String, String> = spec.env.into_iter().collect();
+                    let env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
+                    let model_job = ModelJob::from_proto(&spec);
+                    let argv = match &model_job {
+                        Some(job) => match prepare_model_job(&id, alloc, job) {
+                            Ok(argv) => argv,
+                            Err(e) => {
+                                local
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(alloc, Local::Ended);
+                                let _ = reports.send(Report::Finished(alloc, Exit::error(e)));
+                                continue;
+                            }
+                        },
+                        None => spec.argv.clone(),
+                    };
                     let launch = Launch {
                         alloc_id: alloc,
                         job_id: a.job_id,
-                        argv: &spec.argv,
+                        argv: &argv,
                         env: &env,
                         gpu_indices: &a.gpu_indices,
                     };
@@ -325,8 +343,14 @@ pub async fn actor(
                             let tx = events_tx.clone();
                             let timeout = spec.timeout_secs.map(Duration::from_secs);
                             let grace = id.stop_grace;
+                            let dir = executor::alloc_dir(&id.work_dir, alloc);
+                            let is_model = model_job.is_some();
                             tokio::spawn(async move {
-                                let exit = executor::wait_with_timeout(child, timeout, grace).await;
+                                let mut exit =
+                                    executor::wait_with_timeout(child, timeout, grace).await;
+                                if is_model {
+                                    collect_model_outcome(&dir, &mut exit);
+                                }
                                 let _ = tx.send(Event::Exited(alloc, exit)).await;
                             });
                         }
@@ -418,6 +442,7 @@ pub async fn reporter(
                         exit_code: exit.code,
                         signal: exit.signal,
                         error: exit.error.clone(),
+                        result_json: exit.result_json.clone(),
                     })
                     .await
             }
@@ -435,5 +460,41 @@ pub async fn reporter(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Writes a model job's spec into its work dir and returns the argv that
+/// runs it in a child process (see `model`).
+fn prepare_model_job(id: &Identity, alloc: u64, job: &ModelJob) -> Result<Vec<String>, String> {
+    let dir = executor::alloc_dir(&id.work_dir, alloc);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create work dir {}: {e}", dir.display()))?;
+    let bytes = serde_json::to_vec_pretty(job).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(model::SPEC_FILE), bytes)
+        .map_err(|e| format!("write {}: {e}", model::SPEC_FILE))?;
+    let cache = model::cache_dir(&id.work_dir);
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| format!("create cache {}: {e}", cache.display()))?;
+    Ok(vec![
+        id.runner.display().to_string(),
+        "run-model".into(),
+        dir.display().to_string(),
+        cache.display().to_string(),
+    ])
+}
+
+/// Reads what the model child left: its result, or the reason it failed.
+fn collect_model_outcome(dir: &std::path::Path, exit: &mut Exit) {
+    if exit.code == Some(0) {
+        match std::fs::read_to_string(dir.join(model::RESULT_FILE)) {
+            Ok(json) => exit.result_json = json,
+            Err(e) => exit.error = format!("the model job left no result: {e}"),
+        }
+    } else if let Ok(reason) = std::fs::read_to_string(dir.join(model::ERROR_FILE)) {
+        exit.error = reason;
+    } else if exit.signal.is_some() {
+        exit.error = format!(
+            "the model job's process was killed by signal {}",
+            exit.signal.unwrap_or(0)
+        );
     }
 }

@@ -24,6 +24,9 @@ pub struct WorkerConfig {
     pub gpus: Option<u32>,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub stop_grace_ms: u64,
+    /// The binary that runs model jobs as `<it> run-model DIR CACHE`; this
+    /// worker's own binary by default (`coop-worker` and `coop` both can).
+    pub model_runner: Option<PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -39,6 +42,7 @@ impl Default for WorkerConfig {
             memory_bytes: None,
             gpus: None,
             stop_grace_ms: 5000,
+            model_runner: None,
         }
     }
 }

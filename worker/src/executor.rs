@@ -14,6 +14,8 @@ pub struct Exit {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     pub error: String,
+    /// A model job's result (JSON), when it produced one.
+    pub result_json: String,
 }
 
 impl Exit {
@@ -22,6 +24,7 @@ impl Exit {
             code: None,
             signal: None,
             error: message.into(),
+            result_json: String::new(),
         }
     }
 }
@@ -97,6 +100,7 @@ pub async fn wait(mut child: Child) -> Exit {
                 code: status.code(),
                 signal: status.signal(),
                 error: String::new(),
+                result_json: String::new(),
             }
         }
         Err(e) => Exit::error(format!("wait for process: {e}")),

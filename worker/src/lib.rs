@@ -8,6 +8,7 @@ pub mod config;
 pub mod executor;
 pub mod inventory;
 pub mod logs;
+pub mod model;
 pub mod reconcile;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,12 @@ impl Worker {
             incarnation,
             work_dir: config.work_dir.clone(),
             stop_grace: Duration::from_millis(config.stop_grace_ms),
+            runner: match &config.model_runner {
+                Some(p) => p.clone(),
+                None => {
+                    std::env::current_exe().map_err(|e| anyhow::anyhow!("find own binary: {e}"))?
+                }
+            },
         });
         let scheds = Arc::new(Schedulers::new(config.schedulers.clone()));
         let local = Arc::new(Mutex::new(BTreeMap::new()));

@@ -39,8 +39,22 @@ struct Args {
     memory_bytes: Option<u64>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // A model job runs in a child process of the worker: `run-model DIR CACHE`.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("run-model") && args.len() == 4 {
+        std::process::exit(coop_worker::model::child_main(
+            std::path::Path::new(&args[2]),
+            std::path::Path::new(&args[3]),
+        ));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alloc::AllocState;
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
-use crate::job::{JobSpec, JobState};
+use crate::job::{JobResult, JobSpec, JobState};
 use crate::node::GpuInfo;
 use crate::policy::Policy;
 use crate::resources::Resources;
@@ -99,6 +99,9 @@ pub enum Command {
         node: NodeId,
         exit: ExitStatus,
         now_ms: u64,
+        /// What a model job produced.
+        #[serde(default)]
+        result: Option<JobResult>,
     },
     /// A tag this build does not know; see the module docs.
     #[serde(other)]

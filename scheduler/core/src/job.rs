@@ -26,6 +26,85 @@ pub enum JobKind {
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
+    /// Run an ONNX model over an input file and write its outputs.
+    Inference {
+        model: Artifact,
+        input: Artifact,
+        /// Where the worker writes the outputs: `.npy` or `.jsonl`, relative
+        /// to the job's work dir (served with its logs).
+        output: String,
+    },
+    /// Score one or more ONNX models (and, with several, their ensemble) on
+    /// a labelled dataset.
+    Evaluation {
+        models: Vec<Artifact>,
+        dataset: Artifact,
+        /// The dataset column holding the label.
+        label_column: String,
+        task: EvalTask,
+        /// accuracy, macro_f1 (classification); mse, mae (regression).
+        metrics: Vec<String>,
+    },
+}
+
+/// A file a model job reads: a local path or an http(s) URI, with the
+/// SHA-256 the worker checks before use when given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalTask {
+    /// Outputs are class scores; the prediction is the argmax.
+    Classification,
+    /// Outputs are values.
+    Regression,
+}
+
+impl EvalTask {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classification => "classification",
+            Self::Regression => "regression",
+        }
+    }
+
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            Self::Classification => &["accuracy", "macro_f1"],
+            Self::Regression => &["mse", "mae"],
+        }
+    }
+}
+
+/// Most models one evaluation may compare.
+pub const MAX_EVAL_MODELS: usize = 16;
+
+impl Artifact {
+    fn validate(&self, what: &str) -> Result<(), String> {
+        let uri = self.uri.trim();
+        if uri.is_empty() {
+            return Err(format!("{what}: give a path or an http(s) URI"));
+        }
+        if uri.len() > 2048 {
+            return Err(format!("{what}: URI longer than 2048 bytes"));
+        }
+        if let Some(scheme) = uri.split_once("://").map(|(s, _)| s) {
+            if !matches!(scheme, "http" | "https" | "file") {
+                return Err(format!("{what}: unsupported scheme {scheme}:// (use a path, file://, http:// or https://)"));
+            }
+        }
+        if let Some(h) = &self.sha256 {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("{what}: sha256 must be 64 hex digits"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +164,50 @@ impl JobSpec {
             return Err(format!("job name is longer than {MAX_NAME_LEN} bytes"));
         }
         match &self.kind {
+            JobKind::Inference {
+                model,
+                input,
+                output,
+            } => {
+                model.validate("model")?;
+                input.validate("input")?;
+                if !(output.ends_with(".npy") || output.ends_with(".jsonl")) {
+                    return Err("output must end in .npy or .jsonl".into());
+                }
+                if output.starts_with('/')
+                    || output.split('/').any(|p| p == "..")
+                    || output.len() > 256
+                {
+                    return Err("output must be a relative path inside the job's work dir".into());
+                }
+            }
+            JobKind::Evaluation {
+                models,
+                dataset,
+                label_column,
+                task,
+                metrics,
+            } => {
+                if models.is_empty() || models.len() > MAX_EVAL_MODELS {
+                    return Err(format!("an evaluation needs 1 to {MAX_EVAL_MODELS} models"));
+                }
+                for (i, m) in models.iter().enumerate() {
+                    m.validate(&format!("model {}", i + 1))?;
+                }
+                dataset.validate("dataset")?;
+                if label_column.is_empty() || label_column.len() > 128 {
+                    return Err("give the dataset's label column".into());
+                }
+                for m in metrics {
+                    if !task.metrics().contains(&m.as_str()) {
+                        return Err(format!(
+                            "metric {m:?} does not apply to {}: use {}",
+                            task.as_str(),
+                            task.metrics().join(", ")
+                        ));
+                    }
+                }
+            }
             JobKind::Command { argv, env } => {
                 if argv.is_empty() || argv[0].trim().is_empty() {
                     return Err("empty command: give the program to run".into());
@@ -190,7 +313,7 @@ pub struct JobEvent {
     pub what: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub member: MemberId,
@@ -209,6 +332,9 @@ pub struct Job {
     pub exit_code: Option<i32>,
     /// Why the job ended, for a terminal job.
     pub message: String,
+    /// What a model job produced, as its worker reported it.
+    #[serde(default)]
+    pub result: Option<JobResult>,
     pub history: Vec<JobEvent>,
 }
 
@@ -218,5 +344,70 @@ impl Job {
             self.history.remove(0);
         }
         self.history.push(JobEvent { at_ms, what });
+    }
+}
+
+/// Scores of one model (or of the ensemble) on a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelScore {
+    /// The model's URI, or "ensemble".
+    pub model: String,
+    /// SHA-256 of the model file (empty for the ensemble).
+    pub sha256: String,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A model job's outcome, recorded through the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobResult {
+    Inference {
+        rows: u64,
+        seconds: f64,
+        output: String,
+        output_sha256: String,
+        model_sha256: String,
+    },
+    Evaluation {
+        dataset: String,
+        dataset_sha256: String,
+        rows: u64,
+        task: EvalTask,
+        scores: Vec<ModelScore>,
+        /// Majority vote (classification) or mean (regression), with several models.
+        ensemble: Option<ModelScore>,
+    },
+}
+
+impl JobResult {
+    /// Refuses absurd reports (NaN scores, hundreds of models) before they reach the state.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |s: &ModelScore| -> Result<(), String> {
+            if s.metrics.len() > 16 || s.model.len() > 2048 {
+                return Err("result too large".into());
+            }
+            if s.metrics.values().any(|v| !v.is_finite()) {
+                return Err(format!("result for {} has a non-finite metric", s.model));
+            }
+            Ok(())
+        };
+        match self {
+            JobResult::Inference { seconds, .. } => {
+                if !seconds.is_finite() || *seconds < 0.0 {
+                    return Err("inference seconds must be finite".into());
+                }
+            }
+            JobResult::Evaluation {
+                scores, ensemble, ..
+            } => {
+                if scores.len() > MAX_EVAL_MODELS {
+                    return Err("too many model scores".into());
+                }
+                for s in scores.iter().chain(ensemble.iter()) {
+                    check(s)?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -19,7 +19,7 @@ pub mod state;
 pub use alloc::{AllocState, Allocation};
 pub use command::{Command, CoreError, ExitStatus, Outcome, Placement, Preemption};
 pub use ids::{AllocId, JobId, MemberId, NodeId};
-pub use job::{Job, JobKind, JobSpec, JobState};
+pub use job::{Artifact, EvalTask, Job, JobKind, JobResult, JobSpec, JobState, ModelScore};
 pub use node::{GpuInfo, Node, NodeState};
 pub use policy::Policy;
 pub use resources::Resources;

@@ -21,7 +21,7 @@ use crate::alloc::{AllocState, Allocation};
 use crate::command::{Command, CoreError, ExitStatus, Outcome, Placement, Preemption};
 use crate::fairshare;
 use crate::ids::{validate_name, AllocId, JobId, MemberId, NodeId};
-use crate::job::{Job, JobSpec, JobState};
+use crate::job::{Job, JobResult, JobSpec, JobState};
 use crate::ledger::{decay_factor, gpu_equivalents, Usage};
 use crate::node::{GpuInfo, Node, NodeState};
 use crate::policy::Policy;
@@ -162,7 +162,8 @@ impl ClusterState {
                 node,
                 exit,
                 now_ms,
-            } => self.alloc_finished(*alloc, node, exit, *now_ms),
+                result,
+            } => self.alloc_finished(*alloc, node, exit, result.as_ref(), *now_ms),
             Command::Unknown => Err(CoreError::UnknownCommand),
         }
     }
@@ -306,6 +307,7 @@ impl ClusterState {
             finished_at_ms: None,
             exit_code: None,
             message: String::new(),
+            result: None,
             history: Vec::new(),
         };
         job.record(now_ms, "submitted".into());
@@ -844,11 +846,21 @@ impl ClusterState {
         alloc_id: AllocId,
         node: &NodeId,
         exit: &ExitStatus,
+        result: Option<&JobResult>,
         now_ms: u64,
     ) -> Result<Outcome, CoreError> {
         self.live_alloc_on(alloc_id, node)?;
         self.touch_time(now_ms);
         let alloc = self.remove_alloc(alloc_id).expect("checked live above");
+        if let (Some(result), Some(job)) = (result, self.jobs.get_mut(&alloc.job)) {
+            match result.validate() {
+                Ok(()) => job.result = Some(result.clone()),
+                Err(e) => job.record(
+                    now_ms,
+                    format!("result of allocation {alloc_id} dropped: {e}"),
+                ),
+            }
+        }
         let job_state = self.end_run(alloc.job, &alloc, exit, now_ms);
         Ok(Outcome::AllocFinished {
             alloc: alloc_id,

@@ -184,7 +184,8 @@ fn stale_reports_are_rejected_and_completion_recorded_once() {
             alloc,
             node: node.clone(),
             exit: ok.clone(),
-            now_ms: 30
+            now_ms: 30,
+            result: None
         }),
         Ok(Outcome::AllocFinished {
             alloc,
@@ -197,7 +198,8 @@ fn stale_reports_are_rejected_and_completion_recorded_once() {
             alloc,
             node: node.clone(),
             exit: ok,
-            now_ms: 31
+            now_ms: 31,
+            result: None
         }),
         Err(CoreError::StaleAllocation { alloc, node })
     );
@@ -290,6 +292,7 @@ fn cancel_stops_the_run_and_holds_resources_until_confirmed() {
         node: NodeId::new("a"),
         exit: killed,
         now_ms: 5,
+        result: None,
     })
     .unwrap();
     assert_eq!(s.jobs[&JobId(1)].state, JobState::Cancelled);

@@ -184,6 +184,7 @@ fn a_burst_fills_the_idle_pool_then_yields_to_the_owners() {
             node,
             exit: killed,
             now_ms: 3_000,
+            result: None,
         })
         .unwrap();
         let job = &s.jobs[&p.job];

@@ -142,6 +142,7 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
                     error: String::new(),
                 },
                 now_ms,
+                result: None,
             },
             None => Command::Schedule { now_ms },
         },
@@ -429,7 +430,7 @@ proptest! {
             .collect();
         for (alloc, node) in stopping {
             let exit = ExitStatus { code: None, signal: Some(15), error: String::new() };
-            s.apply(&Command::AllocFinished { alloc, node, exit, now_ms: 5 }).unwrap();
+            s.apply(&Command::AllocFinished { alloc, node, exit, now_ms: 5, result: None }).unwrap();
         }
         s.apply(&Command::Schedule { now_ms: 6 }).unwrap();
         let shares = fairshare::compute_shares(&s);

@@ -1,0 +1,296 @@
+//! Model jobs: ONNX inference and evaluation with tract (pure Rust).
+//!
+//! The worker never loads a model itself: it writes the job to
+//! `model-job.json` in the allocation's work dir and runs itself as a child
+//! (`coop-worker run-model`), in the job's own process group with the same
+//! limits as a command job, so a model that crashes or exhausts memory takes
+//! down only its child. The child writes `result.json` (the core's
+//! `JobResult`) or `error.txt` (the reason it failed).
+
+pub mod artifact;
+pub mod examples;
+pub mod formats;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tract_onnx::prelude::*;
+
+use formats::Matrix;
+
+pub const SPEC_FILE: &str = "model-job.json";
+pub const RESULT_FILE: &str = "result.json";
+pub const ERROR_FILE: &str = "error.txt";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub uri: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// A model job as the child process reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelJob {
+    Inference {
+        model: ArtifactRef,
+        input: ArtifactRef,
+        output: String,
+    },
+    Evaluation {
+        models: Vec<ArtifactRef>,
+        dataset: ArtifactRef,
+        label_column: String,
+        task: String,
+        metrics: Vec<String>,
+    },
+}
+
+impl ModelJob {
+    /// The model job in an assignment's spec, if it is one.
+    pub fn from_proto(spec: &coop_proto::api::JobSpec) -> Option<ModelJob> {
+        let art = |a: Option<&coop_proto::api::Artifact>| {
+            let a = a.cloned().unwrap_or_default();
+            ArtifactRef {
+                uri: a.uri,
+                sha256: a.sha256.filter(|h| !h.is_empty()),
+            }
+        };
+        if let Some(i) = &spec.inference {
+            return Some(ModelJob::Inference {
+                model: art(i.model.as_ref()),
+                input: art(i.input.as_ref()),
+                output: i.output.clone(),
+            });
+        }
+        spec.evaluation.as_ref().map(|e| ModelJob::Evaluation {
+            models: e.models.iter().map(|m| art(Some(m))).collect(),
+            dataset: art(e.dataset.as_ref()),
+            label_column: e.label_column.clone(),
+            task: e.task.clone(),
+            metrics: e.metrics.clone(),
+        })
+    }
+}
+
+/// Scores of one model, or of the ensemble; the same JSON as the core's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelScore {
+    pub model: String,
+    pub sha256: String,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// What the child reports; the same JSON as the core's `JobResult`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobResult {
+    Inference {
+        rows: u64,
+        seconds: f64,
+        output: String,
+        output_sha256: String,
+        model_sha256: String,
+    },
+    Evaluation {
+        dataset: String,
+        dataset_sha256: String,
+        rows: u64,
+        task: String,
+        scores: Vec<ModelScore>,
+        ensemble: Option<ModelScore>,
+    },
+}
+
+/// The child's entry point: runs the job in `dir` and leaves `result.json`
+/// or `error.txt` there. Returns the process exit code.
+pub fn child_main(dir: &Path, cache: &Path) -> i32 {
+    let outcome = std::fs::read(dir.join(SPEC_FILE))
+        .map_err(|e| format!("read {SPEC_FILE}: {e}"))
+        .and_then(|b| {
+            serde_json::from_slice::<ModelJob>(&b).map_err(|e| format!("parse {SPEC_FILE}: {e}"))
+        })
+        .and_then(|job| run(&job, dir, cache))
+        .and_then(|result| {
+            let bytes = serde_json::to_vec_pretty(&result).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join(RESULT_FILE), bytes)
+                .map_err(|e| format!("write {RESULT_FILE}: {e}"))
+        });
+    match outcome {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("model job failed: {e}");
+            let _ = std::fs::write(dir.join(ERROR_FILE), &e);
+            1
+        }
+    }
+}
+
+pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, String> {
+    match job {
+        ModelJob::Inference {
+            model,
+            input,
+            output,
+        } => {
+            let (model_path, model_sha) = artifact::fetch(model, cache, "model")?;
+            let (input_path, _) = artifact::fetch(input, cache, "input")?;
+            let x = formats::read_input(&input_path)?;
+            let started = Instant::now();
+            let y = predict(&model_path, &x)?;
+            let seconds = started.elapsed().as_secs_f64();
+            let out_path = dir.join(output);
+            if let Some(parent) = out_path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("create {}: {e}", parent.display()))?;
+            }
+            if output.ends_with(".npy") {
+                formats::write_npy(&out_path, &y)?;
+            } else {
+                formats::write_jsonl(&out_path, &y)?;
+            }
+            println!("inference: {} rows in {:.3} s -> {output}", x.rows, seconds);
+            Ok(JobResult::Inference {
+                rows: x.rows as u64,
+                seconds,
+                output: output.clone(),
+                output_sha256: artifact::sha256_file(&out_path)?,
+                model_sha256: model_sha,
+            })
+        }
+        ModelJob::Evaluation {
+            models,
+            dataset,
+            label_column,
+            task,
+            metrics,
+        } => {
+            let (data_path, data_sha) = artifact::fetch(dataset, cache, "dataset")?;
+            let data = formats::read_dataset(&data_path, label_column)?;
+            let classify = match task.as_str() {
+                "classification" => true,
+                "regression" => false,
+                other => return Err(format!("unknown task {other:?}")),
+            };
+            let mut scores = Vec::new();
+            let mut all_predictions = Vec::new();
+            for m in models {
+                let (path, sha) = artifact::fetch(m, cache, "model")?;
+                let y =
+                    predict(&path, &data.features).map_err(|e| format!("model {}: {e}", m.uri))?;
+                let pred =
+                    to_predictions(&y, classify).map_err(|e| format!("model {}: {e}", m.uri))?;
+                let scored = metrics::compute(metrics, &pred, &data.labels);
+                println!("{}: {:?}", m.uri, scored);
+                scores.push(ModelScore {
+                    model: m.uri.clone(),
+                    sha256: sha,
+                    metrics: scored,
+                });
+                all_predictions.push(pred);
+            }
+            let ensemble = (models.len() > 1).then(|| {
+                let combined = if classify {
+                    metrics::majority_vote(&all_predictions)
+                } else {
+                    metrics::mean(&all_predictions)
+                };
+                ModelScore {
+                    model: format!("ensemble of {}", models.len()),
+                    sha256: String::new(),
+                    metrics: metrics::compute(metrics, &combined, &data.labels),
+                }
+            });
+            Ok(JobResult::Evaluation {
+                dataset: dataset.uri.clone(),
+                dataset_sha256: data_sha,
+                rows: data.labels.len() as u64,
+                task: task.clone(),
+                scores,
+                ensemble,
+            })
+        }
+    }
+}
+
+/// Runs an ONNX model on a [rows, cols] f32 input; returns its first output as [rows, k].
+pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, String> {
+    let plan = tract_onnx::onnx()
+        .model_for_path(model)
+        .map_err(|e| format!("cannot load ONNX model {}: {e}", model.display()))?
+        .with_input_fact(0, f32::fact([x.rows, x.cols]).into())
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| {
+            format!(
+                "the model does not accept input of shape [{}, {}]: {e:#}",
+                x.rows, x.cols
+            )
+        })?;
+    let input = tract_ndarray::Array2::from_shape_vec((x.rows, x.cols), x.data.clone())
+        .map_err(|e| e.to_string())?
+        .into_tensor();
+    let outputs = plan
+        .run(tvec!(input.into()))
+        .map_err(|e| format!("running the model failed: {e:#}"))?;
+    let out = outputs[0]
+        .cast_to::<f32>()
+        .map_err(|e| format!("model output is not numeric: {e}"))?;
+    let view = out
+        .to_plain_array_view::<f32>()
+        .map_err(|e| e.to_string())?;
+    let shape = view.shape().to_vec();
+    let rows = shape.first().copied().unwrap_or(1);
+    if rows != x.rows {
+        return Err(format!(
+            "model output has {rows} rows for {} input rows",
+            x.rows
+        ));
+    }
+    let cols = shape.iter().skip(1).product::<usize>().max(1);
+    Ok(Matrix {
+        rows,
+        cols,
+        data: view.iter().copied().collect(),
+    })
+}
+
+/// Class index (argmax of scores, or the single value rounded) or value.
+fn to_predictions(y: &Matrix, classify: bool) -> Result<Vec<f64>, String> {
+    if !classify {
+        if y.cols != 1 {
+            return Err(format!(
+                "a regression model must output one value per row, not {}",
+                y.cols
+            ));
+        }
+        return Ok(y.data.iter().map(|v| *v as f64).collect());
+    }
+    Ok((0..y.rows)
+        .map(|i| {
+            let row = y.row(i);
+            if row.len() == 1 {
+                return row[0].round() as f64;
+            }
+            row.iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (j, v)| {
+                    if *v > best.1 {
+                        (j, *v)
+                    } else {
+                        best
+                    }
+                })
+                .0 as f64
+        })
+        .collect())
+}
+
+/// Where a worker keeps fetched artifacts.
+pub fn cache_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("cache")
+}

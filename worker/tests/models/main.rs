@@ -1,0 +1,365 @@
+//! Model jobs: the runner on its own (known answers, metrics, ensembles,
+//! clear failures) and end to end through a cluster and a worker process.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use coop_proto::api::coop_client::CoopClient;
+use coop_proto::api::*;
+use coop_scheduler::local::LocalReplicas;
+use coop_worker::model::examples as fixtures;
+use coop_worker::model::{self, formats, ArtifactRef, JobResult, ModelJob};
+use tonic::transport::Channel;
+
+fn art(path: &std::path::Path) -> ArtifactRef {
+    ArtifactRef {
+        uri: path.display().to_string(),
+        sha256: None,
+    }
+}
+
+fn eval_job(
+    models: &[std::path::PathBuf],
+    data: &std::path::Path,
+    task: &str,
+    metrics: &[&str],
+) -> ModelJob {
+    ModelJob::Evaluation {
+        models: models.iter().map(|m| art(m)).collect(),
+        dataset: art(data),
+        label_column: "label".into(),
+        task: task.into(),
+        metrics: metrics.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+#[test]
+fn inference_output_matches_the_known_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fixtures::classifiers(dir.path()).unwrap();
+    let input = dir.path().join("in.npy");
+    formats::write_npy(
+        &input,
+        &formats::Matrix {
+            rows: 2,
+            cols: 2,
+            data: vec![1.0, 0.5, 3.0, -1.0],
+        },
+    )
+    .unwrap();
+    let job = ModelJob::Inference {
+        model: art(&models[0]),
+        input: art(&input),
+        output: "out/scores.npy".into(),
+    };
+    let result = model::run(&job, dir.path(), &dir.path().join("cache")).unwrap();
+    // by_x scores (2x, 2y, 1).
+    let out = formats::read_npy(&dir.path().join("out/scores.npy")).unwrap();
+    assert_eq!((out.rows, out.cols), (2, 3));
+    assert_eq!(out.data, vec![2.0, 1.0, 1.0, 6.0, -2.0, 1.0]);
+    match result {
+        JobResult::Inference {
+            rows,
+            output,
+            output_sha256,
+            ..
+        } => {
+            assert_eq!((rows, output.as_str()), (2, "out/scores.npy"));
+            assert_eq!(output_sha256.len(), 64);
+        }
+        other => panic!("{other:?}"),
+    }
+    // JSONL in, JSONL out.
+    let rows = dir.path().join("in.jsonl");
+    std::fs::write(&rows, "[0, 1]\n{\"input\": [2, 2]}\n").unwrap();
+    let job = ModelJob::Inference {
+        model: art(&models[2]),
+        input: art(&rows),
+        output: "scores.jsonl".into(),
+    };
+    model::run(&job, dir.path(), &dir.path().join("cache")).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("scores.jsonl")).unwrap();
+    assert_eq!(text, "[2.0,0.0,1.0]\n[4.0,4.0,1.0]\n");
+}
+
+#[test]
+fn metrics_and_the_ensemble_match_hand_computed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fixtures::classifiers(dir.path()).unwrap();
+    let data = fixtures::dataset(dir.path()).unwrap();
+    let job = eval_job(&models, &data, "classification", &["accuracy", "macro_f1"]);
+    let JobResult::Evaluation {
+        scores,
+        ensemble,
+        rows,
+        ..
+    } = model::run(&job, dir.path(), &dir.path().join("c")).unwrap()
+    else {
+        panic!("not an evaluation")
+    };
+    assert_eq!(rows, 6);
+    let acc: Vec<f64> = scores.iter().map(|s| s.metrics["accuracy"]).collect();
+    // by_x is right on all 6; always_two on the 2 rows labelled 2; by_y on
+    // those same 2 rows only (see fixtures::dataset).
+    assert_eq!(acc, vec![1.0, 2.0 / 6.0, 2.0 / 6.0]);
+    // always_two: F1 of class 2 = 2*2/(2*2+4+0) = 0.5, classes 0 and 1: 0.
+    assert!((scores[1].metrics["macro_f1"] - 0.5 / 3.0).abs() < 1e-12);
+    // The vote is 0,0,2,0,0,2 against 0,1,2,0,1,2: 4 of 6 right.
+    let ensemble = ensemble.expect("three models make an ensemble");
+    assert_eq!(ensemble.model, "ensemble of 3");
+    assert!((ensemble.metrics["accuracy"] - 4.0 / 6.0).abs() < 1e-12);
+    // class 0: tp2 fp2 fn0 -> 2/3; class 1: tp0 fp0 fn2 -> 0; class 2: 1.
+    assert!((ensemble.metrics["macro_f1"] - (2.0 / 3.0 + 0.0 + 1.0) / 3.0).abs() < 1e-12);
+
+    // Regression: y = x + 2y as one output; labels chosen so errors are 0, 1, -2.
+    let reg = fixtures::linear_model(dir.path(), "reg", 2, 1, &[1.0, 2.0], &[0.0]).unwrap();
+    let half = fixtures::linear_model(dir.path(), "half", 2, 1, &[0.5, 1.0], &[0.0]).unwrap();
+    let rdata = dir.path().join("reg.csv");
+    std::fs::write(&rdata, "x,y,label\n1,1,3\n2,0,1\n0,1,4\n").unwrap();
+    let job = eval_job(&[reg, half], &rdata, "regression", &["mse", "mae"]);
+    let JobResult::Evaluation {
+        scores, ensemble, ..
+    } = model::run(&job, dir.path(), &dir.path().join("c")).unwrap()
+    else {
+        panic!()
+    };
+    // reg predicts 3, 2, 2: errors 0, 1, -2 -> mse 5/3, mae 1.
+    assert!((scores[0].metrics["mse"] - 5.0 / 3.0).abs() < 1e-9);
+    assert!((scores[0].metrics["mae"] - 1.0).abs() < 1e-9);
+    // Mean of reg and half (1.5, 1, 1): 2.25, 1.5, 1.5 -> errors .75, .5, 2.5.
+    let e = ensemble.unwrap();
+    assert!((e.metrics["mae"] - (0.75 + 0.5 + 2.5) / 3.0).abs() < 1e-9);
+}
+
+#[test]
+fn bad_inputs_fail_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fixtures::classifiers(dir.path()).unwrap();
+    let data = fixtures::dataset(dir.path()).unwrap();
+    let cache = dir.path().join("cache");
+    // A corrupt model.
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"this is not protobuf at all \xff\xfe").unwrap();
+    let err = model::run(
+        &eval_job(&[corrupt], &data, "classification", &["accuracy"]),
+        dir.path(),
+        &cache,
+    )
+    .unwrap_err();
+    assert!(err.contains("cannot load ONNX model"), "{err}");
+    // A wrong sha256.
+    let mut job = eval_job(&models[..1], &data, "classification", &["accuracy"]);
+    if let ModelJob::Evaluation { models, .. } = &mut job {
+        models[0].sha256 = Some("0".repeat(64));
+    }
+    let err = model::run(&job, dir.path(), &cache).unwrap_err();
+    assert!(err.contains("sha256 mismatch"), "{err}");
+    // Missing labels.
+    let holes = dir.path().join("holes.csv");
+    std::fs::write(&holes, "x,y,label\n1,0,0\n0,1,\n").unwrap();
+    let err = model::run(
+        &eval_job(&models[..1], &holes, "classification", &["accuracy"]),
+        dir.path(),
+        &cache,
+    )
+    .unwrap_err();
+    assert!(err.contains("row 2: missing label"), "{err}");
+    // A shape mismatch: three features for a two-feature model.
+    let wide = dir.path().join("wide.csv");
+    std::fs::write(&wide, "x,y,z,label\n1,0,0,0\n").unwrap();
+    let err = model::run(
+        &eval_job(&models[..1], &wide, "classification", &["accuracy"]),
+        dir.path(),
+        &cache,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("does not accept input of shape [1, 3]"),
+        "{err}"
+    );
+}
+
+// ---- end to end ----
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_done(c: &CoopClient<Channel>, id: u64) -> Job {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = c
+            .clone()
+            .get_job(GetJobRequest { job_id: id })
+            .await
+            .unwrap()
+            .into_inner();
+        if matches!(j.state.as_str(), "succeeded" | "failed") {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} stuck: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn model_spec(inference: Option<InferenceSpec>, evaluation: Option<EvaluationSpec>) -> JobSpec {
+    JobSpec {
+        resources: Some(Resources {
+            cpu_millis: 500,
+            memory_bytes: 256 << 20,
+            gpus: 0,
+        }),
+        inference,
+        evaluation,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fixtures::classifiers(dir.path()).unwrap();
+    let data = fixtures::dataset(dir.path()).unwrap();
+    let cluster = LocalReplicas::start(dir.path(), 3, |c| c.heartbeat_interval_ms = 100)
+        .await
+        .unwrap();
+    let addrs = cluster.addrs();
+    let _worker = Proc(
+        Command::new(env!("CARGO_BIN_EXE_coop-worker"))
+            .args([
+                "--node-id",
+                "w1",
+                "--owner",
+                "ana",
+                "--cpus",
+                "2",
+                "--memory-bytes",
+                "4294967296",
+            ])
+            .arg("--scheduler")
+            .arg(addrs.join(","))
+            .arg("--work-dir")
+            .arg(dir.path().join("w"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = CoopClient::new(
+        Channel::from_shared(format!("http://{}", addrs[0]))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let artifact = |p: &std::path::Path| Artifact {
+        uri: p.display().to_string(),
+        sha256: None,
+    };
+    let submit = |spec: JobSpec, req: &str| {
+        let mut c = c.clone();
+        let req = SubmitRequest {
+            member: "ana".into(),
+            request_id: req.into(),
+            spec: Some(spec),
+        };
+        async move { c.submit(req).await.unwrap().into_inner().job_id }
+    };
+    // A corrupt model fails with its reason, and the worker carries on.
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"garbage").unwrap();
+    let bad = submit(
+        model_spec(
+            None,
+            Some(EvaluationSpec {
+                models: vec![artifact(&corrupt)],
+                dataset: Some(artifact(&data)),
+                label_column: "label".into(),
+                task: "classification".into(),
+                metrics: vec![],
+            }),
+        ),
+        "bad",
+    )
+    .await;
+    let j = wait_done(&c, bad).await;
+    assert_eq!(j.state, "failed");
+    assert!(j.message.contains("cannot load ONNX model"), "{j:?}");
+
+    let good = submit(
+        model_spec(
+            None,
+            Some(EvaluationSpec {
+                models: models.iter().map(|m| artifact(m)).collect(),
+                dataset: Some(artifact(&data)),
+                label_column: "label".into(),
+                task: "classification".into(),
+                metrics: vec![],
+            }),
+        ),
+        "good",
+    )
+    .await;
+    let j = wait_done(&c, good).await;
+    assert_eq!(j.state, "succeeded", "{j:?}");
+    assert!(
+        j.result_json.contains("\"ensemble of 3\""),
+        "{}",
+        j.result_json
+    );
+    let rows = dir.path().join("rows.jsonl");
+    std::fs::write(&rows, "[1, 0]\n[0, 1]\n").unwrap();
+    let infer = submit(
+        model_spec(
+            Some(InferenceSpec {
+                model: Some(artifact(&models[0])),
+                input: Some(artifact(&rows)),
+                output: "pred.jsonl".into(),
+            }),
+            None,
+        ),
+        "infer",
+    )
+    .await;
+    let j = wait_done(&c, infer).await;
+    assert_eq!(j.state, "succeeded", "{j:?}");
+    assert!(j.result_json.contains("\"rows\":2"), "{}", j.result_json);
+    // The output is served with the job's logs: read it back from the work dir.
+    let out = std::fs::read_to_string(
+        dir.path()
+            .join(format!("w/allocs/{}/pred.jsonl", j.alloc_id)),
+    )
+    .unwrap();
+    assert_eq!(out, "[2.0,0.0,1.0]\n[0.0,2.0,1.0]\n");
+
+    let boards = c
+        .clone()
+        .list_evaluations(ListEvaluationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .leaderboards;
+    assert_eq!(boards.len(), 1);
+    let order: Vec<(String, f64)> = boards[0]
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.model.rsplit('/').next().unwrap().to_string(),
+                e.metrics["accuracy"],
+            )
+        })
+        .collect();
+    assert_eq!(order[0], ("by_x.onnx".to_string(), 1.0));
+    assert_eq!(order[1].0, "ensemble of 3");
+    let metrics: BTreeMap<_, _> = boards[0].entries[0].metrics.clone().into_iter().collect();
+    assert!(metrics.contains_key("macro_f1"));
+    cluster.stop_all().await;
+}
