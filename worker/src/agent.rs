@@ -38,6 +38,11 @@ pub struct Identity {
     pub stop_grace: Duration,
     /// The binary that runs model jobs (`<runner> run-model DIR CACHE`).
     pub runner: PathBuf,
+    pub cache_max_bytes: u64,
+    /// First uid and how many, when each job runs as its own user.
+    pub job_uids: Option<(u32, u32)>,
+    /// Where job cgroups go, when cgroup v2 is available.
+    pub cgroups: Option<PathBuf>,
 }
 
 /// Finds and remembers the scheduler leader.
@@ -306,8 +311,14 @@ pub async fn actor(
                 Action::Start(alloc) => {
                     let Some(a) = specs.get(&alloc) else { continue };
                     let spec = a.spec.clone().unwrap_or_default();
-                    let env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
+                    let mut env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
                     let model_job = ModelJob::from_proto(&spec);
+                    if model_job.is_some() {
+                        env.insert(
+                            model::artifact::CACHE_LIMIT_ENV.into(),
+                            id.cache_max_bytes.to_string(),
+                        );
+                    }
                     let argv = match &model_job {
                         Some(job) => match prepare_model_job(&id, alloc, job) {
                             Ok(argv) => argv,
@@ -328,9 +339,17 @@ pub async fn actor(
                         argv: &argv,
                         env: &env,
                         gpu_indices: &a.gpu_indices,
+                        cpu_millis: spec.resources.map(|r| r.cpu_millis).unwrap_or(0),
+                        memory_bytes: spec.resources.map(|r| r.memory_bytes).unwrap_or(0),
+                        // A uid per allocation, reused only after the range wraps.
+                        run_as: id.job_uids.map(|(base, count)| {
+                            let uid = base + (alloc % u64::from(count)) as u32;
+                            (uid, uid)
+                        }),
                     };
-                    match executor::spawn(&id.work_dir, &launch) {
-                        Ok(child) => {
+                    match executor::spawn(&id.work_dir, &launch, id.cgroups.as_deref()) {
+                        Ok((child, confinement)) => {
+                            tracing::info!(alloc, ?confinement, run_as = ?launch.run_as, "confined");
                             if let Some(pid) = child.id() {
                                 pgids.insert(alloc, pid);
                             }

@@ -21,7 +21,23 @@ pub struct WorkerConfig {
     /// Inventory overrides; detected when absent.
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// Offer this many GPUs (indices 0..n, model unknown) instead of what
+    /// NVML finds; `gpu` entries give the full inventory instead.
     pub gpus: Option<u32>,
+    /// The GPU inventory, overriding detection: `[[gpu]]` tables with
+    /// `model`, `memory_bytes` and optionally `uuid`.
+    #[serde(rename = "gpu")]
+    pub gpu_inventory: Option<Vec<GpuOverride>>,
+    /// Size limit of the content-addressed artifact cache.
+    pub cache_max_bytes: u64,
+    /// Run each job as its own unprivileged uid (and gid) from
+    /// `job_uid_base .. job_uid_base + job_uid_count`, so no job can read
+    /// another's work dir. Needs the worker to run as root. Unset: jobs run
+    /// as the worker's user.
+    pub job_uid_base: Option<u32>,
+    pub job_uid_count: u32,
+    /// A finished job's work dir (and logs) is removed this long after it ended.
+    pub retention_secs: u64,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub stop_grace_ms: u64,
     /// The binary that runs model jobs as `<it> run-model DIR CACHE`; this
@@ -41,6 +57,11 @@ impl Default for WorkerConfig {
             cpu_millis: None,
             memory_bytes: None,
             gpus: None,
+            gpu_inventory: None,
+            cache_max_bytes: crate::model::artifact::DEFAULT_CACHE_BYTES,
+            job_uid_base: None,
+            job_uid_count: 1000,
+            retention_secs: 24 * 3600,
             stop_grace_ms: 5000,
             model_runner: None,
         }
@@ -53,6 +74,15 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "worker".into())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuOverride {
+    pub model: String,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub uuid: String,
 }
 
 impl WorkerConfig {
@@ -79,6 +109,20 @@ impl WorkerConfig {
             {
                 return Err(format!("scheduler address {s:?} is not HOST:PORT"));
             }
+        }
+        if let Some(base) = self.job_uid_base {
+            if base < 1000
+                || self.job_uid_count == 0
+                || base.checked_add(self.job_uid_count).is_none()
+            {
+                return Err(
+                    "job_uid_base must be at least 1000, with a non-empty job_uid_count range"
+                        .into(),
+                );
+            }
+        }
+        if self.gpus.is_some() && self.gpu_inventory.is_some() {
+            return Err("give either gpus (a count) or [[gpu]] entries, not both".into());
         }
         if self.cpu_millis == Some(0) || self.memory_bytes == Some(0) {
             return Err("a worker must offer some cpu and memory".into());

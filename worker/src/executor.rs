@@ -35,7 +35,52 @@ pub struct Launch<'a> {
     pub argv: &'a [String],
     pub env: &'a BTreeMap<String, String>,
     pub gpu_indices: &'a [u32],
+    /// The allocation's CPU and memory: the limits the job runs under.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Run as this uid/gid (the worker must be root), else as the worker.
+    pub run_as: Option<(u32, u32)>,
 }
+
+/// How a job's CPU and memory are held to its allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confinement {
+    /// A cgroup v2 group with `cpu.max` and `memory.max`.
+    Cgroup(PathBuf),
+    /// No cgroup v2 here: `RLIMIT_DATA` caps the memory it can allocate;
+    /// CPU is not limited beyond the job's timeout.
+    Rlimit,
+}
+
+/// Where this worker puts its jobs' cgroups, when cgroup v2 is mounted and
+/// writable: `/sys/fs/cgroup/coop-worker`.
+pub fn cgroup_root() -> Option<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if !root.join("cgroup.controllers").is_file() {
+        return None;
+    }
+    let ours = root.join("coop-worker");
+    std::fs::create_dir_all(&ours).ok()?;
+    // Children of ours may use cpu and memory.
+    let _ = std::fs::write(ours.join("cgroup.subtree_control"), "+cpu +memory");
+    Some(ours)
+}
+
+fn cgroup_for(root: &Path, launch: &Launch<'_>) -> Result<PathBuf, String> {
+    let dir = root.join(format!("alloc-{}", launch.alloc_id));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create cgroup {}: {e}", dir.display()))?;
+    let period = 100_000u64;
+    let quota = (launch.cpu_millis * period / 1000).max(1000);
+    std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"))
+        .map_err(|e| format!("set cpu.max: {e}"))?;
+    std::fs::write(dir.join("memory.max"), launch.memory_bytes.to_string())
+        .map_err(|e| format!("set memory.max: {e}"))?;
+    Ok(dir)
+}
+
+/// Slack over a job's memory request for the C library's own bookkeeping
+/// under `RLIMIT_DATA`.
+const RLIMIT_SLACK: u64 = 32 << 20;
 
 /// The directory an allocation runs in and keeps its logs in.
 pub fn alloc_dir(work_dir: &Path, alloc_id: u64) -> PathBuf {
@@ -43,14 +88,34 @@ pub fn alloc_dir(work_dir: &Path, alloc_id: u64) -> PathBuf {
 }
 
 /// Starts the process. The child leads a new process group (pgid = pid), so
-/// stopping the job reaches everything it spawned.
-pub fn spawn(work_dir: &Path, launch: &Launch<'_>) -> Result<Child, String> {
+/// stopping the job reaches everything it spawned. Its work dir is its
+/// own: with `run_as`, owned by that uid and closed to everyone else.
+pub fn spawn(
+    work_dir: &Path,
+    launch: &Launch<'_>,
+    cgroups: Option<&Path>,
+) -> Result<(Child, Confinement), String> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = alloc_dir(work_dir, launch.alloc_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("create work dir {}: {e}", dir.display()))?;
-    let stdout = std::fs::File::create(dir.join("stdout.log"))
-        .map_err(|e| format!("create stdout.log: {e}"))?;
-    let stderr = std::fs::File::create(dir.join("stderr.log"))
-        .map_err(|e| format!("create stderr.log: {e}"))?;
+    let stdout_path = dir.join("stdout.log");
+    let stderr_path = dir.join("stderr.log");
+    let stdout =
+        std::fs::File::create(&stdout_path).map_err(|e| format!("create stdout.log: {e}"))?;
+    let stderr =
+        std::fs::File::create(&stderr_path).map_err(|e| format!("create stderr.log: {e}"))?;
+    if let Some((uid, gid)) = launch.run_as {
+        // Others may pass through allocs/ but not list or enter a job's dir.
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711));
+        }
+        for p in [&dir, &stdout_path, &stderr_path] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", p.display()))?;
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    }
     let (program, args) = launch
         .argv
         .split_first()
@@ -82,8 +147,53 @@ pub fn spawn(work_dir: &Path, launch: &Launch<'_>) -> Result<Child, String> {
         .stderr(stderr)
         .process_group(0)
         .kill_on_drop(false);
-    cmd.spawn()
-        .map_err(|e| format!("could not start {program:?}: {e}"))
+    if let Some((uid, gid)) = launch.run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    let cgroup = match cgroups {
+        Some(root) => Some(cgroup_for(root, launch)?),
+        None => {
+            let limit = launch.memory_bytes.saturating_add(RLIMIT_SLACK);
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls setrlimit, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit as libc::rlim_t,
+                        rlim_max: limit as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_DATA, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            None
+        }
+    };
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("could not start {program:?}: {e}"))?;
+    let confinement = match cgroup {
+        Some(group) => {
+            // Moved in right after the fork: a few instructions of the
+            // child's start run outside, nothing it allocates does.
+            if let Some(pid) = child.id() {
+                std::fs::write(group.join("cgroup.procs"), pid.to_string())
+                    .map_err(|e| format!("move job into cgroup {}: {e}", group.display()))?;
+            }
+            Confinement::Cgroup(group)
+        }
+        None => Confinement::Rlimit,
+    };
+    Ok((child, confinement))
+}
+
+/// Removes a finished job's cgroup.
+pub fn release(confinement: &Confinement) {
+    if let Confinement::Cgroup(dir) = confinement {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Waits for the process and then kills whatever is left of its group.

@@ -46,6 +46,33 @@ impl Worker {
             .advertise
             .clone()
             .unwrap_or_else(|| bound.to_string());
+        let gpus: Vec<coop_proto::api::GpuInfo> = match (&config.gpu_inventory, config.gpus) {
+            (Some(list), _) => list
+                .iter()
+                .enumerate()
+                .map(|(i, g)| coop_proto::api::GpuInfo {
+                    index: i as u32,
+                    uuid: g.uuid.clone(),
+                    model: g.model.clone(),
+                    memory_bytes: g.memory_bytes,
+                })
+                .collect(),
+            (None, Some(n)) => (0..n)
+                .map(|index| coop_proto::api::GpuInfo {
+                    index,
+                    ..Default::default()
+                })
+                .collect(),
+            (None, None) => inventory::detect_gpus()
+                .into_iter()
+                .map(|g| coop_proto::api::GpuInfo {
+                    index: g.index,
+                    uuid: g.uuid,
+                    model: g.model,
+                    memory_bytes: g.memory_bytes,
+                })
+                .collect(),
+        };
         let capacity = Resources {
             cpu_millis: config
                 .cpu_millis
@@ -53,7 +80,7 @@ impl Worker {
             memory_bytes: config
                 .memory_bytes
                 .unwrap_or_else(inventory::detect_memory_bytes),
-            gpus: config.gpus.unwrap_or(0),
+            gpus: gpus.len() as u32,
         };
         // Increases with every start, so the scheduler can tell a restarted
         // worker (whose old processes are gone) from a reconnecting one.
@@ -61,12 +88,9 @@ impl Worker {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
-        let gpus = (0..capacity.gpus)
-            .map(|index| coop_proto::api::GpuInfo {
-                index,
-                ..Default::default()
-            })
-            .collect();
+        for g in &gpus {
+            tracing::info!(index = g.index, model = %g.model, memory_bytes = g.memory_bytes, uuid = %g.uuid, "gpu");
+        }
         let id = Arc::new(Identity {
             node_id: config.node_id.clone(),
             owner: config.owner.clone(),
@@ -76,6 +100,9 @@ impl Worker {
             incarnation,
             work_dir: config.work_dir.clone(),
             stop_grace: Duration::from_millis(config.stop_grace_ms),
+            cache_max_bytes: config.cache_max_bytes,
+            job_uids: config.job_uid_base.map(|b| (b, config.job_uid_count)),
+            cgroups: executor::cgroup_root(),
             runner: match &config.model_runner {
                 Some(p) => p.clone(),
                 None => {
@@ -83,6 +110,23 @@ impl Worker {
                 }
             },
         });
+        tracing::info!(
+            limits = if id.cgroups.is_some() {
+                "cgroup v2 (cpu.max, memory.max)"
+            } else {
+                "rlimit (RLIMIT_DATA; cpu only by timeout)"
+            },
+            "job confinement"
+        );
+        let cache = model::cache_dir(&config.work_dir);
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| anyhow::anyhow!("cache dir {}: {e}", cache.display()))?;
+        if config.job_uid_base.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            // Jobs of every uid share the cache; the sticky bit keeps them
+            // from deleting each other's files, and hits are re-hashed.
+            std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o1777))?;
+        }
         let scheds = Arc::new(Schedulers::new(config.schedulers.clone()));
         let local = Arc::new(Mutex::new(BTreeMap::new()));
         let (events_tx, events_rx) = mpsc::channel(256);
@@ -113,6 +157,11 @@ impl Worker {
             id.clone(),
             scheds,
             desired_tx,
+        )));
+        tasks.push(tokio::spawn(janitor(
+            config.work_dir.clone(),
+            local.clone(),
+            Duration::from_secs(config.retention_secs),
         )));
         let logs = logs::LogService {
             work_dir: config.work_dir.clone(),
@@ -155,6 +204,46 @@ impl Worker {
     pub fn stop(self) {
         for t in self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Removes the work dirs of jobs that ended more than `retention` ago.
+async fn janitor(
+    work_dir: std::path::PathBuf,
+    local: Arc<Mutex<BTreeMap<u64, Local>>>,
+    retention: Duration,
+) {
+    let every = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(entries) = std::fs::read_dir(work_dir.join("allocs")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(alloc) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let running = matches!(
+                local.lock().unwrap_or_else(|p| p.into_inner()).get(&alloc),
+                Some(Local::Running | Local::Stopping)
+            );
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > retention);
+            if !running && old {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => tracing::info!(alloc, "work dir removed after retention"),
+                    Err(e) => tracing::warn!(alloc, error = %e, "could not remove work dir"),
+                }
+            }
         }
     }
 }

@@ -37,6 +37,12 @@ struct Args {
     /// Offer this much memory in bytes instead of all.
     #[arg(long)]
     memory_bytes: Option<u64>,
+    /// Run each job as its own uid from this base on (the worker must be root).
+    #[arg(long)]
+    job_uid_base: Option<u32>,
+    /// Remove a finished job's work dir this many seconds after it ended.
+    #[arg(long)]
+    retention_secs: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,6 +102,12 @@ async fn run() -> anyhow::Result<()> {
     }
     if let Some(m) = args.memory_bytes {
         config.memory_bytes = Some(m);
+    }
+    if let Some(b) = args.job_uid_base {
+        config.job_uid_base = Some(b);
+    }
+    if let Some(r) = args.retention_secs {
+        config.retention_secs = r;
     }
     config.validate().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

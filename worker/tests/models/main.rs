@@ -363,3 +363,76 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     assert!(metrics.contains_key("macro_f1"));
     cluster.stop_all().await;
 }
+
+/// Serves one file over plain HTTP/1.1 on loopback, counting requests.
+fn serve_file(bytes: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&bytes);
+        }
+    });
+    (format!("http://{addr}/model.onnx"), hits)
+}
+
+#[test]
+fn http_artifacts_are_checked_and_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fixtures::classifiers(dir.path()).unwrap();
+    let data = fixtures::dataset(dir.path()).unwrap();
+    let bytes = std::fs::read(&models[0]).unwrap();
+    let sha = model::artifact::sha256_file(&models[0]).unwrap();
+    let (url, hits) = serve_file(bytes);
+    let cache = dir.path().join("cache");
+    let job = |sha256: Option<String>| ModelJob::Evaluation {
+        models: vec![ArtifactRef {
+            uri: url.clone(),
+            sha256,
+        }],
+        dataset: art(&data),
+        label_column: "label".into(),
+        task: "classification".into(),
+        metrics: vec!["accuracy".into()],
+    };
+    let first = model::run(&job(Some(sha.clone())), dir.path(), &cache).unwrap();
+    let JobResult::Evaluation { scores, .. } = first else {
+        panic!()
+    };
+    assert_eq!(scores[0].metrics["accuracy"], 1.0);
+    assert_eq!(scores[0].sha256, sha);
+    assert!(cache.join(&sha).is_file(), "stored under its digest");
+    // Cached: no second download.
+    model::run(&job(Some(sha.clone())), dir.path(), &cache).unwrap();
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A wrong digest fails with the reason, and nothing is cached under it.
+    let wrong = "1".repeat(64);
+    let err = model::run(&job(Some(wrong.clone())), dir.path(), &cache).unwrap_err();
+    assert!(err.contains("sha256 mismatch"), "{err}");
+    assert!(!cache.join(&wrong).exists());
+    // An unreachable server is a clear error too.
+    let gone = ModelJob::Evaluation {
+        models: vec![ArtifactRef {
+            uri: "http://127.0.0.1:1/none.onnx".into(),
+            sha256: None,
+        }],
+        dataset: art(&data),
+        label_column: "label".into(),
+        task: "classification".into(),
+        metrics: vec![],
+    };
+    let err = model::run(&gone, dir.path(), &cache).unwrap_err();
+    assert!(err.contains("fetch failed"), "{err}");
+}

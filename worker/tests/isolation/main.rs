@@ -1,0 +1,198 @@
+//! Job isolation on a real worker process: each job as its own uid with a
+//! work dir no other job can read, memory held to the allocation, a
+//! timeout, and work dirs removed after the retention period.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use coop_proto::api::coop_client::CoopClient;
+use coop_proto::api::*;
+use coop_scheduler::local::LocalReplicas;
+use tonic::transport::Channel;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn spec(script: &str, memory_bytes: u64, timeout_secs: Option<u64>) -> JobSpec {
+    JobSpec {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        resources: Some(Resources {
+            cpu_millis: 500,
+            memory_bytes,
+            gpus: 0,
+        }),
+        timeout_secs,
+        ..Default::default()
+    }
+}
+
+async fn submit(c: &CoopClient<Channel>, id: &str, spec: JobSpec) -> u64 {
+    let req = SubmitRequest {
+        member: "ana".into(),
+        request_id: id.into(),
+        spec: Some(spec),
+    };
+    c.clone().submit(req).await.unwrap().into_inner().job_id
+}
+
+async fn wait(c: &CoopClient<Channel>, id: u64, pred: impl Fn(&Job) -> bool) -> Job {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = c
+            .clone()
+            .get_job(GetJobRequest { job_id: id })
+            .await
+            .unwrap()
+            .into_inner();
+        if pred(&j) {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} stuck: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ended(j: &Job) -> bool {
+    matches!(j.state.as_str(), "succeeded" | "failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_are_confined() {
+    if !is_root() {
+        eprintln!("skipped: running jobs as other uids needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("w");
+    let cluster = LocalReplicas::start(dir.path(), 1, |c| c.heartbeat_interval_ms = 100)
+        .await
+        .unwrap();
+    let addrs = cluster.addrs();
+    let _worker = Proc(
+        Command::new(env!("CARGO_BIN_EXE_coop-worker"))
+            .args([
+                "--node-id",
+                "w1",
+                "--owner",
+                "ana",
+                "--cpus",
+                "2",
+                "--memory-bytes",
+                "4294967296",
+            ])
+            .args(["--job-uid-base", "61000", "--retention-secs", "3"])
+            .arg("--scheduler")
+            .arg(addrs.join(","))
+            .arg("--work-dir")
+            .arg(&work)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = CoopClient::new(
+        Channel::from_shared(format!("http://{}", addrs[0]))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let logs = |job: u64, stream: &str| {
+        let mut c = c.clone();
+        let req = LogsRequest {
+            job_id: job,
+            stream: stream.into(),
+            offset: 0,
+            max_bytes: 4096,
+        };
+        async move { String::from_utf8_lossy(&c.logs(req).await.unwrap().into_inner().data).to_string() }
+    };
+
+    // One member's job keeps a secret in its work dir...
+    let a = submit(
+        &c,
+        "a",
+        spec("id -u; echo secret > mine.txt; sleep 2", 64 << 20, None),
+    )
+    .await;
+    let a_job = wait(&c, a, |j| j.state == "running").await;
+    // ...which another job cannot read.
+    let peek = format!(
+        "id -u; cat {}/allocs/{}/mine.txt",
+        work.display(),
+        a_job.alloc_id
+    );
+    let b = submit(&c, "b", spec(&peek, 64 << 20, None)).await;
+    let b_job = wait(&c, b, ended).await;
+    assert_eq!(b_job.state, "failed", "{b_job:?}");
+    assert!(logs(b, "stderr").await.contains("Permission denied"));
+    let a_job = wait(&c, a, ended).await;
+    assert_eq!(a_job.state, "succeeded", "{a_job:?}");
+    let (uid_a, uid_b) = (logs(a, "stdout").await, logs(b, "stdout").await);
+    assert_ne!(uid_a.trim(), "0");
+    assert_ne!(
+        uid_a.trim(),
+        uid_b.lines().next().unwrap_or("").trim(),
+        "each job has its own uid"
+    );
+
+    // Memory is held to the allocation (cgroup v2 or RLIMIT_DATA).
+    let hog = submit(
+        &c,
+        "hog",
+        spec(
+            "python3 -c 'x = bytearray(512 * 1024 * 1024)'",
+            64 << 20,
+            None,
+        ),
+    )
+    .await;
+    let hog_job = wait(&c, hog, ended).await;
+    assert_eq!(hog_job.state, "failed", "{hog_job:?}");
+
+    // A timeout stops the run.
+    let slow = submit(&c, "slow", spec("sleep 30", 64 << 20, Some(1))).await;
+    let slow_job = wait(&c, slow, ended).await;
+    assert!(
+        slow_job.message.contains("timed out after 1 s"),
+        "{slow_job:?}"
+    );
+
+    // The scrubbed environment has only what coop sets.
+    let env = submit(
+        &c,
+        "env",
+        spec("env | cut -d= -f1 | sort | tr '\\n' ' '", 64 << 20, None),
+    )
+    .await;
+    wait(&c, env, ended).await;
+    assert_eq!(
+        logs(env, "stdout").await.trim(),
+        "COOP_ALLOC_ID COOP_JOB_ID CUDA_VISIBLE_DEVICES HOME PATH PWD"
+    );
+
+    // Work dirs go after the retention period.
+    let a_dir = work.join("allocs").join(a_job.alloc_id.to_string());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while a_dir.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} was not removed",
+            a_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.stop_all().await;
+}
