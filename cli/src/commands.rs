@@ -63,8 +63,13 @@ pub struct SubmitArgs {
     #[arg(long, requires = "infer")]
     pub input: Option<String>,
     /// Inference: where to write the outputs in the job's work dir (.npy or .jsonl).
-    #[arg(long, requires = "infer", default_value = "output.npy")]
-    pub output: String,
+    #[arg(
+        long = "out",
+        id = "out",
+        requires = "infer",
+        default_value = "output.npy"
+    )]
+    pub out: String,
     /// Evaluation: a model to score (repeat for several; they are also
     /// scored as an ensemble).
     #[arg(long = "evaluate", value_name = "MODEL")]
@@ -141,7 +146,7 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
                     .as_deref()
                     .ok_or_else(|| anyhow::anyhow!("--infer needs --input"))?,
             )),
-            output: args.output.clone(),
+            output: args.out.clone(),
         }),
         None => None,
     };

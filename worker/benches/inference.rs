@@ -9,7 +9,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (inputs, outputs) = (64, 10);
-    let w: Vec<f32> = (0..inputs * outputs).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let w: Vec<f32> = (0..inputs * outputs)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
     let b: Vec<f32> = (0..outputs).map(|i| i as f32 / 10.0).collect();
     let model = examples::linear_model(dir.path(), "bench", inputs, outputs, &w, &b).unwrap();
     let mut group = c.benchmark_group("inference");
@@ -21,9 +23,10 @@ fn bench(c: &mut Criterion) {
             data: (0..rows * inputs).map(|i| (i % 17) as f32 / 17.0).collect(),
         };
         group.throughput(Throughput::Elements(rows as u64));
-        group.bench_function(format!("linear 64->10, {rows} rows (load + run)"), |bench| {
-            bench.iter(|| predict(&model, &x).unwrap())
-        });
+        group.bench_function(
+            format!("linear 64->10, {rows} rows (load + run)"),
+            |bench| bench.iter(|| predict(&model, &x).unwrap()),
+        );
     }
     group.finish();
 }

@@ -1,0 +1,159 @@
+//! The `coop` command as a user runs it: `coop dev` in the background, then
+//! the README's commands against it, checking output and exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn coop(addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coop"))
+        .args(args)
+        .env("COOP_ADDR", addr)
+        .env("COOP_MEMBER", "ana")
+        .output()
+        .expect("run coop")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn the_readme_commands_work_against_coop_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coop"))
+        .args(["dev", "--port", "0", "--data-dir"])
+        .arg(dir.path().join("dev"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let _dev = Dev(child);
+    let mut addr = String::new();
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("scheduler address: ") {
+            addr = a.trim().to_string();
+            break;
+        }
+    }
+    assert!(!addr.is_empty(), "coop dev printed no address");
+
+    let o = coop(&addr, &["submit", "--wait", "--", "echo", "hello"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("succeeded"), "{}", stdout(&o));
+    let o = coop(&addr, &["logs", "1"]);
+    assert_eq!(stdout(&o), "hello\n");
+    let o = coop(&addr, &["submit", "--wait", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(1), "a failed job fails the command");
+    let o = coop(&addr, &["jobs", "-o", "json"]);
+    let jobs: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    for args in [
+        vec!["status", "1"],
+        vec!["why", "1"],
+        vec!["share"],
+        vec!["policy", "show"],
+        vec!["nodes"],
+        vec!["cluster", "status"],
+        vec!["evals"],
+    ] {
+        let o = coop(&addr, &args);
+        assert!(o.status.success(), "coop {args:?}: {}", stderr(&o));
+        assert!(!stdout(&o).is_empty(), "coop {args:?} printed nothing");
+    }
+    assert!(stdout(&coop(&addr, &["policy", "show"])).contains("floor = 0.5"));
+
+    // An evaluation of the example models, through the CLI.
+    let models = coop_worker::model::examples::classifiers(dir.path()).unwrap();
+    let data = coop_worker::model::examples::dataset(dir.path()).unwrap();
+    let (m0, m1) = (
+        models[0].display().to_string(),
+        models[1].display().to_string(),
+    );
+    let d = data.display().to_string();
+    let o = coop(
+        &addr,
+        &[
+            "submit",
+            "--wait",
+            "--memory",
+            "256Mi",
+            "--evaluate",
+            &m0,
+            "--evaluate",
+            &m1,
+            "--dataset",
+            &d,
+        ],
+    );
+    assert!(o.status.success(), "{} {}", stdout(&o), stderr(&o));
+    let o = coop(&addr, &["evals"]);
+    assert!(stdout(&o).contains("ensemble of 2"), "{}", stdout(&o));
+    let x = dir.path().join("x.jsonl");
+    std::fs::write(&x, "[1, 0]\n").unwrap();
+    let o = coop(
+        &addr,
+        &[
+            "submit",
+            "--wait",
+            "--infer",
+            &m0,
+            "--input",
+            &x.display().to_string(),
+            "--out",
+            "y.jsonl",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&coop(&addr, &["jobs", "--limit", "1", "-o", "json"]));
+    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()[0]["id"]
+        .as_u64()
+        .unwrap();
+    assert!(stdout(&coop(&addr, &["status", &id.to_string()])).contains("1 rows in"));
+
+    // Bad input: clear errors, non-zero exits.
+    let o = coop(&addr, &["submit", "--"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("empty command"),
+        "{}",
+        stderr(&o)
+    );
+    let o = coop(&addr, &["submit", "--cpu", "5000", "--", "true"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("impossible request"),
+        "{}",
+        stderr(&o)
+    );
+    let o = coop(&addr, &["status", "999"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("unknown job 999"),
+        "{}",
+        stderr(&o)
+    );
+    let o = coop(&addr, &["cluster", "init"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("already initialized"),
+        "{}",
+        stderr(&o)
+    );
+    let o = coop("127.0.0.1:1", &["jobs"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("cannot reach"),
+        "{}",
+        stderr(&o)
+    );
+}
