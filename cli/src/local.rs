@@ -43,6 +43,7 @@ impl LocalCluster {
             memory_bytes: Some(memory_bytes),
             gpus: Some(0),
             stop_grace_ms: 1000,
+            metrics_listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
         self.workers.push(Worker::start(config, listener).await?);

@@ -24,6 +24,8 @@ pub use coop::api::v1 as api;
 pub use coop::raft::v1 as raft;
 pub use coop::worker::v1 as worker;
 
+pub mod metrics_http;
+
 /// Largest gRPC message any Coop service accepts or sends: big enough for a
 /// batch of raft entries or a log chunk, small enough that one request
 /// cannot exhaust a replica's memory.

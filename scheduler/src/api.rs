@@ -31,6 +31,7 @@ impl CoopService {
 /// Sends the call to the leader unless this replica leads.
 macro_rules! via_leader {
     ($self:ident, $request:ident, $method:ident) => {
+        let _timer = $self.shared.metrics.timer(stringify!($method));
         if let Route::Forward(channel) = $self.shared.route(&$request).await? {
             return CoopClient::new(channel)
                 .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)

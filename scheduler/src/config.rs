@@ -30,6 +30,8 @@ pub struct Config {
     pub election_timeout_max_ms: u64,
     /// Snapshot and compact the log after this many entries.
     pub snapshot_every: u64,
+    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
+    pub metrics_listen: Option<String>,
     /// The genesis policy (a `[policy]` table); the built-in defaults when
     /// absent. Used once, when the cluster first elects a leader.
     pub policy: Option<coop_core::Policy>,
@@ -50,6 +52,7 @@ impl Default for Config {
             election_timeout_max_ms: 1000,
             snapshot_every: 10_000,
             policy: None,
+            metrics_listen: None,
         }
     }
 }
@@ -116,6 +119,9 @@ impl Config {
         check_addr("listen", &self.listen)?;
         if let Some(a) = &self.advertise {
             check_addr("advertise", a)?;
+        }
+        if let Some(a) = &self.metrics_listen {
+            check_addr("metrics_listen", a)?;
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid(

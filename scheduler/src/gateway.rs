@@ -57,6 +57,7 @@ impl GatewayService {
 
 macro_rules! via_leader {
     ($self:ident, $request:ident, $method:ident) => {
+        let _timer = $self.shared.metrics.timer(stringify!($method));
         if let Route::Forward(channel) = $self.shared.route(&$request).await? {
             return WorkerGatewayClient::new(channel)
                 .$method(forwarded(&$request))

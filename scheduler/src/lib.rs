@@ -15,6 +15,7 @@ pub mod error;
 pub mod evals;
 pub mod gateway;
 pub mod local;
+pub mod metrics;
 pub mod raft;
 pub mod replica;
 pub mod shared;

@@ -31,6 +31,9 @@ struct Args {
     /// Directory for the Raft log and snapshots.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// The genesis policy, a TOML file (overrides a `[policy]` table in --config).
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -71,6 +74,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
     }
     if let Some(path) = &args.policy {
         let text = std::fs::read_to_string(path)

@@ -25,6 +25,9 @@ pub const MAX_API_REQUEST_BYTES: usize = 1024 * 1024;
 pub struct Replica {
     pub node: RaftNode,
     pub addr: String,
+    /// Where `/metrics` is served, when configured.
+    pub metrics_addr: Option<String>,
+    metrics_task: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     stop_tx: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
@@ -43,7 +46,32 @@ impl Replica {
         };
         let node = RaftNode::start(config.id, &config.data_dir, &timing).await?;
         let addr = config.advertise_addr().to_string();
-        let shared = Arc::new(Shared::new(node.clone(), config));
+        let metrics = Arc::new(crate::metrics::SchedulerMetrics::new());
+        let observer = metrics.clone();
+        node.state_machine()
+            .set_observer(Box::new(move |outcome, state| {
+                observer.observe(outcome, state)
+            }));
+        let metrics_server = match &config.metrics_listen {
+            Some(listen) => {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("metrics listen on {listen}: {e}"))?;
+                let metrics_addr = listener.local_addr()?.to_string();
+                let (m, n) = (metrics.clone(), node.clone());
+                let render = Arc::new(move || {
+                    let status = n.status();
+                    let applied = n.state_machine().read();
+                    m.render(&applied.state, &status)
+                });
+                Some((
+                    metrics_addr,
+                    tokio::spawn(coop_proto::metrics_http::serve(listener, render)),
+                ))
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(node.clone(), config, metrics));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -79,9 +107,15 @@ impl Replica {
         });
         let driver = tokio::spawn(crate::driver::run(shared.clone()));
         tracing::info!(id = node.id, addr = %addr, "replica started");
+        let (metrics_addr, metrics_task) = match metrics_server {
+            Some((a, t)) => (Some(a), Some(t)),
+            None => (None, None),
+        };
         Ok(Replica {
             node,
             addr,
+            metrics_addr,
+            metrics_task,
             shared,
             stop_tx: Some(stop_tx),
             server,
@@ -108,6 +142,9 @@ impl Replica {
             let _ = tx.send(());
         }
         self.driver.abort();
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
         self.node.shutdown().await;
         self.server.abort();
         let _ = (&mut self.server).await;

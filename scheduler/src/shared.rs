@@ -20,6 +20,7 @@ pub const FORWARDED: &str = "coop-forwarded";
 pub struct Shared {
     pub node: RaftNode,
     pub config: Config,
+    pub metrics: std::sync::Arc<crate::metrics::SchedulerMetrics>,
     /// node -> (incarnation, last heartbeat). Heartbeats are not logged:
     /// only the leader's view matters, and a new leader starts everyone
     /// with a full timeout of grace.
@@ -43,10 +44,15 @@ pub enum Route {
 }
 
 impl Shared {
-    pub fn new(node: RaftNode, config: Config) -> Self {
+    pub fn new(
+        node: RaftNode,
+        config: Config,
+        metrics: std::sync::Arc<crate::metrics::SchedulerMetrics>,
+    ) -> Self {
         Self {
             node,
             config,
+            metrics,
             heartbeats: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
         }

@@ -43,6 +43,7 @@ pub struct Identity {
     pub job_uids: Option<(u32, u32)>,
     /// Where job cgroups go, when cgroup v2 is available.
     pub cgroups: Option<PathBuf>,
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 /// Finds and remembers the scheduler leader.
@@ -364,12 +365,28 @@ pub async fn actor(
                             let grace = id.stop_grace;
                             let dir = executor::alloc_dir(&id.work_dir, alloc);
                             let is_model = model_job.is_some();
+                            let kind = match &model_job {
+                                Some(ModelJob::Inference { .. }) => "inference",
+                                Some(ModelJob::Evaluation { .. }) => "evaluation",
+                                None => "command",
+                            };
+                            let metrics = id.metrics.clone();
+                            let started = std::time::Instant::now();
                             tokio::spawn(async move {
                                 let mut exit =
                                     executor::wait_with_timeout(child, timeout, grace).await;
+                                executor::release(&confinement);
                                 if is_model {
                                     collect_model_outcome(&dir, &mut exit);
                                 }
+                                let outcome = if exit.code == Some(0) && exit.error.is_empty() {
+                                    "succeeded"
+                                } else if exit.signal.is_some() {
+                                    "killed"
+                                } else {
+                                    "failed"
+                                };
+                                metrics.job_ended(kind, outcome, started.elapsed());
                                 let _ = tx.send(Event::Exited(alloc, exit)).await;
                             });
                         }

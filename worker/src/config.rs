@@ -38,6 +38,8 @@ pub struct WorkerConfig {
     pub job_uid_count: u32,
     /// A finished job's work dir (and logs) is removed this long after it ended.
     pub retention_secs: u64,
+    /// Where to serve Prometheus metrics (`/metrics`); none when unset.
+    pub metrics_listen: Option<String>,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub stop_grace_ms: u64,
     /// The binary that runs model jobs as `<it> run-model DIR CACHE`; this
@@ -62,6 +64,7 @@ impl Default for WorkerConfig {
             job_uid_base: None,
             job_uid_count: 1000,
             retention_secs: 24 * 3600,
+            metrics_listen: None,
             stop_grace_ms: 5000,
             model_runner: None,
         }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod executor;
 pub mod inventory;
 pub mod logs;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 
@@ -31,6 +32,8 @@ use reconcile::Local;
 pub struct Worker {
     pub node_id: String,
     pub addr: String,
+    /// Where `/metrics` is served, when configured.
+    pub metrics_addr: Option<String>,
     local: Arc<Mutex<BTreeMap<u64, Local>>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -91,6 +94,7 @@ impl Worker {
         for g in &gpus {
             tracing::info!(index = g.index, model = %g.model, memory_bytes = g.memory_bytes, uuid = %g.uuid, "gpu");
         }
+        let metrics = Arc::new(metrics::WorkerMetrics::new(&capacity, &gpus));
         let id = Arc::new(Identity {
             node_id: config.node_id.clone(),
             owner: config.owner.clone(),
@@ -103,6 +107,7 @@ impl Worker {
             cache_max_bytes: config.cache_max_bytes,
             job_uids: config.job_uid_base.map(|b| (b, config.job_uid_count)),
             cgroups: executor::cgroup_root(),
+            metrics: metrics.clone(),
             runner: match &config.model_runner {
                 Some(p) => p.clone(),
                 None => {
@@ -163,6 +168,26 @@ impl Worker {
             local.clone(),
             Duration::from_secs(config.retention_secs),
         )));
+        let mut metrics_addr = None;
+        if let Some(listen) = &config.metrics_listen {
+            let listener = TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics listen on {listen}: {e}"))?;
+            metrics_addr = Some(listener.local_addr()?.to_string());
+            let (m, table) = (metrics.clone(), local.clone());
+            let render = Arc::new(move || {
+                let running = table
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .filter(|l| matches!(l, Local::Running | Local::Stopping))
+                    .count();
+                m.render(running)
+            });
+            tasks.push(tokio::spawn(coop_proto::metrics_http::serve(
+                listener, render,
+            )));
+        }
         let logs = logs::LogService {
             work_dir: config.work_dir.clone(),
             local: local.clone(),
@@ -183,6 +208,7 @@ impl Worker {
         Ok(Worker {
             node_id: config.node_id,
             addr,
+            metrics_addr,
             local,
             tasks,
         })

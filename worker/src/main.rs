@@ -43,6 +43,9 @@ struct Args {
     /// Remove a finished job's work dir this many seconds after it ended.
     #[arg(long)]
     retention_secs: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,12 +112,18 @@ async fn run() -> anyhow::Result<()> {
     if let Some(r) = args.retention_secs {
         config.retention_secs = r;
     }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
+    }
     config.validate().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
     let worker = Worker::start(config, listener).await?;
     println!("worker {} serving logs on {}", worker.node_id, worker.addr);
+    if let Some(m) = &worker.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
     tokio::signal::ctrl_c().await?;
     worker.stop();
     Ok(())

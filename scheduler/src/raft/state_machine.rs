@@ -43,7 +43,12 @@ pub struct StateMachine {
     /// Bumped after every applied batch with the last applied index, so the
     /// leader driver and assignment streams wake on change.
     applied_tx: Arc<watch::Sender<u64>>,
+    /// Sees every applied command's outcome (metrics); set once at start.
+    observer: Arc<std::sync::OnceLock<Observer>>,
 }
+
+/// Called with each applied command's outcome and the state after it.
+pub type Observer = Box<dyn Fn(&coop_core::Outcome, &ClusterState) + Send + Sync>;
 
 impl StateMachine {
     pub(super) fn open(db: Arc<Database>) -> io::Result<Self> {
@@ -64,7 +69,13 @@ impl StateMachine {
             inner: Arc::new(RwLock::new(applied)),
             db,
             applied_tx: Arc::new(applied_tx),
+            observer: Arc::new(std::sync::OnceLock::new()),
         })
+    }
+
+    /// Installs the observer of applied outcomes (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
     }
 
     /// A read view of the applied state. Do not hold it across an await.
@@ -167,6 +178,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 "log entry {} holds a command this coop-scheduler does not know; upgrade it",
                                 entry.log_id.index
                             )));
+                        }
+                        if let (Ok(outcome), Some(observe)) = (&result, self.observer.get()) {
+                            observe(outcome, &applied.state);
                         }
                         Response(Some(result))
                     }
