@@ -294,6 +294,8 @@ async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i3
     println!("   they reclaimed their machines: cam's jobs were preempted (SIGTERM, grace, SIGKILL) and requeued");
     println!("== coop share");
     crate::commands::share(addr, crate::output::Format::Table).await?;
+    println!("== coop top --once");
+    crate::top::run(addr, true, Duration::from_secs(1)).await?;
     let mut c = client.clone();
     let waiting = c
         .list_jobs(ListJobsRequest {

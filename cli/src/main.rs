@@ -6,6 +6,7 @@ mod commands;
 mod demo;
 mod local;
 mod output;
+mod top;
 
 use std::path::PathBuf;
 
@@ -79,6 +80,15 @@ enum Cmd {
     },
     /// List the pool's nodes.
     Nodes,
+    /// Live view of members' shares against entitlements, the queue and the nodes.
+    Top {
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
     /// Evaluation leaderboards, one per dataset, best first.
     Evals {
         /// Only this dataset (URI or sha256).
@@ -178,6 +188,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             follow,
         } => commands::logs(&cli.addr, job, stderr, follow).await,
         Cmd::Nodes => commands::nodes(&cli.addr, fmt).await,
+        Cmd::Top { once, interval } => {
+            top::run(
+                &cli.addr,
+                once,
+                std::time::Duration::from_secs(interval.max(1)),
+            )
+            .await
+        }
         Cmd::Evals { dataset } => commands::evals(&cli.addr, fmt, dataset).await,
         Cmd::Why { job } => commands::why(&cli.addr, fmt, job).await,
         Cmd::Share => commands::share(&cli.addr, fmt).await,

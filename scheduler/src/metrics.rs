@@ -243,7 +243,7 @@ impl SchedulerMetrics {
                 self.member_share_to_entitlement
                     .with_label_values(&[m])
                     .set(ratio);
-                ratios.push(ratio);
+                ratios.push(fairness_term(ratio, s.pending));
                 if s.floor_part > 0.0 {
                     self.member_floor_attainment
                         .with_label_values(&[m])
@@ -251,14 +251,7 @@ impl SchedulerMetrics {
                 }
             }
         }
-        // Jain's index (Jain, Chiu & Hawe 1984): (sum x)^2 / (n sum x^2).
-        let sum: f64 = ratios.iter().sum();
-        let sq: f64 = ratios.iter().map(|x| x * x).sum();
-        let jain = if ratios.is_empty() || sq == 0.0 {
-            1.0
-        } else {
-            sum * sum / (ratios.len() as f64 * sq)
-        };
+        let jain = jain(&ratios);
         self.cluster_jain.set(jain);
         let ready: Vec<_> = state
             .nodes
@@ -334,6 +327,29 @@ impl SchedulerMetrics {
     }
 }
 
+/// A member's term in Jain's index: how much of its entitlement it gets,
+/// capped at 1, and 1 for a member whose jobs all run (it has all it asked
+/// for). So the index falls only when members that wait are held below
+/// their entitlement, not when idle capacity is lent out.
+pub fn fairness_term(share_to_entitlement: f64, pending: usize) -> f64 {
+    if pending == 0 {
+        1.0
+    } else {
+        share_to_entitlement.min(1.0)
+    }
+}
+
+/// Jain's index (Jain, Chiu & Hawe 1984): (sum x)^2 / (n sum x^2); 1 when empty.
+pub fn jain(terms: &[f64]) -> f64 {
+    let sum: f64 = terms.iter().sum();
+    let sq: f64 = terms.iter().map(|x| x * x).sum();
+    if terms.is_empty() || sq == 0.0 {
+        1.0
+    } else {
+        sum * sum / (terms.len() as f64 * sq)
+    }
+}
+
 pub struct RpcTimer {
     histogram: prometheus::Histogram,
     started: Instant,
@@ -342,5 +358,58 @@ pub struct RpcTimer {
 impl Drop for RpcTimer {
     fn drop(&mut self) {
         self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jain_counts_only_members_held_below_their_entitlement() {
+        // Everyone at or above entitlement, or with nothing waiting: fair.
+        let terms = [
+            fairness_term(3.0, 4),
+            fairness_term(0.5, 0),
+            fairness_term(1.0, 2),
+        ];
+        assert_eq!(jain(&terms), 1.0);
+        // One waiting member at half its entitlement, one at all of it:
+        // (0.5 + 1)^2 / (2 * (0.25 + 1)) = 0.9.
+        let terms = [fairness_term(0.5, 3), fairness_term(1.0, 1)];
+        assert!((jain(&terms) - 0.9).abs() < 1e-12);
+        assert_eq!(jain(&[]), 1.0);
+    }
+
+    #[test]
+    fn renders_the_documented_names() {
+        let m = SchedulerMetrics::new();
+        let status = RaftStatus {
+            id: 1,
+            role: NodeRole::Leader,
+            leader_id: Some(1),
+            term: 2,
+            last_log_index: 5,
+            commit_index: 5,
+            applied_index: 4,
+            snapshot_index: 0,
+            replicas: vec![],
+        };
+        let text = m.render(&ClusterState::new(), &status);
+        for name in [
+            "coop_raft_is_leader 1",
+            "coop_raft_apply_lag 1",
+            "coop_cluster_fairness_jain_index 1",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        let docs = include_str!("../../docs/metrics.md");
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap_or("");
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
     }
 }

@@ -70,6 +70,7 @@ fn the_readme_commands_work_against_coop_dev() {
         vec!["nodes"],
         vec!["cluster", "status"],
         vec!["evals"],
+        vec!["top", "--once"],
     ] {
         let o = coop(&addr, &args);
         assert!(o.status.success(), "coop {args:?}: {}", stderr(&o));
