@@ -41,18 +41,8 @@ pub async fn run(shared: Arc<Shared>) {
 /// The first leader of a new cluster proposes the genesis policy from its
 /// bootstrap config; `apply` takes only the first such proposal, ever.
 async fn adopt_genesis_policy(shared: &Arc<Shared>) {
-    let adopted = shared.node.state_machine().read().state.genesis_adopted;
-    if adopted {
-        return;
-    }
-    let policy = shared.config.policy.clone().unwrap_or_default();
-    let cmd = Command::AdoptGenesisPolicy {
-        policy,
-        now_ms: now_ms(),
-    };
-    match shared.write(cmd).await {
-        Ok(_) => tracing::info!("genesis policy adopted"),
-        Err(e) => tracing::debug!(error = %e, "genesis policy proposal failed"),
+    if let Err(e) = shared.ensure_genesis().await {
+        tracing::debug!(error = %e, "genesis policy proposal failed");
     }
 }
 

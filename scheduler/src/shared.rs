@@ -77,6 +77,7 @@ impl Shared {
     /// to us and finds us not leading fails as retryable instead.
     pub async fn route<T>(&self, request: &tonic::Request<T>) -> Result<Route, Status> {
         if self.node.is_leader() {
+            self.ensure_genesis().await?;
             return Ok(Route::Local);
         }
         if request.metadata().contains_key(FORWARDED) {
@@ -86,6 +87,23 @@ impl Shared {
             Some((id, _)) if id == self.node.id => Ok(Route::Local),
             Some((_, addr)) => Ok(Route::Forward(self.channel(&addr)?)),
             None => Err(not_leader(None)),
+        }
+    }
+
+    /// A new cluster's leader adopts the genesis policy before it serves
+    /// anything, so no request ever sees the built-in defaults in its place.
+    pub async fn ensure_genesis(&self) -> Result<(), Status> {
+        if self.node.state_machine().read().state.genesis_adopted {
+            return Ok(());
+        }
+        let cmd = Command::AdoptGenesisPolicy {
+            policy: self.config.policy.clone().unwrap_or_default(),
+            now_ms: now_ms(),
+        };
+        match self.write_result(cmd).await? {
+            // Adopted now, or by a concurrent proposal: either way it is in force.
+            Ok(_) | Err(CoreError::Policy(_)) => Ok(()),
+            Err(e) => Err(core_status(&e)),
         }
     }
 

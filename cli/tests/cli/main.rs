@@ -43,13 +43,16 @@ fn the_readme_commands_work_against_coop_dev() {
     let out = child.stdout.take().unwrap();
     let _dev = Dev(child);
     let mut addr = String::new();
-    for line in BufReader::new(out).lines() {
+    let mut lines = BufReader::new(out).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(a) = line.strip_prefix("scheduler address: ") {
             addr = a.trim().to_string();
             break;
         }
     }
+    // Keep reading what coop dev prints, so it never writes to a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     assert!(!addr.is_empty(), "coop dev printed no address");
 
     let o = coop(&addr, &["submit", "--wait", "--", "echo", "hello"]);

@@ -157,13 +157,15 @@ async fn every_dashboard_and_alert_expression_returns_data() {
     let out = worker.stdout.take().unwrap();
     let _worker = Proc(worker);
     let mut worker_metrics = String::new();
-    for line in BufReader::new(out).lines() {
+    let mut lines = BufReader::new(out).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("metrics on http://") {
             worker_metrics = rest.trim_end_matches("/metrics").to_string();
             break;
         }
     }
+    std::thread::spawn(move || lines.for_each(drop));
     assert!(
         !worker_metrics.is_empty(),
         "the worker printed no metrics address"
