@@ -36,7 +36,8 @@ macro_rules! via_leader {
             return CoopClient::new(channel)
                 .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
                 .$method(forwarded(&$request))
-                .await;
+                .await
+                .map_err(crate::shared::forward_failed);
         }
     };
 }

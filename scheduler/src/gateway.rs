@@ -61,7 +61,8 @@ macro_rules! via_leader {
         if let Route::Forward(channel) = $self.shared.route(&$request).await? {
             return WorkerGatewayClient::new(channel)
                 .$method(forwarded(&$request))
-                .await;
+                .await
+                .map_err(crate::shared::forward_failed);
         }
     };
 }

@@ -140,3 +140,18 @@ pub fn forwarded<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
     }
     r
 }
+
+/// A forwarded call that failed on the way (the leader died mid-call, the
+/// connection broke) is retryable for the client: its request carries what
+/// makes a retry safe (a submit's request id), and a new leader will answer.
+pub fn forward_failed(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+            Status::unavailable(format!(
+                "the leader did not answer ({}); retry",
+                status.message()
+            ))
+        }
+        _ => status,
+    }
+}
