@@ -296,6 +296,7 @@ pub async fn actor(
             }
             Event::Exited(alloc, exit) => {
                 pgids.remove(&alloc);
+                executor::record_running(&id.work_dir, &pgids);
                 local
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -353,6 +354,7 @@ pub async fn actor(
                             tracing::info!(alloc, ?confinement, run_as = ?launch.run_as, "confined");
                             if let Some(pid) = child.id() {
                                 pgids.insert(alloc, pid);
+                                executor::record_running(&id.work_dir, &pgids);
                             }
                             local
                                 .lock()

@@ -273,3 +273,41 @@ fn group_alive(pgid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     unsafe { libc::kill(-(pgid as i32), 0) == 0 }
 }
+
+const RUNNING_FILE: &str = "running-pgids.json";
+
+/// Records the process groups of the jobs running now, so a worker that
+/// restarts after a crash can stop what its previous incarnation left: the
+/// scheduler requeues those jobs, and an orphan would run them twice.
+pub fn record_running(work_dir: &Path, pgids: &BTreeMap<u64, u32>) {
+    let list: Vec<u32> = pgids.values().copied().collect();
+    if let Ok(bytes) = serde_json::to_vec(&list) {
+        let tmp = work_dir.join(format!("{RUNNING_FILE}.tmp"));
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, work_dir.join(RUNNING_FILE));
+        }
+    }
+}
+
+/// Kills the process groups a previous incarnation recorded, but only
+/// those still working inside this worker's allocation dirs (a recycled
+/// pid belongs to someone else and is left alone). Returns how many.
+pub fn kill_orphans(work_dir: &Path) -> usize {
+    let path = work_dir.join(RUNNING_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return 0;
+    };
+    let pgids: Vec<u32> = serde_json::from_slice(&bytes).unwrap_or_default();
+    let allocs = work_dir.join("allocs");
+    let allocs = allocs.canonicalize().unwrap_or(allocs);
+    let mut killed = 0;
+    for pgid in pgids {
+        let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd"));
+        if cwd.is_ok_and(|d| d.starts_with(&allocs)) {
+            signal_group(pgid, libc::SIGKILL);
+            killed += 1;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    killed
+}

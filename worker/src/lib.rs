@@ -44,6 +44,13 @@ impl Worker {
         config.validate().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&config.work_dir)
             .map_err(|e| anyhow::anyhow!("work dir {}: {e}", config.work_dir.display()))?;
+        let orphans = executor::kill_orphans(&config.work_dir);
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "stopped jobs left running by this worker's previous incarnation"
+            );
+        }
         let bound = listener.local_addr()?;
         let addr = config
             .advertise

@@ -452,3 +452,41 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     assert_eq!(nodes.iter().find(|n| n.id == "w1").unwrap().state, "lost");
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    let addrs = cluster.addrs();
+    let work = tmp.path().join("w1");
+    let mut w1 = spawn_worker("w1", &addrs, &work, "1");
+    let pidfile = tmp.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 600", pidfile.display());
+    let id = submit(
+        &addrs,
+        "ana",
+        "orphan",
+        &spec(&["sh", "-c", &script], 1000, 1),
+    )
+    .await;
+    wait_job(&addrs, id, |j| j.state == "running").await;
+    wait_for("the job to write its pid", || pidfile.exists()).await;
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The worker dies; its job's process group lives on.
+    let _ = w1.0.kill();
+    let _ = w1.0.wait();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // Its successor stops the orphan before taking any work.
+    let _w1 = spawn_worker("w1", &addrs, &work, "1");
+    wait_for("the orphan to be killed", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    })
+    .await;
+    cluster.stop_all().await;
+}
