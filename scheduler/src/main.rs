@@ -43,8 +43,26 @@ struct Args {
     init: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("coop-scheduler: cannot start a runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    // One clear line for a bad start (a malformed config, a data dir of
+    // another replica), not a backtrace.
+    if let Err(e) = runtime.block_on(run()) {
+        eprintln!("coop-scheduler: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -57,10 +57,17 @@ fn main() -> anyhow::Result<()> {
             std::path::Path::new(&args[3]),
         ));
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run())
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
+    // One clear line for a bad start, not a backtrace.
+    if let Err(e) = result {
+        eprintln!("coop-worker: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn run() -> anyhow::Result<()> {
