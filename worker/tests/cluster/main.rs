@@ -3,9 +3,14 @@
 //! runs real jobs. No timing thresholds: every wait is for a condition,
 //! bounded only so a broken build fails instead of hanging.
 
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::Proc;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use coop_proto::api::coop_client::CoopClient;
@@ -21,36 +26,12 @@ fn fast(c: &mut Config) {
     c.heartbeat_timeout_ms = 1500;
 }
 
-struct WorkerProc(Child);
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_worker(node: &str, schedulers: &[String], work_dir: &Path, cpus: &str) -> WorkerProc {
-    let child = Command::new(env!("CARGO_BIN_EXE_coop-worker"))
-        .args([
-            "--node-id",
-            node,
-            "--owner",
-            "ana",
-            "--cpus",
-            cpus,
-            "--memory-bytes",
-            "4294967296",
-        ])
-        .arg("--scheduler")
-        .arg(schedulers.join(","))
-        .arg("--work-dir")
-        .arg(work_dir)
-        .env("RUST_LOG", "warn")
+fn spawn_worker(node: &str, schedulers: &[String], work_dir: &Path, cpus: &str) -> Proc {
+    let child = common::worker(node, "ana", cpus, schedulers, work_dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("start coop-worker");
-    WorkerProc(child)
+    Proc(child)
 }
 
 async fn client(addr: &str) -> CoopClient<Channel> {

@@ -3,7 +3,12 @@
 //! submissions reclaim its entitlement by preemption; `why` and `share`
 //! show the numbers.
 
-use std::process::{Child, Command, Stdio};
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::Proc;
+
+use std::process::Stdio;
 use std::time::Duration;
 
 use coop_core::Policy;
@@ -13,15 +18,6 @@ use coop_scheduler::local::LocalReplicas;
 use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn client(addr: &str) -> CoopClient<Channel> {
     CoopClient::new(
@@ -117,22 +113,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
     .unwrap();
     let addrs = cluster.addrs();
     let _worker = Proc(
-        Command::new(env!("CARGO_BIN_EXE_coop-worker"))
-            .args([
-                "--node-id",
-                "olga-box",
-                "--owner",
-                "olga",
-                "--cpus",
-                "4",
-                "--memory-bytes",
-                "4294967296",
-            ])
-            .arg("--scheduler")
-            .arg(addrs.join(","))
-            .arg("--work-dir")
-            .arg(tmp.path().join("w"))
-            .env("RUST_LOG", "warn")
+        common::worker("olga-box", "olga", "4", &addrs, tmp.path().join("w"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),

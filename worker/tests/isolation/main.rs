@@ -2,22 +2,18 @@
 //! work dir no other job can read, memory held to the allocation, a
 //! timeout, and work dirs removed after the retention period.
 
-use std::process::{Child, Command, Stdio};
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::Proc;
+
+use std::process::Stdio;
 use std::time::Duration;
 
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
 use coop_scheduler::local::LocalReplicas;
 use tonic::transport::Channel;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -83,23 +79,8 @@ async fn jobs_are_confined() {
         .unwrap();
     let addrs = cluster.addrs();
     let _worker = Proc(
-        Command::new(env!("CARGO_BIN_EXE_coop-worker"))
-            .args([
-                "--node-id",
-                "w1",
-                "--owner",
-                "ana",
-                "--cpus",
-                "2",
-                "--memory-bytes",
-                "4294967296",
-            ])
+        common::worker("w1", "ana", "2", &addrs, &work)
             .args(["--job-uid-base", "61000", "--retention-secs", "3"])
-            .arg("--scheduler")
-            .arg(addrs.join(","))
-            .arg("--work-dir")
-            .arg(&work)
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),

@@ -1,8 +1,13 @@
 //! Model jobs: the runner on its own (known answers, metrics, ensembles,
 //! clear failures) and end to end through a cluster and a worker process.
 
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::Proc;
+
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use coop_proto::api::coop_client::CoopClient;
@@ -182,15 +187,6 @@ fn bad_inputs_fail_with_a_clear_reason() {
 
 // ---- end to end ----
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn wait_done(c: &CoopClient<Channel>, id: u64) -> Job {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -234,22 +230,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         .unwrap();
     let addrs = cluster.addrs();
     let _worker = Proc(
-        Command::new(env!("CARGO_BIN_EXE_coop-worker"))
-            .args([
-                "--node-id",
-                "w1",
-                "--owner",
-                "ana",
-                "--cpus",
-                "2",
-                "--memory-bytes",
-                "4294967296",
-            ])
-            .arg("--scheduler")
-            .arg(addrs.join(","))
-            .arg("--work-dir")
-            .arg(dir.path().join("w"))
-            .env("RUST_LOG", "warn")
+        common::worker("w1", "ana", "2", &addrs, dir.path().join("w"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),

@@ -5,9 +5,14 @@
 //! config and runs the rule unit tests. Needs Debian's `prometheus` package
 //! (`.ci/run` installs it); without it the test says so and passes.
 
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::Proc;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use coop_core::Policy;
@@ -15,15 +20,6 @@ use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
 use coop_scheduler::local::LocalReplicas;
 use tonic::transport::Channel;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -134,23 +130,8 @@ async fn every_dashboard_and_alert_expression_returns_data() {
     .await
     .unwrap();
     let addrs = cluster.addrs();
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_coop-worker"))
-        .args([
-            "--node-id",
-            "olga-box",
-            "--owner",
-            "olga",
-            "--cpus",
-            "4",
-            "--memory-bytes",
-            "4294967296",
-        ])
+    let mut worker = common::worker("olga-box", "olga", "4", &addrs, dir.path().join("w"))
         .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--scheduler")
-        .arg(addrs.join(","))
-        .arg("--work-dir")
-        .arg(dir.path().join("w"))
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
