@@ -66,6 +66,24 @@ where
     }
 }
 
+/// How long a command keeps retrying while the cluster elects a leader.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(15);
+
+/// One call to the cluster: `f` gets a client and the request, and is
+/// retried (see `retry`) with a fresh copy of both; errors come back as
+/// one line for people.
+pub async fn call<Req, T, F, Fut>(client: &Client, req: Req, f: F) -> anyhow::Result<T>
+where
+    Req: Clone,
+    F: Fn(Client, Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    retry(RETRY_BUDGET, || f(client.clone(), req.clone()))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(explain)
+}
+
 /// A status as a one-line error for people.
 pub fn explain(status: tonic::Status) -> anyhow::Error {
     let what = match status.code() {

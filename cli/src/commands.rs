@@ -9,11 +9,8 @@ use coop_core::resources::{format_bytes, format_cpu, parse_bytes, parse_cpu};
 use coop_proto::api::*;
 use serde_json::json;
 
-use crate::client::{connect, explain, retry, Client};
+use crate::client::{call, connect, explain, Client};
 use crate::output::{job_json, ms_ago, print_json, res, res_json, table, Format};
-
-/// How long a command keeps retrying while the cluster elects a leader.
-const RETRY_BUDGET: Duration = Duration::from_secs(15);
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
@@ -209,24 +206,14 @@ pub async fn submit_one(
         request_id: request_id.to_string(),
         spec: Some(spec.clone()),
     };
-    let reply = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        let req = req.clone();
-        async move { c.submit(req).await }
-    })
-    .await
-    .map_err(explain)?;
-    Ok(reply.into_inner())
+    call(client, req, |mut c, req| async move { c.submit(req).await }).await
 }
 
 pub async fn get_job(client: &Client, job: u64) -> Result<Job> {
-    let reply = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        async move { c.get_job(GetJobRequest { job_id: job }).await }
+    call(client, (), |mut c, ()| async move {
+        c.get_job(GetJobRequest { job_id: job }).await
     })
     .await
-    .map_err(explain)?;
-    Ok(reply.into_inner())
 }
 
 pub async fn submit(addr: &str, fmt: Format, args: SubmitArgs) -> Result<i32> {
@@ -376,14 +363,12 @@ pub async fn jobs(
         member: member.unwrap_or_default(),
         limit,
     };
-    let reply = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        let req = req.clone();
-        async move { c.list_jobs(req).await }
-    })
-    .await
-    .map_err(explain)?
-    .into_inner();
+    let reply = call(
+        &client,
+        req,
+        |mut c, req| async move { c.list_jobs(req).await },
+    )
+    .await?;
     if fmt == Format::Json {
         print_json(&json!(reply.jobs.iter().map(job_json).collect::<Vec<_>>()));
         return Ok(0);
@@ -430,14 +415,12 @@ pub async fn cancel(addr: &str, fmt: Format, job: u64, member: Option<String>) -
         job_id: job,
         member,
     };
-    let reply = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        let req = req.clone();
-        async move { c.cancel(req).await }
-    })
-    .await
-    .map_err(explain)?
-    .into_inner();
+    let reply = call(
+        &client,
+        req,
+        |mut c, req| async move { c.cancel(req).await },
+    )
+    .await?;
     match fmt {
         Format::Json => {
             print_json(&json!({"job_id": job, "cancelled": true, "stopping": reply.stopping}))
@@ -462,14 +445,7 @@ pub async fn logs(addr: &str, job: u64, stderr: bool, follow: bool) -> Result<i3
             offset,
             max_bytes: 256 * 1024,
         };
-        let reply = retry(RETRY_BUDGET, || {
-            let mut c = client.clone();
-            let req = req.clone();
-            async move { c.logs(req).await }
-        })
-        .await
-        .map_err(explain)?
-        .into_inner();
+        let reply = call(&client, req, |mut c, req| async move { c.logs(req).await }).await?;
         out.write_all(&reply.data)?;
         out.flush()?;
         offset = reply.next_offset;
@@ -484,13 +460,10 @@ pub async fn logs(addr: &str, job: u64, stderr: bool, follow: bool) -> Result<i3
 
 pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
     let client = connect(addr).await?;
-    let reply = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        async move { c.list_nodes(ListNodesRequest {}).await }
+    let reply = call(&client, (), |mut c, ()| async move {
+        c.list_nodes(ListNodesRequest {}).await
     })
-    .await
-    .map_err(explain)?
-    .into_inner();
+    .await?;
     if fmt == Format::Json {
         let nodes: Vec<_> = reply
             .nodes
@@ -628,14 +601,10 @@ pub async fn add_replica(addr: &str, fmt: Format, id: u64, replica_addr: String)
         id,
         addr: replica_addr,
     };
-    let reply = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        let req = req.clone();
-        async move { c.add_replica(req).await }
+    let reply = call(&client, req, |mut c, req| async move {
+        c.add_replica(req).await
     })
-    .await
-    .map_err(explain)?
-    .into_inner();
+    .await?;
     match fmt {
         Format::Json => print_json(&json!({"replicas": replicas_json(&reply.replicas)})),
         Format::Table => {
@@ -652,13 +621,10 @@ fn pct(x: f64) -> String {
 
 pub async fn why(addr: &str, fmt: Format, job: u64) -> Result<i32> {
     let client = connect(addr).await?;
-    let e = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        async move { c.why(WhyRequest { job_id: job }).await }
+    let e = call(&client, (), |mut c, ()| async move {
+        c.why(WhyRequest { job_id: job }).await
     })
-    .await
-    .map_err(explain)?
-    .into_inner();
+    .await?;
     if fmt == Format::Json {
         print_json(&json!({
             "job_id": e.job_id, "member": e.member, "state": e.state, "reasons": e.reasons,
@@ -704,13 +670,10 @@ pub async fn why(addr: &str, fmt: Format, job: u64) -> Result<i32> {
 
 pub async fn share(addr: &str, fmt: Format) -> Result<i32> {
     let client = connect(addr).await?;
-    let s = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        async move { c.share(ShareRequest {}).await }
+    let s = call(&client, (), |mut c, ()| async move {
+        c.share(ShareRequest {}).await
     })
-    .await
-    .map_err(explain)?
-    .into_inner();
+    .await?;
     if fmt == Format::Json {
         let members: Vec<_> = s
             .members
@@ -769,13 +732,10 @@ pub async fn share(addr: &str, fmt: Format) -> Result<i32> {
 
 pub async fn policy_show(addr: &str, fmt: Format) -> Result<i32> {
     let client = connect(addr).await?;
-    let p = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        async move { c.get_policy(GetPolicyRequest {}).await }
+    let p = call(&client, (), |mut c, ()| async move {
+        c.get_policy(GetPolicyRequest {}).await
     })
-    .await
-    .map_err(explain)?
-    .into_inner();
+    .await?;
     match fmt {
         Format::Json => print_json(
             &json!({"version": p.version, "toml": p.toml, "genesis_adopted": p.genesis_adopted}),
@@ -801,14 +761,10 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
     let req = ListEvaluationsRequest {
         dataset: dataset.unwrap_or_default(),
     };
-    let boards = retry(RETRY_BUDGET, || {
-        let mut c = client.clone();
-        let req = req.clone();
-        async move { c.list_evaluations(req).await }
+    let boards = call(&client, req, |mut c, req| async move {
+        c.list_evaluations(req).await
     })
-    .await
-    .map_err(explain)?
-    .into_inner()
+    .await?
     .leaderboards;
     if fmt == Format::Json {
         let out: Vec<_> = boards
