@@ -38,6 +38,11 @@ pub struct Policy {
     pub max_job_gpus: Option<u32>,
     #[serde(default)]
     pub max_job_runtime_secs: Option<u64>,
+    /// Ended jobs leave the state this long after they ended (with their
+    /// request-id entry: a retry after that creates a new job). Evaluation
+    /// results stay for the leaderboards.
+    #[serde(default = "defaults::job_retention_secs")]
+    pub job_retention_secs: u64,
     /// GPU normalisation of contribution: this many CPU cores count as one GPU...
     #[serde(default = "defaults::cpus_per_gpu")]
     pub cpus_per_gpu: f64,
@@ -62,6 +67,9 @@ mod defaults {
     pub fn owner_first() -> bool {
         true
     }
+    pub fn job_retention_secs() -> u64 {
+        30 * 24 * 3600
+    }
     pub fn cpus_per_gpu() -> f64 {
         16.0
     }
@@ -82,6 +90,7 @@ impl Default for Policy {
             member_cap: None,
             max_job_gpus: None,
             max_job_runtime_secs: None,
+            job_retention_secs: defaults::job_retention_secs(),
             cpus_per_gpu: defaults::cpus_per_gpu(),
             memory_gib_per_gpu: defaults::memory_gib_per_gpu(),
         }

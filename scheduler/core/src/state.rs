@@ -115,6 +115,9 @@ pub struct ClusterState {
     pub genesis_adopted: bool,
     /// The latest placements and preemptions, oldest first.
     pub decisions: VecDeque<Decision>,
+    /// Where the next expiry scan starts (see `expire_jobs`).
+    #[serde(default)]
+    pub expiry_cursor: u64,
 }
 
 impl ClusterState {
@@ -645,8 +648,49 @@ impl ClusterState {
     }
 
     /// One pass of the fair-share allocator (see `fairshare`), carried out.
+    /// Ended jobs checked for expiry per scheduling pass: bounds the work a
+    /// pass spends on housekeeping whatever the history.
+    const EXPIRY_SCAN: usize = 1000;
+
+    /// Removes jobs that ended more than the policy's retention ago, oldest
+    /// ids first, a bounded number per pass (evaluation results are kept).
+    fn expire_jobs(&mut self) {
+        let retention_ms = self.policy.job_retention_secs.saturating_mul(1000);
+        let cutoff = self.now_ms.saturating_sub(retention_ms);
+        if cutoff == 0 {
+            return;
+        }
+        // A cursor walks the jobs round-robin, so jobs kept for good
+        // (evaluation results) never hold back the expiry of later ones.
+        let scanned: Vec<&Job> = self
+            .jobs
+            .range(JobId(self.expiry_cursor)..)
+            .map(|(_, j)| j)
+            .take(Self::EXPIRY_SCAN)
+            .collect();
+        self.expiry_cursor = match scanned.last() {
+            Some(last) if scanned.len() == Self::EXPIRY_SCAN => last.id.0 + 1,
+            _ => 0,
+        };
+        let expired: Vec<JobId> = scanned
+            .into_iter()
+            .filter(|j| j.state.is_terminal() && j.alloc.is_none())
+            .filter(|j| j.finished_at_ms.is_some_and(|t| t < cutoff))
+            .filter(|j| !matches!(j.result, Some(JobResult::Evaluation { .. })))
+            .map(|j| j.id)
+            .collect();
+        for id in expired {
+            if let Some(job) = self.jobs.remove(&id) {
+                if let Some(requests) = self.requests.get_mut(&job.member) {
+                    requests.remove(&job.request_id);
+                }
+            }
+        }
+    }
+
     fn schedule(&mut self, now_ms: u64) -> Outcome {
         self.touch_time(now_ms);
+        self.expire_jobs();
         let ids: Vec<MemberId> = self.members.keys().cloned().collect();
         for id in &ids {
             self.member_mut(id);

@@ -320,3 +320,39 @@ fn unknown_command_tag_decodes_to_unknown() {
     let cmd: Command = serde_json::from_str(r#"{"type":"from_the_future","x":1}"#).unwrap();
     assert_eq!(cmd, Command::Unknown);
 }
+
+#[test]
+fn ended_jobs_leave_the_state_after_the_retention() {
+    let mut s = ClusterState::new();
+    let policy = Policy {
+        job_retention_secs: 100,
+        ..Policy::default()
+    };
+    s.apply(&Command::AdoptGenesisPolicy { policy, now_ms: 0 })
+        .unwrap();
+    register(&mut s, "a", res(2000, 1024, 0), 1).unwrap();
+    submit(&mut s, "old", "ana", res(100, 64, 0)).unwrap();
+    submit(&mut s, "waiting", "ana", res(100, 64, 0)).unwrap();
+    s.apply(&Command::Cancel {
+        job: JobId(1),
+        member: MemberId::new("ana"),
+        now_ms: 20,
+    })
+    .unwrap();
+    // Not yet: ended 20 ms in, kept for 100 s.
+    s.apply(&Command::Schedule { now_ms: 50_000 }).unwrap();
+    assert!(s.jobs.contains_key(&JobId(1)));
+    // After the retention the ended job and its request id go; the running one stays.
+    s.apply(&Command::Schedule { now_ms: 200_000 }).unwrap();
+    assert!(!s.jobs.contains_key(&JobId(1)));
+    assert!(s.jobs.contains_key(&JobId(2)));
+    assert!(!s.requests[&MemberId::new("ana")].contains_key("old"));
+    // A retry of the expired request is a new job.
+    assert_eq!(
+        submit(&mut s, "old", "ana", res(100, 64, 0)),
+        Ok(Outcome::Submitted {
+            job: JobId(3),
+            existing: false
+        })
+    );
+}
