@@ -326,11 +326,6 @@ impl Coop for CoopService {
             .unwrap_or_default();
         let applied = self.shared.node.state_machine().read();
         let state = &applied.state;
-        let running = state
-            .jobs
-            .values()
-            .filter(|j| matches!(j.state, JobState::Running | JobState::Assigned))
-            .count();
         Ok(Response::new(ClusterStatusResponse {
             answered_by: status.id,
             leader_id: status.leader_id,
@@ -343,12 +338,8 @@ impl Coop for CoopService {
             replicas: replicas_to_proto(&status),
             jobs: state.jobs.len() as u64,
             pending: state.pending.len() as u64,
-            running: running as u64,
-            nodes_ready: state
-                .nodes
-                .values()
-                .filter(|n| n.state == coop_core::NodeState::Ready)
-                .count() as u64,
+            running: state.running_jobs() as u64,
+            nodes_ready: state.ready_nodes() as u64,
             state_digest: state.digest(),
         }))
     }

@@ -1,8 +1,7 @@
 //! Conversions between `coop-core` types and the gRPC messages.
 
 use coop_core::{
-    AllocState, Allocation, Artifact, ClusterState, EvalTask, GpuInfo, Job, JobKind, JobSpec, Node,
-    Resources,
+    Allocation, Artifact, ClusterState, EvalTask, GpuInfo, Job, JobKind, JobSpec, Node, Resources,
 };
 use coop_proto::{api, worker};
 
@@ -248,12 +247,7 @@ pub fn assignment_to_proto(state: &ClusterState, alloc: &Allocation) -> worker::
             spec
         }),
         gpu_indices: alloc.gpu_indices.clone(),
-        state: match alloc.state {
-            AllocState::Assigned => "assigned",
-            AllocState::Running => "running",
-            AllocState::Stopping => "stopping",
-        }
-        .into(),
+        state: alloc.state.as_str().into(),
         stop_grace_ms: if alloc.preempted {
             state.policy.grace_secs * 1000
         } else {

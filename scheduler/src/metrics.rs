@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use coop_core::fairshare::compute_shares;
-use coop_core::{ClusterState, JobState, NodeState, Outcome};
+use coop_core::{ClusterState, NodeState, Outcome};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -288,13 +288,7 @@ impl SchedulerMetrics {
                 });
         }
         self.cluster_pending.set(state.pending.len() as i64);
-        self.cluster_running.set(
-            state
-                .jobs
-                .values()
-                .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
-                .count() as i64,
-        );
+        self.cluster_running.set(state.running_jobs() as i64);
         self.cluster_nodes
             .with_label_values(&["ready"])
             .set(ready.len() as i64);

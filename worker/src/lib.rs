@@ -34,7 +34,6 @@ pub struct Worker {
     pub addr: String,
     /// Where `/metrics` is served, when configured.
     pub metrics_addr: Option<String>,
-    local: Arc<Mutex<BTreeMap<u64, Local>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -216,19 +215,8 @@ impl Worker {
             node_id: config.node_id,
             addr,
             metrics_addr,
-            local,
             tasks,
         })
-    }
-
-    /// Allocations this worker is running right now.
-    pub fn running(&self) -> Vec<u64> {
-        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        local
-            .iter()
-            .filter(|(_, l)| matches!(l, Local::Running | Local::Stopping))
-            .map(|(a, _)| *a)
-            .collect()
     }
 
     /// Stops talking to the scheduler. Running jobs are left alone: a

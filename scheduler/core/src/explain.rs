@@ -80,8 +80,7 @@ pub fn explain(state: &ClusterState, job_id: JobId) -> Option<Explanation> {
     let big_enough: Vec<_> = ready
         .iter()
         .filter(|n| {
-            want.fits_in(&n.capacity)
-                && n.gpus.iter().filter(|g| g.matches(model, min_mem)).count() >= want.gpus as usize
+            want.fits_in(&n.capacity) && n.matching_gpus(model, min_mem) >= want.gpus as usize
         })
         .collect();
     if big_enough.is_empty() {
@@ -104,11 +103,7 @@ pub fn explain(state: &ClusterState, job_id: JobId) -> Option<Explanation> {
                 want.fits_in(&n.free())
                     && free_gpus
                         .iter()
-                        .filter(|i| {
-                            n.gpus
-                                .iter()
-                                .any(|g| g.index == **i && g.matches(model, min_mem))
-                        })
+                        .filter(|i| n.gpu_matches(**i, model, min_mem))
                         .count()
                         >= want.gpus as usize
             })

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::Job;
-use crate::ledger::{Usage, GIB};
+use crate::ledger::Usage;
 use crate::node::{Node, NodeState};
 use crate::nodefit::FitTree;
 use crate::policy::Policy;
@@ -255,14 +255,7 @@ impl Room<'_> {
             .iter()
             .copied()
             .filter(|i| {
-                if model.is_none() && min_mem.is_none() {
-                    return true;
-                }
-                self.node
-                    .gpus
-                    .iter()
-                    .find(|g| g.index == *i)
-                    .is_some_and(|g| g.matches(model, min_mem))
+                (model.is_none() && min_mem.is_none()) || self.node.gpu_matches(*i, model, min_mem)
             })
             .take(want.gpus as usize)
             .collect();
@@ -805,9 +798,4 @@ fn add(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
 
 fn sub(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
     [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-
-/// Memory in GiB, for reports.
-pub fn gib(bytes: u64) -> f64 {
-    bytes as f64 / GIB
 }

@@ -70,4 +70,20 @@ impl Node {
     pub fn free(&self) -> Resources {
         self.capacity.saturating_sub(&self.allocated)
     }
+
+    /// Whether GPU `index` of this node meets a job's constraints.
+    pub fn gpu_matches(&self, index: u32, model: Option<&str>, min_memory: Option<u64>) -> bool {
+        self.gpus
+            .iter()
+            .find(|g| g.index == index)
+            .is_some_and(|g| g.matches(model, min_memory))
+    }
+
+    /// How many of this node's GPUs meet a job's constraints.
+    pub fn matching_gpus(&self, model: Option<&str>, min_memory: Option<u64>) -> usize {
+        self.gpus
+            .iter()
+            .filter(|g| g.matches(model, min_memory))
+            .count()
+    }
 }

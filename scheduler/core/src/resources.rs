@@ -36,10 +36,6 @@ impl Resources {
             && self.gpus <= other.gpus
     }
 
-    pub fn is_zero(&self) -> bool {
-        *self == Self::ZERO
-    }
-
     pub fn saturating_add(&self, o: &Resources) -> Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),

@@ -221,10 +221,7 @@ impl ClusterState {
         if spec.has_gpu_constraints()
             && !self.nodes.is_empty()
             && !self.nodes.values().any(|n| {
-                n.gpus
-                    .iter()
-                    .filter(|g| g.matches(spec.gpu_model.as_deref(), spec.gpu_min_memory_bytes))
-                    .count()
+                n.matching_gpus(spec.gpu_model.as_deref(), spec.gpu_min_memory_bytes)
                     >= want.gpus as usize
             })
         {
@@ -911,6 +908,22 @@ impl ClusterState {
             job: alloc.job,
             job_state,
         })
+    }
+
+    /// Jobs placed and not yet ended (assigned or running).
+    pub fn running_jobs(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
+            .count()
+    }
+
+    /// Nodes that can take work.
+    pub fn ready_nodes(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.state == NodeState::Ready)
+            .count()
     }
 
     /// GPU indices on a node not held by a live allocation.

@@ -19,7 +19,6 @@ use std::fmt;
 use coop_core::{Command, CoreError, Outcome};
 use serde::{Deserialize, Serialize};
 
-pub use self::TypeConfig as RaftTypeConfig;
 pub use log_store::{open_storage, LogStore};
 pub use network::Network;
 pub use node::{NodeRole, RaftNode, RaftStatus, RaftTiming, ReplicaInfo, WriteError};

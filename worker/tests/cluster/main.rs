@@ -13,11 +13,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
 use coop_scheduler::local::LocalReplicas;
 use coop_scheduler::Config;
-use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -32,13 +30,6 @@ fn spawn_worker(node: &str, schedulers: &[String], work_dir: &Path, cpus: &str) 
         .spawn()
         .expect("start coop-worker");
     Proc(child)
-}
-
-async fn client(addr: &str) -> CoopClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    CoopClient::new(ch)
 }
 
 fn spec(argv: &[&str], cpu_millis: u64, retries: u32) -> JobSpec {
@@ -62,7 +53,7 @@ async fn submit(addrs: &[String], member: &str, request_id: &str, spec: &JobSpec
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut i = 0;
     loop {
-        let mut c = client(&addrs[i % addrs.len()]).await;
+        let mut c = common::client(&addrs[i % addrs.len()]);
         let req = SubmitRequest {
             member: member.into(),
             request_id: request_id.into(),
@@ -83,8 +74,7 @@ async fn submit(addrs: &[String], member: &str, request_id: &str, spec: &JobSpec
 async fn job(addrs: &[String], id: u64) -> Job {
     let mut i = 0;
     loop {
-        match client(&addrs[i % addrs.len()])
-            .await
+        match common::client(&addrs[i % addrs.len()])
             .get_job(GetJobRequest { job_id: id })
             .await
         {
@@ -152,8 +142,7 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         .unwrap()
         .addr
         .clone();
-    let logs = client(&follower)
-        .await
+    let logs = common::client(&follower)
         .logs(LogsRequest {
             job_id: id,
             stream: "stdout".into(),
@@ -168,7 +157,7 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         format!("hello from {id}\n")
     );
     // Bad input changes nothing.
-    let mut c = client(&addrs[0]).await;
+    let mut c = common::client(&addrs[0]);
     let before = c
         .list_jobs(ListJobsRequest::default())
         .await
@@ -265,7 +254,7 @@ async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
         .await;
         assert_eq!(j.state, "succeeded", "{j:?}");
     }
-    let mut c = client(&survivors[0]).await;
+    let mut c = common::client(&survivors[0]);
     let all = c
         .list_jobs(ListJobsRequest::default())
         .await
@@ -294,8 +283,7 @@ async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
 }
 
 async fn applied_and_digest(addr: &str) -> (u64, String) {
-    let s = client(addr)
-        .await
+    let s = common::client(addr)
         .cluster_status(ClusterStatusRequest {})
         .await
         .unwrap()
@@ -342,8 +330,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
     }
     // A brand-new replica joins after the log was compacted: it can only
     // catch up by installing a snapshot.
-    let leader_status = client(&leader_addr)
-        .await
+    let leader_status = common::client(&leader_addr)
         .cluster_status(ClusterStatusRequest {})
         .await
         .unwrap()
@@ -367,8 +354,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
     let newcomer = coop_scheduler::Replica::start(config, listener)
         .await
         .unwrap();
-    client(&leader_addr)
-        .await
+    common::client(&leader_addr)
         .add_replica(AddReplicaRequest {
             id: 4,
             addr: new_addr.clone(),
@@ -377,8 +363,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
-        let s = client(&new_addr)
-            .await
+        let s = common::client(&new_addr)
             .cluster_status(ClusterStatusRequest {})
             .await
             .unwrap()
@@ -409,7 +394,7 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     let j = wait_job(&addrs, id, |j| j.state == "running").await;
     assert_eq!(j.node, "w1");
     let _w2 = spawn_worker("w2", &addrs, &tmp.path().join("w2"), "1");
-    let mut c = client(&addrs[0]).await;
+    let mut c = common::client(&addrs[0]);
     let mut nodes = 0;
     wait_for("w2 to register", || {
         nodes = futures::executor::block_on(c.list_nodes(ListNodesRequest {}))

@@ -19,14 +19,6 @@ use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn client(addr: &str) -> CoopClient<Channel> {
-    CoopClient::new(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy(),
-    )
-}
-
 fn job_spec(argv: &[&str], preemptible: bool) -> JobSpec {
     JobSpec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -118,7 +110,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
             .spawn()
             .unwrap(),
     );
-    let c = client(&addrs[1]).await;
+    let c = common::client(&addrs[1]);
     let policy = call(|| {
         let mut c = c.clone();
         async move { c.get_policy(GetPolicyRequest {}).await }

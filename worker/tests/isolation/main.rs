@@ -85,11 +85,7 @@ async fn jobs_are_confined() {
             .spawn()
             .unwrap(),
     );
-    let c = CoopClient::new(
-        Channel::from_shared(format!("http://{}", addrs[0]))
-            .unwrap()
-            .connect_lazy(),
-    );
+    let c = common::client(&addrs[0]);
     let logs = |job: u64, stream: &str| {
         let mut c = c.clone();
         let req = LogsRequest {

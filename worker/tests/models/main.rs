@@ -235,11 +235,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
             .spawn()
             .unwrap(),
     );
-    let c = CoopClient::new(
-        Channel::from_shared(format!("http://{}", addrs[0]))
-            .unwrap()
-            .connect_lazy(),
-    );
+    let c = common::client(&addrs[0]);
     let artifact = |p: &std::path::Path| Artifact {
         uri: p.display().to_string(),
         sha256: None,

@@ -16,10 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use coop_core::Policy;
-use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
 use coop_scheduler::local::LocalReplicas;
-use tonic::transport::Channel;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -154,11 +152,7 @@ async fn every_dashboard_and_alert_expression_returns_data() {
 
     // A workload with every kind of decision: a burst on the idle pool,
     // then the owner reclaiming by preemption.
-    let c = CoopClient::new(
-        Channel::from_shared(format!("http://{}", addrs[0]))
-            .unwrap()
-            .connect_lazy(),
-    );
+    let c = common::client(&addrs[0]);
     let spec = |argv: &[&str], preemptible: bool| JobSpec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         resources: Some(Resources {
