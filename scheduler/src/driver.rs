@@ -55,7 +55,10 @@ fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>) {
     // where blocking is allowed rather than stalling this runtime thread.
     let worth_it = tokio::task::block_in_place(|| {
         let applied = shared.node.state_machine().read();
-        !applied.state.pending.is_empty() && !fairshare::plan(&applied.state).is_empty()
+        // Without a ready node nothing can be placed or reclaimed: skip the pass.
+        !applied.state.pending.is_empty()
+            && applied.state.ready_nodes() > 0
+            && !fairshare::plan(&applied.state).is_empty()
     });
     if !worth_it {
         return;
