@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use coop_proto::api::{JobSpec, Resources};
 
 use crate::client::connect;
-use crate::commands::{get_job, submit_one};
+use crate::cmd::jobs::{get_job, submit_one};
 use crate::local::LocalCluster;
 
 #[derive(clap::Args, Debug)]
@@ -83,7 +83,7 @@ async fn submit_throughput(addr: &str, clients: usize, jobs: usize) -> Result<i3
     let client = connect(addr).await?;
     let next = Arc::new(AtomicU64::new(0));
     let spec = bench_spec(&["true"]);
-    let run_id = crate::commands::new_request_id();
+    let run_id = crate::cmd::new_request_id();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -123,7 +123,7 @@ async fn submit_throughput(addr: &str, clients: usize, jobs: usize) -> Result<i3
 async fn latency(addr: &str, jobs: usize) -> Result<i32> {
     let client = connect(addr).await?;
     let spec = bench_spec(&["true"]);
-    let run_id = crate::commands::new_request_id();
+    let run_id = crate::cmd::new_request_id();
     let mut starts = Vec::new();
     let mut observed = Vec::new();
     for n in 0..jobs {

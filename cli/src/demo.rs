@@ -7,8 +7,10 @@ use anyhow::{bail, Result};
 use coop_proto::api::{JobSpec, ListJobsRequest, LogsRequest, Resources};
 
 use crate::client::connect;
-use crate::commands::{new_request_id, submit_one, wait_for};
+use crate::cmd::jobs::{submit_one, wait_for};
+use crate::cmd::new_request_id;
 use crate::local::LocalCluster;
+use crate::output::job_state;
 
 pub async fn dev(data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
     let tmp;
@@ -33,7 +35,7 @@ pub async fn dev(data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
     let replica = coop_scheduler::Replica::start(config, listener).await?;
     if let Err(e) = replica.initialize().await {
         if !e.to_string().contains("already initialized") {
-            return Err(e);
+            return Err(e.into());
         }
     }
     replica
@@ -137,12 +139,16 @@ pub async fn demo() -> Result<i32> {
         let job = tokio::time::timeout(Duration::from_secs(60), wait_for(&client, *id, false))
             .await
             .map_err(|_| anyhow::anyhow!("job {id} did not finish within 60 s"))??;
-        if job.state != "succeeded" {
+        if job_state(job.state) != "succeeded" {
             failed += 1;
         }
         println!(
             "   job {:>2} {:<9} {:<6} on {:<9} attempts {}",
-            job.id, job.state, job.member, job.node, job.attempts
+            job.id,
+            job_state(job.state),
+            job.member,
+            job.node,
+            job.attempts
         );
     }
     let mut c = client.clone();
@@ -226,7 +232,7 @@ async fn evaluation_act(
             models: models.iter().map(|m| artifact(m)).collect(),
             dataset: Some(artifact(&data)),
             label_column: "label".into(),
-            task: "classification".into(),
+            task: coop_proto::api::EvalTask::Classification as i32,
             metrics: vec![],
         }),
         ..Default::default()
@@ -237,15 +243,16 @@ async fn evaluation_act(
     let job = tokio::time::timeout(Duration::from_secs(60), wait_for(client, id, false))
         .await
         .map_err(|_| anyhow::anyhow!("evaluation job {id} did not finish within 60 s"))??;
-    if job.state != "succeeded" {
+    if job_state(job.state) != "succeeded" {
         println!(
             "   FAILED: evaluation job {id} {}: {}",
-            job.state, job.message
+            job_state(job.state),
+            job.message
         );
         return Ok(1);
     }
     println!("== coop evals");
-    crate::commands::evals(addr, crate::output::Format::Table, None).await?;
+    crate::cmd::models::evals(addr, crate::output::Format::Table, None).await?;
     Ok(0)
 }
 
@@ -293,13 +300,13 @@ async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i3
     wait_state(client, &owners, "running", Duration::from_secs(60)).await?;
     println!("   they reclaimed their machines: cam's jobs were preempted (SIGTERM, grace, SIGKILL) and requeued");
     println!("== coop share");
-    crate::commands::share(addr, crate::output::Format::Table).await?;
+    crate::cmd::fairness::share(addr, crate::output::Format::Table).await?;
     println!("== coop top --once");
     crate::top::run(addr, true, Duration::from_secs(1)).await?;
     let mut c = client.clone();
     let waiting = c
         .list_jobs(ListJobsRequest {
-            state: "pending".into(),
+            state: coop_proto::api::JobState::Pending as i32,
             member: "cam".into(),
             limit: 1,
         })
@@ -309,10 +316,10 @@ async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i3
         .jobs;
     if let Some(j) = waiting.first() {
         println!("== coop why {}", j.id);
-        crate::commands::why(addr, crate::output::Format::Table, j.id).await?;
+        crate::cmd::fairness::why(addr, crate::output::Format::Table, j.id).await?;
     }
     println!("== coop status {} (one of ana's)", owners[0]);
-    crate::commands::status(addr, crate::output::Format::Table, owners[0]).await?;
+    crate::cmd::jobs::status(addr, crate::output::Format::Table, owners[0]).await?;
     wait_state(client, &owners, "succeeded", Duration::from_secs(60)).await?;
     for id in &cams {
         let _ = c
@@ -337,14 +344,14 @@ async fn wait_state(
     let deadline = Instant::now() + limit;
     for id in jobs {
         loop {
-            let j = crate::commands::get_job(client, *id).await?;
-            if j.state == state || (state == "running" && j.state == "succeeded") {
+            let j = crate::cmd::jobs::get_job(client, *id).await?;
+            let now = job_state(j.state);
+            if now == state || (state == "running" && now == "succeeded") {
                 break;
             }
             if Instant::now() > deadline {
                 bail!(
-                    "job {id} is {} after {} s, expected {state}",
-                    j.state,
+                    "job {id} is {now} after {} s, expected {state}",
                     limit.as_secs()
                 );
             }

@@ -59,7 +59,7 @@ impl LocalCluster {
     }
 
     pub async fn kill_leader(&mut self) -> Result<usize> {
-        self.replicas.kill_leader().await
+        Ok(self.replicas.kill_leader().await?)
     }
 
     pub async fn stop(self) {

@@ -2,7 +2,7 @@
 
 mod bench;
 mod client;
-mod commands;
+mod cmd;
 mod demo;
 mod local;
 mod output;
@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Submit a job: `coop submit --cpu 1 --memory 512Mi -- python eval.py`.
-    Submit(Box<commands::SubmitArgs>),
+    Submit(Box<cmd::jobs::SubmitArgs>),
     /// Show one job: state, placement, history, and every reason it waits.
     Status { job: u64 },
     /// Why a job waits: every reason, its queue position, its member's share
@@ -174,20 +174,20 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.output;
     match cli.command {
-        Cmd::Submit(args) => commands::submit(&cli.addr, fmt, *args).await,
-        Cmd::Status { job } => commands::status(&cli.addr, fmt, job).await,
+        Cmd::Submit(args) => cmd::jobs::submit(&cli.addr, fmt, *args).await,
+        Cmd::Status { job } => cmd::jobs::status(&cli.addr, fmt, job).await,
         Cmd::Jobs {
             state,
             member,
             limit,
-        } => commands::jobs(&cli.addr, fmt, state, member, limit).await,
-        Cmd::Cancel { job, member } => commands::cancel(&cli.addr, fmt, job, member).await,
+        } => cmd::jobs::jobs(&cli.addr, fmt, state, member, limit).await,
+        Cmd::Cancel { job, member } => cmd::jobs::cancel(&cli.addr, fmt, job, member).await,
         Cmd::Logs {
             job,
             stderr,
             follow,
-        } => commands::logs(&cli.addr, job, stderr, follow).await,
-        Cmd::Nodes => commands::nodes(&cli.addr, fmt).await,
+        } => cmd::jobs::logs(&cli.addr, job, stderr, follow).await,
+        Cmd::Nodes => cmd::cluster::nodes(&cli.addr, fmt).await,
         Cmd::Top { once, interval } => {
             top::run(
                 &cli.addr,
@@ -196,17 +196,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Cmd::Evals { dataset } => commands::evals(&cli.addr, fmt, dataset).await,
-        Cmd::Why { job } => commands::why(&cli.addr, fmt, job).await,
-        Cmd::Share => commands::share(&cli.addr, fmt).await,
+        Cmd::Evals { dataset } => cmd::models::evals(&cli.addr, fmt, dataset).await,
+        Cmd::Why { job } => cmd::fairness::why(&cli.addr, fmt, job).await,
+        Cmd::Share => cmd::fairness::share(&cli.addr, fmt).await,
         Cmd::Policy {
             command: PolicyCmd::Show,
-        } => commands::policy_show(&cli.addr, fmt).await,
+        } => cmd::fairness::policy_show(&cli.addr, fmt).await,
         Cmd::Cluster { command } => match command {
-            ClusterCmd::Status => commands::cluster_status(&cli.addr, fmt).await,
-            ClusterCmd::Init => commands::cluster_init(&cli.addr, fmt).await,
+            ClusterCmd::Status => cmd::cluster::cluster_status(&cli.addr, fmt).await,
+            ClusterCmd::Init => cmd::cluster::cluster_init(&cli.addr, fmt).await,
             ClusterCmd::AddReplica { id, replica_addr } => {
-                commands::add_replica(&cli.addr, fmt, id, replica_addr).await
+                cmd::cluster::add_replica(&cli.addr, fmt, id, replica_addr).await
             }
         },
         Cmd::Dev { data_dir, port } => demo::dev(data_dir, port).await,

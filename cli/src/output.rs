@@ -3,7 +3,9 @@
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::Table;
 use coop_core::resources::{format_bytes, format_cpu};
+use coop_core::{DecisionKind, EvalTask, JobResult, JobState, NodeState, Rule};
 use coop_proto::api;
+use coop_proto::convert::FromWire;
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +35,41 @@ pub fn res_json(r: Option<&api::Resources>) -> Value {
     json!({"cpu_millis": r.cpu_millis, "memory_bytes": r.memory_bytes, "gpus": r.gpus})
 }
 
+/// A wire enum's name as the core spells it; "unknown" for a number this
+/// build does not know (a newer server).
+fn wire_name<T: FromWire>(v: i32, name: fn(T) -> &'static str) -> &'static str {
+    T::from_wire(v).map(name).unwrap_or("unknown")
+}
+
+pub fn job_state(v: i32) -> &'static str {
+    wire_name(v, JobState::as_str)
+}
+
+pub fn node_state(v: i32) -> &'static str {
+    wire_name(v, NodeState::as_str)
+}
+
+pub fn rule_name(v: i32) -> &'static str {
+    wire_name(v, Rule::as_str)
+}
+
+pub fn decision_kind(v: i32) -> &'static str {
+    wire_name(v, DecisionKind::as_str)
+}
+
+pub fn eval_task(v: i32) -> &'static str {
+    wire_name(v, EvalTask::as_str)
+}
+
+pub fn reason_text(r: &api::PendingReason) -> String {
+    r.text.clone()
+}
+
+/// A job's model result as the core types it, when it has one that converts.
+pub fn job_result(j: &api::Job) -> Option<JobResult> {
+    j.result.as_ref().and_then(|r| JobResult::try_from(r).ok())
+}
+
 pub fn ms_ago(at_ms: u64, now_ms: u64) -> String {
     if at_ms == 0 {
         return "-".into();
@@ -50,7 +87,7 @@ pub fn job_json(j: &api::Job) -> Value {
     json!({
         "id": j.id,
         "member": j.member,
-        "state": j.state,
+        "state": job_state(j.state),
         "name": spec.name,
         "argv": spec.argv,
         "resources": res_json(spec.resources.as_ref()),
@@ -65,7 +102,8 @@ pub fn job_json(j: &api::Job) -> Value {
         "finished_at_ms": j.finished_at_ms,
         "exit_code": j.exit_code,
         "message": j.message,
-        "pending_reasons": j.pending_reasons,
+        "pending_reasons": j.pending_reasons.iter().map(|r| json!({"code": r.code, "text": r.text})).collect::<Vec<_>>(),
+        "result": job_result(j),
         "history": j.history.iter().map(|e| json!({"at_ms": e.at_ms, "what": e.what})).collect::<Vec<_>>(),
         "request_id": j.request_id,
     })

@@ -8,8 +8,6 @@ use anyhow::Result;
 use coop_core::resources::{format_bytes, format_cpu};
 use coop_proto::api::*;
 
-use coop_scheduler::metrics::{fairness_term, jain};
-
 use crate::client::{connect, explain, Client};
 
 const BAR: usize = 40;
@@ -49,13 +47,8 @@ async fn frame(client: &Client) -> Result<String> {
         .await
         .map_err(explain)?
         .into_inner();
-    let terms: Vec<f64> = share
-        .members
-        .iter()
-        .filter(|m| m.pending + m.running > 0 && m.entitlement > 0.0)
-        .map(|m| fairness_term(m.dominant_share / m.entitlement, m.pending as usize))
-        .collect();
-    let jain = jain(&terms);
+    // Computed by the core on the replica, as the dashboard shows it.
+    let jain = share.jain_index;
     let mut out = String::new();
     let leader = status
         .leader_id
@@ -114,7 +107,7 @@ async fn frame(client: &Client) -> Result<String> {
             "{:<14} {:<10} {:<6} {:>11} {:>17} {:>5} {:>6}",
             n.id,
             n.owner,
-            n.state,
+            crate::output::node_state(n.state),
             format!(
                 "{}/{}",
                 format_cpu(used.cpu_millis),

@@ -1,5 +1,7 @@
 //! `coop-proto`: the gRPC API (members, workers, raft transport) generated
-//! from `proto/coop/*.proto`.
+//! from `proto/coop/*.proto`, and the one table of conversions between its
+//! messages and coop-core's types (`convert`), used by the scheduler, the
+//! worker and the CLI alike.
 
 /// Generated code, nested as the proto packages are (`coop.api.v1`, ...).
 pub mod coop {
@@ -24,6 +26,7 @@ pub use coop::api::v1 as api;
 pub use coop::raft::v1 as raft;
 pub use coop::worker::v1 as worker;
 
+pub mod convert;
 pub mod metrics_http;
 
 /// Largest gRPC message any Coop service accepts or sends: big enough for a

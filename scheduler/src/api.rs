@@ -7,11 +7,12 @@ use coop_core::{Command, JobId, JobState, MemberId, Outcome};
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::coop_server::Coop;
 use coop_proto::api::*;
+use coop_proto::convert::FromWire;
 use coop_proto::worker::worker_agent_client::WorkerAgentClient;
 use coop_proto::worker::ReadLogsRequest;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{job_to_proto, node_to_proto, resources_to_proto, spec_from_proto};
+use crate::convert::job_to_proto;
 use crate::error::core_status;
 use crate::shared::{forwarded, now_ms, Route, Shared};
 
@@ -63,20 +64,11 @@ impl Coop for CoopService {
         self.shared.read_barrier().await?;
         let id = JobId(request.get_ref().job_id);
         let applied = self.shared.node.state_machine().read();
-        let e = coop_core::explain::explain(&applied.state, id)
+        let e = applied
+            .state
+            .explain(id)
             .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
-        Ok(Response::new(Explanation {
-            job_id: e.job.0,
-            member: e.member.to_string(),
-            state: e.state.as_str().into(),
-            reasons: e.reasons,
-            queue_position: e.queue_position as u32,
-            queue_length: e.queue_length as u32,
-            dominant_share: e.dominant_share,
-            entitlement: e.entitlement,
-            would_start: e.would_start,
-            policy_version: e.policy_version,
-        }))
+        Ok(Response::new(Explanation::from(&e)))
     }
 
     async fn share(
@@ -86,7 +78,8 @@ impl Coop for CoopService {
         via_leader!(self, request, share);
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
-        let shares = coop_core::fairshare::compute_shares(&applied.state);
+        let shares = applied.state.shares();
+        let fairness = coop_core::fairness::compute(&shares);
         let members = shares
             .members
             .values()
@@ -95,7 +88,7 @@ impl Coop for CoopService {
                 entitlement: m.entitlement,
                 floor_part: m.floor_part,
                 contribution_part: m.contribution_part,
-                allocated: Some(resources_to_proto(&m.allocated)),
+                allocated: Some((&m.allocated).into()),
                 gpu_share: m.share[0],
                 cpu_share: m.share[1],
                 memory_share: m.share[2],
@@ -110,9 +103,10 @@ impl Coop for CoopService {
             })
             .collect();
         Ok(Response::new(ShareResponse {
-            pool: Some(resources_to_proto(&shares.pool)),
+            pool: Some((&shares.pool).into()),
             members,
-            policy_version: applied.state.policy.version,
+            policy_version: applied.state.policy().version,
+            jain_index: fairness.jain_index,
         }))
     }
 
@@ -122,10 +116,13 @@ impl Coop for CoopService {
     ) -> Result<Response<ListEvaluationsResponse>, Status> {
         via_leader!(self, request, list_evaluations);
         self.shared.read_barrier().await?;
-        let filter = request.get_ref().dataset.clone();
+        let filter = &request.get_ref().dataset;
         let applied = self.shared.node.state_machine().read();
+        let boards = applied
+            .state
+            .leaderboards((!filter.is_empty()).then_some(filter.as_str()));
         Ok(Response::new(ListEvaluationsResponse {
-            leaderboards: crate::evals::leaderboards(&applied.state, &filter),
+            leaderboards: boards.iter().map(Leaderboard::from).collect(),
         }))
     }
 
@@ -137,9 +134,9 @@ impl Coop for CoopService {
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
         Ok(Response::new(PolicyResponse {
-            version: applied.state.policy.version,
-            toml: applied.state.policy.to_toml(),
-            genesis_adopted: applied.state.genesis_adopted,
+            version: applied.state.policy().version,
+            toml: applied.state.policy().to_toml(),
+            genesis_adopted: applied.state.genesis_adopted(),
         }))
     }
 
@@ -154,19 +151,14 @@ impl Coop for CoopService {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("missing job spec"))
             .and_then(|s| {
-                spec_from_proto(s)
+                coop_core::JobSpec::try_from(s)
                     .map_err(|e| Status::invalid_argument(format!("invalid job: {e}")))
             })?;
         let member = MemberId::new(req.member.clone());
         // Refuse bad input before it reaches the log; apply checks again.
         {
             let applied = self.shared.node.state_machine().read();
-            let dedup = applied
-                .state
-                .requests
-                .get(&member)
-                .and_then(|r| r.get(&req.request_id));
-            if dedup.is_none() {
+            if applied.state.request(&member, &req.request_id).is_none() {
                 applied
                     .state
                     .check_submit(&req.request_id, &member, &spec)
@@ -195,8 +187,7 @@ impl Coop for CoopService {
         let applied = self.shared.node.state_machine().read();
         let job = applied
             .state
-            .jobs
-            .get(&id)
+            .job(id)
             .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
         Ok(Response::new(job_to_proto(&applied.state, job, true)))
     }
@@ -207,13 +198,9 @@ impl Coop for CoopService {
     ) -> Result<Response<ListJobsResponse>, Status> {
         via_leader!(self, request, list_jobs);
         let req = request.get_ref();
-        let state_filter = match req.state.as_str() {
-            "" => None,
-            s => Some(JobState::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "unknown state {s:?}: use pending, assigned, running, succeeded, failed or cancelled"
-                ))
-            })?),
+        let state_filter = match req.state {
+            0 => None,
+            s => Some(JobState::from_wire(s).map_err(|e| Status::invalid_argument(e.to_string()))?),
         };
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
@@ -224,10 +211,10 @@ impl Coop for CoopService {
         };
         let jobs = applied
             .state
-            .jobs
+            .jobs()
             .values()
             .rev()
-            .filter(|j| state_filter.is_none_or(|s| j.state == s))
+            .filter(|j| state_filter.is_none_or(|s| j.state() == s))
             .filter(|j| req.member.is_empty() || j.member.as_str() == req.member)
             .take(limit)
             .map(|j| job_to_proto(&applied.state, j, false))
@@ -266,8 +253,7 @@ impl Coop for CoopService {
             let id = JobId(req.job_id);
             let job = applied
                 .state
-                .jobs
-                .get(&id)
+                .job(id)
                 .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
             let Some((alloc, node)) = &job.last_run else {
                 return Err(Status::failed_precondition(format!(
@@ -276,11 +262,15 @@ impl Coop for CoopService {
             };
             let addr = applied
                 .state
-                .nodes
+                .nodes()
                 .get(node)
                 .map(|n| n.addr.clone())
                 .ok_or_else(|| Status::not_found(format!("node {node} is unknown")))?;
-            (*alloc, addr, job.state.is_terminal() && job.alloc.is_none())
+            (
+                *alloc,
+                addr,
+                job.state().is_terminal() && job.alloc.is_none(),
+            )
         };
         let channel = self.shared.channel(&addr)?;
         let reply = WorkerAgentClient::new(channel)
@@ -307,7 +297,7 @@ impl Coop for CoopService {
         via_leader!(self, request, list_nodes);
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
-        let nodes = applied.state.nodes.values().map(node_to_proto).collect();
+        let nodes = applied.state.nodes().values().map(Node::from).collect();
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 
@@ -336,8 +326,8 @@ impl Coop for CoopService {
             last_log_index: status.last_log_index,
             snapshot_index: status.snapshot_index,
             replicas: replicas_to_proto(&status),
-            jobs: state.jobs.len() as u64,
-            pending: state.pending.len() as u64,
+            jobs: state.jobs().len() as u64,
+            pending: state.pending().len() as u64,
             running: state.running_jobs() as u64,
             nodes_ready: state.ready_nodes() as u64,
             state_digest: state.digest(),
@@ -366,7 +356,12 @@ impl Coop for CoopService {
             .node
             .initialize(&peers)
             .await
-            .map_err(Status::already_exists)?;
+            .map_err(|e| match e {
+                crate::error::StartError::AlreadyInitialized => {
+                    Status::already_exists(e.to_string())
+                }
+                other => Status::internal(other.to_string()),
+            })?;
         self.shared
             .node
             .wait_for_leader(std::time::Duration::from_secs(10))

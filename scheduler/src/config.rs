@@ -164,7 +164,8 @@ impl Config {
             ));
         }
         if let Some(p) = &self.policy {
-            p.validate().map_err(ConfigError::Invalid)?;
+            p.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         if self.snapshot_every == 0 {
             return Err(ConfigError::Invalid(

@@ -1,6 +1,9 @@
 //! The leader driver: while this replica leads, it proposes `Schedule` when
-//! a pass would place something, and `NodeLost` for nodes whose heartbeats
-//! stopped. Followers run it too but it does nothing until they lead.
+//! the core says a pass is due (demand or supply changed and something could
+//! move; `ClusterState::pass_due`, cheap) and on a slow tick while jobs wait
+//! (decayed usage and contribution move the shares with time alone), and
+//! `NodeLost` for nodes whose heartbeats stopped. Followers run it too but
+//! it does nothing until they lead.
 //!
 //! It only proposes; the decisions themselves are made in `apply`, so a
 //! driver that proposes at the wrong moment wastes a log entry but cannot
@@ -10,18 +13,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coop_core::fairshare;
-use coop_core::{Command, NodeId, NodeState};
+use coop_core::{Command, NodeId};
 
 use crate::shared::{now_ms, Shared};
 
 /// How often the driver looks even when nothing was applied.
 const TICK: Duration = Duration::from_millis(200);
 
+/// A pass is proposed at least this often while jobs wait and a node is
+/// ready, even when nothing changed: time alone moves decayed shares.
+const SLOW_PASS: Duration = Duration::from_secs(10);
+
 pub async fn run(shared: Arc<Shared>) {
     let mut applied_rx = shared.node.state_machine().subscribe();
     let mut leader_since: Option<Instant> = None;
     let scheduling = Arc::new(AtomicBool::new(false));
+    let mut last_pass = Instant::now();
     loop {
         tokio::select! {
             changed = applied_rx.changed() => if changed.is_err() { return },
@@ -33,7 +40,9 @@ pub async fn run(shared: Arc<Shared>) {
         }
         let since = *leader_since.get_or_insert_with(Instant::now);
         adopt_genesis_policy(&shared).await;
-        maybe_schedule(&shared, &scheduling);
+        if maybe_schedule(&shared, &scheduling, last_pass.elapsed() > SLOW_PASS) {
+            last_pass = Instant::now();
+        }
         detect_lost_nodes(&shared, since).await;
     }
 }
@@ -46,22 +55,19 @@ async fn adopt_genesis_policy(shared: &Arc<Shared>) {
     }
 }
 
-/// Proposes one `Schedule` at a time, and only when it would place a job.
-fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>) {
+/// Proposes one `Schedule` at a time, when the core says one is due (or
+/// `slow_tick` and jobs wait). Returns whether it proposed.
+fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>, slow_tick: bool) -> bool {
     if in_flight.load(Ordering::Acquire) {
-        return;
+        return false;
     }
-    // A pass over a large queue takes a while (docs/benchmarks.md): run it
-    // where blocking is allowed rather than stalling this runtime thread.
-    let worth_it = tokio::task::block_in_place(|| {
+    let worth_it = {
         let applied = shared.node.state_machine().read();
-        // Without a ready node nothing can be placed or reclaimed: skip the pass.
-        !applied.state.pending.is_empty()
-            && applied.state.ready_nodes() > 0
-            && !fairshare::plan(&applied.state).is_empty()
-    });
+        let state = &applied.state;
+        state.pass_due() || (slow_tick && !state.pending().is_empty() && state.ready_nodes() > 0)
+    };
     if !worth_it {
-        return;
+        return false;
     }
     in_flight.store(true, Ordering::Release);
     let shared = shared.clone();
@@ -72,6 +78,7 @@ fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>) {
         }
         in_flight.store(false, Ordering::Release);
     });
+    true
 }
 
 async fn detect_lost_nodes(shared: &Arc<Shared>, leader_since: Instant) {
@@ -80,9 +87,9 @@ async fn detect_lost_nodes(shared: &Arc<Shared>, leader_since: Instant) {
         let applied = shared.node.state_machine().read();
         applied
             .state
-            .nodes
+            .nodes()
             .values()
-            .filter(|n| n.state == NodeState::Ready)
+            .filter(|n| n.is_ready())
             .map(|n| (n.id.clone(), n.incarnation))
             .collect()
     };

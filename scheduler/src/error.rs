@@ -8,16 +8,17 @@ use crate::raft::WriteError;
 
 pub fn core_status(e: &CoreError) -> Status {
     let code = match e {
-        CoreError::InvalidSpec(_) | CoreError::InvalidName(_) | CoreError::Impossible(_) => {
-            Code::InvalidArgument
-        }
+        CoreError::InvalidSpec(_)
+        | CoreError::InvalidName(_)
+        | CoreError::BadRequestId
+        | CoreError::Impossible(_) => Code::InvalidArgument,
         CoreError::UnknownJob(_) | CoreError::UnknownNode(_) => Code::NotFound,
         CoreError::NotOwner { .. } => Code::PermissionDenied,
         CoreError::AlreadyEnded { .. }
         | CoreError::StaleAllocation { .. }
         | CoreError::BadAllocTransition { .. }
         | CoreError::StaleIncarnation { .. } => Code::FailedPrecondition,
-        CoreError::Policy(_) => Code::FailedPrecondition,
+        CoreError::Policy(_) | CoreError::GenesisAdopted { .. } => Code::FailedPrecondition,
         CoreError::UnknownCommand => Code::Internal,
     };
     Status::new(code, e.to_string())
@@ -41,5 +42,33 @@ pub fn write_status(e: &WriteError) -> Status {
         WriteError::NotLeader { leader_addr, .. } => not_leader(leader_addr.as_deref()),
         WriteError::Uncertain => Status::unavailable(e.to_string()),
         WriteError::Fatal(_) => Status::internal(e.to_string()),
+    }
+}
+
+/// Why a replica (or a local cluster of them) could not start or form.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("start raft: {0}")]
+    Raft(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster already initialized")]
+    AlreadyInitialized,
+    #[error("no leader elected within {0:?}")]
+    NoLeader(std::time::Duration),
+}
+
+impl StartError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+        let what = what.into();
+        move |source| StartError::Io { what, source }
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{assignment_to_proto, resources_from_proto};
+use crate::convert::assignment_to_proto;
 use crate::error::{core_status, not_leader};
 use crate::shared::{forwarded, now_ms, Route, Shared};
 
@@ -81,15 +81,11 @@ impl WorkerGateway for GatewayService {
         let cmd = Command::RegisterNode {
             node: node.clone(),
             owner: MemberId::new(req.owner.clone()),
-            capacity: resources_from_proto(req.capacity.as_ref()),
+            capacity: coop_proto::convert::resources(req.capacity.as_ref()),
             addr: req.addr.clone(),
             incarnation: req.incarnation,
             now_ms: now_ms(),
-            gpus: req
-                .gpus
-                .iter()
-                .map(crate::convert::gpu_from_proto)
-                .collect(),
+            gpus: req.gpus.iter().map(coop_core::GpuInfo::from).collect(),
         };
         match self.shared.write(cmd).await? {
             Outcome::NodeRegistered { requeued, .. } => {
@@ -120,7 +116,7 @@ impl WorkerGateway for GatewayService {
         let known =
             {
                 let applied = self.shared.node.state_machine().read();
-                applied.state.nodes.get(&node).is_some_and(|n| {
+                applied.state.nodes().get(&node).is_some_and(|n| {
                     n.incarnation == req.incarnation && n.state == NodeState::Ready
                 })
             };
@@ -157,7 +153,7 @@ impl WorkerGateway for GatewayService {
                 }
                 let view = {
                     let applied = sm.read();
-                    let ready = applied.state.nodes.get(&node).is_some_and(|n| {
+                    let ready = applied.state.nodes().get(&node).is_some_and(|n| {
                         n.incarnation == req.incarnation && n.state == NodeState::Ready
                     });
                     ready.then(|| {
@@ -219,6 +215,13 @@ impl WorkerGateway for GatewayService {
     ) -> Result<Response<ReportResponse>, Status> {
         via_leader!(self, request, report_finished);
         let req = request.get_ref();
+        // A result that does not convert is refused whole rather than dropped.
+        let result = req
+            .result
+            .as_ref()
+            .map(coop_core::JobResult::try_from)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(format!("result: {e}")))?;
         self.report(Command::AllocFinished {
             alloc: AllocId(req.alloc_id),
             node: NodeId::new(req.node_id.clone()),
@@ -228,23 +231,8 @@ impl WorkerGateway for GatewayService {
                 error: req.error.clone(),
             },
             now_ms: now_ms(),
-            result: parse_result(&req.result_json),
+            result,
         })
         .await
-    }
-}
-
-/// A worker's result report; one that does not parse is dropped (the run
-/// still ends), since retrying it would never help.
-fn parse_result(json: &str) -> Option<coop_core::JobResult> {
-    if json.is_empty() {
-        return None;
-    }
-    match serde_json::from_str(json) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::warn!(error = %e, "dropping a malformed job result");
-            None
-        }
     }
 }

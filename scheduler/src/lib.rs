@@ -12,7 +12,6 @@ pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod error;
-pub mod evals;
 pub mod gateway;
 pub mod local;
 pub mod metrics;

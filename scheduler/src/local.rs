@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use tokio::net::TcpListener;
 
+use crate::error::StartError;
 use crate::{Config, Replica};
+
+/// How long a new local cluster may take to elect its first leader.
+const FIRST_ELECTION: Duration = Duration::from_secs(10);
 
 pub struct LocalReplicas {
     /// `None` where a replica was stopped.
@@ -35,10 +38,18 @@ pub fn local_config(id: u64, listen: String, data_dir: PathBuf, peers: Vec<Strin
 impl LocalReplicas {
     /// Starts `n` replicas under `dir`, with `tune` applied to each config,
     /// forms the cluster and waits for a leader.
-    pub async fn start(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> Result<Self> {
+    pub async fn start(
+        dir: &Path,
+        n: usize,
+        tune: impl Fn(&mut Config),
+    ) -> Result<Self, StartError> {
         let mut listeners = Vec::new();
         for _ in 0..n {
-            listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+            listeners.push(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(StartError::io("bind 127.0.0.1:0"))?,
+            );
         }
         let peers: Vec<String> = listeners
             .iter()
@@ -50,7 +61,10 @@ impl LocalReplicas {
         for (i, listener) in listeners.into_iter().enumerate() {
             let mut config = local_config(
                 i as u64 + 1,
-                listener.local_addr()?.to_string(),
+                listener
+                    .local_addr()
+                    .map_err(StartError::io("local address"))?
+                    .to_string(),
                 dir.join(format!("replica-{}", i + 1)),
                 peers.clone(),
             );
@@ -65,9 +79,9 @@ impl LocalReplicas {
             .await?;
         let cluster = Self { replicas, configs };
         cluster
-            .leader(Duration::from_secs(10))
+            .leader(FIRST_ELECTION)
             .await
-            .context("no leader elected")?;
+            .ok_or(StartError::NoLeader(FIRST_ELECTION))?;
         Ok(cluster)
     }
 
@@ -106,20 +120,21 @@ impl LocalReplicas {
     }
 
     /// Stops the leader; returns its index.
-    pub async fn kill_leader(&mut self) -> Result<usize> {
-        let Some(i) = self.leader(Duration::from_secs(5)).await else {
-            bail!("no leader to kill")
+    pub async fn kill_leader(&mut self) -> Result<usize, StartError> {
+        let wait = Duration::from_secs(5);
+        let Some(i) = self.leader(wait).await else {
+            return Err(StartError::NoLeader(wait));
         };
         self.stop(i).await;
         Ok(i)
     }
 
     /// Starts replica `i` again from its data dir, on its old address.
-    pub async fn restart(&mut self, i: usize) -> Result<()> {
+    pub async fn restart(&mut self, i: usize) -> Result<(), StartError> {
         let config = self.configs[i].clone();
         let listener = TcpListener::bind(&config.listen)
             .await
-            .with_context(|| format!("rebind {}", config.listen))?;
+            .map_err(StartError::io(format!("rebind {}", config.listen)))?;
         self.replicas[i] = Some(Replica::start(config, listener).await?);
         Ok(())
     }

@@ -112,10 +112,10 @@ async fn run() -> anyhow::Result<()> {
     if args.init {
         match replica.initialize().await {
             Ok(()) => tracing::info!("cluster initialized"),
-            Err(e) if e.to_string().contains("already initialized") => {
+            Err(coop_scheduler::error::StartError::AlreadyInitialized) => {
                 tracing::info!("cluster already initialized")
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     tokio::select! {

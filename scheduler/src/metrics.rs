@@ -9,8 +9,7 @@
 
 use std::time::Instant;
 
-use coop_core::fairshare::compute_shares;
-use coop_core::{ClusterState, NodeState, Outcome};
+use coop_core::{ClusterState, Outcome};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -161,14 +160,14 @@ impl SchedulerMetrics {
                 preemptions,
             } => {
                 for p in placements {
-                    self.placements.with_label_values(&[&p.rule]).inc();
+                    self.placements.with_label_values(&[p.rule.as_str()]).inc();
                 }
                 for p in preemptions {
-                    self.preemptions.with_label_values(&[&p.rule]).inc();
+                    self.preemptions.with_label_values(&[p.rule.as_str()]).inc();
                 }
             }
             Outcome::AllocStarted { job, .. } => {
-                if let Some(j) = state.jobs.get(job) {
+                if let Some(j) = state.job(*job) {
                     let waited = j
                         .started_at_ms
                         .unwrap_or(j.submitted_at_ms)
@@ -192,7 +191,8 @@ impl SchedulerMetrics {
     }
 
     fn update_state(&self, state: &ClusterState) {
-        let shares = compute_shares(state);
+        let shares = state.shares();
+        let fairness = coop_core::fairness::compute(&shares);
         for v in [
             &self.member_entitlement,
             &self.member_allocated,
@@ -207,7 +207,6 @@ impl SchedulerMetrics {
         }
         self.member_pending.reset();
         self.member_running.reset();
-        let mut ratios = Vec::new();
         for s in shares.members.values() {
             let m = s.member.as_str();
             self.member_entitlement
@@ -238,31 +237,24 @@ impl SchedulerMetrics {
             self.member_running
                 .with_label_values(&[m])
                 .set(s.running as i64);
-            if s.has_demand() && s.entitlement > 0.0 {
-                let ratio = s.dominant_share / s.entitlement;
+            if let Some(ratio) = fairness.share_to_entitlement.get(&s.member) {
                 self.member_share_to_entitlement
                     .with_label_values(&[m])
-                    .set(ratio);
-                ratios.push(fairness_term(ratio, s.pending));
-                if s.floor_part > 0.0 {
-                    self.member_floor_attainment
-                        .with_label_values(&[m])
-                        .set((s.dominant_share / s.floor_part).min(1.0));
-                }
+                    .set(*ratio);
+            }
+            if let Some(attained) = fairness.floor_attainment.get(&s.member) {
+                self.member_floor_attainment
+                    .with_label_values(&[m])
+                    .set(*attained);
             }
         }
-        let jain = jain(&ratios);
-        self.cluster_jain.set(jain);
-        let ready: Vec<_> = state
-            .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Ready)
-            .collect();
+        self.cluster_jain.set(fairness.jain_index);
+        let ready: Vec<_> = state.nodes().values().filter(|n| n.is_ready()).collect();
         let cap = ready.iter().fold(coop_core::Resources::ZERO, |a, n| {
             a.saturating_add(&n.capacity)
         });
         let held = ready.iter().fold(coop_core::Resources::ZERO, |a, n| {
-            a.saturating_add(&n.allocated)
+            a.saturating_add(&n.allocated())
         });
         let cap_v = [
             cap.gpus as f64,
@@ -287,14 +279,14 @@ impl SchedulerMetrics {
                     0.0
                 });
         }
-        self.cluster_pending.set(state.pending.len() as i64);
+        self.cluster_pending.set(state.pending().len() as i64);
         self.cluster_running.set(state.running_jobs() as i64);
         self.cluster_nodes
             .with_label_values(&["ready"])
             .set(ready.len() as i64);
         self.cluster_nodes
             .with_label_values(&["lost"])
-            .set((state.nodes.len() - ready.len()) as i64);
+            .set((state.nodes().len() - ready.len()) as i64);
     }
 
     fn update_raft(&self, raft: &RaftStatus) {
@@ -321,29 +313,6 @@ impl SchedulerMetrics {
     }
 }
 
-/// A member's term in Jain's index: how much of its entitlement it gets,
-/// capped at 1, and 1 for a member whose jobs all run (it has all it asked
-/// for). So the index falls only when members that wait are held below
-/// their entitlement, not when idle capacity is lent out.
-pub fn fairness_term(share_to_entitlement: f64, pending: usize) -> f64 {
-    if pending == 0 {
-        1.0
-    } else {
-        share_to_entitlement.min(1.0)
-    }
-}
-
-/// Jain's index (Jain, Chiu & Hawe 1984): (sum x)^2 / (n sum x^2); 1 when empty.
-pub fn jain(terms: &[f64]) -> f64 {
-    let sum: f64 = terms.iter().sum();
-    let sq: f64 = terms.iter().map(|x| x * x).sum();
-    if terms.is_empty() || sq == 0.0 {
-        1.0
-    } else {
-        sum * sum / (terms.len() as f64 * sq)
-    }
-}
-
 pub struct RpcTimer {
     histogram: prometheus::Histogram,
     started: Instant,
@@ -358,22 +327,6 @@ impl Drop for RpcTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jain_counts_only_members_held_below_their_entitlement() {
-        // Everyone at or above entitlement, or with nothing waiting: fair.
-        let terms = [
-            fairness_term(3.0, 4),
-            fairness_term(0.5, 0),
-            fairness_term(1.0, 2),
-        ];
-        assert_eq!(jain(&terms), 1.0);
-        // One waiting member at half its entitlement, one at all of it:
-        // (0.5 + 1)^2 / (2 * (0.25 + 1)) = 0.9.
-        let terms = [fairness_term(0.5, 3), fairness_term(1.0, 1)];
-        assert!((jain(&terms) - 0.9).abs() < 1e-12);
-        assert_eq!(jain(&[]), 1.0);
-    }
 
     #[test]
     fn renders_the_documented_names() {

@@ -1,6 +1,7 @@
 //! A running replica: Raft, the services on one listener, and the driver.
 //! `start` takes an already bound listener, so tests bind `127.0.0.1:0`.
 
+use crate::error::StartError;
 use std::sync::Arc;
 
 use coop_proto::api::coop_server::CoopServer;
@@ -35,7 +36,7 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Replica> {
+    pub async fn start(config: Config, listener: TcpListener) -> Result<Replica, StartError> {
         config.validate()?;
         prepare_data_dir(&config.data_dir, config.id)?;
         let timing = RaftTiming {
@@ -56,8 +57,11 @@ impl Replica {
             Some(listen) => {
                 let listener = TcpListener::bind(listen)
                     .await
-                    .map_err(|e| anyhow::anyhow!("metrics listen on {listen}: {e}"))?;
-                let metrics_addr = listener.local_addr()?.to_string();
+                    .map_err(StartError::io(format!("metrics listen on {listen}")))?;
+                let metrics_addr = listener
+                    .local_addr()
+                    .map_err(StartError::io("metrics address"))?
+                    .to_string();
                 let (m, n) = (metrics.clone(), node.clone());
                 let render = Arc::new(move || {
                     let status = n.status();
@@ -125,15 +129,12 @@ impl Replica {
 
     /// One-time cluster formation with the configured peers (or this
     /// replica alone when none are configured).
-    pub async fn initialize(&self) -> anyhow::Result<()> {
+    pub async fn initialize(&self) -> Result<(), StartError> {
         let mut peers = self.shared.config.peer_map()?;
         if peers.is_empty() {
             peers.insert(self.node.id, self.addr.clone());
         }
-        self.node
-            .initialize(&peers)
-            .await
-            .map_err(anyhow::Error::msg)
+        self.node.initialize(&peers).await
     }
 
     /// Stops serving and shuts Raft down; the data dir stays for a restart.

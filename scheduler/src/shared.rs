@@ -93,7 +93,7 @@ impl Shared {
     /// A new cluster's leader adopts the genesis policy before it serves
     /// anything, so no request ever sees the built-in defaults in its place.
     pub async fn ensure_genesis(&self) -> Result<(), Status> {
-        if self.node.state_machine().read().state.genesis_adopted {
+        if self.node.state_machine().read().state.genesis_adopted() {
             return Ok(());
         }
         let cmd = Command::AdoptGenesisPolicy {
@@ -102,7 +102,7 @@ impl Shared {
         };
         match self.write_result(cmd).await? {
             // Adopted now, or by a concurrent proposal: either way it is in force.
-            Ok(_) | Err(CoreError::Policy(_)) => Ok(()),
+            Ok(_) | Err(CoreError::GenesisAdopted { .. }) => Ok(()),
             Err(e) => Err(core_status(&e)),
         }
     }

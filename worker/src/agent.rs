@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use crate::error::WorkerError;
 use crate::executor::{self, Exit, Launch};
 use crate::model::{self, ModelJob};
 use crate::reconcile::{reconcile, Action, Desired, Local};
@@ -284,7 +285,7 @@ pub async fn actor(
                     .map(|a| {
                         (
                             a.alloc_id,
-                            if a.state == "stopping" {
+                            if a.state == coop_proto::api::AllocState::Stopping as i32 {
                                 Desired::Stop
                             } else {
                                 Desired::Run
@@ -314,7 +315,21 @@ pub async fn actor(
                     let Some(a) = specs.get(&alloc) else { continue };
                     let spec = a.spec.clone().unwrap_or_default();
                     let mut env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
-                    let model_job = ModelJob::from_proto(&spec);
+                    let model_job = match coop_core::JobSpec::try_from(&spec) {
+                        Ok(s) if model::is_model_job(&s.kind) => Some(s.kind),
+                        Ok(_) => None,
+                        Err(e) => {
+                            local
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(alloc, Local::Ended);
+                            let _ = reports.send(Report::Finished(
+                                alloc,
+                                Exit::error(format!("the job spec does not convert: {e}")),
+                            ));
+                            continue;
+                        }
+                    };
                     if model_job.is_some() {
                         env.insert(
                             model::artifact::CACHE_LIMIT_ENV.into(),
@@ -329,7 +344,8 @@ pub async fn actor(
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
                                     .insert(alloc, Local::Ended);
-                                let _ = reports.send(Report::Finished(alloc, Exit::error(e)));
+                                let _ = reports
+                                    .send(Report::Finished(alloc, Exit::error(e.to_string())));
                                 continue;
                             }
                         },
@@ -370,7 +386,7 @@ pub async fn actor(
                             let kind = match &model_job {
                                 Some(ModelJob::Inference { .. }) => "inference",
                                 Some(ModelJob::Evaluation { .. }) => "evaluation",
-                                None => "command",
+                                Some(ModelJob::Command { .. }) | None => "command",
                             };
                             let metrics = id.metrics.clone();
                             let started = std::time::Instant::now();
@@ -398,7 +414,8 @@ pub async fn actor(
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .insert(alloc, Local::Ended);
-                            let _ = reports.send(Report::Finished(alloc, Exit::error(e)));
+                            let _ =
+                                reports.send(Report::Finished(alloc, Exit::error(e.to_string())));
                         }
                     }
                 }
@@ -480,7 +497,7 @@ pub async fn reporter(
                         exit_code: exit.code,
                         signal: exit.signal,
                         error: exit.error.clone(),
-                        result_json: exit.result_json.clone(),
+                        result: exit.result.as_ref().map(coop_proto::api::JobResult::from),
                     })
                     .await
             }
@@ -503,15 +520,22 @@ pub async fn reporter(
 
 /// Writes a model job's spec into its work dir and returns the argv that
 /// runs it in a child process (see `model`).
-fn prepare_model_job(id: &Identity, alloc: u64, job: &ModelJob) -> Result<Vec<String>, String> {
+fn prepare_model_job(
+    id: &Identity,
+    alloc: u64,
+    job: &ModelJob,
+) -> Result<Vec<String>, WorkerError> {
     let dir = executor::alloc_dir(&id.work_dir, alloc);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create work dir {}: {e}", dir.display()))?;
-    let bytes = serde_json::to_vec_pretty(job).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(WorkerError::io(format!(
+        "create work dir {}",
+        dir.display()
+    )))?;
+    let bytes = serde_json::to_vec_pretty(job).expect("a job kind always serializes");
     std::fs::write(dir.join(model::SPEC_FILE), bytes)
-        .map_err(|e| format!("write {}: {e}", model::SPEC_FILE))?;
+        .map_err(WorkerError::io(format!("write {}", model::SPEC_FILE)))?;
     let cache = model::cache_dir(&id.work_dir);
     std::fs::create_dir_all(&cache)
-        .map_err(|e| format!("create cache {}: {e}", cache.display()))?;
+        .map_err(WorkerError::io(format!("create cache {}", cache.display())))?;
     Ok(vec![
         id.runner.display().to_string(),
         "run-model".into(),
@@ -524,7 +548,10 @@ fn prepare_model_job(id: &Identity, alloc: u64, job: &ModelJob) -> Result<Vec<St
 fn collect_model_outcome(dir: &std::path::Path, exit: &mut Exit) {
     if exit.code == Some(0) {
         match std::fs::read_to_string(dir.join(model::RESULT_FILE)) {
-            Ok(json) => exit.result_json = json,
+            Ok(json) => match serde_json::from_str(&json) {
+                Ok(result) => exit.result = Some(result),
+                Err(e) => exit.error = format!("the model job left an unreadable result: {e}"),
+            },
             Err(e) => exit.error = format!("the model job left no result: {e}"),
         }
     } else if let Ok(reason) = std::fs::read_to_string(dir.join(model::ERROR_FILE)) {

@@ -1,5 +1,6 @@
 //! The worker's configuration: a TOML file and flags (flags win).
 
+use crate::error::WorkerError;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -89,20 +90,22 @@ pub struct GpuOverride {
 }
 
 impl WorkerConfig {
-    pub fn from_toml(path: &str, text: &str) -> Result<Self, String> {
+    pub fn from_toml(path: &str, text: &str) -> Result<Self, WorkerError> {
         toml::from_str(text).map_err(|e| {
-            format!(
+            WorkerError::Config(format!(
                 "config file {path}: {}",
                 e.to_string().trim().replace('\n', " ")
-            )
+            ))
         })
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WorkerError> {
         check_name("node_id", &self.node_id)?;
         check_name("owner", &self.owner)?;
         if self.schedulers.is_empty() {
-            return Err("schedulers: give at least one scheduler address (--scheduler)".into());
+            return Err(WorkerError::Config(
+                "schedulers: give at least one scheduler address (--scheduler)".into(),
+            ));
         }
         for s in &self.schedulers {
             if s.rsplit_once(':')
@@ -110,7 +113,9 @@ impl WorkerConfig {
                 .and_then(|p| p.parse::<u16>().ok())
                 .is_none()
             {
-                return Err(format!("scheduler address {s:?} is not HOST:PORT"));
+                return Err(WorkerError::Config(format!(
+                    "scheduler address {s:?} is not HOST:PORT"
+                )));
             }
         }
         if let Some(base) = self.job_uid_base {
@@ -118,32 +123,36 @@ impl WorkerConfig {
                 || self.job_uid_count == 0
                 || base.checked_add(self.job_uid_count).is_none()
             {
-                return Err(
+                return Err(WorkerError::Config(
                     "job_uid_base must be at least 1000, with a non-empty job_uid_count range"
                         .into(),
-                );
+                ));
             }
         }
         if self.gpus.is_some() && self.gpu_inventory.is_some() {
-            return Err("give either gpus (a count) or [[gpu]] entries, not both".into());
+            return Err(WorkerError::Config(
+                "give either gpus (a count) or [[gpu]] entries, not both".into(),
+            ));
         }
         if self.cpu_millis == Some(0) || self.memory_bytes == Some(0) {
-            return Err("a worker must offer some cpu and memory".into());
+            return Err(WorkerError::Config(
+                "a worker must offer some cpu and memory".into(),
+            ));
         }
         Ok(())
     }
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), String> {
+fn check_name(what: &str, name: &str) -> Result<(), WorkerError> {
     if name.is_empty()
         || name.len() > 64
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
-        return Err(format!(
+        return Err(WorkerError::Config(format!(
             "{what} {name:?} must be 1 to 64 letters, digits, '.', '_' or '-'"
-        ));
+        )));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Runs an allocation's command as a real process: its own process group,
 //! its own work dir, stdout/stderr to files, a scrubbed environment.
 
+use crate::error::WorkerError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,13 +10,13 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 /// How a run ended, as reported to the scheduler.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Exit {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     pub error: String,
-    /// A model job's result (JSON), when it produced one.
-    pub result_json: String,
+    /// What a model job produced, when it produced something.
+    pub result: Option<coop_core::JobResult>,
 }
 
 impl Exit {
@@ -24,7 +25,7 @@ impl Exit {
             code: None,
             signal: None,
             error: message.into(),
-            result_json: String::new(),
+            result: None,
         }
     }
 }
@@ -66,15 +67,16 @@ pub fn cgroup_root() -> Option<PathBuf> {
     Some(ours)
 }
 
-fn cgroup_for(root: &Path, launch: &Launch<'_>) -> Result<PathBuf, String> {
+fn cgroup_for(root: &Path, launch: &Launch<'_>) -> Result<PathBuf, WorkerError> {
     let dir = root.join(format!("alloc-{}", launch.alloc_id));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create cgroup {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(WorkerError::io(format!("create cgroup {}", dir.display())))?;
     let period = 100_000u64;
     let quota = (launch.cpu_millis * period / 1000).max(1000);
     std::fs::write(dir.join("cpu.max"), format!("{quota} {period}"))
-        .map_err(|e| format!("set cpu.max: {e}"))?;
+        .map_err(WorkerError::io("set cpu.max"))?;
     std::fs::write(dir.join("memory.max"), launch.memory_bytes.to_string())
-        .map_err(|e| format!("set memory.max: {e}"))?;
+        .map_err(WorkerError::io("set memory.max"))?;
     Ok(dir)
 }
 
@@ -94,16 +96,19 @@ pub fn spawn(
     work_dir: &Path,
     launch: &Launch<'_>,
     cgroups: Option<&Path>,
-) -> Result<(Child, Confinement), String> {
+) -> Result<(Child, Confinement), WorkerError> {
     use std::os::unix::fs::PermissionsExt;
     let dir = alloc_dir(work_dir, launch.alloc_id);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create work dir {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(WorkerError::io(format!(
+        "create work dir {}",
+        dir.display()
+    )))?;
     let stdout_path = dir.join("stdout.log");
     let stderr_path = dir.join("stderr.log");
     let stdout =
-        std::fs::File::create(&stdout_path).map_err(|e| format!("create stdout.log: {e}"))?;
+        std::fs::File::create(&stdout_path).map_err(WorkerError::io("create stdout.log"))?;
     let stderr =
-        std::fs::File::create(&stderr_path).map_err(|e| format!("create stderr.log: {e}"))?;
+        std::fs::File::create(&stderr_path).map_err(WorkerError::io("create stderr.log"))?;
     if let Some((uid, gid)) = launch.run_as {
         // Others may pass through allocs/ but not list or enter a job's dir.
         if let Some(parent) = dir.parent() {
@@ -111,15 +116,12 @@ pub fn spawn(
         }
         for p in [&dir, &stdout_path, &stderr_path] {
             std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", p.display()))?;
+                .map_err(WorkerError::io(format!("chown {}", p.display())))?;
         }
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+            .map_err(WorkerError::io(format!("chmod {}", dir.display())))?;
     }
-    let (program, args) = launch
-        .argv
-        .split_first()
-        .ok_or_else(|| "empty command".to_string())?;
+    let (program, args) = launch.argv.split_first().ok_or(WorkerError::EmptyCommand)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(&dir)
@@ -173,14 +175,15 @@ pub fn spawn(
     };
     let child = cmd
         .spawn()
-        .map_err(|e| format!("could not start {program:?}: {e}"))?;
+        .map_err(WorkerError::io(format!("could not start {program:?}")))?;
     let confinement = match cgroup {
         Some(group) => {
             // Moved in right after the fork: a few instructions of the
             // child's start run outside, nothing it allocates does.
             if let Some(pid) = child.id() {
-                std::fs::write(group.join("cgroup.procs"), pid.to_string())
-                    .map_err(|e| format!("move job into cgroup {}: {e}", group.display()))?;
+                std::fs::write(group.join("cgroup.procs"), pid.to_string()).map_err(
+                    WorkerError::io(format!("move job into cgroup {}", group.display())),
+                )?;
             }
             Confinement::Cgroup(group)
         }
@@ -210,7 +213,7 @@ pub async fn wait(mut child: Child) -> Exit {
                 code: status.code(),
                 signal: status.signal(),
                 error: String::new(),
-                result_json: String::new(),
+                result: None,
             }
         }
         Err(e) => Exit::error(format!("wait for process: {e}")),

@@ -4,7 +4,9 @@
 //! reports what happened, fenced by allocation id.
 
 pub mod agent;
+pub mod cli;
 pub mod config;
+pub mod error;
 pub mod executor;
 pub mod inventory;
 pub mod logs;
@@ -12,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod reconcile;
 
+use crate::error::WorkerError;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,10 +42,12 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker; `listener` serves logs to the schedulers.
-    pub async fn start(config: WorkerConfig, listener: TcpListener) -> anyhow::Result<Worker> {
-        config.validate().map_err(anyhow::Error::msg)?;
-        std::fs::create_dir_all(&config.work_dir)
-            .map_err(|e| anyhow::anyhow!("work dir {}: {e}", config.work_dir.display()))?;
+    pub async fn start(config: WorkerConfig, listener: TcpListener) -> Result<Worker, WorkerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.work_dir).map_err(WorkerError::io(format!(
+            "work dir {}",
+            config.work_dir.display()
+        )))?;
         let orphans = executor::kill_orphans(&config.work_dir);
         if orphans > 0 {
             tracing::warn!(
@@ -50,7 +55,9 @@ impl Worker {
                 "stopped jobs left running by this worker's previous incarnation"
             );
         }
-        let bound = listener.local_addr()?;
+        let bound = listener
+            .local_addr()
+            .map_err(WorkerError::io("listener address"))?;
         let addr = config
             .advertise
             .clone()
@@ -116,9 +123,7 @@ impl Worker {
             metrics: metrics.clone(),
             runner: match &config.model_runner {
                 Some(p) => p.clone(),
-                None => {
-                    std::env::current_exe().map_err(|e| anyhow::anyhow!("find own binary: {e}"))?
-                }
+                None => std::env::current_exe().map_err(WorkerError::io("find own binary"))?,
             },
         });
         tracing::info!(
@@ -131,12 +136,13 @@ impl Worker {
         );
         let cache = model::cache_dir(&config.work_dir);
         std::fs::create_dir_all(&cache)
-            .map_err(|e| anyhow::anyhow!("cache dir {}: {e}", cache.display()))?;
+            .map_err(WorkerError::io(format!("cache dir {}", cache.display())))?;
         if config.job_uid_base.is_some() {
             use std::os::unix::fs::PermissionsExt;
             // Jobs of every uid share the cache; the sticky bit keeps them
             // from deleting each other's files, and hits are re-hashed.
-            std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o1777))?;
+            std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o1777))
+                .map_err(WorkerError::io("cache permissions"))?;
         }
         let scheds = Arc::new(Schedulers::new(config.schedulers.clone()));
         let local = Arc::new(Mutex::new(BTreeMap::new()));
@@ -178,8 +184,13 @@ impl Worker {
         if let Some(listen) = &config.metrics_listen {
             let listener = TcpListener::bind(listen)
                 .await
-                .map_err(|e| anyhow::anyhow!("metrics listen on {listen}: {e}"))?;
-            metrics_addr = Some(listener.local_addr()?.to_string());
+                .map_err(WorkerError::io(format!("metrics listen on {listen}")))?;
+            metrics_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(WorkerError::io("metrics address"))?
+                    .to_string(),
+            );
             let (m, table) = (metrics.clone(), local.clone());
             let render = Arc::new(move || {
                 let running = table

@@ -68,14 +68,14 @@ fn bench(c: &mut Criterion) {
     let snapshot = state.to_snapshot_bytes();
     println!(
         "setup: {} nodes, {} members, {} pending jobs in {:.1} s; snapshot {} bytes = {} bytes per pending job",
-        state.nodes.len(),
-        state.members.len(),
-        state.pending.len(),
+        state.nodes().len(),
+        state.members().len(),
+        state.pending().len(),
         built.elapsed().as_secs_f64(),
         snapshot.len(),
-        snapshot.len() / state.pending.len()
+        snapshot.len() / state.pending().len()
     );
-    let plan = fairshare::plan(&state);
+    let plan = state.plan();
     let t = Instant::now();
     let mut applied = state.clone();
     let outcome = applied.apply(&Command::Schedule { now_ms: 2_000 }).unwrap();
@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
             placements.len(),
             secs * 1000.0,
             placements.len() as f64 / secs,
-            applied.pending.len()
+            applied.pending().len()
         );
     }
     println!(
@@ -97,17 +97,17 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("schedule");
     group.sample_size(10);
     group.bench_function("plan: 100k pending, 10k nodes, 1k members", |b| {
-        b.iter(|| fairshare::plan(&state))
+        b.iter(|| state.plan())
     });
     // The same pass when the pool is already full: the common steady state.
     group.bench_function("plan: 100k pending on a full pool", |b| {
-        b.iter(|| fairshare::plan(&applied))
+        b.iter(|| applied.plan())
     });
     for pending in [25_000usize, 50_000] {
         let smaller = cluster(10_000, 1_000, pending);
         group.bench_function(
             format!("plan: {}k pending, 10k nodes, 1k members", pending / 1000),
-            |b| b.iter(|| fairshare::plan(&smaller)),
+            |b| b.iter(|| smaller.plan()),
         );
     }
     group.finish();

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decision::Rule;
 use crate::ids::{AllocId, JobId, NodeId};
 use crate::resources::Resources;
 
@@ -16,6 +17,12 @@ pub enum AllocState {
     /// held until the worker confirms the process is gone, so nothing is
     /// over-committed while it dies.
     Stopping,
+}
+
+impl std::fmt::Display for AllocState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl AllocState {
@@ -40,9 +47,14 @@ pub struct Allocation {
     pub state: AllocState,
     pub created_at_ms: u64,
     /// The policy rule that placed it.
-    #[serde(default)]
-    pub rule: String,
+    pub rule: Rule,
     /// Being stopped by a reclaim: its job requeues without spending a retry.
     #[serde(default)]
     pub preempted: bool,
+}
+
+impl Allocation {
+    pub fn is_stopping(&self) -> bool {
+        self.state == AllocState::Stopping
+    }
 }

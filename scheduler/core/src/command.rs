@@ -9,12 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::AllocState;
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
-use crate::job::{JobResult, JobSpec, JobState};
+use crate::job::JobSpec;
 use crate::node::GpuInfo;
 use crate::policy::Policy;
 use crate::resources::Resources;
+use crate::result::JobResult;
 
 /// How a run ended, as the worker saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,21 @@ pub enum Command {
 }
 
 impl Command {
+    /// The time the proposer stamped on the command (0 for an unknown one).
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Self::Submit { now_ms, .. }
+            | Self::Cancel { now_ms, .. }
+            | Self::RegisterNode { now_ms, .. }
+            | Self::NodeLost { now_ms, .. }
+            | Self::Schedule { now_ms }
+            | Self::AdoptGenesisPolicy { now_ms, .. }
+            | Self::AllocStarted { now_ms, .. }
+            | Self::AllocFinished { now_ms, .. } => *now_ms,
+            Self::Unknown => 0,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Submit { .. } => "submit",
@@ -122,102 +137,4 @@ impl Command {
             Self::Unknown => "unknown",
         }
     }
-}
-
-/// One job placed by a scheduling pass.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placement {
-    pub job: JobId,
-    pub alloc: AllocId,
-    pub node: NodeId,
-    pub resources: Resources,
-    pub gpu_indices: Vec<u32>,
-    /// The policy rule that placed it (see `fairshare::Rule`).
-    pub rule: String,
-}
-
-/// One allocation a scheduling pass stops to give its resources back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Preemption {
-    pub alloc: AllocId,
-    pub job: JobId,
-    pub victim: MemberId,
-    /// The waiting job this makes room for.
-    pub for_job: JobId,
-    pub rule: String,
-}
-
-/// What a command did, returned to whoever proposed it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Outcome {
-    /// `existing` is true when the request id had been seen: nothing new was created.
-    Submitted {
-        job: JobId,
-        existing: bool,
-    },
-    Cancelled {
-        job: JobId,
-        stopping: Option<AllocId>,
-    },
-    NodeRegistered {
-        node: NodeId,
-        requeued: Vec<JobId>,
-    },
-    NodeLost {
-        node: NodeId,
-        requeued: Vec<JobId>,
-        failed: Vec<JobId>,
-    },
-    Scheduled {
-        placements: Vec<Placement>,
-        #[serde(default)]
-        preemptions: Vec<Preemption>,
-    },
-    PolicyAdopted {
-        version: u64,
-    },
-    AllocStarted {
-        alloc: AllocId,
-        job: JobId,
-    },
-    AllocFinished {
-        alloc: AllocId,
-        job: JobId,
-        job_state: JobState,
-    },
-}
-
-/// Why a command was refused. A refused command changes nothing.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[serde(tag = "type", content = "detail", rename_all = "snake_case")]
-pub enum CoreError {
-    #[error("invalid job: {0}")]
-    InvalidSpec(String),
-    #[error("invalid name: {0}")]
-    InvalidName(String),
-    #[error("impossible request: {0}")]
-    Impossible(String),
-    #[error("unknown job {0}")]
-    UnknownJob(JobId),
-    #[error("unknown node {0}")]
-    UnknownNode(NodeId),
-    #[error("job {job} belongs to member {owner}")]
-    NotOwner { job: JobId, owner: MemberId },
-    #[error("job {job} already ended as {state:?}")]
-    AlreadyEnded { job: JobId, state: JobState },
-    #[error("stale report: allocation {alloc} is not live on node {node}")]
-    StaleAllocation { alloc: AllocId, node: NodeId },
-    #[error("allocation {alloc} is {state:?}, not assigned")]
-    BadAllocTransition { alloc: AllocId, state: AllocState },
-    #[error("stale node event: node {node} is at incarnation {current}, not {given}")]
-    StaleIncarnation {
-        node: NodeId,
-        current: u64,
-        given: u64,
-    },
-    #[error("policy: {0}")]
-    Policy(String),
-    #[error("unknown command: this replica is older than the log")]
-    UnknownCommand,
 }

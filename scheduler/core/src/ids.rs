@@ -58,21 +58,43 @@ impl NodeId {
     }
 }
 
+/// Longest member or node name.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Why a member or node name was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NameError {
+    #[error("{what} name is empty")]
+    Empty { what: String },
+    #[error("{what} name is longer than {MAX_ID_LEN} characters")]
+    TooLong { what: String },
+    #[error("{what} name {name:?} has the character {ch:?}; use letters, digits, '.', '_' or '-'")]
+    BadChar {
+        what: String,
+        name: String,
+        ch: char,
+    },
+}
+
 /// Checks a member or node name: 1 to 64 characters of `[A-Za-z0-9._-]`.
-pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+pub fn validate_name(what: &str, name: &str) -> Result<(), NameError> {
+    let what = what.to_string();
     if name.is_empty() {
-        return Err(format!("{what} name is empty"));
+        return Err(NameError::Empty { what });
     }
-    if name.len() > 64 {
-        return Err(format!("{what} name is longer than 64 characters"));
+    if name.len() > MAX_ID_LEN {
+        return Err(NameError::TooLong { what });
     }
-    if let Some(c) = name
+    if let Some(ch) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "{what} name {name:?} has the character {c:?}; use letters, digits, '.', '_' or '-'"
-        ));
+        return Err(NameError::BadChar {
+            what,
+            name: name.to_string(),
+            ch,
+        });
     }
     Ok(())
 }

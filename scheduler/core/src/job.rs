@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::resources::Resources;
+use crate::result::JobResult;
 
 /// Limits on a job spec that hold whatever the policy says; they keep one
 /// request from bloating the replicated log.
@@ -56,7 +57,7 @@ pub struct Artifact {
     pub sha256: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvalTask {
     /// Outputs are class scores; the prediction is the argmax.
@@ -65,11 +66,25 @@ pub enum EvalTask {
     Regression,
 }
 
+impl std::fmt::Display for EvalTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl EvalTask {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Classification => "classification",
             Self::Regression => "regression",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "classification" => Some(Self::Classification),
+            "regression" => Some(Self::Regression),
+            _ => None,
         }
     }
 
@@ -84,23 +99,90 @@ impl EvalTask {
 /// Most models one evaluation may compare.
 pub const MAX_EVAL_MODELS: usize = 16;
 
+/// Longest artifact URI.
+pub const MAX_URI_LEN: usize = 2048;
+/// Longest output path of an inference job.
+pub const MAX_OUTPUT_PATH_LEN: usize = 256;
+/// Longest label column name.
+pub const MAX_LABEL_COLUMN_LEN: usize = 128;
+/// Longest GPU model constraint.
+pub const MAX_GPU_MODEL_LEN: usize = 64;
+
+/// Why a job spec was refused: the first problem found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SpecError {
+    #[error("job name is longer than {MAX_NAME_LEN} bytes")]
+    NameTooLong,
+    #[error("{what}: give a path or an http(s) URI")]
+    MissingUri { what: String },
+    #[error("{what}: URI longer than {MAX_URI_LEN} bytes")]
+    UriTooLong { what: String },
+    #[error("{what}: unsupported scheme {scheme}:// (use a path, file://, http:// or https://)")]
+    UnsupportedScheme { what: String, scheme: String },
+    #[error("{what}: sha256 must be 64 hex digits")]
+    BadSha256 { what: String },
+    #[error("output must end in .npy or .jsonl")]
+    OutputFormat,
+    #[error("output must be a relative path inside the job's work dir")]
+    OutputPath,
+    #[error("an evaluation needs 1 to {MAX_EVAL_MODELS} models")]
+    ModelCount,
+    #[error("give the dataset's label column")]
+    LabelColumn,
+    #[error("metric {metric:?} does not apply to {task}: use {allowed}")]
+    Metric {
+        metric: String,
+        task: EvalTask,
+        allowed: String,
+    },
+    #[error("empty command: give the program to run")]
+    EmptyCommand,
+    #[error("command has more than {MAX_ARGV_ITEMS} arguments")]
+    TooManyArguments,
+    #[error("command argument contains a NUL byte")]
+    NulByte,
+    #[error("bad environment variable name or value {key:?}")]
+    BadEnv { key: String },
+    #[error("environment variable {key} is set by coop")]
+    ReservedEnv { key: String },
+    #[error("command and environment exceed {MAX_SPEC_BYTES} bytes")]
+    TooLarge,
+    #[error("a job must request some cpu (e.g. --cpu 0.1)")]
+    NoCpu,
+    #[error("a job must request some memory (e.g. --memory 64Mi)")]
+    NoMemory,
+    #[error("gpu model must be 1 to {MAX_GPU_MODEL_LEN} characters")]
+    GpuModel,
+    #[error("timeout must be at least 1 second")]
+    ZeroTimeout,
+    #[error("retries must be at most {MAX_RETRIES}")]
+    TooManyRetries,
+    #[error("a job is a command, an inference or an evaluation: {0}")]
+    Kind(String),
+}
+
 impl Artifact {
-    fn validate(&self, what: &str) -> Result<(), String> {
+    fn validate(&self, what: &str) -> Result<(), SpecError> {
+        let what = what.to_string();
         let uri = self.uri.trim();
         if uri.is_empty() {
-            return Err(format!("{what}: give a path or an http(s) URI"));
+            return Err(SpecError::MissingUri { what });
         }
-        if uri.len() > 2048 {
-            return Err(format!("{what}: URI longer than 2048 bytes"));
+        if uri.len() > MAX_URI_LEN {
+            return Err(SpecError::UriTooLong { what });
         }
         if let Some(scheme) = uri.split_once("://").map(|(s, _)| s) {
             if !matches!(scheme, "http" | "https" | "file") {
-                return Err(format!("{what}: unsupported scheme {scheme}:// (use a path, file://, http:// or https://)"));
+                return Err(SpecError::UnsupportedScheme {
+                    what,
+                    scheme: scheme.to_string(),
+                });
             }
         }
         if let Some(h) = &self.sha256 {
             if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(format!("{what}: sha256 must be 64 hex digits"));
+                return Err(SpecError::BadSha256 { what });
             }
         }
         Ok(())
@@ -157,11 +239,10 @@ impl JobSpec {
         self.resources.gpus > 0 && (self.gpu_model.is_some() || self.gpu_min_memory_bytes.is_some())
     }
 
-    /// Checks what can be checked without the cluster: a clear message for
-    /// the first problem found.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what can be checked without the cluster: the first problem found.
+    pub fn validate(&self) -> Result<(), SpecError> {
         if self.name.len() > MAX_NAME_LEN {
-            return Err(format!("job name is longer than {MAX_NAME_LEN} bytes"));
+            return Err(SpecError::NameTooLong);
         }
         match &self.kind {
             JobKind::Inference {
@@ -172,13 +253,13 @@ impl JobSpec {
                 model.validate("model")?;
                 input.validate("input")?;
                 if !(output.ends_with(".npy") || output.ends_with(".jsonl")) {
-                    return Err("output must end in .npy or .jsonl".into());
+                    return Err(SpecError::OutputFormat);
                 }
                 if output.starts_with('/')
                     || output.split('/').any(|p| p == "..")
-                    || output.len() > 256
+                    || output.len() > MAX_OUTPUT_PATH_LEN
                 {
-                    return Err("output must be a relative path inside the job's work dir".into());
+                    return Err(SpecError::OutputPath);
                 }
             }
             JobKind::Evaluation {
@@ -189,78 +270,76 @@ impl JobSpec {
                 metrics,
             } => {
                 if models.is_empty() || models.len() > MAX_EVAL_MODELS {
-                    return Err(format!("an evaluation needs 1 to {MAX_EVAL_MODELS} models"));
+                    return Err(SpecError::ModelCount);
                 }
                 for (i, m) in models.iter().enumerate() {
                     m.validate(&format!("model {}", i + 1))?;
                 }
                 dataset.validate("dataset")?;
-                if label_column.is_empty() || label_column.len() > 128 {
-                    return Err("give the dataset's label column".into());
+                if label_column.is_empty() || label_column.len() > MAX_LABEL_COLUMN_LEN {
+                    return Err(SpecError::LabelColumn);
                 }
-                for m in metrics {
-                    if !task.metrics().contains(&m.as_str()) {
-                        return Err(format!(
-                            "metric {m:?} does not apply to {}: use {}",
-                            task.as_str(),
-                            task.metrics().join(", ")
-                        ));
-                    }
-                }
-            }
-            JobKind::Command { argv, env } => {
-                if argv.is_empty() || argv[0].trim().is_empty() {
-                    return Err("empty command: give the program to run".into());
-                }
-                if argv.len() > MAX_ARGV_ITEMS {
-                    return Err(format!("command has more than {MAX_ARGV_ITEMS} arguments"));
-                }
-                if argv.iter().any(|a| a.contains('\0')) {
-                    return Err("command argument contains a NUL byte".into());
-                }
-                for (key, value) in env {
-                    if key.is_empty()
-                        || key.contains('=')
-                        || key.contains('\0')
-                        || value.contains('\0')
-                    {
-                        return Err(format!("bad environment variable name or value {key:?}"));
-                    }
-                    if key.starts_with("COOP_") || key == "CUDA_VISIBLE_DEVICES" {
-                        return Err(format!("environment variable {key} is set by coop"));
-                    }
-                }
-                let size: usize = argv.iter().map(String::len).sum::<usize>()
-                    + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-                if size > MAX_SPEC_BYTES {
-                    return Err(format!(
-                        "command and environment exceed {MAX_SPEC_BYTES} bytes"
-                    ));
+                if let Some(m) = metrics
+                    .iter()
+                    .find(|m| !task.metrics().contains(&m.as_str()))
+                {
+                    return Err(SpecError::Metric {
+                        metric: m.clone(),
+                        task: *task,
+                        allowed: task.metrics().join(", "),
+                    });
                 }
             }
+            JobKind::Command { argv, env } => validate_command(argv, env)?,
         }
         let r = &self.resources;
         if r.cpu_millis == 0 {
-            return Err("a job must request some cpu (e.g. --cpu 0.1)".into());
+            return Err(SpecError::NoCpu);
         }
         if r.memory_bytes == 0 {
-            return Err("a job must request some memory (e.g. --memory 64Mi)".into());
+            return Err(SpecError::NoMemory);
         }
         if self
             .gpu_model
             .as_ref()
-            .is_some_and(|m| m.is_empty() || m.len() > 64)
+            .is_some_and(|m| m.is_empty() || m.len() > MAX_GPU_MODEL_LEN)
         {
-            return Err("gpu model must be 1 to 64 characters".into());
+            return Err(SpecError::GpuModel);
         }
         if self.timeout_secs == Some(0) {
-            return Err("timeout must be at least 1 second".into());
+            return Err(SpecError::ZeroTimeout);
         }
         if self.max_retries > MAX_RETRIES {
-            return Err(format!("retries must be at most {MAX_RETRIES}"));
+            return Err(SpecError::TooManyRetries);
         }
         Ok(())
     }
+}
+
+fn validate_command(argv: &[String], env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    if argv.is_empty() || argv[0].trim().is_empty() {
+        return Err(SpecError::EmptyCommand);
+    }
+    if argv.len() > MAX_ARGV_ITEMS {
+        return Err(SpecError::TooManyArguments);
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(SpecError::NulByte);
+    }
+    for (key, value) in env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            return Err(SpecError::BadEnv { key: key.clone() });
+        }
+        if key.starts_with("COOP_") || key == "CUDA_VISIBLE_DEVICES" {
+            return Err(SpecError::ReservedEnv { key: key.clone() });
+        }
+    }
+    let size: usize = argv.iter().map(String::len).sum::<usize>()
+        + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if size > MAX_SPEC_BYTES {
+        return Err(SpecError::TooLarge);
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -276,7 +355,22 @@ pub enum JobState {
     Cancelled,
 }
 
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Pending,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
@@ -319,7 +413,9 @@ pub struct Job {
     pub member: MemberId,
     pub request_id: String,
     pub spec: JobSpec,
-    pub state: JobState,
+    /// Private: the pending queue is derived from it, so it changes only
+    /// through `ClusterState::set_job_state`.
+    state: JobState,
     /// Runs that ended without success (failed or lost) so far.
     pub attempts: u32,
     /// The live allocation, while assigned or running (or being stopped).
@@ -339,75 +435,48 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job as submitted: pending, with one history line.
+    pub(crate) fn new(
+        id: JobId,
+        member: MemberId,
+        request_id: String,
+        spec: JobSpec,
+        now_ms: u64,
+    ) -> Self {
+        let mut job = Job {
+            id,
+            member,
+            request_id,
+            spec,
+            state: JobState::Pending,
+            attempts: 0,
+            alloc: None,
+            last_run: None,
+            submitted_at_ms: now_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            exit_code: None,
+            message: String::new(),
+            result: None,
+            history: Vec::new(),
+        };
+        job.record(now_ms, "submitted".into());
+        job
+    }
+
+    pub fn state(&self) -> JobState {
+        self.state
+    }
+
+    /// Only `ClusterState::set_job_state` calls this, keeping the pending queue in step.
+    pub(crate) fn set_state(&mut self, state: JobState) {
+        self.state = state;
+    }
+
     pub(crate) fn record(&mut self, at_ms: u64, what: String) {
         if self.history.len() == HISTORY_LEN {
             self.history.remove(0);
         }
         self.history.push(JobEvent { at_ms, what });
-    }
-}
-
-/// Scores of one model (or of the ensemble) on a dataset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelScore {
-    /// The model's URI, or "ensemble".
-    pub model: String,
-    /// SHA-256 of the model file (empty for the ensemble).
-    pub sha256: String,
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// A model job's outcome, recorded through the log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum JobResult {
-    Inference {
-        rows: u64,
-        seconds: f64,
-        output: String,
-        output_sha256: String,
-        model_sha256: String,
-    },
-    Evaluation {
-        dataset: String,
-        dataset_sha256: String,
-        rows: u64,
-        task: EvalTask,
-        scores: Vec<ModelScore>,
-        /// Majority vote (classification) or mean (regression), with several models.
-        ensemble: Option<ModelScore>,
-    },
-}
-
-impl JobResult {
-    /// Refuses absurd reports (NaN scores, hundreds of models) before they reach the state.
-    pub fn validate(&self) -> Result<(), String> {
-        let check = |s: &ModelScore| -> Result<(), String> {
-            if s.metrics.len() > 16 || s.model.len() > 2048 {
-                return Err("result too large".into());
-            }
-            if s.metrics.values().any(|v| !v.is_finite()) {
-                return Err(format!("result for {} has a non-finite metric", s.model));
-            }
-            Ok(())
-        };
-        match self {
-            JobResult::Inference { seconds, .. } => {
-                if !seconds.is_finite() || *seconds < 0.0 {
-                    return Err("inference seconds must be finite".into());
-                }
-            }
-            JobResult::Evaluation {
-                scores, ensemble, ..
-            } => {
-                if scores.len() > MAX_EVAL_MODELS {
-                    return Err("too many model scores".into());
-                }
-                for s in scores.iter().chain(ensemble.iter()) {
-                    check(s)?;
-                }
-            }
-        }
-        Ok(())
     }
 }

@@ -2,25 +2,51 @@
 //! change it, the allocator and the explanations, with no clock, I/O,
 //! randomness or async: every replica computes the same state from the same
 //! log, and anyone holding the log can recompute every decision.
+//!
+//! ```text
+//!  vocabulary   ids, resources, job (JobSpec, Job), result (JobResult),
+//!               node, member, alloc, decision (Rule), policy, ledger
+//!  log          command (Command in) ─▶ apply/* ─▶ outcome (Outcome out) | error
+//!  state        state (ClusterState: data + queries) ─ view (read-only window)
+//!  decisions    fairshare/{shares, pass, reclaim}, nodefit, explain
+//!  queries      fairness (Jain's index), leaderboard
+//! ```
 
 pub mod alloc;
+mod apply;
 pub mod command;
+pub mod decision;
+pub mod error;
 pub mod explain;
+pub mod fairness;
 pub mod fairshare;
 pub mod ids;
 pub mod job;
+pub mod leaderboard;
 pub mod ledger;
+pub mod member;
 pub mod node;
 pub mod nodefit;
+pub mod outcome;
 pub mod policy;
 pub mod resources;
+pub mod result;
 pub mod state;
+pub mod view;
 
 pub use alloc::{AllocState, Allocation};
-pub use command::{Command, CoreError, ExitStatus, Outcome, Placement, Preemption};
+pub use command::{Command, ExitStatus};
+pub use decision::{Decision, DecisionKind, Rule};
+pub use error::{CoreError, Impossible, SnapshotError};
+pub use explain::{Explanation, PendingReason, WouldStart};
+pub use fairness::Fairness;
 pub use ids::{AllocId, JobId, MemberId, NodeId};
-pub use job::{Artifact, EvalTask, Job, JobKind, JobResult, JobSpec, JobState, ModelScore};
+pub use job::{Artifact, EvalTask, Job, JobKind, JobSpec, JobState, SpecError};
+pub use leaderboard::Leaderboard;
+pub use member::Member;
 pub use node::{GpuInfo, Node, NodeState};
-pub use policy::Policy;
+pub use outcome::{Outcome, Placement, Preemption};
+pub use policy::{Policy, PolicyError};
 pub use resources::Resources;
+pub use result::{JobResult, ModelScore};
 pub use state::ClusterState;

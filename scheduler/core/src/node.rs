@@ -30,8 +30,9 @@ pub struct Node {
     /// The member who contributes this machine.
     pub owner: MemberId,
     pub capacity: Resources,
-    /// Sum of the resources of the live allocations on this node.
-    pub allocated: Resources,
+    /// Sum of the resources of the live allocations on this node (derived:
+    /// changed only by `attach`/`detach`, from `ClusterState`'s insert/remove pair).
+    allocated: Resources,
     pub labels: BTreeMap<String, String>,
     pub state: NodeState,
     /// Where the worker serves job logs.
@@ -40,7 +41,8 @@ pub struct Node {
     /// incarnation are gone with the process that ran them.
     pub incarnation: u64,
     pub registered_at_ms: u64,
-    pub allocs: BTreeSet<AllocId>,
+    /// The live allocations on this node (derived, like `allocated`).
+    allocs: BTreeSet<AllocId>,
     /// The GPUs, by index; `capacity.gpus` of them.
     #[serde(default)]
     pub gpus: Vec<GpuInfo>,
@@ -67,6 +69,52 @@ impl GpuInfo {
 }
 
 impl Node {
+    /// A newly registered node, holding nothing.
+    pub(crate) fn new(
+        id: NodeId,
+        owner: MemberId,
+        capacity: Resources,
+        addr: String,
+        incarnation: u64,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            capacity,
+            allocated: Resources::ZERO,
+            labels: BTreeMap::new(),
+            state: NodeState::Ready,
+            addr,
+            incarnation,
+            registered_at_ms: now_ms,
+            allocs: BTreeSet::new(),
+            gpus: Vec::new(),
+        }
+    }
+
+    pub fn allocated(&self) -> Resources {
+        self.allocated
+    }
+
+    pub fn allocs(&self) -> &BTreeSet<AllocId> {
+        &self.allocs
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state == NodeState::Ready
+    }
+
+    pub(crate) fn attach(&mut self, alloc: AllocId, resources: &Resources) {
+        self.allocated = self.allocated.saturating_add(resources);
+        self.allocs.insert(alloc);
+    }
+
+    pub(crate) fn detach(&mut self, alloc: AllocId, resources: &Resources) {
+        self.allocated = self.allocated.saturating_sub(resources);
+        self.allocs.remove(&alloc);
+    }
+
     pub fn free(&self) -> Resources {
         self.capacity.saturating_sub(&self.allocated)
     }

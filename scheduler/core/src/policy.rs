@@ -97,17 +97,32 @@ impl Default for Policy {
     }
 }
 
+/// Why a policy document was refused; names the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PolicyError {
+    #[error("policy: {message}")]
+    Parse { message: String },
+    #[error("policy field {field}: {problem}")]
+    Field { field: String, problem: String },
+}
+
+fn field_error(field: &str, problem: impl Into<String>) -> PolicyError {
+    PolicyError::Field {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
 impl Policy {
     /// Parses and validates a policy document; the error names the field.
-    pub fn from_toml(text: &str) -> Result<Policy, String> {
-        let policy: Policy = toml::from_str(text).map_err(|e| {
-            format!(
-                "policy: {}",
-                e.to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
         policy.validate()?;
         Ok(policy)
@@ -117,45 +132,50 @@ impl Policy {
         toml::to_string(self).expect("policy always serializes")
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         let fraction = |name: &str, v: f64| {
             if v.is_finite() && (0.0..=1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(format!(
-                    "policy field {name}: must be between 0 and 1, got {v}"
+                Err(field_error(
+                    name,
+                    format!("must be between 0 and 1, got {v}"),
                 ))
             }
         };
         if self.version == 0 {
-            return Err("policy field version: must be at least 1".into());
+            return Err(field_error("version", "must be at least 1"));
         }
         fraction("floor", self.floor)?;
         fraction("usage_weight", self.usage_weight)?;
         if let Some(cap) = self.member_cap {
             fraction("member_cap", cap)?;
             if cap == 0.0 {
-                return Err("policy field member_cap: 0 would let nobody run anything".into());
+                return Err(field_error("member_cap", "0 would let nobody run anything"));
             }
         }
         if self.half_life_secs == 0 {
-            return Err("policy field half_life_secs: must be at least 1".into());
+            return Err(field_error("half_life_secs", "must be at least 1"));
         }
         if self.grace_secs > 24 * 3600 {
-            return Err("policy field grace_secs: at most one day".into());
+            return Err(field_error("grace_secs", "at most one day"));
         }
         for (name, v) in [
             ("cpus_per_gpu", self.cpus_per_gpu),
             ("memory_gib_per_gpu", self.memory_gib_per_gpu),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!(
-                    "policy field {name}: must be a positive number, got {v}"
+                return Err(field_error(
+                    name,
+                    format!("must be a positive number, got {v}"),
                 ));
             }
         }
         if self.max_job_runtime_secs == Some(0) {
-            return Err("policy field max_job_runtime_secs: must be at least 1 when set".into());
+            return Err(field_error(
+                "max_job_runtime_secs",
+                "must be at least 1 when set",
+            ));
         }
         Ok(())
     }
@@ -174,15 +194,15 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let e = Policy::from_toml("version = 1\nfloor = 1.5\n").unwrap_err();
-        assert!(e.contains("floor"), "{e}");
-        let e = Policy::from_toml("version = 1\nflor = 0.5\n").unwrap_err();
-        assert!(e.contains("flor"), "{e}");
-        let e = Policy::from_toml("version = 1\nhalf_life_secs = \"week\"\n").unwrap_err();
+        let field = |text: &str| match Policy::from_toml(text).unwrap_err() {
+            PolicyError::Field { field, .. } => field,
+            PolicyError::Parse { message } => message,
+        };
+        assert_eq!(field("version = 1\nfloor = 1.5\n"), "floor");
+        assert!(field("version = 1\nflor = 0.5\n").contains("flor"));
+        let e = field("version = 1\nhalf_life_secs = \"week\"\n");
         assert!(e.contains("half_life_secs") || e.contains("integer"), "{e}");
-        let e = Policy::from_toml("floor = 0.5\n").unwrap_err();
-        assert!(e.contains("version"), "{e}");
-        let e = Policy::from_toml("version = 1\nmember_cap = 0.0\n").unwrap_err();
-        assert!(e.contains("member_cap"), "{e}");
+        assert!(field("floor = 0.5\n").contains("version"));
+        assert_eq!(field("version = 1\nmember_cap = 0.0\n"), "member_cap");
     }
 }

@@ -109,11 +109,19 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// A resource amount that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("bad cpu amount {0:?}: use cores like 2 or 0.5, or millicores like 500m")]
+    Cpu(String),
+    #[error("bad memory amount {0:?}: use bytes or a unit like 512Mi, 2Gi, 1G")]
+    Memory(String),
+}
+
 /// Parses a CPU amount: `"2"`, `"0.5"`, `"500m"`.
-pub fn parse_cpu(text: &str) -> Result<u64, String> {
+pub fn parse_cpu(text: &str) -> Result<u64, AmountError> {
     let t = text.trim();
-    let bad =
-        || format!("bad cpu amount {text:?}: use cores like 2 or 0.5, or millicores like 500m");
+    let bad = || AmountError::Cpu(text.to_string());
     if let Some(m) = t.strip_suffix('m') {
         return m.parse::<u64>().map_err(|_| bad());
     }
@@ -125,9 +133,9 @@ pub fn parse_cpu(text: &str) -> Result<u64, String> {
 }
 
 /// Parses a memory amount: `"512Mi"`, `"2Gi"`, `"1G"`, `"1048576"`.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub fn parse_bytes(text: &str) -> Result<u64, AmountError> {
     let t = text.trim();
-    let bad = || format!("bad memory amount {text:?}: use bytes or a unit like 512Mi, 2Gi, 1G");
+    let bad = || AmountError::Memory(text.to_string());
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num.trim().parse().map_err(|_| bad())?;

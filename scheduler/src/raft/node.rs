@@ -12,6 +12,7 @@
 //! log append and one fsync (group commit); when idle a batch is one command
 //! and adds no delay.
 
+use crate::error::StartError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -99,7 +100,7 @@ pub struct RaftTiming {
 impl RaftNode {
     /// Opens the replica's storage in `dir` and starts Raft. It serves
     /// nothing until a transport service is added to a server.
-    pub async fn start(id: u64, dir: &Path, timing: &RaftTiming) -> anyhow::Result<Self> {
+    pub async fn start(id: u64, dir: &Path, timing: &RaftTiming) -> Result<Self, StartError> {
         let config = Config {
             cluster_name: "coop".into(),
             heartbeat_interval: timing.heartbeat_ms,
@@ -111,11 +112,12 @@ impl RaftNode {
             max_payload_entries: 2000,
             ..Default::default()
         }
-        .validate()?;
-        let (log_store, sm) = open_storage(dir)?;
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (log_store, sm) = open_storage(dir).map_err(|e| StartError::Storage(e.to_string()))?;
         let raft = Raft::new(id, Arc::new(config), Network, log_store, sm.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("start raft: {e}"))?;
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         tokio::spawn(propose_loop(raft.clone(), rx));
         Ok(Self {
@@ -230,14 +232,14 @@ impl RaftNode {
     }
 
     /// One-time cluster formation with the given voters.
-    pub async fn initialize(&self, peers: &BTreeMap<u64, String>) -> Result<(), String> {
+    pub async fn initialize(&self, peers: &BTreeMap<u64, String>) -> Result<(), StartError> {
         if self
             .raft
             .is_initialized()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| StartError::Raft(e.to_string()))?
         {
-            return Err("cluster already initialized".into());
+            return Err(StartError::AlreadyInitialized);
         }
         let members: BTreeMap<u64, BasicNode> = peers
             .iter()
@@ -248,9 +250,9 @@ impl RaftNode {
             .await
             .map_err(|e| match e.api_error() {
                 Some(openraft::errors::InitializeError::NotAllowed(_)) => {
-                    "cluster already initialized".to_string()
+                    StartError::AlreadyInitialized
                 }
-                _ => e.to_string(),
+                _ => StartError::Raft(e.to_string()),
             })
     }
 

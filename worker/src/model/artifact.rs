@@ -7,17 +7,19 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::ArtifactRef;
+use coop_core::Artifact as ArtifactRef;
 
-pub fn sha256_file(path: &Path) -> Result<String, String> {
-    let mut file =
-        std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+use super::error::ModelError;
+
+pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| ModelError::Artifact(format!("open {}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = file
             .read(&mut buf)
-            .map_err(|e| format!("read {}: {e}", path.display()))?;
+            .map_err(|e| ModelError::Artifact(format!("read {}: {e}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -28,7 +30,7 @@ pub fn sha256_file(path: &Path) -> Result<String, String> {
 
 /// Resolves an artifact to a local file and its SHA-256, failing with a
 /// clear reason on a mismatch.
-pub fn fetch(a: &ArtifactRef, cache: &Path, what: &str) -> Result<(PathBuf, String), String> {
+pub fn fetch(a: &ArtifactRef, cache: &Path, what: &str) -> Result<(PathBuf, String), ModelError> {
     let uri = a.uri.trim();
     let path = if let Some(rest) = uri.strip_prefix("file://") {
         PathBuf::from(rest)
@@ -38,19 +40,21 @@ pub fn fetch(a: &ArtifactRef, cache: &Path, what: &str) -> Result<(PathBuf, Stri
         PathBuf::from(uri)
     };
     if !path.is_file() {
-        return Err(format!("{what} {uri}: no such file on this worker"));
+        return Err(ModelError::Artifact(format!(
+            "{what} {uri}: no such file on this worker"
+        )));
     }
     let digest = sha256_file(&path)?;
     check(a, &digest, what)?;
     Ok((path, digest))
 }
 
-fn check(a: &ArtifactRef, digest: &str, what: &str) -> Result<(), String> {
+fn check(a: &ArtifactRef, digest: &str, what: &str) -> Result<(), ModelError> {
     match &a.sha256 {
-        Some(want) if !want.eq_ignore_ascii_case(digest) => Err(format!(
+        Some(want) if !want.eq_ignore_ascii_case(digest) => Err(ModelError::Artifact(format!(
             "{what} {}: sha256 mismatch: expected {want}, the file has {digest}",
             a.uri
-        )),
+        ))),
         _ => Ok(()),
     }
 }
@@ -71,8 +75,13 @@ fn cache_limit() -> u64 {
 /// (`cache/<sha256>`). With a sha256 given and already cached, nothing is
 /// fetched; without one, the file is fetched every time (the cache cannot
 /// know whether the URI now serves something else).
-fn fetch_remote(a: &ArtifactRef, cache: &Path, what: &str) -> Result<(PathBuf, String), String> {
-    std::fs::create_dir_all(cache).map_err(|e| format!("create cache {}: {e}", cache.display()))?;
+fn fetch_remote(
+    a: &ArtifactRef,
+    cache: &Path,
+    what: &str,
+) -> Result<(PathBuf, String), ModelError> {
+    std::fs::create_dir_all(cache)
+        .map_err(|e| ModelError::Artifact(format!("create cache {}: {e}", cache.display())))?;
     let limit = cache_limit();
     if let Some(want) = &a.sha256 {
         let cached = cache.join(want.to_lowercase());
@@ -88,7 +97,7 @@ fn fetch_remote(a: &ArtifactRef, cache: &Path, what: &str) -> Result<(PathBuf, S
     }
     let response = ureq::get(&a.uri)
         .call()
-        .map_err(|e| format!("{what} {}: fetch failed: {e}", a.uri))?;
+        .map_err(|e| ModelError::Artifact(format!("{what} {}: fetch failed: {e}", a.uri)))?;
     let mut reader = response
         .into_body()
         .into_with_config()
@@ -96,23 +105,24 @@ fn fetch_remote(a: &ArtifactRef, cache: &Path, what: &str) -> Result<(PathBuf, S
         .reader();
     let tmp = cache.join(format!(".fetch-{}-{}", std::process::id(), unique()));
     let result = (|| {
-        let mut out =
-            std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+        let mut out = std::fs::File::create(&tmp)
+            .map_err(|e| ModelError::Artifact(format!("create {}: {e}", tmp.display())))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| format!("{what} {}: download failed: {e}", a.uri))?;
+            let n = reader.read(&mut buf).map_err(|e| {
+                ModelError::Artifact(format!("{what} {}: download failed: {e}", a.uri))
+            })?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
             std::io::Write::write_all(&mut out, &buf[..n])
-                .map_err(|e| format!("write {}: {e}", tmp.display()))?;
+                .map_err(|e| ModelError::Artifact(format!("write {}: {e}", tmp.display())))?;
         }
-        out.sync_all().map_err(|e| e.to_string())?;
-        Ok::<_, String>(hex::encode(hasher.finalize()))
+        out.sync_all()
+            .map_err(|e| ModelError::Artifact(e.to_string()))?;
+        Ok::<_, ModelError>(hex::encode(hasher.finalize()))
     })();
     let digest = match result {
         Ok(d) => d,
@@ -126,7 +136,8 @@ fn fetch_remote(a: &ArtifactRef, cache: &Path, what: &str) -> Result<(PathBuf, S
         return Err(e);
     }
     let path = cache.join(&digest);
-    std::fs::rename(&tmp, &path).map_err(|e| format!("store {} in the cache: {e}", a.uri))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| ModelError::Artifact(format!("store {} in the cache: {e}", a.uri)))?;
     evict(cache, limit, &path);
     Ok((path, digest))
 }

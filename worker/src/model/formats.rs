@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
+use super::error::ModelError;
+
 /// A 2-D matrix of f32, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Matrix {
@@ -21,14 +23,15 @@ impl Matrix {
 
 /// Reads a `.npy` file of f32, f64, i32 or i64 (little-endian, C order)
 /// with 1 or 2 dimensions; a 1-D array is one column.
-pub fn read_npy(path: &Path) -> Result<Matrix, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    parse_npy(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_npy(path: &Path) -> Result<Matrix, ModelError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ModelError::Data(format!("read {}: {e}", path.display())))?;
+    parse_npy(&bytes).map_err(|e| ModelError::Data(format!("{}: {e}", path.display())))
 }
 
-pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
+pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ModelError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file (bad magic)".into());
+        return Err(ModelError::Data("not a .npy file (bad magic)".into()));
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
@@ -36,41 +39,58 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
         ),
-        v => return Err(format!("unsupported .npy version {v}")),
+        v => return Err(ModelError::Data(format!("unsupported .npy version {v}"))),
     };
     let header = bytes
         .get(start..start + header_len)
-        .ok_or("truncated .npy header")?;
-    let header = std::str::from_utf8(header).map_err(|_| "bad .npy header")?;
-    let field = |name: &str| -> Result<&str, String> {
+        .ok_or(ModelError::Data("truncated .npy header".into()))?;
+    let header =
+        std::str::from_utf8(header).map_err(|_| ModelError::Data("bad .npy header".into()))?;
+    let field = |name: &str| -> Result<&str, ModelError> {
         let key = format!("'{name}':");
         let at = header
             .find(&key)
-            .ok_or(format!(".npy header lacks {name}"))?
+            .ok_or(ModelError::Data(format!(".npy header lacks {name}")))?
             + key.len();
         Ok(header[at..].trim_start())
     };
     let descr = field("descr")?;
     let descr = descr.trim_start_matches('\'');
-    let descr = &descr[..descr.find('\'').ok_or("bad descr")?];
+    let descr = &descr[..descr
+        .find('\'')
+        .ok_or(ModelError::Data("bad descr".into()))?];
     if field("fortran_order")?.starts_with("True") {
-        return Err("Fortran-order arrays are not supported; save with C order".into());
+        return Err(ModelError::Data(
+            "Fortran-order arrays are not supported; save with C order".into(),
+        ));
     }
     let shape_text = field("shape")?;
-    let shape_text = &shape_text[1..shape_text.find(')').ok_or("bad shape")?];
+    let shape_text = &shape_text[1..shape_text
+        .find(')')
+        .ok_or(ModelError::Data("bad shape".into()))?];
     let shape: Vec<usize> = shape_text
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| format!("bad shape entry {s:?}")))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| ModelError::Data(format!("bad shape entry {s:?}")))
+        })
         .collect::<Result<_, _>>()?;
     let (rows, cols) = match shape.as_slice() {
         [n] => (*n, 1),
         [n, m] => (*n, *m),
-        other => return Err(format!("expected 1 or 2 dimensions, found {}", other.len())),
+        other => {
+            return Err(ModelError::Data(format!(
+                "expected 1 or 2 dimensions, found {}",
+                other.len()
+            )))
+        }
     };
     let body = &bytes[start + header_len..];
-    let count = rows.checked_mul(cols).ok_or("shape overflows")?;
+    let count = rows
+        .checked_mul(cols)
+        .ok_or(ModelError::Data("shape overflows".into()))?;
     let data: Vec<f32> = match descr {
         "<f4" => decode(body, count, 4, |b| {
             f32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -85,9 +105,9 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, String> {
             i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32
         })?,
         other => {
-            return Err(format!(
+            return Err(ModelError::Data(format!(
                 "unsupported dtype {other}: use float32, float64, int32 or int64"
-            ))
+            )))
         }
     };
     Ok(Matrix { rows, cols, data })
@@ -98,18 +118,18 @@ fn decode(
     count: usize,
     width: usize,
     f: impl Fn(&[u8]) -> f32,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, ModelError> {
     if body.len() < count * width {
-        return Err(format!(
+        return Err(ModelError::Data(format!(
             "truncated .npy data: {} bytes for {count} values",
             body.len()
-        ));
+        )));
     }
     Ok(body[..count * width].chunks_exact(width).map(f).collect())
 }
 
 /// Writes a 2-D f32 `.npy` (version 1.0).
-pub fn write_npy(path: &Path, m: &Matrix) -> Result<(), String> {
+pub fn write_npy(path: &Path, m: &Matrix) -> Result<(), ModelError> {
     let mut header = format!(
         "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
         m.rows, m.cols
@@ -125,59 +145,63 @@ pub fn write_npy(path: &Path, m: &Matrix) -> Result<(), String> {
     for v in &m.data {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    std::fs::write(path, out).map_err(|e| format!("write {}: {e}", path.display()))
+    std::fs::write(path, out)
+        .map_err(|e| ModelError::Data(format!("write {}: {e}", path.display())))
 }
 
 /// Reads JSONL rows: each line an array of numbers (or an object whose
 /// `input` field is one).
-pub fn read_jsonl_rows(path: &Path) -> Result<Matrix, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+pub fn read_jsonl_rows(path: &Path) -> Result<Matrix, ModelError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
     let mut data = Vec::new();
     let mut cols = None;
     let mut rows = 0;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("read {}: {e}", path.display()))?;
+        let line = line.map_err(|e| ModelError::Data(format!("read {}: {e}", path.display())))?;
         if line.trim().is_empty() {
             continue;
         }
         let value: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
+            .map_err(|e| ModelError::Data(format!("{} line {}: {e}", path.display(), n + 1)))?;
         let arr = match &value {
             serde_json::Value::Array(a) => a,
             serde_json::Value::Object(o) => {
-                o.get("input").and_then(|v| v.as_array()).ok_or(format!(
-                    "{} line {}: expected an array or {{\"input\": [...]}}",
-                    path.display(),
-                    n + 1
-                ))?
+                o.get("input")
+                    .and_then(|v| v.as_array())
+                    .ok_or(ModelError::Data(format!(
+                        "{} line {}: expected an array or {{\"input\": [...]}}",
+                        path.display(),
+                        n + 1
+                    )))?
             }
             _ => {
-                return Err(format!(
+                return Err(ModelError::Data(format!(
                     "{} line {}: expected an array of numbers",
                     path.display(),
                     n + 1
-                ))
+                )))
             }
         };
         let row: Vec<f32> = arr
             .iter()
             .map(|v| {
-                v.as_f64().map(|x| x as f32).ok_or(format!(
+                v.as_f64().map(|x| x as f32).ok_or(ModelError::Data(format!(
                     "{} line {}: not a number: {v}",
                     path.display(),
                     n + 1
-                ))
+                )))
             })
             .collect::<Result<_, _>>()?;
         match cols {
             None => cols = Some(row.len()),
             Some(c) if c != row.len() => {
-                return Err(format!(
+                return Err(ModelError::Data(format!(
                     "{} line {}: {} values, earlier rows have {c}",
                     path.display(),
                     n + 1,
                     row.len()
-                ))
+                )))
             }
             _ => {}
         }
@@ -191,23 +215,27 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Matrix, String> {
     })
 }
 
-pub fn write_jsonl(path: &Path, m: &Matrix) -> Result<(), String> {
-    let file =
-        std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+pub fn write_jsonl(path: &Path, m: &Matrix) -> Result<(), ModelError> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| ModelError::Data(format!("create {}: {e}", path.display())))?;
     let mut w = std::io::BufWriter::new(file);
     for i in 0..m.rows {
-        serde_json::to_writer(&mut w, m.row(i)).map_err(|e| e.to_string())?;
-        w.write_all(b"\n").map_err(|e| e.to_string())?;
+        serde_json::to_writer(&mut w, m.row(i)).map_err(|e| ModelError::Data(e.to_string()))?;
+        w.write_all(b"\n")
+            .map_err(|e| ModelError::Data(e.to_string()))?;
     }
-    w.flush().map_err(|e| e.to_string())
+    w.flush().map_err(|e| ModelError::Data(e.to_string()))
 }
 
 /// Reads the input of an inference job by its extension.
-pub fn read_input(path: &Path) -> Result<Matrix, String> {
+pub fn read_input(path: &Path) -> Result<Matrix, ModelError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("npy") => read_npy(path),
         Some("jsonl") | Some("json") => read_jsonl_rows(path),
-        _ => Err(format!("{}: input must be .npy or .jsonl", path.display())),
+        _ => Err(ModelError::Data(format!(
+            "{}: input must be .npy or .jsonl",
+            path.display()
+        ))),
     }
 }
 
@@ -221,31 +249,34 @@ pub struct Dataset {
 
 /// Reads CSV (with a header) or JSONL objects; every column but the label
 /// is a numeric feature. A missing or non-numeric label fails with the row.
-pub fn read_dataset(path: &Path, label: &str) -> Result<Dataset, String> {
+pub fn read_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => read_csv_dataset(path, label),
         Some("jsonl") | Some("json") => read_jsonl_dataset(path, label),
-        _ => Err(format!(
+        _ => Err(ModelError::Data(format!(
             "{}: dataset must be .csv or .jsonl",
             path.display()
-        )),
+        ))),
     }
 }
 
-fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, String> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
     let headers: Vec<String> = reader
         .headers()
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|e| ModelError::Data(format!("{}: {e}", path.display())))?
         .iter()
         .map(str::to_string)
         .collect();
-    let label_at = headers.iter().position(|h| h == label).ok_or(format!(
-        "{}: no label column {label:?} (columns: {})",
-        path.display(),
-        headers.join(", ")
-    ))?;
+    let label_at = headers
+        .iter()
+        .position(|h| h == label)
+        .ok_or(ModelError::Data(format!(
+            "{}: no label column {label:?} (columns: {})",
+            path.display(),
+            headers.join(", ")
+        )))?;
     let feature_names: Vec<String> = headers
         .iter()
         .enumerate()
@@ -255,32 +286,33 @@ fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, String> {
     let mut data = Vec::new();
     let mut labels = Vec::new();
     for (n, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| format!("{} row {}: {e}", path.display(), n + 1))?;
+        let record = record
+            .map_err(|e| ModelError::Data(format!("{} row {}: {e}", path.display(), n + 1)))?;
         let cell = |i: usize| record.get(i).map(str::trim).unwrap_or("");
         let l = cell(label_at);
         if l.is_empty() {
-            return Err(format!(
+            return Err(ModelError::Data(format!(
                 "{} row {}: missing label {label:?}",
                 path.display(),
                 n + 1
-            ));
+            )));
         }
         labels.push(l.parse::<f64>().map_err(|_| {
-            format!(
+            ModelError::Data(format!(
                 "{} row {}: label {l:?} is not a number",
                 path.display(),
                 n + 1
-            )
+            ))
         })?);
         for i in (0..headers.len()).filter(|i| *i != label_at) {
             let v = cell(i);
             data.push(v.parse::<f32>().map_err(|_| {
-                format!(
+                ModelError::Data(format!(
                     "{} row {}: column {} is {v:?}, not a number",
                     path.display(),
                     n + 1,
                     headers[i]
-                )
+                ))
             })?);
         }
     }
@@ -295,39 +327,43 @@ fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, String> {
     })
 }
 
-fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
     let mut names: Option<Vec<String>> = None;
     let mut data = Vec::new();
     let mut labels = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| e.to_string())?;
+        let line = line.map_err(|e| ModelError::Data(e.to_string()))?;
         if line.trim().is_empty() {
             continue;
         }
         let obj: BTreeMap<String, serde_json::Value> = serde_json::from_str(&line)
-            .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
-        let l = obj.get(label).and_then(|v| v.as_f64()).ok_or(format!(
-            "{} line {}: missing or non-numeric label {label:?}",
-            path.display(),
-            n + 1
-        ))?;
+            .map_err(|e| ModelError::Data(format!("{} line {}: {e}", path.display(), n + 1)))?;
+        let l = obj
+            .get(label)
+            .and_then(|v| v.as_f64())
+            .ok_or(ModelError::Data(format!(
+                "{} line {}: missing or non-numeric label {label:?}",
+                path.display(),
+                n + 1
+            )))?;
         labels.push(l);
         let keys: Vec<String> = obj.keys().filter(|k| *k != label).cloned().collect();
         let names = names.get_or_insert_with(|| keys.clone());
         if *names != keys {
-            return Err(format!(
+            return Err(ModelError::Data(format!(
                 "{} line {}: columns differ from the first row",
                 path.display(),
                 n + 1
-            ));
+            )));
         }
         for k in names.iter() {
-            data.push(obj[k].as_f64().ok_or(format!(
+            data.push(obj[k].as_f64().ok_or(ModelError::Data(format!(
                 "{} line {}: {k} is not a number",
                 path.display(),
                 n + 1
-            ))? as f32);
+            )))? as f32);
         }
     }
     let feature_names = names.unwrap_or_default();
@@ -359,6 +395,7 @@ mod tests {
         assert_eq!(read_npy(&p).unwrap(), m);
         assert!(parse_npy(b"not numpy at all")
             .unwrap_err()
+            .to_string()
             .contains("magic"));
     }
 
@@ -374,9 +411,11 @@ mod tests {
         std::fs::write(&p, "a,label\n1,\n").unwrap();
         assert!(read_dataset(&p, "label")
             .unwrap_err()
+            .to_string()
             .contains("missing label"));
         assert!(read_dataset(&p, "y")
             .unwrap_err()
+            .to_string()
             .contains("no label column"));
     }
 
@@ -389,6 +428,7 @@ mod tests {
         std::fs::write(&p, "[1, 2]\n[3]\n").unwrap();
         assert!(read_jsonl_rows(&p)
             .unwrap_err()
+            .to_string()
             .contains("earlier rows have 2"));
         let d = dir.path().join("d.jsonl");
         std::fs::write(

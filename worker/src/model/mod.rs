@@ -8,131 +8,63 @@
 //! `JobResult`) or `error.txt` (the reason it failed).
 
 pub mod artifact;
+pub mod error;
 pub mod examples;
 pub mod formats;
 pub mod metrics;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use coop_core::{EvalTask, JobKind, JobResult, ModelScore};
 use tract_onnx::prelude::*;
 
+pub use error::ModelError;
 use formats::Matrix;
 
 pub const SPEC_FILE: &str = "model-job.json";
 pub const RESULT_FILE: &str = "result.json";
 pub const ERROR_FILE: &str = "error.txt";
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ArtifactRef {
-    pub uri: String,
-    #[serde(default)]
-    pub sha256: Option<String>,
-}
+/// A model job as the child process reads it: the core's job kind, so the
+/// worker, the scheduler and the CLI share one definition.
+pub type ModelJob = JobKind;
 
-/// A model job as the child process reads it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ModelJob {
-    Inference {
-        model: ArtifactRef,
-        input: ArtifactRef,
-        output: String,
-    },
-    Evaluation {
-        models: Vec<ArtifactRef>,
-        dataset: ArtifactRef,
-        label_column: String,
-        task: String,
-        metrics: Vec<String>,
-    },
-}
-
-impl ModelJob {
-    /// The model job in an assignment's spec, if it is one.
-    pub fn from_proto(spec: &coop_proto::api::JobSpec) -> Option<ModelJob> {
-        let art = |a: Option<&coop_proto::api::Artifact>| {
-            let a = a.cloned().unwrap_or_default();
-            ArtifactRef {
-                uri: a.uri,
-                sha256: a.sha256.filter(|h| !h.is_empty()),
-            }
-        };
-        if let Some(i) = &spec.inference {
-            return Some(ModelJob::Inference {
-                model: art(i.model.as_ref()),
-                input: art(i.input.as_ref()),
-                output: i.output.clone(),
-            });
-        }
-        spec.evaluation.as_ref().map(|e| ModelJob::Evaluation {
-            models: e.models.iter().map(|m| art(Some(m))).collect(),
-            dataset: art(e.dataset.as_ref()),
-            label_column: e.label_column.clone(),
-            task: e.task.clone(),
-            metrics: e.metrics.clone(),
-        })
-    }
-}
-
-/// Scores of one model, or of the ensemble; the same JSON as the core's.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelScore {
-    pub model: String,
-    pub sha256: String,
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// What the child reports; the same JSON as the core's `JobResult`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum JobResult {
-    Inference {
-        rows: u64,
-        seconds: f64,
-        output: String,
-        output_sha256: String,
-        model_sha256: String,
-    },
-    Evaluation {
-        dataset: String,
-        dataset_sha256: String,
-        rows: u64,
-        task: String,
-        scores: Vec<ModelScore>,
-        ensemble: Option<ModelScore>,
-    },
+/// Whether a spec's kind is a model job (inference or evaluation).
+pub fn is_model_job(kind: &JobKind) -> bool {
+    !matches!(kind, JobKind::Command { .. })
 }
 
 /// The child's entry point: runs the job in `dir` and leaves `result.json`
 /// or `error.txt` there. Returns the process exit code.
 pub fn child_main(dir: &Path, cache: &Path) -> i32 {
     let outcome = std::fs::read(dir.join(SPEC_FILE))
-        .map_err(|e| format!("read {SPEC_FILE}: {e}"))
+        .map_err(|e| ModelError::Model(format!("read {SPEC_FILE}: {e}")))
         .and_then(|b| {
-            serde_json::from_slice::<ModelJob>(&b).map_err(|e| format!("parse {SPEC_FILE}: {e}"))
+            serde_json::from_slice::<ModelJob>(&b)
+                .map_err(|e| ModelError::Model(format!("parse {SPEC_FILE}: {e}")))
         })
         .and_then(|job| run(&job, dir, cache))
         .and_then(|result| {
-            let bytes = serde_json::to_vec_pretty(&result).map_err(|e| e.to_string())?;
+            let bytes =
+                serde_json::to_vec_pretty(&result).map_err(|e| ModelError::Model(e.to_string()))?;
             std::fs::write(dir.join(RESULT_FILE), bytes)
-                .map_err(|e| format!("write {RESULT_FILE}: {e}"))
+                .map_err(|e| ModelError::Model(format!("write {RESULT_FILE}: {e}")))
         });
     match outcome {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("model job failed: {e}");
-            let _ = std::fs::write(dir.join(ERROR_FILE), &e);
+            let _ = std::fs::write(dir.join(ERROR_FILE), e.to_string());
             1
         }
     }
 }
 
-pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, String> {
+pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, ModelError> {
     match job {
-        ModelJob::Inference {
+        JobKind::Command { .. } => Err(ModelError::Job("a command is not a model job".into())),
+        JobKind::Inference {
             model,
             input,
             output,
@@ -146,7 +78,7 @@ pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, String
             let out_path = dir.join(output);
             if let Some(parent) = out_path.parent() {
                 std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("create {}: {e}", parent.display()))?;
+                    .map_err(|e| ModelError::Model(format!("create {}: {e}", parent.display())))?;
             }
             if output.ends_with(".npy") {
                 formats::write_npy(&out_path, &y)?;
@@ -162,7 +94,7 @@ pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, String
                 model_sha256: model_sha,
             })
         }
-        ModelJob::Evaluation {
+        JobKind::Evaluation {
             models,
             dataset,
             label_column,
@@ -171,19 +103,15 @@ pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, String
         } => {
             let (data_path, data_sha) = artifact::fetch(dataset, cache, "dataset")?;
             let data = formats::read_dataset(&data_path, label_column)?;
-            let classify = match task.as_str() {
-                "classification" => true,
-                "regression" => false,
-                other => return Err(format!("unknown task {other:?}")),
-            };
+            let classify = *task == EvalTask::Classification;
             let mut scores = Vec::new();
             let mut all_predictions = Vec::new();
             for m in models {
                 let (path, sha) = artifact::fetch(m, cache, "model")?;
-                let y =
-                    predict(&path, &data.features).map_err(|e| format!("model {}: {e}", m.uri))?;
-                let pred =
-                    to_predictions(&y, classify).map_err(|e| format!("model {}: {e}", m.uri))?;
+                let y = predict(&path, &data.features)
+                    .map_err(|e| ModelError::Model(format!("model {}: {e}", m.uri)))?;
+                let pred = to_predictions(&y, classify)
+                    .map_err(|e| ModelError::Model(format!("model {}: {e}", m.uri)))?;
                 let scored = metrics::compute(metrics, &pred, &data.labels);
                 println!("{}: {:?}", m.uri, scored);
                 scores.push(ModelScore {
@@ -209,7 +137,7 @@ pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, String
                 dataset: dataset.uri.clone(),
                 dataset_sha256: data_sha,
                 rows: data.labels.len() as u64,
-                task: task.clone(),
+                task: *task,
                 scores,
                 ensemble,
             })
@@ -218,38 +146,38 @@ pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, String
 }
 
 /// Runs an ONNX model on a [rows, cols] f32 input; returns its first output as [rows, k].
-pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, String> {
+pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, ModelError> {
     let plan = tract_onnx::onnx()
         .model_for_path(model)
-        .map_err(|e| format!("cannot load ONNX model {}: {e}", model.display()))?
+        .map_err(|e| ModelError::Model(format!("cannot load ONNX model {}: {e}", model.display())))?
         .with_input_fact(0, f32::fact([x.rows, x.cols]).into())
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(|e| {
-            format!(
+            ModelError::Model(format!(
                 "the model does not accept input of shape [{}, {}]: {e:#}",
                 x.rows, x.cols
-            )
+            ))
         })?;
     let input = tract_ndarray::Array2::from_shape_vec((x.rows, x.cols), x.data.clone())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ModelError::Model(e.to_string()))?
         .into_tensor();
     let outputs = plan
         .run(tvec!(input.into()))
-        .map_err(|e| format!("running the model failed: {e:#}"))?;
+        .map_err(|e| ModelError::Model(format!("running the model failed: {e:#}")))?;
     let out = outputs[0]
         .cast_to::<f32>()
-        .map_err(|e| format!("model output is not numeric: {e}"))?;
+        .map_err(|e| ModelError::Model(format!("model output is not numeric: {e}")))?;
     let view = out
         .to_plain_array_view::<f32>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ModelError::Model(e.to_string()))?;
     let shape = view.shape().to_vec();
     let rows = shape.first().copied().unwrap_or(1);
     if rows != x.rows {
-        return Err(format!(
+        return Err(ModelError::Model(format!(
             "model output has {rows} rows for {} input rows",
             x.rows
-        ));
+        )));
     }
     let cols = shape.iter().skip(1).product::<usize>().max(1);
     Ok(Matrix {
@@ -260,13 +188,13 @@ pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, String> {
 }
 
 /// Class index (argmax of scores, or the single value rounded) or value.
-fn to_predictions(y: &Matrix, classify: bool) -> Result<Vec<f64>, String> {
+fn to_predictions(y: &Matrix, classify: bool) -> Result<Vec<f64>, ModelError> {
     if !classify {
         if y.cols != 1 {
-            return Err(format!(
+            return Err(ModelError::Task(format!(
                 "a regression model must output one value per row, not {}",
                 y.cols
-            ));
+            )));
         }
         return Ok(y.data.iter().map(|v| *v as f64).collect());
     }

@@ -82,8 +82,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
     let pick_alloc = |pick: u8| -> Option<&Allocation> {
-        let n = state.allocs.len();
-        (n > 0).then(|| state.allocs.values().nth(pick as usize % n).unwrap())
+        let n = state.allocs().len();
+        (n > 0).then(|| state.allocs().values().nth(pick as usize % n).unwrap())
     };
     match *op {
         Op::Register {
@@ -148,7 +148,7 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
         },
         Op::Lost { node } => {
             let id = NodeId::new(format!("n{node}"));
-            let incarnation = state.nodes.get(&id).map(|n| n.incarnation).unwrap_or(0);
+            let incarnation = state.nodes().get(&id).map(|n| n.incarnation).unwrap_or(0);
             Command::NodeLost {
                 node: id,
                 incarnation,
@@ -156,10 +156,10 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
             }
         }
         Op::Cancel { pick } => {
-            let n = state.jobs.len().max(1) as u64;
+            let n = state.jobs().len().max(1) as u64;
             let job = JobId(pick as u64 % n + 1);
             let member = state
-                .jobs
+                .jobs()
                 .get(&job)
                 .map(|j| j.member.clone())
                 .unwrap_or(MemberId::new("m0"));
@@ -195,13 +195,14 @@ fn run(ops: &[Op]) -> (ClusterState, Vec<Command>) {
 
 fn check_invariants(state: &ClusterState) {
     let mut live_per_job: BTreeMap<JobId, usize> = BTreeMap::new();
-    for node in state.nodes.values() {
-        let allocs: Vec<&Allocation> = node.allocs.iter().map(|a| &state.allocs[a]).collect();
+    for node in state.nodes().values() {
+        let allocs: Vec<&Allocation> = node.allocs().iter().map(|a| &state.allocs()[a]).collect();
         let sum = allocs
             .iter()
             .fold(Resources::ZERO, |acc, a| acc.saturating_add(&a.resources));
         assert_eq!(
-            node.allocated, sum,
+            node.allocated(),
+            sum,
             "node {} allocated differs from its allocations",
             node.id
         );
@@ -222,31 +223,31 @@ fn check_invariants(state: &ClusterState) {
             }
         }
     }
-    for a in state.allocs.values() {
+    for a in state.allocs().values() {
         *live_per_job.entry(a.job).or_default() += 1;
-        assert!(state.nodes[&a.node].allocs.contains(&a.id));
+        assert!(state.nodes()[&a.node].allocs().contains(&a.id));
     }
     for (job, count) in live_per_job {
         assert_eq!(count, 1, "job {job} has {count} live allocations");
     }
-    for job in state.jobs.values() {
+    for job in state.jobs().values() {
         assert_eq!(
-            job.state == JobState::Pending,
-            state.pending.contains(&job.id)
+            job.state() == JobState::Pending,
+            state.pending().contains(&job.id)
         );
         if let Some(a) = job.alloc {
-            assert_eq!(state.allocs[&a].job, job.id);
+            assert_eq!(state.allocs()[&a].job, job.id);
         }
     }
-    for (member, requests) in &state.requests {
+    for (member, requests) in state.requests() {
         for job in requests.values() {
-            assert_eq!(&state.jobs[job].member, member);
+            assert_eq!(&state.jobs()[job].member, member);
         }
     }
-    let requests: usize = state.requests.values().map(|r| r.len()).sum();
+    let requests: usize = state.requests().values().map(|r| r.len()).sum();
     assert_eq!(
         requests,
-        state.jobs.len(),
+        state.jobs().len(),
         "dedup: one job per (member, request id)"
     );
 }
@@ -285,10 +286,10 @@ proptest! {
         // on a ready node, unless a rule holds the room: there is no cap in
         // these policies, so the only one is a reclaim, which reserves the
         // free room of a node where preempted allocations are stopping.
-        for id in &state.pending {
-            let want = state.jobs[id].spec.resources;
-            let reserving = |n: &Node| n.allocs.iter().any(|a| state.allocs[a].state == AllocState::Stopping);
-            for node in state.nodes.values().filter(|n| n.state == NodeState::Ready && !reserving(n)) {
+        for id in state.pending() {
+            let want = state.jobs()[id].spec.resources;
+            let reserving = |n: &Node| n.allocs().iter().any(|a| state.allocs()[a].state == AllocState::Stopping);
+            for node in state.nodes().values().filter(|n| n.state == NodeState::Ready && !reserving(n)) {
                 let fits = want.fits_in(&node.free()) && state.free_gpu_indices(node).len() >= want.gpus as usize;
                 prop_assert!(!fits, "job {} waits though it fits on {}", id, node.id);
             }
@@ -349,7 +350,7 @@ proptest! {
         let s = drf_setting(&shapes);
         let n = shapes.len() as f64;
         let cap = Resources::new(64_000, 256 << 30, 0);
-        let alloc = |m: usize| s.members[&MemberId::new(format!("m{m}"))].allocated;
+        let alloc = |m: usize| s.members()[&MemberId::new(format!("m{m}"))].allocated();
         let dom = |cpu: u64, mem: u64| (cpu as f64 / cap.cpu_millis as f64).max(mem as f64 / cap.memory_bytes as f64);
         // Jobs are indivisible, so a member can fall short by at most the
         // largest job anyone runs.
@@ -419,11 +420,11 @@ proptest! {
             submit(&mut s, &format!("b{b}"), cores, true, 1);
         }
         s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
-        prop_assert_eq!(s.nodes[&NodeId::new("n")].free().cpu_millis, 0);
+        prop_assert_eq!(s.nodes()[&NodeId::new("n")].free().cpu_millis, 0);
         submit(&mut s, "newcomer", cores, false, 3);
         s.apply(&Command::Schedule { now_ms: 4 }).unwrap();
         let stopping: Vec<(AllocId, NodeId)> = s
-            .allocs
+            .allocs()
             .values()
             .filter(|a| a.state == AllocState::Stopping)
             .map(|a| (a.id, a.node.clone()))
@@ -433,7 +434,7 @@ proptest! {
             s.apply(&Command::AllocFinished { alloc, node, exit, now_ms: 5, result: None }).unwrap();
         }
         s.apply(&Command::Schedule { now_ms: 6 }).unwrap();
-        let shares = fairshare::compute_shares(&s);
+        let shares = s.shares();
         let me = &shares.members[&MemberId::new("newcomer")];
         let job = 1.0 / cores as f64;
         prop_assert!(

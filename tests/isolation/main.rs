@@ -2,10 +2,8 @@
 //! work dir no other job can read, memory held to the allocation, a
 //! timeout, and work dirs removed after the retention period.
 
-#[path = "../common/mod.rs"]
-mod common;
-
-use common::Proc;
+use coop_e2e::Proc;
+use coop_e2e::StateName;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -63,7 +61,7 @@ async fn wait(c: &CoopClient<Channel>, id: u64, pred: impl Fn(&Job) -> bool) -> 
 }
 
 fn ended(j: &Job) -> bool {
-    matches!(j.state.as_str(), "succeeded" | "failed")
+    matches!(j.state_name(), "succeeded" | "failed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,13 +77,13 @@ async fn jobs_are_confined() {
         .unwrap();
     let addrs = cluster.addrs();
     let _worker = Proc(
-        common::worker("w1", "ana", "2", &addrs, &work)
+        coop_e2e::worker("w1", "ana", "2", &addrs, &work)
             .args(["--job-uid-base", "61000", "--retention-secs", "3"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let c = common::client(&addrs[0]);
+    let c = coop_e2e::client(&addrs[0]);
     let logs = |job: u64, stream: &str| {
         let mut c = c.clone();
         let req = LogsRequest {
@@ -104,7 +102,7 @@ async fn jobs_are_confined() {
         spec("id -u; echo secret > mine.txt; sleep 2", 64 << 20, None),
     )
     .await;
-    let a_job = wait(&c, a, |j| j.state == "running").await;
+    let a_job = wait(&c, a, |j| j.state_name() == "running").await;
     // ...which another job cannot read.
     let peek = format!(
         "id -u; cat {}/allocs/{}/mine.txt",
@@ -113,10 +111,10 @@ async fn jobs_are_confined() {
     );
     let b = submit(&c, "b", spec(&peek, 64 << 20, None)).await;
     let b_job = wait(&c, b, ended).await;
-    assert_eq!(b_job.state, "failed", "{b_job:?}");
+    assert_eq!(b_job.state_name(), "failed", "{b_job:?}");
     assert!(logs(b, "stderr").await.contains("Permission denied"));
     let a_job = wait(&c, a, ended).await;
-    assert_eq!(a_job.state, "succeeded", "{a_job:?}");
+    assert_eq!(a_job.state_name(), "succeeded", "{a_job:?}");
     let (uid_a, uid_b) = (logs(a, "stdout").await, logs(b, "stdout").await);
     assert_ne!(uid_a.trim(), "0");
     assert_ne!(
@@ -137,7 +135,7 @@ async fn jobs_are_confined() {
     )
     .await;
     let hog_job = wait(&c, hog, ended).await;
-    assert_eq!(hog_job.state, "failed", "{hog_job:?}");
+    assert_eq!(hog_job.state_name(), "failed", "{hog_job:?}");
 
     // A timeout stops the run.
     let slow = submit(&c, "slow", spec("sleep 30", 64 << 20, Some(1))).await;

@@ -1,20 +1,19 @@
 //! Model jobs: the runner on its own (known answers, metrics, ensembles,
 //! clear failures) and end to end through a cluster and a worker process.
 
-#[path = "../common/mod.rs"]
-mod common;
-
-use common::Proc;
+use coop_e2e::Proc;
+use coop_e2e::StateName;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use coop_core::{Artifact as ArtifactRef, EvalTask, JobResult};
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
 use coop_scheduler::local::LocalReplicas;
 use coop_worker::model::examples as fixtures;
-use coop_worker::model::{self, formats, ArtifactRef, JobResult, ModelJob};
+use coop_worker::model::{self, formats, ModelError, ModelJob};
 use tonic::transport::Channel;
 
 fn art(path: &std::path::Path) -> ArtifactRef {
@@ -34,7 +33,7 @@ fn eval_job(
         models: models.iter().map(|m| art(m)).collect(),
         dataset: art(data),
         label_column: "label".into(),
-        task: task.into(),
+        task: EvalTask::parse(task).expect("a task"),
         metrics: metrics.iter().map(|m| m.to_string()).collect(),
     }
 }
@@ -152,14 +151,16 @@ fn bad_inputs_fail_with_a_clear_reason() {
         &cache,
     )
     .unwrap_err();
-    assert!(err.contains("cannot load ONNX model"), "{err}");
+    assert!(matches!(err, ModelError::Model(_)), "{err:?}");
+    assert!(err.to_string().contains("cannot load ONNX model"), "{err}");
     // A wrong sha256.
     let mut job = eval_job(&models[..1], &data, "classification", &["accuracy"]);
     if let ModelJob::Evaluation { models, .. } = &mut job {
         models[0].sha256 = Some("0".repeat(64));
     }
     let err = model::run(&job, dir.path(), &cache).unwrap_err();
-    assert!(err.contains("sha256 mismatch"), "{err}");
+    assert!(matches!(err, ModelError::Artifact(_)), "{err:?}");
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
     // Missing labels.
     let holes = dir.path().join("holes.csv");
     std::fs::write(&holes, "x,y,label\n1,0,0\n0,1,\n").unwrap();
@@ -169,7 +170,8 @@ fn bad_inputs_fail_with_a_clear_reason() {
         &cache,
     )
     .unwrap_err();
-    assert!(err.contains("row 2: missing label"), "{err}");
+    assert!(matches!(err, ModelError::Data(_)), "{err:?}");
+    assert!(err.to_string().contains("row 2: missing label"), "{err}");
     // A shape mismatch: three features for a two-feature model.
     let wide = dir.path().join("wide.csv");
     std::fs::write(&wide, "x,y,z,label\n1,0,0,0\n").unwrap();
@@ -180,7 +182,8 @@ fn bad_inputs_fail_with_a_clear_reason() {
     )
     .unwrap_err();
     assert!(
-        err.contains("does not accept input of shape [1, 3]"),
+        err.to_string()
+            .contains("does not accept input of shape [1, 3]"),
         "{err}"
     );
 }
@@ -196,7 +199,7 @@ async fn wait_done(c: &CoopClient<Channel>, id: u64) -> Job {
             .await
             .unwrap()
             .into_inner();
-        if matches!(j.state.as_str(), "succeeded" | "failed") {
+        if matches!(j.state_name(), "succeeded" | "failed") {
             return j;
         }
         assert!(
@@ -230,12 +233,12 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         .unwrap();
     let addrs = cluster.addrs();
     let _worker = Proc(
-        common::worker("w1", "ana", "2", &addrs, dir.path().join("w"))
+        coop_e2e::worker("w1", "ana", "2", &addrs, dir.path().join("w"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let c = common::client(&addrs[0]);
+    let c = coop_e2e::client(&addrs[0]);
     let artifact = |p: &std::path::Path| Artifact {
         uri: p.display().to_string(),
         sha256: None,
@@ -259,7 +262,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
                 models: vec![artifact(&corrupt)],
                 dataset: Some(artifact(&data)),
                 label_column: "label".into(),
-                task: "classification".into(),
+                task: coop_proto::api::EvalTask::Classification as i32,
                 metrics: vec![],
             }),
         ),
@@ -267,7 +270,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     )
     .await;
     let j = wait_done(&c, bad).await;
-    assert_eq!(j.state, "failed");
+    assert_eq!(j.state_name(), "failed");
     assert!(j.message.contains("cannot load ONNX model"), "{j:?}");
 
     let good = submit(
@@ -277,7 +280,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
                 models: models.iter().map(|m| artifact(m)).collect(),
                 dataset: Some(artifact(&data)),
                 label_column: "label".into(),
-                task: "classification".into(),
+                task: coop_proto::api::EvalTask::Classification as i32,
                 metrics: vec![],
             }),
         ),
@@ -285,12 +288,12 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     )
     .await;
     let j = wait_done(&c, good).await;
-    assert_eq!(j.state, "succeeded", "{j:?}");
-    assert!(
-        j.result_json.contains("\"ensemble of 3\""),
-        "{}",
-        j.result_json
-    );
+    assert_eq!(j.state_name(), "succeeded", "{j:?}");
+    let ensemble = match j.result.as_ref().and_then(|r| r.kind.as_ref()) {
+        Some(job_result::Kind::Evaluation(e)) => e.ensemble.as_ref().map(|s| s.model.clone()),
+        other => panic!("not an evaluation result: {other:?}"),
+    };
+    assert_eq!(ensemble.as_deref(), Some("ensemble of 3"));
     let rows = dir.path().join("rows.jsonl");
     std::fs::write(&rows, "[1, 0]\n[0, 1]\n").unwrap();
     let infer = submit(
@@ -306,8 +309,11 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     )
     .await;
     let j = wait_done(&c, infer).await;
-    assert_eq!(j.state, "succeeded", "{j:?}");
-    assert!(j.result_json.contains("\"rows\":2"), "{}", j.result_json);
+    assert_eq!(j.state_name(), "succeeded", "{j:?}");
+    match j.result.as_ref().and_then(|r| r.kind.as_ref()) {
+        Some(job_result::Kind::Inference(i)) => assert_eq!(i.rows, 2),
+        other => panic!("not an inference result: {other:?}"),
+    }
     // The output is served with the job's logs: read it back from the work dir.
     let out = std::fs::read_to_string(
         dir.path()
@@ -381,7 +387,7 @@ fn http_artifacts_are_checked_and_cached() {
         }],
         dataset: art(&data),
         label_column: "label".into(),
-        task: "classification".into(),
+        task: EvalTask::Classification,
         metrics: vec!["accuracy".into()],
     };
     let first = model::run(&job(Some(sha.clone())), dir.path(), &cache).unwrap();
@@ -397,7 +403,8 @@ fn http_artifacts_are_checked_and_cached() {
     // A wrong digest fails with the reason, and nothing is cached under it.
     let wrong = "1".repeat(64);
     let err = model::run(&job(Some(wrong.clone())), dir.path(), &cache).unwrap_err();
-    assert!(err.contains("sha256 mismatch"), "{err}");
+    assert!(matches!(err, ModelError::Artifact(_)), "{err:?}");
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
     assert!(!cache.join(&wrong).exists());
     // An unreachable server is a clear error too.
     let gone = ModelJob::Evaluation {
@@ -407,9 +414,9 @@ fn http_artifacts_are_checked_and_cached() {
         }],
         dataset: art(&data),
         label_column: "label".into(),
-        task: "classification".into(),
+        task: EvalTask::Classification,
         metrics: vec![],
     };
     let err = model::run(&gone, dir.path(), &cache).unwrap_err();
-    assert!(err.contains("fetch failed"), "{err}");
+    assert!(err.to_string().contains("fetch failed"), "{err}");
 }

@@ -3,10 +3,8 @@
 //! runs real jobs. No timing thresholds: every wait is for a condition,
 //! bounded only so a broken build fails instead of hanging.
 
-#[path = "../common/mod.rs"]
-mod common;
-
-use common::Proc;
+use coop_e2e::Proc;
+use coop_e2e::StateName;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,7 +23,7 @@ fn fast(c: &mut Config) {
 }
 
 fn spawn_worker(node: &str, schedulers: &[String], work_dir: &Path, cpus: &str) -> Proc {
-    let child = common::worker(node, "ana", cpus, schedulers, work_dir)
+    let child = coop_e2e::worker(node, "ana", cpus, schedulers, work_dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("start coop-worker");
@@ -53,7 +51,7 @@ async fn submit(addrs: &[String], member: &str, request_id: &str, spec: &JobSpec
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut i = 0;
     loop {
-        let mut c = common::client(&addrs[i % addrs.len()]);
+        let mut c = coop_e2e::client(&addrs[i % addrs.len()]);
         let req = SubmitRequest {
             member: member.into(),
             request_id: request_id.into(),
@@ -74,7 +72,7 @@ async fn submit(addrs: &[String], member: &str, request_id: &str, spec: &JobSpec
 async fn job(addrs: &[String], id: u64) -> Job {
     let mut i = 0;
     loop {
-        match common::client(&addrs[i % addrs.len()])
+        match coop_e2e::client(&addrs[i % addrs.len()])
             .get_job(GetJobRequest { job_id: id })
             .await
         {
@@ -128,10 +126,10 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
     )
     .await;
     let j = wait_job(&addrs, id, |j| {
-        j.state == "succeeded" || j.state == "failed"
+        j.state_name() == "succeeded" || j.state_name() == "failed"
     })
     .await;
-    assert_eq!(j.state, "succeeded", "{j:?}");
+    assert_eq!(j.state_name(), "succeeded", "{j:?}");
     assert_eq!(j.node, "w1");
     // Logs come from the worker, through any replica (here a follower).
     let follower = cluster
@@ -142,7 +140,7 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         .unwrap()
         .addr
         .clone();
-    let logs = common::client(&follower)
+    let logs = coop_e2e::client(&follower)
         .logs(LogsRequest {
             job_id: id,
             stream: "stdout".into(),
@@ -157,7 +155,7 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         format!("hello from {id}\n")
     );
     // Bad input changes nothing.
-    let mut c = common::client(&addrs[0]);
+    let mut c = coop_e2e::client(&addrs[0]);
     let before = c
         .list_jobs(ListJobsRequest::default())
         .await
@@ -249,12 +247,12 @@ async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
     assert!(!survivors.contains(&cluster.configs[killed].listen));
     for id in &acked {
         let j = wait_job(&survivors, *id, |j| {
-            j.state == "succeeded" || j.state == "failed"
+            j.state_name() == "succeeded" || j.state_name() == "failed"
         })
         .await;
-        assert_eq!(j.state, "succeeded", "{j:?}");
+        assert_eq!(j.state_name(), "succeeded", "{j:?}");
     }
-    let mut c = common::client(&survivors[0]);
+    let mut c = coop_e2e::client(&survivors[0]);
     let all = c
         .list_jobs(ListJobsRequest::default())
         .await
@@ -283,7 +281,7 @@ async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
 }
 
 async fn applied_and_digest(addr: &str) -> (u64, String) {
-    let s = common::client(addr)
+    let s = coop_e2e::client(addr)
         .cluster_status(ClusterStatusRequest {})
         .await
         .unwrap()
@@ -330,7 +328,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
     }
     // A brand-new replica joins after the log was compacted: it can only
     // catch up by installing a snapshot.
-    let leader_status = common::client(&leader_addr)
+    let leader_status = coop_e2e::client(&leader_addr)
         .cluster_status(ClusterStatusRequest {})
         .await
         .unwrap()
@@ -354,7 +352,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
     let newcomer = coop_scheduler::Replica::start(config, listener)
         .await
         .unwrap();
-    common::client(&leader_addr)
+    coop_e2e::client(&leader_addr)
         .add_replica(AddReplicaRequest {
             id: 4,
             addr: new_addr.clone(),
@@ -363,7 +361,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
-        let s = common::client(&new_addr)
+        let s = coop_e2e::client(&new_addr)
             .cluster_status(ClusterStatusRequest {})
             .await
             .unwrap()
@@ -391,10 +389,10 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     let addrs = cluster.addrs();
     let mut w1 = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "1");
     let id = submit(&addrs, "ana", "r1", &spec(&["sleep", "2"], 1000, 1)).await;
-    let j = wait_job(&addrs, id, |j| j.state == "running").await;
+    let j = wait_job(&addrs, id, |j| j.state_name() == "running").await;
     assert_eq!(j.node, "w1");
     let _w2 = spawn_worker("w2", &addrs, &tmp.path().join("w2"), "1");
-    let mut c = common::client(&addrs[0]);
+    let mut c = coop_e2e::client(&addrs[0]);
     let mut nodes = 0;
     wait_for("w2 to register", || {
         nodes = futures::executor::block_on(c.list_nodes(ListNodesRequest {}))
@@ -406,7 +404,7 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     // SIGKILL: no goodbye, the heartbeats just stop.
     let _ = w1.0.kill();
     let _ = w1.0.wait();
-    let j = wait_job(&addrs, id, |j| j.state == "succeeded").await;
+    let j = wait_job(&addrs, id, |j| j.state_name() == "succeeded").await;
     assert_eq!(j.node, "w2");
     assert_eq!(j.attempts, 1);
     let nodes = c
@@ -415,7 +413,10 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
         .unwrap()
         .into_inner()
         .nodes;
-    assert_eq!(nodes.iter().find(|n| n.id == "w1").unwrap().state, "lost");
+    assert_eq!(
+        nodes.iter().find(|n| n.id == "w1").unwrap().state_name(),
+        "lost"
+    );
     cluster.stop_all().await;
 }
 
@@ -435,7 +436,7 @@ async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
         &spec(&["sh", "-c", &script], 1000, 1),
     )
     .await;
-    wait_job(&addrs, id, |j| j.state == "running").await;
+    wait_job(&addrs, id, |j| j.state_name() == "running").await;
     wait_for("the job to write its pid", || pidfile.exists()).await;
     let pid: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()

@@ -5,10 +5,7 @@
 //! config and runs the rule unit tests. Needs Debian's `prometheus` package
 //! (`.ci/run` installs it); without it the test says so and passes.
 
-#[path = "../common/mod.rs"]
-mod common;
-
-use common::Proc;
+use coop_e2e::Proc;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -128,7 +125,7 @@ async fn every_dashboard_and_alert_expression_returns_data() {
     .await
     .unwrap();
     let addrs = cluster.addrs();
-    let mut worker = common::worker("olga-box", "olga", "4", &addrs, dir.path().join("w"))
+    let mut worker = coop_e2e::worker("olga-box", "olga", "4", &addrs, dir.path().join("w"))
         .args(["--metrics-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
@@ -152,7 +149,7 @@ async fn every_dashboard_and_alert_expression_returns_data() {
 
     // A workload with every kind of decision: a burst on the idle pool,
     // then the owner reclaiming by preemption.
-    let c = common::client(&addrs[0]);
+    let c = coop_e2e::client(&addrs[0]);
     let spec = |argv: &[&str], preemptible: bool| JobSpec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         resources: Some(Resources {

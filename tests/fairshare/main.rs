@@ -3,10 +3,8 @@
 //! submissions reclaim its entitlement by preemption; `why` and `share`
 //! show the numbers.
 
-#[path = "../common/mod.rs"]
-mod common;
-
-use common::Proc;
+use coop_e2e::Proc;
+use coop_e2e::StateName;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -105,12 +103,12 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
     .unwrap();
     let addrs = cluster.addrs();
     let _worker = Proc(
-        common::worker("olga-box", "olga", "4", &addrs, tmp.path().join("w"))
+        coop_e2e::worker("olga-box", "olga", "4", &addrs, tmp.path().join("w"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let c = common::client(&addrs[1]);
+    let c = coop_e2e::client(&addrs[1]);
     let policy = call(|| {
         let mut c = c.clone();
         async move { c.get_policy(GetPolicyRequest {}).await }
@@ -140,7 +138,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
         let id = *id;
         wait_until("the burst to run", || {
             let c = c.clone();
-            async move { get(&c, id).await.state == "running" }
+            async move { get(&c, id).await.state_name() == "running" }
         })
         .await;
     }
@@ -163,7 +161,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
         let id = *id;
         wait_until("olga's jobs to succeed by reclaim", || {
             let c = c.clone();
-            async move { get(&c, id).await.state == "succeeded" }
+            async move { get(&c, id).await.state_name() == "succeeded" }
         })
         .await;
     }
@@ -172,7 +170,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
         olga_job
             .decisions
             .iter()
-            .any(|d| d.rule == "owner-first" && d.policy_version == 1),
+            .any(|d| d.rule == coop_proto::api::Rule::OwnerFirst as i32 && d.policy_version == 1),
         "{olga_job:?}"
     );
 
@@ -216,7 +214,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
         let id = *id;
         wait_until("olga's three jobs to run", || {
             let c = c.clone();
-            async move { get(&c, id).await.state == "running" }
+            async move { get(&c, id).await.state_name() == "running" }
         })
         .await;
     }
@@ -236,7 +234,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
         let mut w = None;
         for id in &burst {
             let j = get(&c, *id).await;
-            if j.state == "pending" {
+            if j.state_name() == "pending" {
                 w = Some(j.id);
             }
         }
@@ -249,7 +247,10 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
     .await;
     assert_eq!(why.member, "pete");
     assert!((why.entitlement - 0.25).abs() < 1e-6, "{why:?}");
-    assert!(why.reasons.iter().any(|r| r.contains("busy")), "{why:?}");
+    assert!(
+        why.reasons.iter().any(|r| r.code == "nodes_busy"),
+        "{why:?}"
+    );
     assert!(
         why.queue_position >= 1 && !why.would_start.is_empty(),
         "{why:?}"

@@ -1,0 +1,166 @@
+//! The pool and the replica group: nodes, cluster status, init, add replica.
+
+use anyhow::Result;
+use coop_core::resources::{format_bytes, format_cpu};
+use coop_proto::api::*;
+use serde_json::json;
+
+use crate::client::{call, connect, explain};
+use crate::output::{node_state, print_json, res_json, table, Format};
+
+pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
+    let client = connect(addr).await?;
+    let reply = call(&client, (), |mut c, ()| async move {
+        c.list_nodes(ListNodesRequest {}).await
+    })
+    .await?;
+    if fmt == Format::Json {
+        let nodes: Vec<_> = reply
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({"id": n.id, "owner": n.owner, "state": node_state(n.state), "addr": n.addr,
+                       "capacity": res_json(n.capacity.as_ref()), "allocated": res_json(n.allocated.as_ref()),
+                       "allocations": n.allocations})
+            })
+            .collect();
+        print_json(&json!(nodes));
+        return Ok(0);
+    }
+    let mut t = table(&[
+        "NODE",
+        "OWNER",
+        "STATE",
+        "CPU USED/TOTAL",
+        "MEMORY USED/TOTAL",
+        "GPUS",
+        "ALLOCS",
+    ]);
+    for n in &reply.nodes {
+        let c = n.capacity.unwrap_or_default();
+        let a = n.allocated.unwrap_or_default();
+        t.add_row(vec![
+            n.id.clone(),
+            n.owner.clone(),
+            node_state(n.state).to_string(),
+            format!("{}/{}", format_cpu(a.cpu_millis), format_cpu(c.cpu_millis)),
+            format!(
+                "{}/{}",
+                format_bytes(a.memory_bytes),
+                format_bytes(c.memory_bytes)
+            ),
+            format!("{}/{}", a.gpus, c.gpus),
+            n.allocations.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+fn print_replicas(replicas: &[Replica]) {
+    let mut t = table(&["REPLICA", "ADDRESS", "ROLE", "MATCHED INDEX"]);
+    for r in replicas {
+        t.add_row(vec![
+            r.id.to_string(),
+            r.addr.clone(),
+            format!(
+                "{}{}",
+                if r.leader {
+                    "leader"
+                } else if r.voter {
+                    "voter"
+                } else {
+                    "learner"
+                },
+                ""
+            ),
+            r.matched_index
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn replicas_json(replicas: &[Replica]) -> serde_json::Value {
+    json!(replicas
+        .iter()
+        .map(|r| json!({"id": r.id, "addr": r.addr, "voter": r.voter, "leader": r.leader, "matched_index": r.matched_index}))
+        .collect::<Vec<_>>())
+}
+
+pub async fn cluster_status(addr: &str, fmt: Format) -> Result<i32> {
+    let mut client = connect(addr).await?;
+    let s = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if fmt == Format::Json {
+        print_json(&json!({
+            "answered_by": s.answered_by, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
+            "term": s.term, "commit_index": s.commit_index, "applied_index": s.applied_index,
+            "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
+            "replicas": replicas_json(&s.replicas), "jobs": s.jobs, "pending": s.pending,
+            "running": s.running, "nodes_ready": s.nodes_ready, "state_digest": s.state_digest,
+        }));
+        return Ok(0);
+    }
+    println!("answered by replica {}", s.answered_by);
+    match s.leader_id {
+        Some(l) => println!("leader       replica {l} at {}", s.leader_addr),
+        None => println!("leader       none (election in progress, or the cluster is not initialized: coop cluster init)"),
+    }
+    println!("term         {}", s.term);
+    println!(
+        "log          last {} · committed {} · applied {} · snapshot {}",
+        s.last_log_index, s.commit_index, s.applied_index, s.snapshot_index
+    );
+    println!(
+        "jobs         {} ({} pending, {} running)",
+        s.jobs, s.pending, s.running
+    );
+    println!("nodes ready  {}", s.nodes_ready);
+    println!("state digest {}", s.state_digest);
+    print_replicas(&s.replicas);
+    Ok(0)
+}
+
+pub async fn cluster_init(addr: &str, fmt: Format) -> Result<i32> {
+    let mut client = connect(addr).await?;
+    let reply = client
+        .init_cluster(InitClusterRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    match fmt {
+        Format::Json => {
+            print_json(&json!({"initialized": true, "replicas": replicas_json(&reply.replicas)}))
+        }
+        Format::Table => {
+            println!("cluster initialized");
+            print_replicas(&reply.replicas);
+        }
+    }
+    Ok(0)
+}
+
+pub async fn add_replica(addr: &str, fmt: Format, id: u64, replica_addr: String) -> Result<i32> {
+    let client = connect(addr).await?;
+    let req = AddReplicaRequest {
+        id,
+        addr: replica_addr,
+    };
+    let reply = call(&client, req, |mut c, req| async move {
+        c.add_replica(req).await
+    })
+    .await?;
+    match fmt {
+        Format::Json => print_json(&json!({"replicas": replicas_json(&reply.replicas)})),
+        Format::Table => {
+            println!("replica {id} added");
+            print_replicas(&reply.replicas);
+        }
+    }
+    Ok(0)
+}

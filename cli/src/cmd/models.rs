@@ -1,0 +1,120 @@
+//! Model results: evaluation leaderboards, and a model job's result as
+//! `coop status` prints it.
+
+use anyhow::Result;
+use coop_core::JobResult;
+use coop_proto::api::*;
+use serde_json::json;
+
+use crate::client::{call, connect};
+use crate::output::{eval_task, print_json, table, Format};
+
+pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i32> {
+    let client = connect(addr).await?;
+    let req = ListEvaluationsRequest {
+        dataset: dataset.unwrap_or_default(),
+    };
+    let boards = call(&client, req, |mut c, req| async move {
+        c.list_evaluations(req).await
+    })
+    .await?
+    .leaderboards;
+    if fmt == Format::Json {
+        let out: Vec<_> = boards
+            .iter()
+            .map(|b| {
+                json!({
+                    "dataset": b.dataset, "dataset_sha256": b.dataset_sha256, "task": eval_task(b.task),
+                    "entries": b.entries.iter().map(|e| json!({
+                        "job_id": e.job_id, "member": e.member, "model": e.model, "model_sha256": e.model_sha256,
+                        "metrics": e.metrics, "rows": e.rows,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(&json!(out));
+        return Ok(0);
+    }
+    if boards.is_empty() {
+        println!("no evaluations yet: coop submit --evaluate MODEL --dataset DATA.csv");
+    }
+    for b in &boards {
+        println!(
+            "dataset {} ({}, sha256 {}…)",
+            b.dataset,
+            eval_task(b.task),
+            &b.dataset_sha256[..b.dataset_sha256.len().min(12)]
+        );
+        let names: Vec<String> = {
+            let mut n: Vec<String> = b
+                .entries
+                .iter()
+                .flat_map(|e| e.metrics.keys().cloned())
+                .collect();
+            n.sort();
+            n.dedup();
+            n
+        };
+        let mut header = vec!["RANK", "MODEL", "JOB", "MEMBER", "ROWS"];
+        let upper: Vec<String> = names.iter().map(|n| n.to_uppercase()).collect();
+        header.extend(upper.iter().map(String::as_str));
+        let mut t = table(&header);
+        for (i, e) in b.entries.iter().enumerate() {
+            let mut row = vec![
+                (i + 1).to_string(),
+                e.model.clone(),
+                e.job_id.to_string(),
+                e.member.clone(),
+                e.rows.to_string(),
+            ];
+            row.extend(names.iter().map(|n| {
+                e.metrics
+                    .get(n)
+                    .map(|v| format!("{v:.4}"))
+                    .unwrap_or_default()
+            }));
+            t.add_row(row);
+        }
+        println!("{t}");
+    }
+    Ok(0)
+}
+
+/// A model job's result, for `coop status`.
+pub fn print_result(r: &JobResult) {
+    match r {
+        JobResult::Inference {
+            rows,
+            seconds,
+            output,
+            output_sha256,
+            ..
+        } => {
+            let rate = if *seconds > 0.0 {
+                *rows as f64 / seconds
+            } else {
+                0.0
+            };
+            println!("  result     {rows} rows in {seconds:.3} s ({rate:.0} rows/s) -> {output}");
+            println!("             output sha256 {output_sha256}");
+        }
+        JobResult::Evaluation {
+            dataset,
+            rows,
+            task,
+            scores,
+            ensemble,
+            ..
+        } => {
+            println!("  result     {rows} rows of {dataset} ({task})");
+            for s in scores.iter().chain(ensemble.iter()) {
+                let metrics: Vec<String> = s
+                    .metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                println!("             {}: {}", s.model, metrics.join(", "));
+            }
+        }
+    }
+}

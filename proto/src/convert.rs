@@ -1,0 +1,442 @@
+//! Conversions between coop-core's types and the wire messages: one place,
+//! so a field added on one side and not the other is a compile error here
+//! rather than a result dropped at run time.
+//!
+//! Core to wire is infallible (`From`); wire to core is checked
+//! (`TryFrom`, `ConvertError`), because it comes from a peer.
+
+use coop_core as core;
+
+use crate::api;
+
+/// A wire message that does not make a core value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{field}: unknown value {value}")]
+    BadEnum { field: &'static str, value: i32 },
+    #[error("a job is an inference or an evaluation, not both")]
+    TwoKinds,
+    #[error("a model job takes no command")]
+    ModelWithCommand,
+}
+
+/// A core enum from its wire number; UNSPECIFIED and unknown numbers are refused.
+pub trait FromWire: Sized {
+    fn from_wire(v: i32) -> Result<Self, ConvertError>;
+}
+
+macro_rules! enum_table {
+    ($core:ty, $wire:ty, $field:literal, $($c:ident <=> $w:ident),+ $(,)?) => {
+        impl From<$core> for $wire {
+            fn from(v: $core) -> Self {
+                match v { $(<$core>::$c => <$wire>::$w),+ }
+            }
+        }
+        impl FromWire for $core {
+            fn from_wire(v: i32) -> Result<Self, ConvertError> {
+                match <$wire>::try_from(v) {
+                    $(Ok(<$wire>::$w) => Ok(<$core>::$c),)+
+                    _ => Err(ConvertError::BadEnum { field: $field, value: v }),
+                }
+            }
+        }
+    };
+}
+
+enum_table!(core::JobState, api::JobState, "job state",
+    Pending <=> Pending, Assigned <=> Assigned, Running <=> Running,
+    Succeeded <=> Succeeded, Failed <=> Failed, Cancelled <=> Cancelled);
+enum_table!(core::AllocState, api::AllocState, "allocation state",
+    Assigned <=> Assigned, Running <=> Running, Stopping <=> Stopping);
+enum_table!(core::NodeState, api::NodeState, "node state", Ready <=> Ready, Lost <=> Lost);
+enum_table!(core::DecisionKind, api::DecisionKind, "decision kind",
+    Place <=> Place, Preempt <=> Preempt);
+enum_table!(core::Rule, api::Rule, "rule",
+    FairShare <=> FairShare, WorkConserving <=> WorkConserving, OwnerFirst <=> OwnerFirst,
+    Reclaim <=> Reclaim, OwnerReclaim <=> OwnerReclaim);
+enum_table!(core::EvalTask, api::EvalTask, "task",
+    Classification <=> Classification, Regression <=> Regression);
+
+/// A core enum as its wire number.
+pub fn wire<W: Into<i32>, C: Into<W>>(c: C) -> i32 {
+    c.into().into()
+}
+
+impl From<&core::Resources> for api::Resources {
+    fn from(r: &core::Resources) -> Self {
+        Self {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+            gpus: r.gpus,
+        }
+    }
+}
+
+impl From<&api::Resources> for core::Resources {
+    fn from(r: &api::Resources) -> Self {
+        core::Resources::new(r.cpu_millis, r.memory_bytes, r.gpus)
+    }
+}
+
+/// Resources from an optional field; absent means none.
+pub fn resources(r: Option<&api::Resources>) -> core::Resources {
+    r.map(core::Resources::from).unwrap_or_default()
+}
+
+impl From<&core::GpuInfo> for api::GpuInfo {
+    fn from(g: &core::GpuInfo) -> Self {
+        Self {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            model: g.model.clone(),
+            memory_bytes: g.memory_bytes,
+        }
+    }
+}
+
+impl From<&api::GpuInfo> for core::GpuInfo {
+    fn from(g: &api::GpuInfo) -> Self {
+        Self {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            model: g.model.clone(),
+            memory_bytes: g.memory_bytes,
+        }
+    }
+}
+
+impl From<&core::Artifact> for api::Artifact {
+    fn from(a: &core::Artifact) -> Self {
+        Self {
+            uri: a.uri.clone(),
+            sha256: a.sha256.clone(),
+        }
+    }
+}
+
+fn artifact(a: Option<&api::Artifact>) -> core::Artifact {
+    a.map(|a| core::Artifact {
+        uri: a.uri.clone(),
+        sha256: a.sha256.clone().filter(|h| !h.is_empty()),
+    })
+    .unwrap_or(core::Artifact {
+        uri: String::new(),
+        sha256: None,
+    })
+}
+
+impl From<&core::JobSpec> for api::JobSpec {
+    fn from(spec: &core::JobSpec) -> Self {
+        let mut out = api::JobSpec {
+            name: spec.name.clone(),
+            resources: Some((&spec.resources).into()),
+            max_retries: spec.max_retries,
+            preemptible: spec.preemptible,
+            gpu_model: spec.gpu_model.clone(),
+            gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
+            timeout_secs: spec.timeout_secs,
+            ..Default::default()
+        };
+        match &spec.kind {
+            core::JobKind::Command { argv, env } => {
+                out.argv = argv.clone();
+                out.env = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            }
+            core::JobKind::Inference {
+                model,
+                input,
+                output,
+            } => {
+                out.inference = Some(api::InferenceSpec {
+                    model: Some(model.into()),
+                    input: Some(input.into()),
+                    output: output.clone(),
+                });
+            }
+            core::JobKind::Evaluation {
+                models,
+                dataset,
+                label_column,
+                task,
+                metrics,
+            } => {
+                out.evaluation = Some(api::EvaluationSpec {
+                    models: models.iter().map(api::Artifact::from).collect(),
+                    dataset: Some(dataset.into()),
+                    label_column: label_column.clone(),
+                    task: wire::<api::EvalTask, _>(*task),
+                    metrics: metrics.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+impl TryFrom<&api::JobSpec> for core::JobSpec {
+    type Error = ConvertError;
+
+    /// The core spec for a request; the kind-specific checks happen in the core.
+    fn try_from(spec: &api::JobSpec) -> Result<Self, ConvertError> {
+        let kind = match (&spec.inference, &spec.evaluation) {
+            (Some(_), Some(_)) => return Err(ConvertError::TwoKinds),
+            (Some(_), None) | (None, Some(_)) if !spec.argv.is_empty() => {
+                return Err(ConvertError::ModelWithCommand)
+            }
+            (Some(i), None) => core::JobKind::Inference {
+                model: artifact(i.model.as_ref()),
+                input: artifact(i.input.as_ref()),
+                output: i.output.clone(),
+            },
+            (None, Some(e)) => {
+                let task = core::EvalTask::from_wire(e.task)?;
+                core::JobKind::Evaluation {
+                    models: e.models.iter().map(|a| artifact(Some(a))).collect(),
+                    dataset: artifact(e.dataset.as_ref()),
+                    label_column: e.label_column.clone(),
+                    task,
+                    metrics: if e.metrics.is_empty() {
+                        task.metrics().iter().map(|m| m.to_string()).collect()
+                    } else {
+                        e.metrics.clone()
+                    },
+                }
+            }
+            (None, None) => core::JobKind::Command {
+                argv: spec.argv.clone(),
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+        };
+        Ok(core::JobSpec {
+            name: spec.name.clone(),
+            kind,
+            resources: resources(spec.resources.as_ref()),
+            max_retries: spec.max_retries,
+            preemptible: spec.preemptible,
+            gpu_model: spec.gpu_model.clone(),
+            gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
+            timeout_secs: spec.timeout_secs,
+        })
+    }
+}
+
+impl From<&core::ModelScore> for api::ModelScore {
+    fn from(s: &core::ModelScore) -> Self {
+        Self {
+            model: s.model.clone(),
+            sha256: s.sha256.clone(),
+            metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+impl From<&api::ModelScore> for core::ModelScore {
+    fn from(s: &api::ModelScore) -> Self {
+        Self {
+            model: s.model.clone(),
+            sha256: s.sha256.clone(),
+            metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+impl From<&core::JobResult> for api::JobResult {
+    fn from(r: &core::JobResult) -> Self {
+        use api::job_result::Kind;
+        let kind = match r {
+            core::JobResult::Inference {
+                rows,
+                seconds,
+                output,
+                output_sha256,
+                model_sha256,
+            } => Kind::Inference(api::InferenceResult {
+                rows: *rows,
+                seconds: *seconds,
+                output: output.clone(),
+                output_sha256: output_sha256.clone(),
+                model_sha256: model_sha256.clone(),
+            }),
+            core::JobResult::Evaluation {
+                dataset,
+                dataset_sha256,
+                rows,
+                task,
+                scores,
+                ensemble,
+            } => Kind::Evaluation(api::EvaluationResult {
+                dataset: dataset.clone(),
+                dataset_sha256: dataset_sha256.clone(),
+                rows: *rows,
+                task: wire::<api::EvalTask, _>(*task),
+                scores: scores.iter().map(api::ModelScore::from).collect(),
+                ensemble: ensemble.as_ref().map(api::ModelScore::from),
+            }),
+        };
+        Self { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<&api::JobResult> for core::JobResult {
+    type Error = ConvertError;
+
+    fn try_from(r: &api::JobResult) -> Result<Self, ConvertError> {
+        use api::job_result::Kind;
+        Ok(
+            match r
+                .kind
+                .as_ref()
+                .ok_or(ConvertError::Missing("result kind"))?
+            {
+                Kind::Inference(i) => core::JobResult::Inference {
+                    rows: i.rows,
+                    seconds: i.seconds,
+                    output: i.output.clone(),
+                    output_sha256: i.output_sha256.clone(),
+                    model_sha256: i.model_sha256.clone(),
+                },
+                Kind::Evaluation(e) => core::JobResult::Evaluation {
+                    dataset: e.dataset.clone(),
+                    dataset_sha256: e.dataset_sha256.clone(),
+                    rows: e.rows,
+                    task: core::EvalTask::from_wire(e.task)?,
+                    scores: e.scores.iter().map(core::ModelScore::from).collect(),
+                    ensemble: e.ensemble.as_ref().map(core::ModelScore::from),
+                },
+            },
+        )
+    }
+}
+
+impl From<&core::PendingReason> for api::PendingReason {
+    fn from(r: &core::PendingReason) -> Self {
+        Self {
+            code: r.code().to_string(),
+            text: r.to_string(),
+        }
+    }
+}
+
+impl From<&core::Decision> for api::Decision {
+    fn from(d: &core::Decision) -> Self {
+        Self {
+            at_ms: d.at_ms,
+            kind: wire::<api::DecisionKind, _>(d.kind),
+            job_id: d.job.0,
+            member: d.member.to_string(),
+            alloc_id: d.alloc.0,
+            node: d.node.to_string(),
+            rule: wire::<api::Rule, _>(d.rule),
+            policy_version: d.policy_version,
+        }
+    }
+}
+
+impl From<&core::Node> for api::Node {
+    fn from(node: &core::Node) -> Self {
+        Self {
+            id: node.id.to_string(),
+            owner: node.owner.to_string(),
+            capacity: Some((&node.capacity).into()),
+            allocated: Some((&node.allocated()).into()),
+            state: wire::<api::NodeState, _>(node.state),
+            addr: node.addr.clone(),
+            allocations: node.allocs().len() as u32,
+            incarnation: node.incarnation,
+            gpus: node.gpus.iter().map(api::GpuInfo::from).collect(),
+        }
+    }
+}
+
+impl From<&core::Explanation> for api::Explanation {
+    fn from(e: &core::Explanation) -> Self {
+        Self {
+            job_id: e.job.0,
+            member: e.member.to_string(),
+            state: wire::<api::JobState, _>(e.state),
+            reasons: e.reasons.iter().map(api::PendingReason::from).collect(),
+            queue_position: e.queue_position as u32,
+            queue_length: e.queue_length as u32,
+            dominant_share: e.dominant_share,
+            entitlement: e.entitlement,
+            would_start: e.would_start.iter().map(ToString::to_string).collect(),
+            policy_version: e.policy_version,
+        }
+    }
+}
+
+impl From<&core::Leaderboard> for api::Leaderboard {
+    fn from(b: &core::Leaderboard) -> Self {
+        Self {
+            dataset: b.dataset.clone(),
+            dataset_sha256: b.dataset_sha256.clone(),
+            task: wire::<api::EvalTask, _>(b.task),
+            entries: b
+                .entries
+                .iter()
+                .map(|e| api::EvalEntry {
+                    job_id: e.job.0,
+                    member: e.member.to_string(),
+                    model: e.score.model.clone(),
+                    model_sha256: e.score.sha256.clone(),
+                    metrics: e
+                        .score
+                        .metrics
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect(),
+                    rows: e.rows,
+                    finished_at_ms: e.finished_at_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_round_trip() {
+        let result = core::JobResult::Evaluation {
+            dataset: "d.csv".into(),
+            dataset_sha256: "ab".repeat(32),
+            rows: 10,
+            task: core::EvalTask::Regression,
+            scores: vec![core::ModelScore {
+                model: "m.onnx".into(),
+                sha256: "cd".repeat(32),
+                metrics: [("mse".to_string(), 0.5)].into_iter().collect(),
+            }],
+            ensemble: None,
+        };
+        let wire = api::JobResult::from(&result);
+        assert_eq!(core::JobResult::try_from(&wire), Ok(result));
+        assert_eq!(
+            core::JobResult::try_from(&api::JobResult { kind: None }),
+            Err(ConvertError::Missing("result kind"))
+        );
+    }
+
+    #[test]
+    fn enums_round_trip_and_unspecified_is_refused() {
+        for s in core::JobState::ALL {
+            assert_eq!(
+                core::JobState::from_wire(wire::<api::JobState, _>(s)),
+                Ok(s)
+            );
+        }
+        for r in core::Rule::ALL {
+            assert_eq!(core::Rule::from_wire(wire::<api::Rule, _>(r)), Ok(r));
+        }
+        assert!(core::JobState::from_wire(0).is_err());
+        assert!(core::EvalTask::from_wire(99).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! Jobs entering and leaving the state: submit, cancel, and the expiry of
+//! ended jobs after the policy's retention.
+
+use crate::error::CoreError;
+use crate::ids::{JobId, MemberId};
+use crate::job::{Job, JobSpec, JobState};
+use crate::outcome::Outcome;
+use crate::result::JobResult;
+use crate::state::ClusterState;
+
+/// Ended jobs checked for expiry per scheduling pass: bounds the work a
+/// pass spends on housekeeping whatever the history.
+const EXPIRY_SCAN: usize = 1000;
+
+pub(super) fn submit(
+    state: &mut ClusterState,
+    request_id: &str,
+    member: &MemberId,
+    spec: &JobSpec,
+    now: u64,
+) -> Result<Outcome, CoreError> {
+    if let Some(job) = state.request(member, request_id) {
+        return Ok(Outcome::Submitted {
+            job,
+            existing: true,
+        });
+    }
+    state.check_submit(request_id, member, spec)?;
+    let id = state.next_job_id();
+    state.member_mut(member, now).jobs_submitted += 1;
+    state.insert_job(Job::new(
+        id,
+        member.clone(),
+        request_id.to_string(),
+        spec.clone(),
+        now,
+    ));
+    Ok(Outcome::Submitted {
+        job: id,
+        existing: false,
+    })
+}
+
+pub(super) fn cancel(
+    state: &mut ClusterState,
+    job_id: JobId,
+    member: &MemberId,
+    now: u64,
+) -> Result<Outcome, CoreError> {
+    let job = state.job(job_id).ok_or(CoreError::UnknownJob(job_id))?;
+    if &job.member != member {
+        return Err(CoreError::NotOwner {
+            job: job_id,
+            owner: job.member.clone(),
+        });
+    }
+    if job.state().is_terminal() {
+        return Err(CoreError::AlreadyEnded {
+            job: job_id,
+            state: job.state(),
+        });
+    }
+    let alloc = job.alloc;
+    if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
+        a.state = crate::alloc::AllocState::Stopping;
+    }
+    if let Some(job) = state.set_job_state(job_id, JobState::Cancelled) {
+        job.finished_at_ms = Some(now);
+        job.message = format!("cancelled by {member}");
+        job.record(now, format!("cancelled by {member}"));
+    }
+    Ok(Outcome::Cancelled {
+        job: job_id,
+        stopping: alloc,
+    })
+}
+
+/// Removes jobs that ended more than the policy's retention ago, a bounded
+/// number per pass (evaluation results are kept for the leaderboards).
+pub(super) fn expire(state: &mut ClusterState, now: u64) {
+    let retention_ms = state.policy().job_retention_secs.saturating_mul(1000);
+    let cutoff = now.saturating_sub(retention_ms);
+    if cutoff == 0 {
+        return;
+    }
+    // A cursor walks the jobs round-robin, so jobs kept for good
+    // (evaluation results) never hold back the expiry of later ones.
+    let scanned: Vec<&Job> = state
+        .jobs()
+        .range(JobId(state.expiry_cursor())..)
+        .map(|(_, j)| j)
+        .take(EXPIRY_SCAN)
+        .collect();
+    let cursor = match scanned.last() {
+        Some(last) if scanned.len() == EXPIRY_SCAN => last.id.0 + 1,
+        _ => 0,
+    };
+    let expired: Vec<JobId> = scanned
+        .into_iter()
+        .filter(|j| j.state().is_terminal() && j.alloc.is_none())
+        .filter(|j| j.finished_at_ms.is_some_and(|t| t < cutoff))
+        .filter(|j| !matches!(j.result, Some(JobResult::Evaluation { .. })))
+        .map(|j| j.id)
+        .collect();
+    state.set_expiry_cursor(cursor);
+    for id in expired {
+        state.remove_job(id);
+    }
+}

@@ -1,0 +1,71 @@
+//! `apply`: the one deterministic way the replicated state changes. One
+//! `match` dispatches each command to the handler of its area; every handler
+//! checks first and mutates only once the command is known to be valid, so
+//! a refused command leaves the state untouched.
+//!
+//! Time: one `now` is taken at the entry, clamped so that it never goes
+//! back (a new leader with a slower clock cannot rewind history), and passed
+//! down; no handler reads a command's raw time.
+
+mod jobs;
+mod nodes;
+mod policy;
+mod results;
+mod schedule;
+
+use crate::command::Command;
+use crate::error::CoreError;
+use crate::outcome::Outcome;
+use crate::state::ClusterState;
+
+impl ClusterState {
+    /// Applies one command. On `Err` nothing changed.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, CoreError> {
+        let now = self.now_ms().max(cmd.now_ms());
+        let outcome = match cmd {
+            Command::Submit {
+                request_id,
+                member,
+                spec,
+                ..
+            } => jobs::submit(self, request_id, member, spec, now),
+            Command::Cancel { job, member, .. } => jobs::cancel(self, *job, member, now),
+            Command::RegisterNode {
+                node,
+                owner,
+                capacity,
+                addr,
+                incarnation,
+                gpus,
+                ..
+            } => nodes::register(
+                self,
+                nodes::Registration {
+                    node,
+                    owner,
+                    capacity: *capacity,
+                    addr,
+                    incarnation: *incarnation,
+                    gpus,
+                },
+                now,
+            ),
+            Command::NodeLost {
+                node, incarnation, ..
+            } => nodes::lost(self, node, *incarnation, now),
+            Command::Schedule { .. } => Ok(schedule::pass(self, now)),
+            Command::AdoptGenesisPolicy { policy, .. } => policy::adopt_genesis(self, policy, now),
+            Command::AllocStarted { alloc, node, .. } => results::started(self, *alloc, node, now),
+            Command::AllocFinished {
+                alloc,
+                node,
+                exit,
+                result,
+                ..
+            } => results::finished(self, *alloc, node, exit, result.as_ref(), now),
+            Command::Unknown => Err(CoreError::UnknownCommand),
+        }?;
+        self.set_now(now);
+        Ok(outcome)
+    }
+}

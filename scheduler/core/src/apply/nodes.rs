@@ -1,0 +1,179 @@
+//! Nodes joining and leaving the pool: registration (a new worker process
+//! is a new incarnation) and loss (no heartbeat within the timeout).
+
+use std::collections::BTreeSet;
+
+use crate::command::ExitStatus;
+use crate::error::{CoreError, Impossible};
+use crate::ids::{validate_name, JobId, MemberId, NodeId};
+use crate::job::JobState;
+use crate::node::{GpuInfo, Node, NodeState};
+use crate::outcome::Outcome;
+use crate::resources::Resources;
+use crate::state::ClusterState;
+
+/// What a `RegisterNode` command carries.
+pub(super) struct Registration<'a> {
+    pub node: &'a NodeId,
+    pub owner: &'a MemberId,
+    pub capacity: Resources,
+    pub addr: &'a str,
+    pub incarnation: u64,
+    pub gpus: &'a [GpuInfo],
+}
+
+fn check(state: &ClusterState, r: &Registration<'_>) -> Result<(), CoreError> {
+    validate_name("node", r.node.as_str())?;
+    validate_name("member", r.owner.as_str())?;
+    if r.capacity.cpu_millis == 0 || r.capacity.memory_bytes == 0 {
+        return Err(Impossible::EmptyNode.into());
+    }
+    if !r.gpus.is_empty() {
+        let indices: BTreeSet<u32> = r.gpus.iter().map(|g| g.index).collect();
+        if r.gpus.len() != r.capacity.gpus as usize || indices != (0..r.capacity.gpus).collect() {
+            return Err(Impossible::GpuInventory {
+                node: r.node.clone(),
+                listed: r.gpus.len(),
+                offered: r.capacity.gpus,
+            }
+            .into());
+        }
+    }
+    if let Some(existing) = state.nodes().get(r.node) {
+        if r.incarnation < existing.incarnation {
+            return Err(CoreError::StaleIncarnation {
+                node: r.node.clone(),
+                current: existing.incarnation,
+                given: r.incarnation,
+            });
+        }
+        // Within one worker process the capacity is fixed: allocations
+        // were sized against it, so a change needs a new incarnation.
+        if r.incarnation == existing.incarnation
+            && (r.capacity != existing.capacity || existing.owner != *r.owner)
+        {
+            return Err(Impossible::NodeChanged {
+                node: r.node.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn register(
+    state: &mut ClusterState,
+    r: Registration<'_>,
+    now: u64,
+) -> Result<Outcome, CoreError> {
+    check(state, &r)?;
+    let existing = state
+        .nodes()
+        .get(r.node)
+        .map(|n| (n.owner.clone(), n.incarnation == r.incarnation));
+    let same_incarnation = existing.as_ref().is_some_and(|(_, same)| *same);
+    let mut requeued = Vec::new();
+    if existing.is_some() && !same_incarnation {
+        // A new worker process: whatever the old one ran is gone with it.
+        requeued = end_node_allocs(state, r.node, now, "its worker restarted").0;
+    }
+    let inventory: Vec<GpuInfo> = if r.gpus.is_empty() {
+        (0..r.capacity.gpus)
+            .map(|index| GpuInfo {
+                index,
+                ..GpuInfo::default()
+            })
+            .collect()
+    } else {
+        r.gpus.to_vec()
+    };
+    let node = state.insert_node(Node::new(
+        r.node.clone(),
+        r.owner.clone(),
+        r.capacity,
+        r.addr.to_string(),
+        r.incarnation,
+        now,
+    ));
+    node.owner = r.owner.clone();
+    node.capacity = r.capacity;
+    node.addr = r.addr.to_string();
+    node.incarnation = r.incarnation;
+    node.state = NodeState::Ready;
+    node.gpus = inventory;
+    if !same_incarnation {
+        node.registered_at_ms = now;
+    }
+    state.refresh_offered(r.owner, now);
+    if let Some((prev, _)) = existing.filter(|(p, _)| p != r.owner) {
+        state.refresh_offered(&prev, now);
+    }
+    Ok(Outcome::NodeRegistered {
+        node: r.node.clone(),
+        requeued,
+    })
+}
+
+pub(super) fn lost(
+    state: &mut ClusterState,
+    node_id: &NodeId,
+    incarnation: u64,
+    now: u64,
+) -> Result<Outcome, CoreError> {
+    let node = state
+        .nodes()
+        .get(node_id)
+        .ok_or_else(|| CoreError::UnknownNode(node_id.clone()))?;
+    if node.incarnation != incarnation || node.state == NodeState::Lost {
+        return Err(CoreError::StaleIncarnation {
+            node: node_id.clone(),
+            current: node.incarnation,
+            given: incarnation,
+        });
+    }
+    let owner = node.owner.clone();
+    let (requeued, failed) = end_node_allocs(state, node_id, now, "its node was lost");
+    if let Some(node) = state.node_mut(node_id) {
+        node.state = NodeState::Lost;
+    }
+    state.mark_pass_due();
+    state.refresh_offered(&owner, now);
+    Ok(Outcome::NodeLost {
+        node: node_id.clone(),
+        requeued,
+        failed,
+    })
+}
+
+/// Ends every live allocation on a node as lost; their jobs requeue while
+/// retries remain. Returns (requeued, failed).
+fn end_node_allocs(
+    state: &mut ClusterState,
+    node_id: &NodeId,
+    now: u64,
+    why: &str,
+) -> (Vec<JobId>, Vec<JobId>) {
+    let allocs: Vec<_> = state
+        .nodes()
+        .get(node_id)
+        .map(|n| n.allocs().iter().copied().collect())
+        .unwrap_or_default();
+    let mut requeued = Vec::new();
+    let mut failed = Vec::new();
+    for alloc_id in allocs {
+        let Some(alloc) = state.remove_alloc(alloc_id, now) else {
+            continue;
+        };
+        let exit = ExitStatus {
+            code: None,
+            signal: None,
+            error: format!("allocation {alloc_id} lost: {why}"),
+        };
+        match super::results::end_run(state, &alloc, &exit, now) {
+            JobState::Pending => requeued.push(alloc.job),
+            JobState::Failed => failed.push(alloc.job),
+            _ => {}
+        }
+    }
+    (requeued, failed)
+}

@@ -1,0 +1,142 @@
+//! The fair-share allocator: who is entitled to what, and one scheduling
+//! pass that places jobs and reclaims lent capacity. docs/policy.md gives
+//! every formula with a worked example.
+//!
+//! ```text
+//!  entitlement_m = floor / |A| + (1 - floor) * contribution_m / sum_A contribution
+//!  dominant_m    = max_r allocated_m,r / pool_r                   (DRF)
+//!  key_m         = (dominant_m + usage_weight * usage_share_m) / entitlement_m
+//! ```
+//!
+//! A = members with demand (pending or running jobs). By stage:
+//!
+//! ```text
+//!  shares.rs   entitlements, shares and keys from the state
+//!  pass.rs     owner-first, then weighted DRF by progressive filling
+//!  reclaim.rs  members below entitlement take back lent capacity
+//! ```
+//!
+//! The allocator reads the state through a `View` and returns a `Plan`; it
+//! changes nothing (`crate::apply` carries the plan out).
+
+mod pass;
+mod reclaim;
+mod shares;
+
+use std::cmp::Ordering;
+
+use crate::decision::Rule;
+use crate::ids::{AllocId, JobId, NodeId};
+use crate::policy::Policy;
+use crate::resources::Resources;
+use crate::view::View;
+
+pub use shares::{compute_shares, MemberShare, Shares};
+
+/// Slack for comparing shares computed in floating point.
+pub const EPS: f64 = 1e-9;
+
+/// Request shapes remembered per pass as "found no room": anything at least
+/// as large in every dimension is skipped without a node search. Bounded so
+/// the check stays cheap whatever the mix of shapes.
+pub(crate) const MAX_FAILED_SHAPES: usize = 64;
+
+/// One placement the pass wants, before an allocation id is given to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPlacement {
+    pub job: JobId,
+    pub node: NodeId,
+    pub resources: Resources,
+    pub gpu_indices: Vec<u32>,
+    pub rule: Rule,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPreemption {
+    pub alloc: AllocId,
+    pub for_job: JobId,
+    pub rule: Rule,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub placements: Vec<PlannedPlacement>,
+    pub preemptions: Vec<PlannedPreemption>,
+    /// Loans this pass planned and then took back for a claimant. Room they
+    /// leave over is only refilled by another pass, so the caller runs one.
+    pub revoked: usize,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.placements.is_empty() && self.preemptions.is_empty()
+    }
+}
+
+/// Plans one scheduling pass. Cost: O(P log M + P log N) for P pending
+/// jobs, M members and N nodes when nodes are alike (see `nodefit`).
+pub fn plan(view: &View<'_>) -> Plan {
+    let shares = compute_shares(view);
+    let filled = pass::fill(view, &shares);
+    reclaim::reclaim(view, &shares, filled)
+}
+
+/// The share a request is of the pool, per dimension (gpu, cpu, memory).
+pub fn share_of(r: &Resources, pool: &Resources) -> [f64; 3] {
+    let f = |x: f64, total: f64| if total > 0.0 { x / total } else { 0.0 };
+    [
+        f(r.gpus as f64, pool.gpus as f64),
+        f(r.cpu_millis as f64, pool.cpu_millis as f64),
+        f(r.memory_bytes as f64, pool.memory_bytes as f64),
+    ]
+}
+
+pub(crate) fn dominant(share: &[f64; 3]) -> f64 {
+    share.iter().copied().fold(0.0, f64::max)
+}
+
+pub(crate) fn add(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+}
+
+pub(crate) fn sub(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+/// Whether a dominant share this large passes the policy's member cap.
+pub(crate) fn over_cap(policy: &Policy, share: &[f64; 3]) -> bool {
+    policy
+        .member_cap
+        .is_some_and(|cap| dominant(share) > cap + EPS)
+}
+
+/// Priority key: (dominant + w * usage_share) / entitlement; +inf without entitlement.
+pub fn priority_key(
+    dominant_share: f64,
+    usage_share: f64,
+    entitlement: f64,
+    policy: &Policy,
+) -> f64 {
+    if entitlement <= 0.0 {
+        return f64::INFINITY;
+    }
+    (dominant_share + policy.usage_weight * usage_share) / entitlement
+}
+
+/// Total order on f64 keys (they are never NaN: entitlements are > 0 or the key is +inf).
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) struct Key(pub f64);
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}

@@ -1,0 +1,311 @@
+//! Stage 2: the progressive-filling pass. Owners first on their own
+//! machines up to their entitlement, then weighted DRF (Ghodsi et al.,
+//! NSDI 2011): repeatedly serve the member with the lowest key, placing the
+//! oldest job of its queue that fits anywhere. Work conserving: a member is
+//! only passed over when none of its jobs fits, or the cap holds it.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use crate::decision::Rule;
+use crate::ids::MemberId;
+use crate::job::Job;
+use crate::node::Node;
+use crate::nodefit::FitTree;
+use crate::view::View;
+
+use super::{
+    add, dominant, over_cap, priority_key, share_of, Key, Plan, PlannedPlacement, Shares, EPS,
+    MAX_FAILED_SHAPES,
+};
+use crate::resources::Resources;
+
+/// A ready node's room during a pass.
+pub(super) struct Room<'a> {
+    pub node: &'a Node,
+    pub free: Resources,
+    pub free_gpus: BTreeSet<u32>,
+}
+
+impl Room<'_> {
+    /// The GPU indices a job would get here, if it fits.
+    pub fn pick_gpus(&self, job: &Job) -> Option<Vec<u32>> {
+        pick_gpus(self.node, job, &self.free, &self.free_gpus)
+    }
+}
+
+/// The GPU indices a job would get on `node` given what is free there.
+pub(super) fn pick_gpus(
+    node: &Node,
+    job: &Job,
+    free: &Resources,
+    free_gpus: &BTreeSet<u32>,
+) -> Option<Vec<u32>> {
+    let want = job.spec.resources;
+    if !want.fits_in(free) {
+        return None;
+    }
+    let model = job.spec.gpu_model.as_deref();
+    let min_mem = job.spec.gpu_min_memory_bytes;
+    let picked: Vec<u32> = free_gpus
+        .iter()
+        .copied()
+        .filter(|i| (model.is_none() && min_mem.is_none()) || node.gpu_matches(*i, model, min_mem))
+        .take(want.gpus as usize)
+        .collect();
+    (picked.len() == want.gpus as usize).then_some(picked)
+}
+
+/// What the filling stages leave for reclaim.
+pub(super) struct Filled<'a> {
+    pub rooms: Vec<Room<'a>>,
+    pub plan: Plan,
+    /// Each member's share after this pass's placements.
+    pub share_now: BTreeMap<&'a MemberId, [f64; 3]>,
+    /// Each member's jobs this pass could not place, in queue order.
+    pub unplaced: BTreeMap<&'a MemberId, Vec<&'a Job>>,
+    /// The rooms each member owns.
+    pub owned: BTreeMap<&'a MemberId, Vec<usize>>,
+}
+
+/// The rooms of one pass and the placements made in them so far.
+struct Pass<'a> {
+    rooms: Vec<Room<'a>>,
+    tree: FitTree,
+    out: Plan,
+}
+
+impl<'a> Pass<'a> {
+    fn new(view: &View<'a>) -> Self {
+        let rooms: Vec<Room<'a>> = view
+            .ready_nodes()
+            .map(|n| Room {
+                node: n,
+                free: n.free(),
+                free_gpus: view.free_gpu_indices(n),
+            })
+            .collect();
+        let tree = FitTree::new(&rooms.iter().map(|r| r.free).collect::<Vec<_>>());
+        Self {
+            rooms,
+            tree,
+            out: Plan::default(),
+        }
+    }
+
+    /// The leftmost room the job fits in, with the GPUs it would get.
+    fn find(&self, job: &Job) -> Option<(usize, Vec<u32>)> {
+        let mut picked = None;
+        let leaf = self.tree.find(&job.spec.resources, &mut |i| {
+            picked = self.rooms[i].pick_gpus(job);
+            picked.is_some()
+        })?;
+        picked.map(|g| (leaf, g))
+    }
+
+    /// The first of `mine` the job fits in.
+    fn find_in(&self, mine: &[usize], job: &Job) -> Option<(usize, Vec<u32>)> {
+        mine.iter()
+            .find_map(|&i| self.rooms[i].pick_gpus(job).map(|g| (i, g)))
+    }
+
+    fn place(&mut self, job: &Job, i: usize, gpus: Vec<u32>, rule: Rule) {
+        let room = &mut self.rooms[i];
+        room.free = room.free.saturating_sub(&job.spec.resources);
+        for g in &gpus {
+            room.free_gpus.remove(g);
+        }
+        self.tree.update(i, room.free);
+        self.out.placements.push(PlannedPlacement {
+            job: job.id,
+            node: room.node.id.clone(),
+            resources: job.spec.resources,
+            gpu_indices: gpus,
+            rule,
+        });
+    }
+}
+
+/// Each member's pending jobs in submission order, and how far the pass got.
+struct Queues<'a> {
+    jobs: BTreeMap<&'a MemberId, Vec<&'a Job>>,
+    cursor: BTreeMap<&'a MemberId, usize>,
+}
+
+/// Runs owner-first and the DRF fill; what is left goes to reclaim.
+pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
+    let mut pass = Pass::new(view);
+    let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
+    for (i, r) in pass.rooms.iter().enumerate() {
+        owned.entry(&r.node.owner).or_default().push(i);
+    }
+    let mut jobs: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
+    for job in view.pending_jobs() {
+        jobs.entry(&job.member).or_default().push(job);
+    }
+    let cursor = jobs.keys().map(|m| (*m, 0)).collect();
+    let mut queues = Queues { jobs, cursor };
+    let mut share_now: BTreeMap<&MemberId, [f64; 3]> = queues
+        .jobs
+        .keys()
+        .map(|m| (*m, shares.members[*m].share))
+        .collect();
+    let mut by_key: Vec<&MemberId> = queues.jobs.keys().copied().collect();
+    by_key.sort_by(|a, b| {
+        shares.members[*a]
+            .key
+            .total_cmp(&shares.members[*b].key)
+            .then(a.cmp(b))
+    });
+    if view.policy.owner_first {
+        owner_first(
+            view,
+            shares,
+            &by_key,
+            &owned,
+            &mut queues,
+            &mut pass,
+            &mut share_now,
+        );
+    }
+    let mut unplaced = drf(
+        view,
+        shares,
+        &by_key,
+        &owned,
+        &mut queues,
+        &mut pass,
+        &mut share_now,
+    );
+    // Jobs never reached (their member's turn ended early) wait too.
+    for (member, queue) in &queues.jobs {
+        let pos = queues.cursor[member];
+        unplaced
+            .entry(member)
+            .or_default()
+            .extend(queue[pos..].iter().copied());
+    }
+    Filled {
+        rooms: pass.rooms,
+        plan: pass.out,
+        share_now,
+        unplaced,
+        owned,
+    }
+}
+
+/// Owners first, on their own machines, up to their entitlement: a
+/// contributor never waits for its own idle machine, and never takes more
+/// of it than its share while others wait.
+fn owner_first<'a>(
+    view: &View<'a>,
+    shares: &Shares,
+    by_key: &[&'a MemberId],
+    owned: &BTreeMap<&'a MemberId, Vec<usize>>,
+    queues: &mut Queues<'a>,
+    pass: &mut Pass<'a>,
+    share_now: &mut BTreeMap<&'a MemberId, [f64; 3]>,
+) {
+    let pool = shares.pool;
+    for member in by_key {
+        let Some(mine) = owned.get(member) else {
+            continue;
+        };
+        let entitlement = shares.members[*member].entitlement;
+        let queue = &queues.jobs[member];
+        let pos = queues.cursor.get_mut(member).expect("queued");
+        while *pos < queue.len() {
+            let job = queue[*pos];
+            let after = add(&share_now[member], &share_of(&job.spec.resources, &pool));
+            if dominant(&after) > entitlement + EPS || over_cap(view.policy, &after) {
+                break;
+            }
+            let Some((i, gpus)) = pass.find_in(mine, job) else {
+                break;
+            };
+            pass.place(job, i, gpus, Rule::OwnerFirst);
+            share_now.insert(member, after);
+            *pos += 1;
+        }
+    }
+}
+
+/// Weighted DRF by progressive filling over everyone's queues. Returns the
+/// jobs it passed over. Each member's queue is walked once: a job that does
+/// not fit cannot fit later in the same pass (free capacity only shrinks).
+fn drf<'a>(
+    view: &View<'a>,
+    shares: &Shares,
+    by_key: &[&'a MemberId],
+    owned: &BTreeMap<&'a MemberId, Vec<usize>>,
+    queues: &mut Queues<'a>,
+    pass: &mut Pass<'a>,
+    share_now: &mut BTreeMap<&'a MemberId, [f64; 3]>,
+) -> BTreeMap<&'a MemberId, Vec<&'a Job>> {
+    let policy = view.policy;
+    let pool = shares.pool;
+    let key_of = |member: &MemberId, share: &[f64; 3]| {
+        let s = &shares.members[member];
+        Key(priority_key(
+            dominant(share),
+            s.usage_share,
+            s.entitlement,
+            policy,
+        ))
+    };
+    let mut heap: BinaryHeap<Reverse<(Key, &MemberId)>> = by_key
+        .iter()
+        .map(|m| Reverse((key_of(m, &share_now[m]), *m)))
+        .collect();
+    // Request shapes that found no room this pass: anything at least as
+    // large in every dimension cannot fit either.
+    let mut failed: Vec<Resources> = Vec::new();
+    let mut unplaced: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
+    while let Some(Reverse((_, member))) = heap.pop() {
+        let queue = &queues.jobs[member];
+        let pos = queues.cursor.get_mut(member).expect("queued");
+        let mut placed = None;
+        while *pos < queue.len() {
+            let job = queue[*pos];
+            *pos += 1;
+            let want = job.spec.resources;
+            let after = add(&share_now[member], &share_of(&want, &pool));
+            let constrained = job.spec.has_gpu_constraints();
+            if over_cap(policy, &after) || (!constrained && failed.iter().any(|f| f.fits_in(&want)))
+            {
+                unplaced.entry(member).or_default().push(job);
+                continue;
+            }
+            let own = match owned.get(member) {
+                Some(mine) if policy.owner_first => pass.find_in(mine, job),
+                _ => None,
+            };
+            match own.or_else(|| pass.find(job)) {
+                Some((i, gpus)) => {
+                    placed = Some((job, i, gpus, after));
+                    break;
+                }
+                None => {
+                    if !constrained && failed.len() < MAX_FAILED_SHAPES {
+                        failed.push(want);
+                    }
+                    unplaced.entry(member).or_default().push(job);
+                }
+            }
+        }
+        let Some((job, i, gpus, after)) = placed else {
+            continue;
+        };
+        let rule = if policy.owner_first && pass.rooms[i].node.owner == *member {
+            Rule::OwnerFirst
+        } else if dominant(&after) <= shares.members[member].entitlement + EPS {
+            Rule::FairShare
+        } else {
+            Rule::WorkConserving
+        };
+        pass.place(job, i, gpus, rule);
+        share_now.insert(member, after);
+        heap.push(Reverse((key_of(member, &after), member)));
+    }
+    unplaced
+}

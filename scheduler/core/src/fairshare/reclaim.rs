@@ -1,0 +1,367 @@
+//! Stage 3: reclaim. Members below entitlement whose jobs still wait take
+//! back preemptible allocations from the members furthest above theirs. A
+//! claim is only made within the claimant's entitlement, and a victim is
+//! only taken while its member is above its own, so two members never
+//! preempt each other back and forth.
+//!
+//! Loans this very pass planned count as victims too (they are simply not
+//! made): the next pass, seeing them as allocations, would otherwise
+//! preempt them, and the pass would not be a fixed point.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::alloc::AllocState;
+use crate::decision::Rule;
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
+use crate::job::Job;
+use crate::resources::Resources;
+use crate::view::View;
+
+use super::pass::{pick_gpus, Filled, Room};
+use super::{
+    add, dominant, over_cap, share_of, sub, Plan, PlannedPlacement, PlannedPreemption, Shares, EPS,
+    MAX_FAILED_SHAPES,
+};
+
+/// Something reclaim can take back: a running allocation (preempted), or a
+/// loan this very pass planned (simply not made).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    Alloc(AllocId),
+    Loan(JobId),
+}
+
+struct Victim<'a> {
+    what: Taken,
+    resources: Resources,
+    gpu_indices: &'a [u32],
+    member: &'a MemberId,
+}
+
+/// Per node: what is already being freed, and what could be taken back.
+/// Members only fall during reclaim, so one not above its entitlement now
+/// never becomes a victim in this pass.
+struct NodeView<'a> {
+    /// Free now plus what is being vacated (stopping allocations).
+    incoming: Resources,
+    incoming_gpus: BTreeSet<u32>,
+    candidates: Vec<Victim<'a>>,
+    /// incoming plus every candidate: an upper bound on what reclaim could free here.
+    potential: Resources,
+    /// What is free now, not counting what is still being vacated.
+    free_now: Resources,
+}
+
+impl NodeView<'_> {
+    fn refresh_potential(&mut self) {
+        self.potential = self
+            .candidates
+            .iter()
+            .fold(self.incoming, |acc, c| acc.saturating_add(&c.resources));
+    }
+}
+
+/// The standing of every member during reclaim, as claims are made.
+struct Standing<'s, 'a> {
+    shares: &'s Shares,
+    now: BTreeMap<&'a MemberId, [f64; 3]>,
+}
+
+impl Standing<'_, '_> {
+    fn above(&self, m: &MemberId) -> bool {
+        dominant(&self.now[m]) > self.shares.members[m].entitlement + EPS
+    }
+
+    fn below(&self, m: &MemberId) -> bool {
+        dominant(&self.now[m]) + EPS < self.shares.members[m].entitlement
+    }
+}
+
+/// A claim that found room on one node.
+struct Claim<'a> {
+    node: usize,
+    chosen: Vec<Taken>,
+    free: Resources,
+    free_gpus: BTreeSet<u32>,
+    /// The victims' shares after the take.
+    trial: BTreeMap<&'a MemberId, [f64; 3]>,
+}
+
+/// Runs reclaim over what the filling stages left and returns the final plan.
+pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) -> Plan {
+    let Filled {
+        rooms,
+        mut plan,
+        share_now,
+        unplaced,
+        owned,
+    } = filled;
+    let mut standing = Standing {
+        shares,
+        now: shares.members.iter().map(|(m, s)| (m, s.share)).collect(),
+    };
+    for (m, s) in &share_now {
+        standing.now.insert(*m, *s);
+    }
+    let mut claimants: Vec<(&MemberId, &Vec<&Job>)> = unplaced
+        .iter()
+        .map(|(m, jobs)| (*m, jobs))
+        .filter(|(m, _)| standing.below(m))
+        .collect();
+    if claimants.is_empty() {
+        return plan;
+    }
+    claimants.sort_by(|a, b| {
+        shares.members[a.0]
+            .key
+            .total_cmp(&shares.members[b.0].key)
+            .then(a.0.cmp(b.0))
+    });
+    let planned = plan.placements.clone();
+    let mut views = node_views(view, &rooms, &planned, &standing);
+    let loans: BTreeMap<JobId, Resources> = planned.iter().map(|p| (p.job, p.resources)).collect();
+    let mut revoked: BTreeSet<JobId> = BTreeSet::new();
+    // Claims only get harder during the pass (victims fall toward their
+    // entitlement, room gets reserved), so a shape that found no room
+    // cannot find it later: do not scan every node for it again.
+    let mut failed: Vec<Resources> = Vec::new();
+    for (member, jobs) in claimants {
+        let entitlement = shares.members[member].entitlement;
+        let mine: &[usize] = match owned.get(member) {
+            Some(mine) if view.policy.owner_first => mine,
+            _ => &[],
+        };
+        // Every waiting job that keeps the member within its entitlement
+        // claims room, in queue order, so the whole floor comes back within
+        // one grace period rather than one job per pass.
+        for job in jobs {
+            let job_share = share_of(&job.spec.resources, &shares.pool);
+            let after = add(&standing.now[member], &job_share);
+            if dominant(&after) > entitlement + EPS || over_cap(view.policy, &after) {
+                continue;
+            }
+            let constrained = job.spec.has_gpu_constraints();
+            if !constrained && failed.iter().any(|f| f.fits_in(&job.spec.resources)) {
+                continue;
+            }
+            let order = mine
+                .iter()
+                .copied()
+                .chain((0..rooms.len()).filter(|i| !mine.contains(i)));
+            let claim = order
+                .filter(|&i| job.spec.resources.fits_in(&views[i].potential))
+                .find_map(|i| try_node(&rooms[i], &views[i], i, job, member, &standing));
+            let Some(claim) = claim else {
+                if !constrained && failed.len() < MAX_FAILED_SHAPES {
+                    failed.push(job.spec.resources);
+                }
+                continue;
+            };
+            let room = &rooms[claim.node];
+            let rule = if view.policy.owner_first && room.node.owner == *member {
+                Rule::OwnerReclaim
+            } else {
+                Rule::Reclaim
+            };
+            commit(
+                job,
+                room,
+                &mut views[claim.node],
+                claim,
+                rule,
+                &loans,
+                &mut revoked,
+                &mut plan,
+                &mut standing,
+            );
+            let claimed = add(&standing.now[member], &job_share);
+            standing.now.insert(member, claimed);
+        }
+    }
+    if !revoked.is_empty() {
+        plan.placements.retain(|p| !revoked.contains(&p.job));
+        plan.revoked = revoked.len();
+    }
+    plan
+}
+
+/// What each node is freeing and what could be taken back on it.
+fn node_views<'a>(
+    view: &View<'a>,
+    rooms: &[Room<'a>],
+    planned: &'a [PlannedPlacement],
+    standing: &Standing<'_, '_>,
+) -> Vec<NodeView<'a>> {
+    let mut views: Vec<NodeView<'a>> = rooms
+        .iter()
+        .map(|room| NodeView {
+            incoming: room.free,
+            incoming_gpus: room.free_gpus.clone(),
+            candidates: Vec::new(),
+            potential: Resources::ZERO,
+            free_now: room.free,
+        })
+        .collect();
+    for (i, room) in rooms.iter().enumerate() {
+        for a in view.node_allocs(room.node) {
+            let v = &mut views[i];
+            if a.state == AllocState::Stopping {
+                v.incoming = v.incoming.saturating_add(&a.resources);
+                v.incoming_gpus.extend(a.gpu_indices.iter().copied());
+            } else if let Some(j) = view.jobs.get(&a.job) {
+                if j.spec.preemptible && standing.above(&j.member) {
+                    v.candidates.push(Victim {
+                        what: Taken::Alloc(a.id),
+                        resources: a.resources,
+                        gpu_indices: &a.gpu_indices,
+                        member: &j.member,
+                    });
+                }
+            }
+        }
+    }
+    let node_index: BTreeMap<&NodeId, usize> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (&r.node.id, i))
+        .collect();
+    for p in planned {
+        let (Some(&i), Some(j)) = (node_index.get(&p.node), view.jobs.get(&p.job)) else {
+            continue;
+        };
+        if p.rule == Rule::WorkConserving && standing.above(&j.member) {
+            views[i].candidates.push(Victim {
+                what: Taken::Loan(p.job),
+                resources: p.resources,
+                gpu_indices: &p.gpu_indices,
+                member: &j.member,
+            });
+        }
+    }
+    for v in &mut views {
+        v.refresh_potential();
+    }
+    views
+}
+
+/// Whether the job can be given room on this node by taking victims:
+/// loans first (nothing runs yet), then the members furthest above their
+/// entitlement (by the ratio share / entitlement), newest first.
+fn try_node<'a>(
+    room: &Room<'_>,
+    nv: &NodeView<'a>,
+    index: usize,
+    job: &Job,
+    member: &MemberId,
+    standing: &Standing<'_, 'a>,
+) -> Option<Claim<'a>> {
+    let mut claim = Claim {
+        node: index,
+        chosen: Vec::new(),
+        free: nv.incoming,
+        free_gpus: nv.incoming_gpus.clone(),
+        trial: BTreeMap::new(),
+    };
+    let fits = |c: &Claim<'_>| pick_gpus(room.node, job, &c.free, &c.free_gpus).is_some();
+    if fits(&claim) {
+        return Some(claim);
+    }
+    let shares = standing.shares;
+    let mut victims: Vec<(bool, f64, &Victim<'a>)> = nv
+        .candidates
+        .iter()
+        .filter(|c| c.member != member && standing.above(c.member))
+        .map(|c| {
+            let loan = matches!(c.what, Taken::Loan(_));
+            let ratio = dominant(&standing.now[c.member]) / shares.members[c.member].entitlement;
+            (loan, ratio, c)
+        })
+        .collect();
+    victims.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then(b.1.total_cmp(&a.1))
+            .then(match (b.2.what, a.2.what) {
+                (Taken::Alloc(x), Taken::Alloc(y)) => x.cmp(&y),
+                (Taken::Loan(x), Taken::Loan(y)) => x.cmp(&y),
+                _ => std::cmp::Ordering::Equal,
+            })
+    });
+    for (_, _, v) in victims {
+        let current = *claim.trial.get(v.member).unwrap_or(&standing.now[v.member]);
+        // Take only while the victim is still above its entitlement.
+        if dominant(&current) <= shares.members[v.member].entitlement + EPS {
+            continue;
+        }
+        claim.free = claim.free.saturating_add(&v.resources);
+        claim.free_gpus.extend(v.gpu_indices.iter().copied());
+        claim.trial.insert(
+            v.member,
+            sub(&current, &share_of(&v.resources, &shares.pool)),
+        );
+        claim.chosen.push(v.what);
+        if fits(&claim) {
+            return Some(claim);
+        }
+    }
+    None
+}
+
+/// Records a claim: its preemptions and revoked loans, the placement when
+/// the room is free right now, and the room held for it on the node.
+#[allow(clippy::too_many_arguments)]
+fn commit<'a>(
+    job: &Job,
+    room: &Room<'_>,
+    nv: &mut NodeView<'a>,
+    claim: Claim<'a>,
+    rule: Rule,
+    loans: &BTreeMap<JobId, Resources>,
+    revoked: &mut BTreeSet<JobId>,
+    plan: &mut Plan,
+    standing: &mut Standing<'_, 'a>,
+) {
+    let mut preempts = false;
+    for taken in &claim.chosen {
+        match taken {
+            Taken::Alloc(alloc) => {
+                preempts = true;
+                plan.preemptions.push(PlannedPreemption {
+                    alloc: *alloc,
+                    for_job: job.id,
+                    rule,
+                });
+            }
+            Taken::Loan(loaned) => {
+                revoked.insert(*loaned);
+            }
+        }
+    }
+    let mut free_gpus = claim.free_gpus;
+    let picked = pick_gpus(room.node, job, &claim.free, &free_gpus).unwrap_or_default();
+    for g in &picked {
+        free_gpus.remove(g);
+    }
+    // Room free right now (plus revoked loans) is used now; room still
+    // being vacated is reserved for this job, so the next claim does not
+    // count on it too and a later pass, seeing it on its way, preempts
+    // nothing more.
+    let free_now = claim.chosen.iter().fold(nv.free_now, |acc, t| match t {
+        Taken::Loan(j) => acc.saturating_add(&loans.get(j).copied().unwrap_or_default()),
+        Taken::Alloc(_) => acc,
+    });
+    if !preempts && job.spec.resources.fits_in(&free_now) {
+        plan.placements.push(PlannedPlacement {
+            job: job.id,
+            node: room.node.id.clone(),
+            resources: job.spec.resources,
+            gpu_indices: picked,
+            rule: Rule::FairShare,
+        });
+    }
+    nv.free_now = free_now.saturating_sub(&job.spec.resources);
+    nv.incoming = claim.free.saturating_sub(&job.spec.resources);
+    nv.incoming_gpus = free_gpus;
+    nv.candidates.retain(|c| !claim.chosen.contains(&c.what));
+    nv.refresh_potential();
+    standing.now.extend(claim.trial);
+}

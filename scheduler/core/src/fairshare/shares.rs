@@ -1,0 +1,124 @@
+//! Stage 1: every member's entitlement (social floor plus contribution),
+//! current share of the pool, decayed usage share and ordering key.
+
+use std::collections::BTreeMap;
+
+use crate::ids::MemberId;
+use crate::ledger::Usage;
+use crate::resources::Resources;
+use crate::view::View;
+
+use super::{dominant, priority_key, share_of};
+
+/// One member's standing, as `coop share` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberShare {
+    pub member: MemberId,
+    pub pending: usize,
+    pub running: usize,
+    /// Fraction of the pool the member is entitled to (0 without demand).
+    pub entitlement: f64,
+    pub floor_part: f64,
+    pub contribution_part: f64,
+    pub allocated: Resources,
+    /// allocated / pool, per dimension (gpu, cpu, mem).
+    pub share: [f64; 3],
+    pub dominant_share: f64,
+    pub usage: Usage,
+    /// max over dimensions of the member's part of all decayed usage.
+    pub usage_share: f64,
+    pub contribution: f64,
+    /// Lower is served first.
+    pub key: f64,
+}
+
+impl MemberShare {
+    pub fn has_demand(&self) -> bool {
+        self.pending + self.running > 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shares {
+    /// Capacity of the ready nodes.
+    pub pool: Resources,
+    pub members: BTreeMap<MemberId, MemberShare>,
+}
+
+/// Counts each member's pending jobs and live allocations.
+fn demand<'a>(view: &View<'a>) -> (BTreeMap<&'a MemberId, usize>, BTreeMap<&'a MemberId, usize>) {
+    let mut pending: BTreeMap<&MemberId, usize> = BTreeMap::new();
+    for job in view.pending_jobs() {
+        *pending.entry(&job.member).or_default() += 1;
+    }
+    let mut running: BTreeMap<&MemberId, usize> = BTreeMap::new();
+    for alloc in view.allocs.values() {
+        if let Some(job) = view.jobs.get(&alloc.job) {
+            *running.entry(&job.member).or_default() += 1;
+        }
+    }
+    (pending, running)
+}
+
+/// Everyone's entitlement and share, from the state as it is.
+pub fn compute_shares(view: &View<'_>) -> Shares {
+    let policy = view.policy;
+    let pool = view.pool();
+    let (pending, running) = demand(view);
+    let has_demand = |m: &MemberId| pending.contains_key(m) || running.contains_key(m);
+    let active: Vec<&MemberId> = view.members.keys().filter(|m| has_demand(m)).collect();
+    let total_contribution: f64 = active.iter().map(|m| view.members[*m].contribution).sum();
+    let mut total_usage = [0.0f64; 3];
+    for m in view.members.values() {
+        for (d, t) in total_usage.iter_mut().enumerate() {
+            *t += m.usage.get(d);
+        }
+    }
+    let n_active = active.len() as f64;
+    let mut members = BTreeMap::new();
+    for (id, m) in view.members {
+        let (floor_part, contribution_part) = if has_demand(id) {
+            let floor_part = policy.floor / n_active;
+            // With no contribution anywhere, the rest is split equally too.
+            let c = if total_contribution > 0.0 {
+                m.contribution / total_contribution
+            } else {
+                1.0 / n_active
+            };
+            (floor_part, (1.0 - policy.floor) * c)
+        } else {
+            (0.0, 0.0)
+        };
+        let entitlement = floor_part + contribution_part;
+        let share = share_of(&m.allocated(), &pool);
+        let dominant_share = dominant(&share);
+        let usage_share = (0..3)
+            .map(|d| {
+                if total_usage[d] > 0.0 {
+                    m.usage.get(d) / total_usage[d]
+                } else {
+                    0.0
+                }
+            })
+            .fold(0.0, f64::max);
+        members.insert(
+            id.clone(),
+            MemberShare {
+                member: id.clone(),
+                pending: pending.get(id).copied().unwrap_or(0),
+                running: running.get(id).copied().unwrap_or(0),
+                entitlement,
+                floor_part,
+                contribution_part,
+                allocated: m.allocated(),
+                share,
+                dominant_share,
+                usage: m.usage,
+                usage_share,
+                contribution: m.contribution,
+                key: priority_key(dominant_share, usage_share, entitlement, policy),
+            },
+        );
+    }
+    Shares { pool, members }
+}

@@ -1,0 +1,67 @@
+//! Members: who shares the pool, with their decayed usage and contribution.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::MemberId;
+use crate::ledger::{decay_factor, Usage};
+use crate::policy::Policy;
+use crate::resources::Resources;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: MemberId,
+    pub first_seen_ms: u64,
+    pub jobs_submitted: u64,
+    /// Sum of the member's live allocations (derived: changed only by
+    /// `attach`/`detach`, from `ClusterState`'s insert/remove pair).
+    allocated: Resources,
+    /// Decayed resource-seconds the member has used.
+    pub usage: Usage,
+    /// Decayed GPU-equivalent-seconds the member's ready nodes have offered.
+    pub contribution: f64,
+    /// GPU-equivalents per second the member's ready nodes offer now.
+    pub offered: f64,
+    /// When `usage` and `contribution` were last brought up to date.
+    pub accrued_at_ms: u64,
+}
+
+impl Member {
+    pub(crate) fn new(id: MemberId, now_ms: u64) -> Self {
+        Self {
+            id,
+            first_seen_ms: now_ms,
+            jobs_submitted: 0,
+            allocated: Resources::ZERO,
+            usage: Usage::default(),
+            contribution: 0.0,
+            offered: 0.0,
+            accrued_at_ms: now_ms,
+        }
+    }
+
+    pub fn allocated(&self) -> Resources {
+        self.allocated
+    }
+
+    pub(crate) fn attach(&mut self, resources: &Resources) {
+        self.allocated = self.allocated.saturating_add(resources);
+    }
+
+    pub(crate) fn detach(&mut self, resources: &Resources) {
+        self.allocated = self.allocated.saturating_sub(resources);
+    }
+
+    /// Brings the decayed ledger up to `now_ms` at the current rates.
+    pub(crate) fn accrue(&mut self, now_ms: u64, policy: &Policy) {
+        if now_ms <= self.accrued_at_ms {
+            return;
+        }
+        let dt = now_ms - self.accrued_at_ms;
+        let factor = decay_factor(dt, policy);
+        let secs = dt as f64 / 1000.0;
+        self.usage.decay(factor);
+        self.usage.add(&self.allocated, secs);
+        self.contribution = self.contribution * factor + self.offered * secs;
+        self.accrued_at_ms = now_ms;
+    }
+}

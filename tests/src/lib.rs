@@ -1,0 +1,119 @@
+//! The one harness for Coop's end-to-end tests: a local replica group
+//! (real Raft on disk, real gRPC on loopback), `coop-worker` processes that
+//! are killed when dropped, and clients for the replicas.
+//!
+//! ```text
+//!  Cluster::start(n) ─▶ LocalReplicas (n replicas, one process, real sockets)
+//!  worker(...)       ─▶ coop-e2e-worker process (coop_worker::cli) ─▶ Proc
+//!  client(addr)      ─▶ CoopClient over a lazy channel
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use coop_proto::api::coop_client::CoopClient;
+use coop_scheduler::local::LocalReplicas;
+use coop_scheduler::Config;
+use tonic::transport::Channel;
+
+/// A child process, killed and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The worker binary this package builds, next to the test executables
+/// (`target/<profile>/deps/<test>` -> `target/<profile>/coop-e2e-worker`).
+pub fn worker_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = dir.join("coop-e2e-worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with cargo test -p coop-e2e",
+        bin.display()
+    );
+    bin
+}
+
+/// `coop-worker` as node `node` of `owner`, offering `cpus` and 4 GiB to
+/// `schedulers`, working in `work_dir`; add flags, then spawn.
+pub fn worker(
+    node: &str,
+    owner: &str,
+    cpus: &str,
+    schedulers: &[String],
+    work_dir: impl AsRef<Path>,
+) -> Command {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args([
+        "--node-id",
+        node,
+        "--owner",
+        owner,
+        "--cpus",
+        cpus,
+        "--memory-bytes",
+        "4294967296",
+    ])
+    .arg("--scheduler")
+    .arg(schedulers.join(","))
+    .arg("--work-dir")
+    .arg(work_dir.as_ref())
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A lazily connected client for the replica at `addr`.
+pub fn client(addr: &str) -> CoopClient<Channel> {
+    CoopClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("valid address")
+            .connect_lazy(),
+    )
+}
+
+/// `n` replicas under `dir` with `tune` applied to each config, formed into
+/// a cluster with a leader; panics with the reason if that fails.
+pub async fn replicas(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> LocalReplicas {
+    LocalReplicas::start(dir, n, tune)
+        .await
+        .unwrap_or_else(|e| panic!("start {n} replicas: {e}"))
+}
+
+/// A wire enum's name as the core spells it, so tests read `"running"`.
+pub trait StateName {
+    fn state_name(&self) -> &'static str;
+}
+
+fn wire_name<T: coop_proto::convert::FromWire>(
+    v: i32,
+    name: fn(T) -> &'static str,
+) -> &'static str {
+    T::from_wire(v).map(name).unwrap_or("unknown")
+}
+
+impl StateName for coop_proto::api::Job {
+    fn state_name(&self) -> &'static str {
+        wire_name(self.state, coop_core::JobState::as_str)
+    }
+}
+
+impl StateName for coop_proto::api::Node {
+    fn state_name(&self) -> &'static str {
+        wire_name(self.state, coop_core::NodeState::as_str)
+    }
+}
+
+impl StateName for coop_proto::api::Explanation {
+    fn state_name(&self) -> &'static str {
+        wire_name(self.state, coop_core::JobState::as_str)
+    }
+}
