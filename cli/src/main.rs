@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Submit a job: `coop submit --cpu 1 --memory 512Mi -- python eval.py`.
-    Submit(Box<cmd::jobs::SubmitArgs>),
+    Submit(Box<cmd::submit::SubmitArgs>),
     /// Show one job: state, placement, history, and every reason it waits.
     Status { job: u64 },
     /// Why a job waits: every reason, its queue position, its member's share

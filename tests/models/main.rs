@@ -244,13 +244,13 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         sha256: None,
     };
     let submit = |spec: JobSpec, req: &str| {
-        let mut c = c.clone();
+        let c = c.clone();
         let req = SubmitRequest {
             member: "ana".into(),
             request_id: req.into(),
             spec: Some(spec),
         };
-        async move { c.submit(req).await.unwrap().into_inner().job_id }
+        async move { coop_e2e::submit(&c, req).await.unwrap() }
     };
     // A corrupt model fails with its reason, and the worker carries on.
     let corrupt = dir.path().join("corrupt.onnx");

@@ -117,3 +117,24 @@ impl StateName for coop_proto::api::Explanation {
         wire_name(self.state, coop_core::JobState::as_str)
     }
 }
+
+/// Submits, retrying while the cluster answers UNAVAILABLE (a leader being
+/// elected or adopting its genesis policy) for up to 30 s; returns the job id.
+pub async fn submit(
+    c: &CoopClient<Channel>,
+    req: coop_proto::api::SubmitRequest,
+) -> Result<u64, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match c.clone().submit(req.clone()).await {
+            Ok(r) => return Ok(r.into_inner().job_id),
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //!                 scheduler acknowledges (or calls them stale)
 //! ```
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,10 +22,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::error::WorkerError;
-use crate::executor::{self, Exit, Launch};
-use crate::model::{self, ModelJob};
-use crate::reconcile::{reconcile, Action, Desired, Local};
+use crate::executor::Exit;
 
 /// Who this worker is and where to reach the schedulers.
 pub struct Identity {
@@ -261,201 +258,6 @@ pub enum Report {
     Finished(u64, Exit),
 }
 
-pub enum Event {
-    Desired(Vec<Assignment>),
-    Exited(u64, Exit),
-}
-
-/// Owns the local table; turns desired sets and exits into actions.
-pub async fn actor(
-    id: Arc<Identity>,
-    local: Arc<Mutex<BTreeMap<u64, Local>>>,
-    mut events: mpsc::Receiver<Event>,
-    events_tx: mpsc::Sender<Event>,
-    reports: mpsc::UnboundedSender<Report>,
-) {
-    let mut pgids: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut specs: BTreeMap<u64, Assignment> = BTreeMap::new();
-    let mut desired: BTreeMap<u64, Desired> = BTreeMap::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Desired(set) => {
-                desired = set
-                    .iter()
-                    .map(|a| {
-                        (
-                            a.alloc_id,
-                            if a.state == coop_proto::api::AllocState::Stopping as i32 {
-                                Desired::Stop
-                            } else {
-                                Desired::Run
-                            },
-                        )
-                    })
-                    .collect();
-                specs = set.into_iter().map(|a| (a.alloc_id, a)).collect();
-            }
-            Event::Exited(alloc, exit) => {
-                pgids.remove(&alloc);
-                executor::record_running(&id.work_dir, &pgids);
-                local
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(alloc, Local::Ended);
-                let _ = reports.send(Report::Finished(alloc, exit));
-            }
-        }
-        let actions = {
-            let table = local.lock().unwrap_or_else(|p| p.into_inner());
-            reconcile(&desired, &table)
-        };
-        for action in actions {
-            match action {
-                Action::Start(alloc) => {
-                    let Some(a) = specs.get(&alloc) else { continue };
-                    let spec = a.spec.clone().unwrap_or_default();
-                    let mut env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
-                    let model_job = match coop_core::JobSpec::try_from(&spec) {
-                        Ok(s) if model::is_model_job(&s.kind) => Some(s.kind),
-                        Ok(_) => None,
-                        Err(e) => {
-                            local
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(alloc, Local::Ended);
-                            let _ = reports.send(Report::Finished(
-                                alloc,
-                                Exit::error(format!("the job spec does not convert: {e}")),
-                            ));
-                            continue;
-                        }
-                    };
-                    if model_job.is_some() {
-                        env.insert(
-                            model::artifact::CACHE_LIMIT_ENV.into(),
-                            id.cache_max_bytes.to_string(),
-                        );
-                    }
-                    let argv = match &model_job {
-                        Some(job) => match prepare_model_job(&id, alloc, job) {
-                            Ok(argv) => argv,
-                            Err(e) => {
-                                local
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(alloc, Local::Ended);
-                                let _ = reports
-                                    .send(Report::Finished(alloc, Exit::error(e.to_string())));
-                                continue;
-                            }
-                        },
-                        None => spec.argv.clone(),
-                    };
-                    let launch = Launch {
-                        alloc_id: alloc,
-                        job_id: a.job_id,
-                        argv: &argv,
-                        env: &env,
-                        gpu_indices: &a.gpu_indices,
-                        cpu_millis: spec.resources.map(|r| r.cpu_millis).unwrap_or(0),
-                        memory_bytes: spec.resources.map(|r| r.memory_bytes).unwrap_or(0),
-                        // A uid per allocation, reused only after the range wraps.
-                        run_as: id.job_uids.map(|(base, count)| {
-                            let uid = base + (alloc % u64::from(count)) as u32;
-                            (uid, uid)
-                        }),
-                    };
-                    match executor::spawn(&id.work_dir, &launch, id.cgroups.as_deref()) {
-                        Ok((child, confinement)) => {
-                            tracing::info!(alloc, ?confinement, run_as = ?launch.run_as, "confined");
-                            if let Some(pid) = child.id() {
-                                pgids.insert(alloc, pid);
-                                executor::record_running(&id.work_dir, &pgids);
-                            }
-                            local
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(alloc, Local::Running);
-                            let _ = reports.send(Report::Started(alloc));
-                            tracing::info!(alloc, job = a.job_id, "started");
-                            let tx = events_tx.clone();
-                            let timeout = spec.timeout_secs.map(Duration::from_secs);
-                            let grace = id.stop_grace;
-                            let dir = executor::alloc_dir(&id.work_dir, alloc);
-                            let is_model = model_job.is_some();
-                            let kind = match &model_job {
-                                Some(ModelJob::Inference { .. }) => "inference",
-                                Some(ModelJob::Evaluation { .. }) => "evaluation",
-                                Some(ModelJob::Command { .. }) | None => "command",
-                            };
-                            let metrics = id.metrics.clone();
-                            let started = std::time::Instant::now();
-                            tokio::spawn(async move {
-                                let mut exit =
-                                    executor::wait_with_timeout(child, timeout, grace).await;
-                                executor::release(&confinement);
-                                if is_model {
-                                    collect_model_outcome(&dir, &mut exit);
-                                }
-                                let outcome = if exit.code == Some(0) && exit.error.is_empty() {
-                                    "succeeded"
-                                } else if exit.signal.is_some() {
-                                    "killed"
-                                } else {
-                                    "failed"
-                                };
-                                metrics.job_ended(kind, outcome, started.elapsed());
-                                let _ = tx.send(Event::Exited(alloc, exit)).await;
-                            });
-                        }
-                        Err(e) => {
-                            tracing::warn!(alloc, error = %e, "could not start");
-                            local
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(alloc, Local::Ended);
-                            let _ =
-                                reports.send(Report::Finished(alloc, Exit::error(e.to_string())));
-                        }
-                    }
-                }
-                Action::Stop(alloc) => {
-                    local
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(alloc, Local::Stopping);
-                    if let Some(&pgid) = pgids.get(&alloc) {
-                        // A reclaim carries the policy's grace; a cancel uses the worker's.
-                        let grace = specs
-                            .get(&alloc)
-                            .filter(|a| a.stop_grace_ms > 0)
-                            .map(|a| Duration::from_millis(a.stop_grace_ms))
-                            .unwrap_or(id.stop_grace);
-                        tracing::info!(alloc, ?grace, "stopping");
-                        tokio::spawn(executor::stop_group(pgid, grace));
-                    }
-                }
-                Action::ReportNeverStarted(alloc) => {
-                    local
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(alloc, Local::Ended);
-                    let _ = reports.send(Report::Finished(
-                        alloc,
-                        Exit::error("cancelled before it started"),
-                    ));
-                }
-                Action::Forget(alloc) => {
-                    local
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&alloc);
-                }
-            }
-        }
-    }
-}
-
 /// Sends reports in order, each retried until the scheduler answers.
 pub async fn reporter(
     id: Arc<Identity>,
@@ -515,51 +317,5 @@ pub async fn reporter(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Writes a model job's spec into its work dir and returns the argv that
-/// runs it in a child process (see `model`).
-fn prepare_model_job(
-    id: &Identity,
-    alloc: u64,
-    job: &ModelJob,
-) -> Result<Vec<String>, WorkerError> {
-    let dir = executor::alloc_dir(&id.work_dir, alloc);
-    std::fs::create_dir_all(&dir).map_err(WorkerError::io(format!(
-        "create work dir {}",
-        dir.display()
-    )))?;
-    let bytes = serde_json::to_vec_pretty(job).expect("a job kind always serializes");
-    std::fs::write(dir.join(model::SPEC_FILE), bytes)
-        .map_err(WorkerError::io(format!("write {}", model::SPEC_FILE)))?;
-    let cache = model::cache_dir(&id.work_dir);
-    std::fs::create_dir_all(&cache)
-        .map_err(WorkerError::io(format!("create cache {}", cache.display())))?;
-    Ok(vec![
-        id.runner.display().to_string(),
-        "run-model".into(),
-        dir.display().to_string(),
-        cache.display().to_string(),
-    ])
-}
-
-/// Reads what the model child left: its result, or the reason it failed.
-fn collect_model_outcome(dir: &std::path::Path, exit: &mut Exit) {
-    if exit.code == Some(0) {
-        match std::fs::read_to_string(dir.join(model::RESULT_FILE)) {
-            Ok(json) => match serde_json::from_str(&json) {
-                Ok(result) => exit.result = Some(result),
-                Err(e) => exit.error = format!("the model job left an unreadable result: {e}"),
-            },
-            Err(e) => exit.error = format!("the model job left no result: {e}"),
-        }
-    } else if let Ok(reason) = std::fs::read_to_string(dir.join(model::ERROR_FILE)) {
-        exit.error = reason;
-    } else if exit.signal.is_some() {
-        exit.error = format!(
-            "the model job's process was killed by signal {}",
-            exit.signal.unwrap_or(0)
-        );
     }
 }

@@ -3,6 +3,7 @@
 //! desired against running allocations, runs jobs as real processes and
 //! reports what happened, fenced by allocation id.
 
+pub mod actor;
 pub mod agent;
 pub mod cli;
 pub mod config;
@@ -29,7 +30,8 @@ use tokio_stream::StreamExt;
 
 pub use config::WorkerConfig;
 
-use agent::{Event, Identity, Schedulers};
+use actor::Event;
+use agent::{Identity, Schedulers};
 use reconcile::Local;
 
 pub struct Worker {
@@ -158,7 +160,7 @@ impl Worker {
                 }
             }
         }));
-        tasks.push(tokio::spawn(agent::actor(
+        tasks.push(tokio::spawn(actor::actor(
             id.clone(),
             local.clone(),
             events_rx,

@@ -1,182 +1,20 @@
 //! Jobs: submit (commands and model jobs), status, list, cancel, logs.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use coop_core::resources::{parse_bytes, parse_cpu};
 use coop_core::JobState as CoreJobState;
 use coop_proto::api::*;
 use serde_json::json;
 
+use super::submit::{build_spec, SubmitArgs};
 use super::{member_or_default, new_request_id, now_ms};
 use crate::client::{call, connect, Client};
 use crate::output::{
     decision_kind, job_json, job_state, ms_ago, print_json, reason_text, res, rule_name, table,
     Format,
 };
-
-#[derive(clap::Args, Debug)]
-pub struct SubmitArgs {
-    /// CPU cores (2, 0.5) or millicores (500m).
-    #[arg(long, default_value = "1")]
-    pub cpu: String,
-    /// Memory (512Mi, 2Gi, 1G).
-    #[arg(long, default_value = "256Mi")]
-    pub memory: String,
-    #[arg(long, default_value_t = 0)]
-    pub gpus: u32,
-    /// Retries after a failed or lost run.
-    #[arg(long, default_value_t = 0)]
-    pub retries: u32,
-    /// May be preempted to give resources back to a member below entitlement.
-    #[arg(long)]
-    pub preemptible: bool,
-    /// Only GPUs whose model contains this (e.g. A100).
-    #[arg(long)]
-    pub gpu_model: Option<String>,
-    /// Only GPUs with at least this much memory (e.g. 40Gi).
-    #[arg(long)]
-    pub gpu_min_memory: Option<String>,
-    /// Kill the run after this many seconds.
-    #[arg(long)]
-    pub timeout: Option<u64>,
-    /// A label for the job.
-    #[arg(long, default_value = "")]
-    pub name: String,
-    /// Environment for the job, KEY=VALUE (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// The member you submit as.
-    #[arg(long, env = "COOP_MEMBER")]
-    pub member: Option<String>,
-    /// Idempotency key (generated when absent); resubmitting with the same key returns the same job.
-    #[arg(long)]
-    pub request_id: Option<String>,
-    /// Wait for the job to finish, showing progress; exit non-zero if it fails.
-    #[arg(long)]
-    pub wait: bool,
-    /// Inference: the ONNX model to run (a path on the worker or an http(s)
-    /// URI; append #sha256=HEX to have it checked).
-    #[arg(long, value_name = "MODEL", conflicts_with = "evaluate")]
-    pub infer: Option<String>,
-    /// Inference: the input (.npy or JSONL rows).
-    #[arg(long, requires = "infer")]
-    pub input: Option<String>,
-    /// Inference: where to write the outputs in the job's work dir (.npy or .jsonl).
-    #[arg(
-        long = "out",
-        id = "out",
-        requires = "infer",
-        default_value = "output.npy"
-    )]
-    pub out: String,
-    /// Evaluation: a model to score (repeat for several; they are also
-    /// scored as an ensemble).
-    #[arg(long = "evaluate", value_name = "MODEL")]
-    pub evaluate: Vec<String>,
-    /// Evaluation: the labelled dataset (CSV with a header, or JSONL).
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// Evaluation: the label column.
-    #[arg(long, default_value = "label")]
-    pub label: String,
-    /// Evaluation: classification or regression.
-    #[arg(long, default_value = "classification")]
-    pub task: String,
-    /// Evaluation: a metric (repeatable; default: all of the task's).
-    #[arg(long = "metric")]
-    pub metrics: Vec<String>,
-    /// The program and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
-}
-
-/// `path#sha256=HEX` -> an artifact with its digest.
-pub fn artifact(text: &str) -> Artifact {
-    match text.rsplit_once("#sha256=") {
-        Some((uri, sha)) => Artifact {
-            uri: uri.to_string(),
-            sha256: Some(sha.to_string()),
-        },
-        None => Artifact {
-            uri: text.to_string(),
-            sha256: None,
-        },
-    }
-}
-
-pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
-    let model_job = args.infer.is_some() || !args.evaluate.is_empty();
-    if model_job && !args.command.is_empty() {
-        bail!("a model job (--infer or --evaluate) takes no command");
-    }
-    if !model_job && args.command.is_empty() {
-        bail!("empty command: give the program to run after --, e.g. coop submit -- echo hi");
-    }
-    let inference = match &args.infer {
-        Some(model) => Some(InferenceSpec {
-            model: Some(artifact(model)),
-            input: Some(artifact(
-                args.input
-                    .as_deref()
-                    .ok_or_else(|| anyhow::anyhow!("--infer needs --input"))?,
-            )),
-            output: args.out.clone(),
-        }),
-        None => None,
-    };
-    let evaluation = if args.evaluate.is_empty() {
-        None
-    } else {
-        Some(EvaluationSpec {
-            models: args.evaluate.iter().map(|m| artifact(m)).collect(),
-            dataset: Some(artifact(
-                args.dataset
-                    .as_deref()
-                    .ok_or_else(|| anyhow::anyhow!("--evaluate needs --dataset"))?,
-            )),
-            label_column: args.label.clone(),
-            task: match coop_core::EvalTask::parse(&args.task) {
-                Some(t) => coop_proto::convert::wire::<EvalTask, _>(t),
-                None => bail!("--task {:?}: use classification or regression", args.task),
-            },
-            metrics: args.metrics.clone(),
-        })
-    };
-    let cpu_millis = parse_cpu(&args.cpu).map_err(anyhow::Error::msg)?;
-    let memory_bytes = parse_bytes(&args.memory).map_err(anyhow::Error::msg)?;
-    let mut env = HashMap::new();
-    for kv in &args.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--env {kv:?} is not KEY=VALUE");
-        };
-        env.insert(k.to_string(), v.to_string());
-    }
-    Ok(JobSpec {
-        name: args.name.clone(),
-        argv: args.command.clone(),
-        env,
-        resources: Some(Resources {
-            cpu_millis,
-            memory_bytes,
-            gpus: args.gpus,
-        }),
-        max_retries: args.retries,
-        preemptible: args.preemptible,
-        gpu_model: args.gpu_model.clone(),
-        gpu_min_memory_bytes: args
-            .gpu_min_memory
-            .as_deref()
-            .map(parse_bytes)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        timeout_secs: args.timeout,
-        inference,
-        evaluation,
-    })
-}
 
 pub async fn submit_one(
     client: &Client,

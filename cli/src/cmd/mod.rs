@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod fairness;
 pub mod jobs;
 pub mod models;
+pub mod submit;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

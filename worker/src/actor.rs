@@ -1,0 +1,256 @@
+//! The worker's actor: owns the local table of allocations and turns
+//! desired sets (from the leader) and process exits into actions, through
+//! the pure reconciler. One method per action.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coop_proto::worker::Assignment;
+use tokio::sync::mpsc;
+
+use crate::agent::{Identity, Report};
+use crate::error::WorkerError;
+use crate::executor::{self, Exit, Launch};
+use crate::model::{self, ModelJob};
+use crate::reconcile::{reconcile, Action, Desired, Local};
+
+pub enum Event {
+    Desired(Vec<Assignment>),
+    Exited(u64, Exit),
+}
+
+struct Actor {
+    id: Arc<Identity>,
+    local: Arc<Mutex<BTreeMap<u64, Local>>>,
+    events_tx: mpsc::Sender<Event>,
+    reports: mpsc::UnboundedSender<Report>,
+    pgids: BTreeMap<u64, u32>,
+    specs: BTreeMap<u64, Assignment>,
+    desired: BTreeMap<u64, Desired>,
+}
+
+/// Owns the local table; turns desired sets and exits into actions.
+pub async fn actor(
+    id: Arc<Identity>,
+    local: Arc<Mutex<BTreeMap<u64, Local>>>,
+    mut events: mpsc::Receiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let mut a = Actor {
+        id,
+        local,
+        events_tx,
+        reports,
+        pgids: BTreeMap::new(),
+        specs: BTreeMap::new(),
+        desired: BTreeMap::new(),
+    };
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Desired(set) => a.on_desired(set),
+            Event::Exited(alloc, exit) => {
+                a.pgids.remove(&alloc);
+                executor::record_running(&a.id.work_dir, &a.pgids);
+                a.end(alloc, exit);
+            }
+        }
+        let actions = {
+            let table = a.local.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile(&a.desired, &table)
+        };
+        for action in actions {
+            match action {
+                Action::Start(alloc) => a.start(alloc),
+                Action::Stop(alloc) => a.stop(alloc),
+                Action::ReportNeverStarted(alloc) => {
+                    a.end(alloc, Exit::error("cancelled before it started"))
+                }
+                Action::Forget(alloc) => {
+                    a.table().remove(&alloc);
+                }
+            }
+        }
+    }
+}
+
+impl Actor {
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Local>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn on_desired(&mut self, set: Vec<Assignment>) {
+        let stopping = coop_proto::api::AllocState::Stopping as i32;
+        self.desired = set
+            .iter()
+            .map(|a| {
+                let d = if a.state == stopping {
+                    Desired::Stop
+                } else {
+                    Desired::Run
+                };
+                (a.alloc_id, d)
+            })
+            .collect();
+        self.specs = set.into_iter().map(|a| (a.alloc_id, a)).collect();
+    }
+
+    /// Records the end of an allocation and reports it.
+    fn end(&self, alloc: u64, exit: Exit) {
+        self.table().insert(alloc, Local::Ended);
+        let _ = self.reports.send(Report::Finished(alloc, exit));
+    }
+
+    fn start(&mut self, alloc: u64) {
+        let Some(a) = self.specs.get(&alloc) else {
+            return;
+        };
+        let spec = a.spec.clone().unwrap_or_default();
+        let job_id = a.job_id;
+        let gpu_indices = a.gpu_indices.clone();
+        let mut env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
+        let model_job = match coop_core::JobSpec::try_from(&spec) {
+            Ok(s) if model::is_model_job(&s.kind) => Some(s.kind),
+            Ok(_) => None,
+            Err(e) => {
+                return self.end(
+                    alloc,
+                    Exit::error(format!("the job spec does not convert: {e}")),
+                )
+            }
+        };
+        let argv = match &model_job {
+            Some(job) => {
+                env.insert(
+                    model::artifact::CACHE_LIMIT_ENV.into(),
+                    self.id.cache_max_bytes.to_string(),
+                );
+                match prepare_model_job(&self.id, alloc, job) {
+                    Ok(argv) => argv,
+                    Err(e) => return self.end(alloc, Exit::error(e.to_string())),
+                }
+            }
+            None => spec.argv.clone(),
+        };
+        let launch = Launch {
+            alloc_id: alloc,
+            job_id,
+            argv: &argv,
+            env: &env,
+            gpu_indices: &gpu_indices,
+            cpu_millis: spec.resources.map(|r| r.cpu_millis).unwrap_or(0),
+            memory_bytes: spec.resources.map(|r| r.memory_bytes).unwrap_or(0),
+            // A uid per allocation, reused only after the range wraps.
+            run_as: self.id.job_uids.map(|(base, count)| {
+                let uid = base + (alloc % u64::from(count)) as u32;
+                (uid, uid)
+            }),
+        };
+        let (child, confinement) =
+            match executor::spawn(&self.id.work_dir, &launch, self.id.cgroups.as_deref()) {
+                Ok(started) => started,
+                Err(e) => {
+                    tracing::warn!(alloc, error = %e, "could not start");
+                    return self.end(alloc, Exit::error(e.to_string()));
+                }
+            };
+        tracing::info!(alloc, ?confinement, run_as = ?launch.run_as, "confined");
+        if let Some(pid) = child.id() {
+            self.pgids.insert(alloc, pid);
+            executor::record_running(&self.id.work_dir, &self.pgids);
+        }
+        self.table().insert(alloc, Local::Running);
+        let _ = self.reports.send(Report::Started(alloc));
+        tracing::info!(alloc, job = job_id, "started");
+        let tx = self.events_tx.clone();
+        let timeout = spec.timeout_secs.map(Duration::from_secs);
+        let grace = self.id.stop_grace;
+        let dir = executor::alloc_dir(&self.id.work_dir, alloc);
+        let kind = match &model_job {
+            Some(ModelJob::Inference { .. }) => "inference",
+            Some(ModelJob::Evaluation { .. }) => "evaluation",
+            Some(ModelJob::Command { .. }) | None => "command",
+        };
+        let is_model = model_job.is_some();
+        let metrics = self.id.metrics.clone();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            let mut exit = executor::wait_with_timeout(child, timeout, grace).await;
+            executor::release(&confinement);
+            if is_model {
+                collect_model_outcome(&dir, &mut exit);
+            }
+            let outcome = if exit.code == Some(0) && exit.error.is_empty() {
+                "succeeded"
+            } else if exit.signal.is_some() {
+                "killed"
+            } else {
+                "failed"
+            };
+            metrics.job_ended(kind, outcome, started.elapsed());
+            let _ = tx.send(Event::Exited(alloc, exit)).await;
+        });
+    }
+
+    fn stop(&self, alloc: u64) {
+        self.table().insert(alloc, Local::Stopping);
+        if let Some(&pgid) = self.pgids.get(&alloc) {
+            // A reclaim carries the policy's grace; a cancel uses the worker's.
+            let grace = self
+                .specs
+                .get(&alloc)
+                .filter(|a| a.stop_grace_ms > 0)
+                .map(|a| Duration::from_millis(a.stop_grace_ms))
+                .unwrap_or(self.id.stop_grace);
+            tracing::info!(alloc, ?grace, "stopping");
+            tokio::spawn(executor::stop_group(pgid, grace));
+        }
+    }
+}
+
+/// Writes a model job's spec into its work dir and returns the argv that
+/// runs it in a child process (see `model`).
+fn prepare_model_job(
+    id: &Identity,
+    alloc: u64,
+    job: &ModelJob,
+) -> Result<Vec<String>, WorkerError> {
+    let dir = executor::alloc_dir(&id.work_dir, alloc);
+    std::fs::create_dir_all(&dir).map_err(WorkerError::io(format!(
+        "create work dir {}",
+        dir.display()
+    )))?;
+    let bytes = serde_json::to_vec_pretty(job).expect("a job kind always serializes");
+    std::fs::write(dir.join(model::SPEC_FILE), bytes)
+        .map_err(WorkerError::io(format!("write {}", model::SPEC_FILE)))?;
+    let cache = model::cache_dir(&id.work_dir);
+    std::fs::create_dir_all(&cache)
+        .map_err(WorkerError::io(format!("create cache {}", cache.display())))?;
+    Ok(vec![
+        id.runner.display().to_string(),
+        "run-model".into(),
+        dir.display().to_string(),
+        cache.display().to_string(),
+    ])
+}
+
+/// Reads what the model child left: its result, or the reason it failed.
+fn collect_model_outcome(dir: &std::path::Path, exit: &mut Exit) {
+    if exit.code == Some(0) {
+        match std::fs::read_to_string(dir.join(model::RESULT_FILE)) {
+            Ok(json) => match serde_json::from_str(&json) {
+                Ok(result) => exit.result = Some(result),
+                Err(e) => exit.error = format!("the model job left an unreadable result: {e}"),
+            },
+            Err(e) => exit.error = format!("the model job left no result: {e}"),
+        }
+    } else if let Ok(reason) = std::fs::read_to_string(dir.join(model::ERROR_FILE)) {
+        exit.error = reason;
+    } else if exit.signal.is_some() {
+        exit.error = format!(
+            "the model job's process was killed by signal {}",
+            exit.signal.unwrap_or(0)
+        );
+    }
+}
