@@ -158,12 +158,10 @@ impl Coop for CoopService {
         // Refuse bad input before it reaches the log; apply checks again.
         {
             let applied = self.shared.node.state_machine().read();
-            if applied.state.request(&member, &req.request_id).is_none() {
-                applied
-                    .state
-                    .check_submit(&req.request_id, &member, &spec)
-                    .map_err(|e| core_status(&e))?;
-            }
+            applied
+                .state
+                .check_submit(&req.request_id, &member, &spec)
+                .map_err(|e| core_status(&e))?;
         }
         let cmd = Command::Submit {
             request_id: req.request_id.clone(),
@@ -228,9 +226,18 @@ impl Coop for CoopService {
     ) -> Result<Response<CancelResponse>, Status> {
         via_leader!(self, request, cancel);
         let req = request.get_ref();
+        let (job, member) = (JobId(req.job_id), MemberId::new(req.member.clone()));
+        // An unknown, foreign or ended job is refused here, not in the log.
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .check_cancel(job, &member)
+            .map_err(|e| core_status(&e))?;
         let cmd = Command::Cancel {
-            job: JobId(req.job_id),
-            member: MemberId::new(req.member.clone()),
+            job,
+            member,
             now_ms: now_ms(),
         };
         match self.shared.write(cmd).await? {

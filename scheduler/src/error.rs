@@ -14,6 +14,7 @@ pub fn core_status(e: &CoreError) -> Status {
         | CoreError::Impossible(_) => Code::InvalidArgument,
         CoreError::UnknownJob(_) | CoreError::UnknownNode(_) => Code::NotFound,
         CoreError::NotOwner { .. } => Code::PermissionDenied,
+        CoreError::RequestIdReused { .. } => Code::AlreadyExists,
         CoreError::AlreadyEnded { .. }
         | CoreError::StaleAllocation { .. }
         | CoreError::BadAllocTransition { .. }

@@ -35,6 +35,12 @@ pub enum Impossible {
     },
     #[error("node {node} changed capacity or owner without restarting its worker")]
     NodeChanged { node: NodeId },
+    #[error("node {node} offers {offered}; a node may offer at most {max}")]
+    NodeTooLarge {
+        node: NodeId,
+        offered: Resources,
+        max: Resources,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -46,6 +52,8 @@ pub enum CoreError {
     InvalidName(#[from] NameError),
     #[error("request id must be 1 to {MAX_REQUEST_ID_LEN} bytes")]
     BadRequestId,
+    #[error("request id {request_id:?} was used for job {job} with a different spec; use a new request id")]
+    RequestIdReused { request_id: String, job: JobId },
     #[error("impossible request: {0}")]
     Impossible(#[from] Impossible),
     #[error("unknown job {0}")]

@@ -14,6 +14,8 @@ pub const MAX_ARGV_ITEMS: usize = 256;
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 pub const MAX_RETRIES: u32 = 100;
 pub const MAX_NAME_LEN: usize = 128;
+/// Longest run a job may ask for, whatever the policy: a year.
+pub const MAX_TIMEOUT_SECS: u64 = 366 * 24 * 3600;
 /// Entries kept in a job's history; older ones are dropped first.
 pub const HISTORY_LEN: usize = 32;
 
@@ -154,8 +156,8 @@ pub enum SpecError {
     NoMemory,
     #[error("gpu model must be 1 to {MAX_GPU_MODEL_LEN} characters")]
     GpuModel,
-    #[error("timeout must be at least 1 second")]
-    ZeroTimeout,
+    #[error("timeout must be 1 second to {MAX_TIMEOUT_SECS} seconds")]
+    BadTimeout,
     #[error("retries must be at most {MAX_RETRIES}")]
     TooManyRetries,
     #[error("a job is a command, an inference or an evaluation: {0}")]
@@ -306,8 +308,11 @@ impl JobSpec {
         {
             return Err(SpecError::GpuModel);
         }
-        if self.timeout_secs == Some(0) {
-            return Err(SpecError::ZeroTimeout);
+        if self
+            .timeout_secs
+            .is_some_and(|t| t == 0 || t > MAX_TIMEOUT_SECS)
+        {
+            return Err(SpecError::BadTimeout);
         }
         if self.max_retries > MAX_RETRIES {
             return Err(SpecError::TooManyRetries);

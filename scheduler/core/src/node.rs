@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{AllocId, MemberId, NodeId};
 use crate::resources::Resources;
 
+/// The most one node may offer: 4,096 cores, 64 TiB and 256 GPUs. A
+/// registration beyond it is refused, so no report can make `apply` build
+/// an unbounded GPU table or overflow a sum.
+pub const MAX_NODE_CAPACITY: Resources = Resources {
+    cpu_millis: 4096 * 1000,
+    memory_bytes: 64 << 40,
+    gpus: 256,
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {

@@ -252,13 +252,25 @@ impl ClusterState {
     }
 
     /// Checks a submission against the state without applying it, so a
-    /// server can reject bad input before it reaches the log.
+    /// server can reject bad input before it reaches the log. `Ok(Some(job))`
+    /// is a retry of a request already made: nothing new would be created.
     pub fn check_submit(
         &self,
         request_id: &str,
         member: &MemberId,
         spec: &JobSpec,
-    ) -> Result<(), CoreError> {
+    ) -> Result<Option<JobId>, CoreError> {
+        if let Some(job) = self.request(member, request_id) {
+            // A retry must be the same request; a reused id with another
+            // spec is a client bug that would otherwise be silently merged.
+            return match self.jobs.get(&job) {
+                Some(j) if j.spec != *spec => Err(CoreError::RequestIdReused {
+                    request_id: request_id.to_string(),
+                    job,
+                }),
+                _ => Ok(Some(job)),
+            };
+        }
         validate_name("member", member.as_str())?;
         if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
             return Err(CoreError::BadRequestId);
@@ -278,7 +290,7 @@ impl ClusterState {
         // With no node registered yet there is nothing to compare against,
         // so the job waits for the pool to form.
         if self.nodes.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         if spec.has_gpu_constraints()
             && !self.nodes.values().any(|n| {
@@ -296,6 +308,25 @@ impl ClusterState {
                 .max_by_key(|c| (c.gpus, c.cpu_millis, c.memory_bytes))
                 .unwrap_or_default();
             return Err(Impossible::NoNodeLargeEnough { want, largest }.into());
+        }
+        Ok(None)
+    }
+
+    /// Checks a cancel without applying it: the job exists, is the member's
+    /// own, and has not ended. A refusal costs no log entry.
+    pub fn check_cancel(&self, job: JobId, member: &MemberId) -> Result<(), CoreError> {
+        let j = self.jobs.get(&job).ok_or(CoreError::UnknownJob(job))?;
+        if &j.member != member {
+            return Err(CoreError::NotOwner {
+                job,
+                owner: j.member.clone(),
+            });
+        }
+        if j.state().is_terminal() {
+            return Err(CoreError::AlreadyEnded {
+                job,
+                state: j.state(),
+            });
         }
         Ok(())
     }

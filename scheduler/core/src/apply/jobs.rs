@@ -19,13 +19,12 @@ pub(super) fn submit(
     spec: &JobSpec,
     now: u64,
 ) -> Result<Outcome, CoreError> {
-    if let Some(job) = state.request(member, request_id) {
+    if let Some(job) = state.check_submit(request_id, member, spec)? {
         return Ok(Outcome::Submitted {
             job,
             existing: true,
         });
     }
-    state.check_submit(request_id, member, spec)?;
     let id = state.next_job_id();
     state.member_mut(member, now).jobs_submitted += 1;
     state.insert_job(Job::new(
@@ -47,20 +46,8 @@ pub(super) fn cancel(
     member: &MemberId,
     now: u64,
 ) -> Result<Outcome, CoreError> {
-    let job = state.job(job_id).ok_or(CoreError::UnknownJob(job_id))?;
-    if &job.member != member {
-        return Err(CoreError::NotOwner {
-            job: job_id,
-            owner: job.member.clone(),
-        });
-    }
-    if job.state().is_terminal() {
-        return Err(CoreError::AlreadyEnded {
-            job: job_id,
-            state: job.state(),
-        });
-    }
-    let alloc = job.alloc;
+    state.check_cancel(job_id, member)?;
+    let alloc = state.job(job_id).and_then(|j| j.alloc);
     if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
         a.state = crate::alloc::AllocState::Stopping;
     }

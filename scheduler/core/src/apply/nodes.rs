@@ -7,7 +7,7 @@ use crate::command::ExitStatus;
 use crate::error::{CoreError, Impossible};
 use crate::ids::{validate_name, JobId, MemberId, NodeId};
 use crate::job::JobState;
-use crate::node::{GpuInfo, Node, NodeState};
+use crate::node::{GpuInfo, Node, NodeState, MAX_NODE_CAPACITY};
 use crate::outcome::Outcome;
 use crate::resources::Resources;
 use crate::state::ClusterState;
@@ -27,6 +27,14 @@ fn check(state: &ClusterState, r: &Registration<'_>) -> Result<(), CoreError> {
     validate_name("member", r.owner.as_str())?;
     if r.capacity.cpu_millis == 0 || r.capacity.memory_bytes == 0 {
         return Err(Impossible::EmptyNode.into());
+    }
+    if !r.capacity.fits_in(&MAX_NODE_CAPACITY) {
+        return Err(Impossible::NodeTooLarge {
+            node: r.node.clone(),
+            offered: r.capacity,
+            max: MAX_NODE_CAPACITY,
+        }
+        .into());
     }
     if !r.gpus.is_empty() {
         let indices: BTreeSet<u32> = r.gpus.iter().map(|g| g.index).collect();

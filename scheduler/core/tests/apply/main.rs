@@ -360,3 +360,75 @@ fn ended_jobs_leave_the_state_after_the_retention() {
         })
     );
 }
+
+/// A registration with an absurd capacity is refused before apply builds
+/// anything from it (it used to build a table of 2^32 GPUs and abort).
+#[test]
+fn absurd_node_capacity_is_refused_and_changes_nothing() {
+    let mut s = ClusterState::new();
+    let before = s.digest();
+    for cap in [
+        Resources::new(1000, 1 << 30, u32::MAX),
+        Resources::new(u64::MAX, 1 << 30, 0),
+        Resources::new(1000, u64::MAX, 0),
+    ] {
+        assert!(
+            matches!(
+                register(&mut s, "huge", cap, 1),
+                Err(CoreError::Impossible(Impossible::NodeTooLarge { .. }))
+            ),
+            "{cap}"
+        );
+    }
+    assert_eq!(s.digest(), before);
+}
+
+#[test]
+fn an_endless_timeout_is_refused() {
+    let mut s = ClusterState::new();
+    let mut spec = JobSpec::command(vec!["true".into()], res(100, 64, 0));
+    spec.timeout_secs = Some(u64::MAX);
+    let r = s.apply(&Command::Submit {
+        request_id: "t".into(),
+        member: MemberId::new("ana"),
+        spec,
+        now_ms: 1,
+    });
+    assert_eq!(r, Err(CoreError::InvalidSpec(SpecError::BadTimeout)));
+}
+
+/// A retried request id returns the first job; the same id with another
+/// spec is an error that names that job, never a silent success.
+#[test]
+fn a_reused_request_id_with_another_spec_names_the_first_job() {
+    let mut s = ClusterState::new();
+    submit(&mut s, "r1", "ana", res(100, 64, 0)).unwrap();
+    let before = s.digest();
+    assert_eq!(
+        submit(&mut s, "r1", "ana", res(200, 64, 0)),
+        Err(CoreError::RequestIdReused {
+            request_id: "r1".into(),
+            job: JobId(1)
+        })
+    );
+    assert_eq!(s.digest(), before);
+}
+
+#[test]
+fn cancels_are_checked_before_the_log() {
+    let mut s = ClusterState::new();
+    submit(&mut s, "r1", "ana", res(100, 64, 0)).unwrap();
+    let ana = MemberId::new("ana");
+    assert_eq!(
+        s.check_cancel(JobId(9), &ana),
+        Err(CoreError::UnknownJob(JobId(9)))
+    );
+    assert_eq!(
+        s.check_cancel(JobId(1), &MemberId::new("bo")),
+        Err(CoreError::NotOwner {
+            job: JobId(1),
+            owner: ana.clone()
+        })
+    );
+    assert_eq!(s.check_cancel(JobId(1), &ana), Ok(()));
+}

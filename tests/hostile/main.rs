@@ -1,0 +1,184 @@
+//! Hostile input from a peer, each once refused: a replica answers with a
+//! clear error, stays healthy, and the cluster keeps accepting work.
+//! (Issue: "members are keys", the findings that crashed or stalled replicas.)
+
+use coop_e2e::StateName;
+
+use coop_proto::api::{CancelRequest, ClusterStatusRequest, JobSpec, Resources, SubmitRequest};
+use coop_proto::raft::raft_transport_client::RaftTransportClient;
+use coop_proto::raft::{RaftPayload, SnapshotChunk};
+use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
+use coop_proto::worker::RegisterRequest;
+use coop_scheduler::raft::TypeConfig;
+use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::VoteRequest;
+use tonic::transport::Channel;
+
+fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+fn small_job() -> JobSpec {
+    JobSpec {
+        argv: vec!["true".into()],
+        resources: Some(Resources {
+            cpu_millis: 100,
+            memory_bytes: 1 << 20,
+            gpus: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cluster still commits a write through every replica.
+async fn still_serves(addrs: &[String], tag: &str) {
+    for (i, addr) in addrs.iter().enumerate() {
+        let c = coop_e2e::client(addr);
+        let id = coop_e2e::submit(
+            &c,
+            SubmitRequest {
+                member: "ana".into(),
+                request_id: format!("{tag}-{i}"),
+                spec: Some(small_job()),
+            },
+        )
+        .await
+        .unwrap_or_else(|s| panic!("replica {addr} stopped serving after {tag}: {s}"));
+        assert!(id > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_with_a_huge_term_is_refused_and_nothing_breaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    for addr in &addrs {
+        let rpc: VoteRequest<TypeConfig> = VoteRequest {
+            vote: VoteOf::<TypeConfig>::new(u64::MAX, 9),
+            last_log_id: None,
+            leadership_transfer: true,
+        };
+        let err = RaftTransportClient::new(channel(addr))
+            .vote(RaftPayload {
+                data: serde_json::to_vec(&rpc).unwrap(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("term"), "{err}");
+    }
+    still_serves(&addrs, "after-vote").await;
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_does_not_decode_is_refused_and_the_replica_stays_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    let leader = cluster
+        .leader(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let follower = (leader + 1) % addrs.len();
+    let header = serde_json::to_vec(&(
+        VoteOf::<TypeConfig>::new_committed(1_000, 1),
+        SnapshotMetaOf::<TypeConfig>::default(),
+    ))
+    .unwrap();
+    let chunks = vec![SnapshotChunk {
+        header,
+        data: b"this is not a cluster state".to_vec(),
+    }];
+    let err = RaftTransportClient::new(channel(&addrs[follower]))
+        .install_snapshot(futures::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("corrupt snapshot"), "{err}");
+    still_serves(&addrs, "after-snapshot").await;
+    // The follower still applies what the leader commits.
+    let status = coop_e2e::client(&addrs[follower])
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.applied_index > 0);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_with_absurd_capacity_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    let err = WorkerGatewayClient::new(channel(&addrs[0]))
+        .register(RegisterRequest {
+            node_id: "huge".into(),
+            owner: "mallory".into(),
+            capacity: Some(Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                gpus: u32::MAX,
+            }),
+            addr: "127.0.0.1:1".into(),
+            incarnation: 1,
+            gpus: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    still_serves(&addrs, "after-register").await;
+    cluster.stop_all().await;
+}
+
+/// Refusals that can be decided from the applied state cost no log entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_of_unknown_or_foreign_jobs_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    still_serves(&addrs[..1], "own").await;
+    let c = coop_e2e::client(&addrs[0]);
+    let last_index = || async {
+        c.clone()
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .last_log_index
+    };
+    let before = last_index().await;
+    for job_id in 0..50 {
+        let err = c
+            .clone()
+            .cancel(CancelRequest {
+                job_id: 1000 + job_id,
+                member: "ana".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    }
+    let err = c
+        .clone()
+        .cancel(CancelRequest {
+            job_id: 1,
+            member: "bo".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert_eq!(last_index().await, before, "a refused cancel was logged");
+    let job = c
+        .clone()
+        .get_job(coop_proto::api::GetJobRequest { job_id: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.state_name(), "pending");
+    cluster.stop_all().await;
+}
