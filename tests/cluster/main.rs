@@ -69,38 +69,6 @@ async fn submit(addrs: &[String], member: &str, request_id: &str, spec: &JobSpec
     }
 }
 
-async fn job(addrs: &[String], id: u64) -> Job {
-    let mut i = 0;
-    loop {
-        match coop_e2e::client(&addrs[i % addrs.len()])
-            .get_job(GetJobRequest { job_id: id })
-            .await
-        {
-            Ok(r) => return r.into_inner(),
-            Err(s) if s.code() == tonic::Code::NotFound => panic!("job {id} not found: {s}"),
-            Err(_) => {
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn wait_job(addrs: &[String], id: u64, pred: impl Fn(&Job) -> bool) -> Job {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let j = job(addrs, id).await;
-        if pred(&j) {
-            return j;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id} stuck: {j:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     while !cond() {
@@ -125,7 +93,7 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         &spec(&["sh", "-c", "echo hello from $COOP_JOB_ID"], 500, 0),
     )
     .await;
-    let j = wait_job(&addrs, id, |j| {
+    let j = coop_e2e::wait_job(&addrs, id, |j| {
         j.state_name() == "succeeded" || j.state_name() == "failed"
     })
     .await;
@@ -246,7 +214,7 @@ async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
     let survivors: Vec<String> = cluster.addrs();
     assert!(!survivors.contains(&cluster.configs[killed].listen));
     for id in &acked {
-        let j = wait_job(&survivors, *id, |j| {
+        let j = coop_e2e::wait_job(&survivors, *id, |j| {
             j.state_name() == "succeeded" || j.state_name() == "failed"
         })
         .await;
@@ -389,7 +357,7 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     let addrs = cluster.addrs();
     let mut w1 = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "1");
     let id = submit(&addrs, "ana", "r1", &spec(&["sleep", "2"], 1000, 1)).await;
-    let j = wait_job(&addrs, id, |j| j.state_name() == "running").await;
+    let j = coop_e2e::wait_job(&addrs, id, |j| j.state_name() == "running").await;
     assert_eq!(j.node, "w1");
     let _w2 = spawn_worker("w2", &addrs, &tmp.path().join("w2"), "1");
     let mut c = coop_e2e::client(&addrs[0]);
@@ -404,7 +372,7 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     // SIGKILL: no goodbye, the heartbeats just stop.
     let _ = w1.0.kill();
     let _ = w1.0.wait();
-    let j = wait_job(&addrs, id, |j| j.state_name() == "succeeded").await;
+    let j = coop_e2e::wait_job(&addrs, id, |j| j.state_name() == "succeeded").await;
     assert_eq!(j.node, "w2");
     assert_eq!(j.attempts, 1);
     let nodes = c
@@ -436,7 +404,7 @@ async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
         &spec(&["sh", "-c", &script], 1000, 1),
     )
     .await;
-    wait_job(&addrs, id, |j| j.state_name() == "running").await;
+    coop_e2e::wait_job(&addrs, id, |j| j.state_name() == "running").await;
     wait_for("the job to write its pid", || pidfile.exists()).await;
     let pid: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()

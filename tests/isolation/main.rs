@@ -40,30 +40,6 @@ async fn submit(c: &CoopClient<Channel>, id: &str, spec: JobSpec) -> u64 {
     c.clone().submit(req).await.unwrap().into_inner().job_id
 }
 
-async fn wait(c: &CoopClient<Channel>, id: u64, pred: impl Fn(&Job) -> bool) -> Job {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let j = c
-            .clone()
-            .get_job(GetJobRequest { job_id: id })
-            .await
-            .unwrap()
-            .into_inner();
-        if pred(&j) {
-            return j;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id} stuck: {j:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn ended(j: &Job) -> bool {
-    matches!(j.state_name(), "succeeded" | "failed")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_are_confined() {
     if !is_root() {
@@ -102,7 +78,7 @@ async fn jobs_are_confined() {
         spec("id -u; echo secret > mine.txt; sleep 2", 64 << 20, None),
     )
     .await;
-    let a_job = wait(&c, a, |j| j.state_name() == "running").await;
+    let a_job = coop_e2e::wait_job(&addrs[..1], a, |j| j.state_name() == "running").await;
     // ...which another job cannot read.
     let peek = format!(
         "id -u; cat {}/allocs/{}/mine.txt",
@@ -110,10 +86,10 @@ async fn jobs_are_confined() {
         a_job.alloc_id
     );
     let b = submit(&c, "b", spec(&peek, 64 << 20, None)).await;
-    let b_job = wait(&c, b, ended).await;
+    let b_job = coop_e2e::wait_job(&addrs[..1], b, coop_e2e::ended).await;
     assert_eq!(b_job.state_name(), "failed", "{b_job:?}");
     assert!(logs(b, "stderr").await.contains("Permission denied"));
-    let a_job = wait(&c, a, ended).await;
+    let a_job = coop_e2e::wait_job(&addrs[..1], a, coop_e2e::ended).await;
     assert_eq!(a_job.state_name(), "succeeded", "{a_job:?}");
     let (uid_a, uid_b) = (logs(a, "stdout").await, logs(b, "stdout").await);
     assert_ne!(uid_a.trim(), "0");
@@ -134,12 +110,12 @@ async fn jobs_are_confined() {
         ),
     )
     .await;
-    let hog_job = wait(&c, hog, ended).await;
+    let hog_job = coop_e2e::wait_job(&addrs[..1], hog, coop_e2e::ended).await;
     assert_eq!(hog_job.state_name(), "failed", "{hog_job:?}");
 
     // A timeout stops the run.
     let slow = submit(&c, "slow", spec("sleep 30", 64 << 20, Some(1))).await;
-    let slow_job = wait(&c, slow, ended).await;
+    let slow_job = coop_e2e::wait_job(&addrs[..1], slow, coop_e2e::ended).await;
     assert!(
         slow_job.message.contains("timed out after 1 s"),
         "{slow_job:?}"
@@ -152,7 +128,7 @@ async fn jobs_are_confined() {
         spec("env | cut -d= -f1 | sort | tr '\\n' ' '", 64 << 20, None),
     )
     .await;
-    wait(&c, env, ended).await;
+    coop_e2e::wait_job(&addrs[..1], env, coop_e2e::ended).await;
     assert_eq!(
         logs(env, "stdout").await.trim(),
         "COOP_ALLOC_ID COOP_JOB_ID CUDA_VISIBLE_DEVICES HOME PATH PWD"

@@ -6,15 +6,12 @@ use coop_e2e::StateName;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::Duration;
 
 use coop_core::{Artifact as ArtifactRef, EvalTask, JobResult};
-use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
 use coop_scheduler::local::LocalReplicas;
 use coop_worker::model::examples as fixtures;
 use coop_worker::model::{self, formats, ModelError, ModelJob};
-use tonic::transport::Channel;
 
 fn art(path: &std::path::Path) -> ArtifactRef {
     ArtifactRef {
@@ -190,26 +187,6 @@ fn bad_inputs_fail_with_a_clear_reason() {
 
 // ---- end to end ----
 
-async fn wait_done(c: &CoopClient<Channel>, id: u64) -> Job {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let j = c
-            .clone()
-            .get_job(GetJobRequest { job_id: id })
-            .await
-            .unwrap()
-            .into_inner();
-        if matches!(j.state_name(), "succeeded" | "failed") {
-            return j;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id} stuck: {j:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn model_spec(inference: Option<InferenceSpec>, evaluation: Option<EvaluationSpec>) -> JobSpec {
     JobSpec {
         resources: Some(Resources {
@@ -269,7 +246,10 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         "bad",
     )
     .await;
-    let j = wait_done(&c, bad).await;
+    let j = coop_e2e::wait_job(&addrs[..1], bad, |j| {
+        matches!(j.state_name(), "succeeded" | "failed")
+    })
+    .await;
     assert_eq!(j.state_name(), "failed");
     assert!(j.message.contains("cannot load ONNX model"), "{j:?}");
 
@@ -287,7 +267,10 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         "good",
     )
     .await;
-    let j = wait_done(&c, good).await;
+    let j = coop_e2e::wait_job(&addrs[..1], good, |j| {
+        matches!(j.state_name(), "succeeded" | "failed")
+    })
+    .await;
     assert_eq!(j.state_name(), "succeeded", "{j:?}");
     let ensemble = match j.result.as_ref().and_then(|r| r.kind.as_ref()) {
         Some(job_result::Kind::Evaluation(e)) => e.ensemble.as_ref().map(|s| s.model.clone()),
@@ -308,7 +291,10 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         "infer",
     )
     .await;
-    let j = wait_done(&c, infer).await;
+    let j = coop_e2e::wait_job(&addrs[..1], infer, |j| {
+        matches!(j.state_name(), "succeeded" | "failed")
+    })
+    .await;
     assert_eq!(j.state_name(), "succeeded", "{j:?}");
     match j.result.as_ref().and_then(|r| r.kind.as_ref()) {
         Some(job_result::Kind::Inference(i)) => assert_eq!(i.rows, 2),

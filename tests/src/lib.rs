@@ -138,3 +138,50 @@ pub async fn submit(
         }
     }
 }
+
+/// How long a test waits for a job to reach the state it expects.
+pub const JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The job as one of `addrs` sees it, trying the next replica while one is
+/// down or has no leader; an unknown job fails the test at once.
+pub async fn job(addrs: &[String], id: u64) -> coop_proto::api::Job {
+    let mut i = 0;
+    loop {
+        match client(&addrs[i % addrs.len()])
+            .get_job(coop_proto::api::GetJobRequest { job_id: id })
+            .await
+        {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => panic!("job {id} not found: {s}"),
+            Err(_) => {
+                i += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Polls the job until `pred` holds; fails the test after `JOB_WAIT`.
+pub async fn wait_job(
+    addrs: &[String],
+    id: u64,
+    pred: impl Fn(&coop_proto::api::Job) -> bool,
+) -> coop_proto::api::Job {
+    let deadline = tokio::time::Instant::now() + JOB_WAIT;
+    loop {
+        let j = job(addrs, id).await;
+        if pred(&j) {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} stuck: {j:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a job has ended (succeeded, failed or cancelled).
+pub fn ended(j: &coop_proto::api::Job) -> bool {
+    matches!(j.state_name(), "succeeded" | "failed" | "cancelled")
+}

@@ -132,9 +132,23 @@ struct Queues<'a> {
     cursor: BTreeMap<&'a MemberId, usize>,
 }
 
+/// One pass's filling stages and what they share.
+struct Fill<'v, 'a> {
+    view: &'v View<'a>,
+    shares: &'v Shares,
+    /// Members with waiting jobs, lowest key first.
+    by_key: Vec<&'a MemberId>,
+    /// The rooms each member owns.
+    owned: BTreeMap<&'a MemberId, Vec<usize>>,
+    queues: Queues<'a>,
+    pass: Pass<'a>,
+    /// Each member's share as placements are made.
+    share_now: BTreeMap<&'a MemberId, [f64; 3]>,
+}
+
 /// Runs owner-first and the DRF fill; what is left goes to reclaim.
 pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
-    let mut pass = Pass::new(view);
+    let pass = Pass::new(view);
     let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
     for (i, r) in pass.rooms.iter().enumerate() {
         owned.entry(&r.node.owner).or_default().push(i);
@@ -144,168 +158,152 @@ pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
         jobs.entry(&job.member).or_default().push(job);
     }
     let cursor = jobs.keys().map(|m| (*m, 0)).collect();
-    let mut queues = Queues { jobs, cursor };
-    let mut share_now: BTreeMap<&MemberId, [f64; 3]> = queues
-        .jobs
+    let share_now = jobs
         .keys()
         .map(|m| (*m, shares.members[*m].share))
         .collect();
-    let mut by_key: Vec<&MemberId> = queues.jobs.keys().copied().collect();
+    let mut by_key: Vec<&MemberId> = jobs.keys().copied().collect();
     by_key.sort_by(|a, b| {
         shares.members[*a]
             .key
             .total_cmp(&shares.members[*b].key)
             .then(a.cmp(b))
     });
-    if view.policy.owner_first {
-        owner_first(
-            view,
-            shares,
-            &by_key,
-            &owned,
-            &mut queues,
-            &mut pass,
-            &mut share_now,
-        );
-    }
-    let mut unplaced = drf(
+    let mut f = Fill {
         view,
         shares,
-        &by_key,
-        &owned,
-        &mut queues,
-        &mut pass,
-        &mut share_now,
-    );
+        by_key,
+        owned,
+        queues: Queues { jobs, cursor },
+        pass,
+        share_now,
+    };
+    if view.policy.owner_first {
+        f.owner_first();
+    }
+    let mut unplaced = f.drf();
     // Jobs never reached (their member's turn ended early) wait too.
-    for (member, queue) in &queues.jobs {
-        let pos = queues.cursor[member];
+    for (member, queue) in &f.queues.jobs {
+        let pos = f.queues.cursor[member];
         unplaced
             .entry(member)
             .or_default()
             .extend(queue[pos..].iter().copied());
     }
     Filled {
-        rooms: pass.rooms,
-        plan: pass.out,
-        share_now,
+        rooms: f.pass.rooms,
+        plan: f.pass.out,
+        share_now: f.share_now,
         unplaced,
-        owned,
+        owned: f.owned,
     }
 }
 
-/// Owners first, on their own machines, up to their entitlement: a
-/// contributor never waits for its own idle machine, and never takes more
-/// of it than its share while others wait.
-fn owner_first<'a>(
-    view: &View<'a>,
-    shares: &Shares,
-    by_key: &[&'a MemberId],
-    owned: &BTreeMap<&'a MemberId, Vec<usize>>,
-    queues: &mut Queues<'a>,
-    pass: &mut Pass<'a>,
-    share_now: &mut BTreeMap<&'a MemberId, [f64; 3]>,
-) {
-    let pool = shares.pool;
-    for member in by_key {
-        let Some(mine) = owned.get(member) else {
-            continue;
-        };
-        let entitlement = shares.members[*member].entitlement;
-        let queue = &queues.jobs[member];
-        let pos = queues.cursor.get_mut(member).expect("queued");
-        while *pos < queue.len() {
-            let job = queue[*pos];
-            let after = add(&share_now[member], &share_of(&job.spec.resources, &pool));
-            if dominant(&after) > entitlement + EPS || over_cap(view.policy, &after) {
-                break;
-            }
-            let Some((i, gpus)) = pass.find_in(mine, job) else {
-                break;
-            };
-            pass.place(job, i, gpus, Rule::OwnerFirst);
-            share_now.insert(member, after);
-            *pos += 1;
-        }
-    }
-}
-
-/// Weighted DRF by progressive filling over everyone's queues. Returns the
-/// jobs it passed over. Each member's queue is walked once: a job that does
-/// not fit cannot fit later in the same pass (free capacity only shrinks).
-fn drf<'a>(
-    view: &View<'a>,
-    shares: &Shares,
-    by_key: &[&'a MemberId],
-    owned: &BTreeMap<&'a MemberId, Vec<usize>>,
-    queues: &mut Queues<'a>,
-    pass: &mut Pass<'a>,
-    share_now: &mut BTreeMap<&'a MemberId, [f64; 3]>,
-) -> BTreeMap<&'a MemberId, Vec<&'a Job>> {
-    let policy = view.policy;
-    let pool = shares.pool;
-    let key_of = |member: &MemberId, share: &[f64; 3]| {
-        let s = &shares.members[member];
-        Key(priority_key(
-            dominant(share),
-            s.usage_share,
-            s.entitlement,
-            policy,
-        ))
-    };
-    let mut heap: BinaryHeap<Reverse<(Key, &MemberId)>> = by_key
-        .iter()
-        .map(|m| Reverse((key_of(m, &share_now[m]), *m)))
-        .collect();
-    // Request shapes that found no room this pass: anything at least as
-    // large in every dimension cannot fit either.
-    let mut failed: Vec<Resources> = Vec::new();
-    let mut unplaced: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
-    while let Some(Reverse((_, member))) = heap.pop() {
-        let queue = &queues.jobs[member];
-        let pos = queues.cursor.get_mut(member).expect("queued");
-        let mut placed = None;
-        while *pos < queue.len() {
-            let job = queue[*pos];
-            *pos += 1;
-            let want = job.spec.resources;
-            let after = add(&share_now[member], &share_of(&want, &pool));
-            let constrained = job.spec.has_gpu_constraints();
-            if over_cap(policy, &after) || (!constrained && failed.iter().any(|f| f.fits_in(&want)))
-            {
-                unplaced.entry(member).or_default().push(job);
+impl<'a> Fill<'_, 'a> {
+    /// Owners first, on their own machines, up to their entitlement: a
+    /// contributor never waits for its own idle machine, and never takes
+    /// more of it than its share while others wait.
+    fn owner_first(&mut self) {
+        let pool = self.shares.pool;
+        for member in &self.by_key {
+            let Some(mine) = self.owned.get(member) else {
                 continue;
-            }
-            let own = match owned.get(member) {
-                Some(mine) if policy.owner_first => pass.find_in(mine, job),
-                _ => None,
             };
-            match own.or_else(|| pass.find(job)) {
-                Some((i, gpus)) => {
-                    placed = Some((job, i, gpus, after));
+            let entitlement = self.shares.members[*member].entitlement;
+            let queue = &self.queues.jobs[member];
+            let pos = self.queues.cursor.get_mut(member).expect("queued");
+            while *pos < queue.len() {
+                let job = queue[*pos];
+                let after = add(
+                    &self.share_now[member],
+                    &share_of(&job.spec.resources, &pool),
+                );
+                if dominant(&after) > entitlement + EPS || over_cap(self.view.policy, &after) {
                     break;
                 }
-                None => {
-                    if !constrained && failed.len() < MAX_FAILED_SHAPES {
-                        failed.push(want);
-                    }
-                    unplaced.entry(member).or_default().push(job);
-                }
+                let Some((i, gpus)) = self.pass.find_in(mine, job) else {
+                    break;
+                };
+                self.pass.place(job, i, gpus, Rule::OwnerFirst);
+                self.share_now.insert(member, after);
+                *pos += 1;
             }
         }
-        let Some((job, i, gpus, after)) = placed else {
-            continue;
-        };
-        let rule = if policy.owner_first && pass.rooms[i].node.owner == *member {
-            Rule::OwnerFirst
-        } else if dominant(&after) <= shares.members[member].entitlement + EPS {
-            Rule::FairShare
-        } else {
-            Rule::WorkConserving
-        };
-        pass.place(job, i, gpus, rule);
-        share_now.insert(member, after);
-        heap.push(Reverse((key_of(member, &after), member)));
     }
-    unplaced
+
+    /// Weighted DRF by progressive filling over everyone's queues. Returns
+    /// the jobs it passed over. Each member's queue is walked once: a job
+    /// that does not fit cannot fit later in the same pass (free capacity
+    /// only shrinks).
+    fn drf(&mut self) -> BTreeMap<&'a MemberId, Vec<&'a Job>> {
+        let policy = self.view.policy;
+        let shares = self.shares;
+        let pool = shares.pool;
+        let key_of = |member: &MemberId, share: &[f64; 3]| {
+            let s = &shares.members[member];
+            Key(priority_key(
+                dominant(share),
+                s.usage_share,
+                s.entitlement,
+                policy,
+            ))
+        };
+        let mut heap: BinaryHeap<Reverse<(Key, &MemberId)>> = self
+            .by_key
+            .iter()
+            .map(|m| Reverse((key_of(m, &self.share_now[m]), *m)))
+            .collect();
+        // Request shapes that found no room this pass: anything at least as
+        // large in every dimension cannot fit either.
+        let mut failed: Vec<Resources> = Vec::new();
+        let mut unplaced: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
+        while let Some(Reverse((_, member))) = heap.pop() {
+            let queue = &self.queues.jobs[member];
+            let pos = self.queues.cursor.get_mut(member).expect("queued");
+            let mut placed = None;
+            while *pos < queue.len() {
+                let job = queue[*pos];
+                *pos += 1;
+                let want = job.spec.resources;
+                let after = add(&self.share_now[member], &share_of(&want, &pool));
+                let constrained = job.spec.has_gpu_constraints();
+                if over_cap(policy, &after)
+                    || (!constrained && failed.iter().any(|f| f.fits_in(&want)))
+                {
+                    unplaced.entry(member).or_default().push(job);
+                    continue;
+                }
+                let own = match self.owned.get(member) {
+                    Some(mine) if policy.owner_first => self.pass.find_in(mine, job),
+                    _ => None,
+                };
+                match own.or_else(|| self.pass.find(job)) {
+                    Some((i, gpus)) => {
+                        placed = Some((job, i, gpus, after));
+                        break;
+                    }
+                    None => {
+                        if !constrained && failed.len() < MAX_FAILED_SHAPES {
+                            failed.push(want);
+                        }
+                        unplaced.entry(member).or_default().push(job);
+                    }
+                }
+            }
+            let Some((job, i, gpus, after)) = placed else {
+                continue;
+            };
+            let rule = if policy.owner_first && self.pass.rooms[i].node.owner == *member {
+                Rule::OwnerFirst
+            } else if dominant(&after) <= shares.members[member].entitlement + EPS {
+                Rule::FairShare
+            } else {
+                Rule::WorkConserving
+            };
+            self.pass.place(job, i, gpus, rule);
+            self.share_now.insert(member, after);
+            heap.push(Reverse((key_of(member, &after), member)));
+        }
+        unplaced
+    }
 }
