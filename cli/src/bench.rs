@@ -10,6 +10,7 @@ use coop_proto::api::{JobSpec, Resources};
 
 use crate::client::connect;
 use crate::cmd::jobs::{get_job, submit_one};
+use crate::identity::{Settings, Signer};
 use crate::local::LocalCluster;
 
 #[derive(clap::Args, Debug)]
@@ -37,25 +38,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-pub async fn run(addr: &str, args: BenchArgs) -> Result<i32> {
+pub async fn run(settings: &Settings, args: BenchArgs) -> Result<i32> {
     let tmp = tempfile::Builder::new().prefix("coop-bench-").tempdir()?;
     let mut cluster = None;
-    let addr = if args.local {
-        let mut c = LocalCluster::start(tmp.path(), 3).await?;
+    let (addr, signer) = if args.local {
+        let mut c = LocalCluster::start(tmp.path(), 3, &["bench"]).await?;
         if args.what == "latency" {
             c.add_worker("bench-node", "bench", 4000, 4 << 30).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let leader = c.leader(Duration::from_secs(5)).await.unwrap_or(0);
         let a = c.addr(leader).unwrap_or_default();
+        let signer = c.signer("bench")?;
         cluster = Some(c);
-        a
+        (a, signer)
     } else {
-        addr.to_string()
+        (settings.addr.clone(), Arc::new(settings.signer(None)?))
     };
     let result = match args.what.as_str() {
-        "submit" => submit_throughput(&addr, args.clients.max(1), args.jobs).await,
-        _ => latency(&addr, args.jobs.min(10_000)).await,
+        "submit" => submit_throughput(&addr, &signer, args.clients.max(1), args.jobs).await,
+        _ => latency(&addr, &signer, args.jobs.min(10_000)).await,
     };
     if let Some(c) = cluster {
         c.stop().await;
@@ -79,7 +81,12 @@ fn bench_spec(argv: &[&str]) -> JobSpec {
     }
 }
 
-async fn submit_throughput(addr: &str, clients: usize, jobs: usize) -> Result<i32> {
+async fn submit_throughput(
+    addr: &str,
+    signer: &Arc<Signer>,
+    clients: usize,
+    jobs: usize,
+) -> Result<i32> {
     let client = connect(addr).await?;
     let next = Arc::new(AtomicU64::new(0));
     let spec = bench_spec(&["true"]);
@@ -91,6 +98,7 @@ async fn submit_throughput(addr: &str, clients: usize, jobs: usize) -> Result<i3
         let next = next.clone();
         let spec = spec.clone();
         let run_id = run_id.clone();
+        let signer = signer.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -99,7 +107,7 @@ async fn submit_throughput(addr: &str, clients: usize, jobs: usize) -> Result<i3
                     return Ok::<_, anyhow::Error>(latencies);
                 }
                 let t = Instant::now();
-                submit_one(&client, "bench", &format!("{run_id}-{n}"), &spec).await?;
+                submit_one(&client, &signer, &format!("{run_id}-{n}"), &spec).await?;
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
             }
         }));
@@ -120,7 +128,7 @@ async fn submit_throughput(addr: &str, clients: usize, jobs: usize) -> Result<i3
     Ok(0)
 }
 
-async fn latency(addr: &str, jobs: usize) -> Result<i32> {
+async fn latency(addr: &str, signer: &Signer, jobs: usize) -> Result<i32> {
     let client = connect(addr).await?;
     let spec = bench_spec(&["true"]);
     let run_id = crate::cmd::new_request_id();
@@ -128,7 +136,7 @@ async fn latency(addr: &str, jobs: usize) -> Result<i32> {
     let mut observed = Vec::new();
     for n in 0..jobs {
         let t = Instant::now();
-        let reply = submit_one(&client, "bench", &format!("{run_id}-lat-{n}"), &spec).await?;
+        let reply = submit_one(&client, signer, &format!("{run_id}-lat-{n}"), &spec).await?;
         // Poll until the worker has reported the process started.
         let deadline = Instant::now() + Duration::from_secs(30);
         let job = loop {

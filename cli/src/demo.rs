@@ -9,10 +9,25 @@ use coop_proto::api::{JobSpec, ListJobsRequest, LogsRequest, Resources};
 use crate::client::connect;
 use crate::cmd::jobs::{submit_one, wait_for};
 use crate::cmd::new_request_id;
-use crate::local::LocalCluster;
+use crate::identity::{generate_key, load_key, write_key, Settings};
+use crate::local::{LocalCluster, Members, LOCAL_CLUSTER_ID};
 use crate::output::job_state;
 
-pub async fn dev(data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
+/// `coop dev`: one replica and one worker, founded by you alone: your
+/// member name (COOP_MEMBER, the context's, or $USER, else `dev`) with
+/// your key, which is created if you have none yet.
+pub async fn dev(settings: &Settings, data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
+    let member = settings.member(None).unwrap_or_else(|_| "dev".into());
+    let key = match load_key(&settings.key) {
+        Ok(k) => k,
+        Err(_) if !settings.key.exists() => {
+            let k = generate_key()?;
+            write_key(&settings.key, &k, false)?;
+            println!("created your member key: {}", settings.key.display());
+            k
+        }
+        Err(e) => return Err(e),
+    };
     let tmp;
     let dir = match data_dir {
         Some(d) => d,
@@ -30,13 +45,17 @@ pub async fn dev(data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
         id: 1,
         listen: addr.clone(),
         data_dir: dir.join("replica-1"),
+        cluster_id: LOCAL_CLUSTER_ID.into(),
+        members: vec![coop_core::Founder {
+            name: coop_core::MemberId::new(member.clone()),
+            key: key.public_key(),
+        }],
         ..Default::default()
     };
     let replica = coop_scheduler::Replica::start(config, listener).await?;
-    if let Err(e) = replica.initialize().await {
-        if !e.to_string().contains("already initialized") {
-            return Err(e.into());
-        }
+    match replica.initialize().await {
+        Ok(()) | Err(coop_scheduler::error::StartError::AlreadyInitialized) => {}
+        Err(e) => return Err(e.into()),
     }
     replica
         .node
@@ -47,10 +66,7 @@ pub async fn dev(data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
     let worker = coop_worker::Worker::start(
         coop_worker::WorkerConfig {
             node_id: "dev-node".into(),
-            owner: std::env::var("USER")
-                .ok()
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| "dev".into()),
+            owner: member.clone(),
             schedulers: vec![addr.clone()],
             work_dir: dir.join("worker"),
             ..Default::default()
@@ -63,7 +79,8 @@ pub async fn dev(data_dir: Option<PathBuf>, port: u16) -> Result<i32> {
         dir.display()
     );
     println!("scheduler address: {addr}");
-    println!("try:  export COOP_ADDR={addr}");
+    println!("founding member: {member} (key {})", settings.key.display());
+    println!("try:  export COOP_ADDR={addr} COOP_MEMBER={member}");
     println!("      coop submit --wait -- echo hello");
     println!("Ctrl-C stops it.");
     tokio::signal::ctrl_c().await?;
@@ -99,7 +116,7 @@ pub async fn demo() -> Result<i32> {
         "== starting 3 scheduler replicas and 2 workers (data in {})",
         tmp.path().display()
     );
-    let mut cluster = LocalCluster::start(tmp.path(), 3).await?;
+    let mut cluster = LocalCluster::start(tmp.path(), 3, &["ana", "ben", "cam"]).await?;
     cluster.add_worker("node-ana", "ana", 2000, 2 << 30).await?;
     cluster.add_worker("node-ben", "ben", 2000, 2 << 30).await?;
     let leader = cluster.leader(Duration::from_secs(5)).await.unwrap_or(0);
@@ -122,7 +139,8 @@ pub async fn demo() -> Result<i32> {
                 killed + 1
             );
         }
-        let reply = submit_one(&client, member, &new_request_id(), &demo_spec(member, n)).await?;
+        let signer = cluster.signer(member)?;
+        let reply = submit_one(&client, &signer, &new_request_id(), &demo_spec(member, n)).await?;
         acked.push(reply.job_id);
         println!("   {member} submitted job {}", reply.job_id);
     }
@@ -195,9 +213,9 @@ pub async fn demo() -> Result<i32> {
         return Ok(1);
     }
     println!("   every acknowledged job is present and ran to completion");
-    let mut code = fair_share_act(&client, &addr).await?;
+    let mut code = fair_share_act(&client, &addr, &cluster.members).await?;
     if code == 0 {
-        code = evaluation_act(&client, &addr, tmp.path()).await?;
+        code = evaluation_act(&client, &addr, &cluster.members, tmp.path()).await?;
     }
     cluster.stop().await;
     Ok(code)
@@ -208,6 +226,7 @@ pub async fn demo() -> Result<i32> {
 async fn evaluation_act(
     client: &crate::client::Client,
     addr: &str,
+    members: &Members,
     dir: &std::path::Path,
 ) -> Result<i32> {
     use coop_worker::model::examples;
@@ -237,7 +256,7 @@ async fn evaluation_act(
         }),
         ..Default::default()
     };
-    let id = submit_one(client, "ana", &new_request_id(), &spec)
+    let id = submit_one(client, &members["ana"], &new_request_id(), &spec)
         .await?
         .job_id;
     let job = tokio::time::timeout(Duration::from_secs(60), wait_for(client, id, false))
@@ -271,7 +290,11 @@ fn sleeper(secs: u32, preemptible: bool) -> JobSpec {
 
 /// Act two: cam, who contributes no machine, bursts onto the idle pool;
 /// ana and ben, who do, take their share back by preemption.
-async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i32> {
+async fn fair_share_act(
+    client: &crate::client::Client,
+    addr: &str,
+    members: &Members,
+) -> Result<i32> {
     println!();
     println!(
         "== fair share: cam (no machines) bursts 8 preemptible jobs onto the idle pool (4 cpus)"
@@ -279,9 +302,14 @@ async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i3
     let mut cams = Vec::new();
     for _ in 0..8 {
         cams.push(
-            submit_one(client, "cam", &new_request_id(), &sleeper(60, true))
-                .await?
-                .job_id,
+            submit_one(
+                client,
+                &members["cam"],
+                &new_request_id(),
+                &sleeper(60, true),
+            )
+            .await?
+            .job_id,
         );
     }
     wait_state(client, &cams, "running", Duration::from_secs(30)).await?;
@@ -291,7 +319,7 @@ async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i3
     for m in ["ana", "ben"] {
         for _ in 0..2 {
             owners.push(
-                submit_one(client, m, &new_request_id(), &sleeper(3, false))
+                submit_one(client, &members[m], &new_request_id(), &sleeper(3, false))
                     .await?
                     .job_id,
             );
@@ -320,17 +348,53 @@ async fn fair_share_act(client: &crate::client::Client, addr: &str) -> Result<i3
     }
     println!("== coop status {} (one of ana's)", owners[0]);
     crate::cmd::jobs::status(addr, crate::output::Format::Table, owners[0]).await?;
+    refusals_act(client, members, owners[0]).await?;
     wait_state(client, &owners, "succeeded", Duration::from_secs(60)).await?;
     for id in &cams {
-        let _ = c
-            .cancel(coop_proto::api::CancelRequest {
-                job_id: *id,
-                member: "cam".into(),
-            })
-            .await;
+        let req = members["cam"]
+            .cancel(client, &new_request_id(), *id)
+            .await?;
+        let _ = c.cancel(req).await;
     }
     println!("== the owners' jobs succeeded; cam's burst is cancelled; the demo is over");
     Ok(0)
+}
+
+/// Members are keys: a request in ana's name signed with cam's key, and cam
+/// cancelling ana's job, are both refused (and cost no log entry).
+async fn refusals_act(
+    client: &crate::client::Client,
+    members: &Members,
+    anas_job: u64,
+) -> Result<()> {
+    println!("== members are keys: cam tries to act in ana's name");
+    let mut forged = members["cam"]
+        .submit(client, &new_request_id(), sleeper(1, false))
+        .await?;
+    forged.member = "ana".into();
+    match client.clone().submit(forged).await {
+        Err(s) => println!(
+            "   a submit in ana's name, signed with cam's key: refused ({:?}: {})",
+            s.code(),
+            s.message()
+        ),
+        Ok(r) => bail!(
+            "a forged submit was accepted as job {}",
+            r.into_inner().job_id
+        ),
+    }
+    let cancel = members["cam"]
+        .cancel(client, &new_request_id(), anas_job)
+        .await?;
+    match client.clone().cancel(cancel).await {
+        Err(s) => println!(
+            "   cam cancelling ana's job {anas_job}: refused ({:?}: {})",
+            s.code(),
+            s.message()
+        ),
+        Ok(_) => bail!("cam cancelled ana's job {anas_job}"),
+    }
+    Ok(())
 }
 
 /// Waits until each job is in `state`; "running" also accepts a job that

@@ -1,27 +1,73 @@
 //! A whole cluster in this process, on loopback ports and a temporary data
 //! dir: replicas from `coop_scheduler::local` plus in-process workers.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use coop_core::{Founder, MemberId};
 use coop_scheduler::local::LocalReplicas;
 use coop_worker::{Worker, WorkerConfig};
 use tokio::net::TcpListener;
+
+use crate::identity::{generate_key, Signer};
+
+/// The founding members of a local cluster, each with a fresh key.
+pub type Members = BTreeMap<String, Arc<Signer>>;
 
 pub struct LocalCluster {
     pub replicas: LocalReplicas,
     pub workers: Vec<Worker>,
     pub dir: PathBuf,
+    pub members: Members,
+}
+
+/// The id local clusters sign for.
+pub const LOCAL_CLUSTER_ID: &str = "coop-local";
+
+/// Fresh keys for `names`, as founders (public halves) and signers.
+pub fn found(names: &[&str]) -> Result<(Vec<Founder>, Members)> {
+    let mut founders = Vec::new();
+    let mut members = Members::new();
+    for name in names {
+        let key = generate_key()?;
+        founders.push(Founder {
+            name: MemberId::new(*name),
+            key: key.public_key(),
+        });
+        members.insert(
+            name.to_string(),
+            Arc::new(Signer::new(MemberId::new(*name), key)),
+        );
+    }
+    Ok((founders, members))
 }
 
 impl LocalCluster {
-    pub async fn start(dir: &Path, n: usize) -> Result<Self> {
+    /// `n` replicas founded by `names`, each with a fresh key.
+    pub async fn start(dir: &Path, n: usize, names: &[&str]) -> Result<Self> {
+        let (founders, members) = found(names)?;
+        let replicas = LocalReplicas::start(dir, n, |c| {
+            c.cluster_id = LOCAL_CLUSTER_ID.into();
+            c.members = founders.clone();
+        })
+        .await?;
         Ok(Self {
-            replicas: LocalReplicas::start(dir, n, |_| {}).await?,
+            replicas,
             workers: Vec::new(),
             dir: dir.to_path_buf(),
+            members,
         })
+    }
+
+    /// The signer of a founding member.
+    pub fn signer(&self, name: &str) -> Result<Arc<Signer>> {
+        self.members
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("{name} is not a member of this local cluster"))
     }
 
     /// Adds an in-process worker offering `cpu_millis` and `memory_bytes`.

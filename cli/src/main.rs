@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod cmd;
 mod demo;
+mod identity;
 mod local;
 mod output;
 mod top;
@@ -18,14 +19,16 @@ use output::Format;
 #[derive(Parser, Debug)]
 #[command(name = "coop", version)]
 pub struct Cli {
-    /// A scheduler replica, HOST:PORT (any replica will do).
-    #[arg(
-        long,
-        global = true,
-        env = "COOP_ADDR",
-        default_value = "127.0.0.1:7001"
-    )]
-    addr: String,
+    /// A scheduler replica, HOST:PORT (any replica will do); default: the
+    /// context's, else 127.0.0.1:7001.
+    #[arg(long, global = true, env = "COOP_ADDR")]
+    addr: Option<String>,
+    /// A context of ~/.config/coop/config.toml (default: its `current`).
+    #[arg(long, global = true, env = "COOP_CONTEXT")]
+    context: Option<String>,
+    /// Your member key file (default: the context's, else ~/.config/coop/key).
+    #[arg(long, global = true, env = "COOP_KEY")]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Format,
@@ -100,6 +103,16 @@ enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// Your member key: create one, or show its public half.
+    Key {
+        #[command(subcommand)]
+        command: KeyCmd,
+    },
+    /// Named clusters and identities (address, member, key), like kubectl contexts.
+    Context {
+        #[command(subcommand)]
+        command: ContextCmd,
+    },
     /// Run one replica and one worker here, on a temporary data dir, until Ctrl-C.
     Dev {
         /// Keep data here instead of a temporary directory.
@@ -114,6 +127,37 @@ enum Cmd {
     Demo,
     /// Measure submit throughput and submit-to-start latency.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Create a key pair: the secret half in the key file (mode 0600), the
+    /// public half printed for the cooperative.
+    New {
+        /// Replace an existing key file (its identity is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key of your key file.
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContextCmd {
+    /// Create or update a context (and make it current if none is).
+    Set {
+        name: String,
+        #[arg(long = "server")]
+        server: Option<String>,
+        #[arg(long)]
+        member: Option<String>,
+        #[arg(long = "key-file")]
+        key_file: Option<PathBuf>,
+    },
+    /// Make a context current.
+    Use { name: String },
+    /// List the contexts; * marks the current one.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,44 +217,55 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.output;
+    let settings = identity::Settings::resolve(cli.addr, cli.context, cli.key)?;
+    let addr = settings.addr.clone();
     match cli.command {
-        Cmd::Submit(args) => cmd::jobs::submit(&cli.addr, fmt, *args).await,
-        Cmd::Status { job } => cmd::jobs::status(&cli.addr, fmt, job).await,
+        Cmd::Key { command } => match command {
+            KeyCmd::New { force } => cmd::keys::key_new(&settings, fmt, force),
+            KeyCmd::Show => cmd::keys::key_show(&settings, fmt),
+        },
+        Cmd::Context { command } => match command {
+            ContextCmd::Set {
+                name,
+                server,
+                member,
+                key_file,
+            } => cmd::keys::context_set(&name, server, member, key_file),
+            ContextCmd::Use { name } => cmd::keys::context_use(&name),
+            ContextCmd::List => cmd::keys::context_list(fmt),
+        },
+        Cmd::Submit(args) => cmd::jobs::submit(&settings, fmt, *args).await,
+        Cmd::Status { job } => cmd::jobs::status(&addr, fmt, job).await,
         Cmd::Jobs {
             state,
             member,
             limit,
-        } => cmd::jobs::jobs(&cli.addr, fmt, state, member, limit).await,
-        Cmd::Cancel { job, member } => cmd::jobs::cancel(&cli.addr, fmt, job, member).await,
+        } => cmd::jobs::jobs(&addr, fmt, state, member, limit).await,
+        Cmd::Cancel { job, member } => cmd::jobs::cancel(&settings, fmt, job, member).await,
         Cmd::Logs {
             job,
             stderr,
             follow,
-        } => cmd::jobs::logs(&cli.addr, job, stderr, follow).await,
-        Cmd::Nodes => cmd::cluster::nodes(&cli.addr, fmt).await,
+        } => cmd::jobs::logs(&addr, job, stderr, follow).await,
+        Cmd::Nodes => cmd::cluster::nodes(&addr, fmt).await,
         Cmd::Top { once, interval } => {
-            top::run(
-                &cli.addr,
-                once,
-                std::time::Duration::from_secs(interval.max(1)),
-            )
-            .await
+            top::run(&addr, once, std::time::Duration::from_secs(interval.max(1))).await
         }
-        Cmd::Evals { dataset } => cmd::models::evals(&cli.addr, fmt, dataset).await,
-        Cmd::Why { job } => cmd::fairness::why(&cli.addr, fmt, job).await,
-        Cmd::Share => cmd::fairness::share(&cli.addr, fmt).await,
+        Cmd::Evals { dataset } => cmd::models::evals(&addr, fmt, dataset).await,
+        Cmd::Why { job } => cmd::fairness::why(&addr, fmt, job).await,
+        Cmd::Share => cmd::fairness::share(&addr, fmt).await,
         Cmd::Policy {
             command: PolicyCmd::Show,
-        } => cmd::fairness::policy_show(&cli.addr, fmt).await,
+        } => cmd::fairness::policy_show(&addr, fmt).await,
         Cmd::Cluster { command } => match command {
-            ClusterCmd::Status => cmd::cluster::cluster_status(&cli.addr, fmt).await,
-            ClusterCmd::Init => cmd::cluster::cluster_init(&cli.addr, fmt).await,
+            ClusterCmd::Status => cmd::cluster::cluster_status(&addr, fmt).await,
+            ClusterCmd::Init => cmd::cluster::cluster_init(&addr, fmt).await,
             ClusterCmd::AddReplica { id, replica_addr } => {
-                cmd::cluster::add_replica(&cli.addr, fmt, id, replica_addr).await
+                cmd::cluster::add_replica(&addr, fmt, id, replica_addr).await
             }
         },
-        Cmd::Dev { data_dir, port } => demo::dev(data_dir, port).await,
+        Cmd::Dev { data_dir, port } => demo::dev(&settings, data_dir, port).await,
         Cmd::Demo => demo::demo().await,
-        Cmd::Bench(args) => bench::run(&cli.addr, args).await,
+        Cmd::Bench(args) => bench::run(&settings, args).await,
     }
 }

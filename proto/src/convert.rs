@@ -399,6 +399,15 @@ impl From<&core::Leaderboard> for api::Leaderboard {
     }
 }
 
+/// The signature and time a signed request carries, as the core checks them.
+pub fn auth(issued_at_ms: u64, signature: &[u8]) -> Result<core::Auth, ConvertError> {
+    Ok(core::Auth {
+        issued_at_ms,
+        signature: core::Signature::try_from(signature)
+            .map_err(|_| ConvertError::Missing("a 64-byte signature"))?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,19 +155,24 @@ impl Coop for CoopService {
                     .map_err(|e| Status::invalid_argument(format!("invalid job: {e}")))
             })?;
         let member = MemberId::new(req.member.clone());
-        // Refuse bad input before it reaches the log; apply checks again.
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        // Refuse bad input (and bad signatures) before it reaches the log;
+        // apply checks again on every replica.
         {
             let applied = self.shared.node.state_machine().read();
             applied
                 .state
-                .check_submit(&req.request_id, &member, &spec)
+                .check_submit(&req.request_id, &member, &spec, &auth, now)
                 .map_err(|e| core_status(&e))?;
         }
         let cmd = Command::Submit {
             request_id: req.request_id.clone(),
             member,
             spec,
-            now_ms: now_ms(),
+            auth,
+            now_ms: now,
         };
         match self.shared.write(cmd).await? {
             Outcome::Submitted { job, existing } => Ok(Response::new(SubmitResponse {
@@ -227,18 +232,23 @@ impl Coop for CoopService {
         via_leader!(self, request, cancel);
         let req = request.get_ref();
         let (job, member) = (JobId(req.job_id), MemberId::new(req.member.clone()));
-        // An unknown, foreign or ended job is refused here, not in the log.
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        // An unsigned, unknown, foreign or ended job is refused here, not in the log.
         self.shared
             .node
             .state_machine()
             .read()
             .state
-            .check_cancel(job, &member)
+            .check_cancel(job, &member, &req.request_id, &auth, now)
             .map_err(|e| core_status(&e))?;
         let cmd = Command::Cancel {
             job,
             member,
-            now_ms: now_ms(),
+            request_id: req.request_id.clone(),
+            auth,
+            now_ms: now,
         };
         match self.shared.write(cmd).await? {
             Outcome::Cancelled { stopping, .. } => Ok(Response::new(CancelResponse {
@@ -338,6 +348,7 @@ impl Coop for CoopService {
             running: state.running_jobs() as u64,
             nodes_ready: state.ready_nodes() as u64,
             state_digest: state.digest(),
+            cluster_id: state.cluster_id().to_string(),
         }))
     }
 

@@ -35,6 +35,12 @@ pub struct Config {
     /// The genesis policy (a `[policy]` table); the built-in defaults when
     /// absent. Used once, when the cluster first elects a leader.
     pub policy: Option<coop_core::Policy>,
+    /// The cluster's id: every member signature names it. Used at genesis.
+    pub cluster_id: String,
+    /// The founding members (`[[members]]` with `name` and `key`, the
+    /// Ed25519 public key in hex). Used once, at genesis; afterwards the
+    /// member set changes only by member vote.
+    pub members: Vec<coop_core::Founder>,
 }
 
 impl Default for Config {
@@ -53,6 +59,8 @@ impl Default for Config {
             snapshot_every: 10_000,
             policy: None,
             metrics_listen: None,
+            cluster_id: "coop".into(),
+            members: Vec::new(),
         }
     }
 }

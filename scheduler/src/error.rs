@@ -19,7 +19,11 @@ pub fn core_status(e: &CoreError) -> Status {
         | CoreError::StaleAllocation { .. }
         | CoreError::BadAllocTransition { .. }
         | CoreError::StaleIncarnation { .. } => Code::FailedPrecondition,
-        CoreError::Policy(_) | CoreError::GenesisAdopted { .. } => Code::FailedPrecondition,
+        CoreError::Policy(_) | CoreError::GenesisAdopted { .. } | CoreError::Genesis(_) => {
+            Code::FailedPrecondition
+        }
+        CoreError::Auth(coop_core::AuthError::BadKey { .. }) => Code::InvalidArgument,
+        CoreError::Auth(_) => Code::Unauthenticated,
         CoreError::UnknownCommand => Code::Internal,
     };
     Status::new(code, e.to_string())

@@ -37,6 +37,13 @@ struct Args {
     /// The genesis policy, a TOML file (overrides a `[policy]` table in --config).
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// The cluster's id, named by every member signature (used at genesis).
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// A founding member, NAME=PUBLIC_KEY (hex, from `coop key new`);
+    /// repeat for each. Used once, at genesis.
+    #[arg(long = "member", value_name = "NAME=KEY")]
+    members: Vec<String>,
     /// Initialize the cluster with --peers at start if it never was (run on
     /// one replica only; `coop cluster init` does the same afterwards).
     #[arg(long)]
@@ -103,6 +110,19 @@ async fn run() -> anyhow::Result<()> {
             coop_core::Policy::from_toml(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         );
+    }
+    if let Some(id) = args.cluster_id {
+        config.cluster_id = id;
+    }
+    for m in &args.members {
+        let (name, key) = m
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--member {m:?} is not NAME=PUBLIC_KEY"))?;
+        config.members.push(coop_core::Founder {
+            name: coop_core::MemberId::new(name),
+            key: coop_core::PublicKey::parse(key)
+                .map_err(|e| anyhow::anyhow!("--member {name}: {e}"))?,
+        });
     }
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -96,8 +96,10 @@ impl Shared {
         if self.node.state_machine().read().state.genesis_adopted() {
             return Ok(());
         }
-        let cmd = Command::AdoptGenesisPolicy {
+        let cmd = Command::Genesis {
+            cluster_id: self.config.cluster_id.clone(),
             policy: self.config.policy.clone().unwrap_or_default(),
+            members: self.config.members.clone(),
             now_ms: now_ms(),
         };
         match self.write_result(cmd).await? {

@@ -12,7 +12,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coop_proto::api::*;
-use coop_scheduler::local::LocalReplicas;
 use coop_scheduler::Config;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -52,11 +51,7 @@ async fn submit(addrs: &[String], member: &str, request_id: &str, spec: &JobSpec
     let mut i = 0;
     loop {
         let mut c = coop_e2e::client(&addrs[i % addrs.len()]);
-        let req = SubmitRequest {
-            member: member.into(),
-            request_id: request_id.into(),
-            spec: Some(spec.clone()),
-        };
+        let req = coop_e2e::submit_request(member, request_id, spec.clone());
         match c.submit(req).await {
             Ok(r) => return r.into_inner().job_id,
             Err(s) if s.code() == tonic::Code::InvalidArgument => panic!("rejected: {s}"),
@@ -83,7 +78,7 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_runs_to_completion_and_its_logs_are_served() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    let cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
     let addrs = cluster.addrs();
     let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "2");
     let id = submit(
@@ -132,20 +127,16 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         .jobs
         .len();
     let empty = c
-        .submit(SubmitRequest {
-            member: "ana".into(),
-            request_id: "bad".into(),
-            spec: Some(spec(&[], 500, 0)),
-        })
+        .submit(coop_e2e::submit_request("ana", "bad", spec(&[], 500, 0)))
         .await
         .unwrap_err();
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
     let huge = c
-        .submit(SubmitRequest {
-            member: "ana".into(),
-            request_id: "huge".into(),
-            spec: Some(spec(&["true"], 64_000_000, 0)),
-        })
+        .submit(coop_e2e::submit_request(
+            "ana",
+            "huge",
+            spec(&["true"], 64_000_000, 0),
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -153,11 +144,11 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         "{huge}"
     );
     let oversized = c
-        .submit(SubmitRequest {
-            member: "ana".into(),
-            request_id: "big".into(),
-            spec: Some(spec(&["echo", &"x".repeat(2 << 20)], 500, 0)),
-        })
+        .submit(coop_e2e::submit_request(
+            "ana",
+            "big",
+            spec(&["echo", &"x".repeat(2 << 20)], 500, 0),
+        ))
         .await
         .unwrap_err();
     assert_eq!(oversized.code(), tonic::Code::OutOfRange, "{oversized}");
@@ -181,12 +172,11 @@ async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
     let tmp = tempfile::tempdir().unwrap();
     // A generous heartbeat timeout: this test is about the log, and a worker
     // declared lost while 4 tests share 2 cores would rerun its jobs.
-    let mut cluster = LocalReplicas::start(tmp.path(), 3, |c| {
+    let mut cluster = coop_e2e::replicas(tmp.path(), 3, |c| {
         fast(c);
         c.heartbeat_timeout_ms = 10_000;
     })
-    .await
-    .unwrap();
+    .await;
     let addrs = cluster.addrs();
     let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "8");
     let ran = tmp.path().join("ran.txt");
@@ -260,12 +250,11 @@ async fn applied_and_digest(addr: &str) -> (u64, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = LocalReplicas::start(tmp.path(), 3, |c| {
+    let mut cluster = coop_e2e::replicas(tmp.path(), 3, |c| {
         fast(c);
         c.snapshot_every = 40;
     })
-    .await
-    .unwrap();
+    .await;
     let leader = cluster.leader(LIMIT).await.unwrap();
     let follower = (leader + 1) % 3;
     cluster.stop(follower).await;
@@ -353,7 +342,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    let cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
     let addrs = cluster.addrs();
     let mut w1 = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "1");
     let id = submit(&addrs, "ana", "r1", &spec(&["sleep", "2"], 1000, 1)).await;
@@ -391,7 +380,7 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = LocalReplicas::start(tmp.path(), 3, fast).await.unwrap();
+    let cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
     let addrs = cluster.addrs();
     let work = tmp.path().join("w1");
     let mut w1 = spawn_worker("w1", &addrs, &work, "1");

@@ -12,7 +12,6 @@ use std::time::Duration;
 use coop_core::Policy;
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
-use coop_scheduler::local::LocalReplicas;
 use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -54,11 +53,7 @@ where
 async fn submit(c: &CoopClient<Channel>, member: &str, req: &str, spec: JobSpec) -> u64 {
     call(|| {
         let mut c = c.clone();
-        let r = SubmitRequest {
-            member: member.into(),
-            request_id: req.into(),
-            spec: Some(spec.clone()),
-        };
+        let r = coop_e2e::submit_request(member, req, spec.clone());
         async move { c.submit(r).await }
     })
     .await
@@ -91,7 +86,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = LocalReplicas::start(tmp.path(), 3, |c| {
+    let cluster = coop_e2e::replicas(tmp.path(), 3, |c| {
         c.heartbeat_interval_ms = 100;
         c.heartbeat_timeout_ms = 10_000;
         c.policy = Some(Policy {
@@ -99,8 +94,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
             ..Policy::default()
         });
     })
-    .await
-    .unwrap();
+    .await;
     let addrs = cluster.addrs();
     let _worker = Proc(
         coop_e2e::worker("olga-box", "olga", "4", &addrs, tmp.path().join("w"))

@@ -4,7 +4,7 @@
 
 use coop_e2e::StateName;
 
-use coop_proto::api::{CancelRequest, ClusterStatusRequest, JobSpec, Resources, SubmitRequest};
+use coop_proto::api::{ClusterStatusRequest, JobSpec, Resources};
 use coop_proto::raft::raft_transport_client::RaftTransportClient;
 use coop_proto::raft::{RaftPayload, SnapshotChunk};
 use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
@@ -38,11 +38,7 @@ async fn still_serves(addrs: &[String], tag: &str) {
         let c = coop_e2e::client(addr);
         let id = coop_e2e::submit(
             &c,
-            SubmitRequest {
-                member: "ana".into(),
-                request_id: format!("{tag}-{i}"),
-                spec: Some(small_job()),
-            },
+            coop_e2e::submit_request("ana", &format!("{tag}-{i}"), small_job()),
         )
         .await
         .unwrap_or_else(|s| panic!("replica {addr} stopped serving after {tag}: {s}"));
@@ -118,7 +114,7 @@ async fn a_registration_with_absurd_capacity_is_refused() {
     let err = WorkerGatewayClient::new(channel(&addrs[0]))
         .register(RegisterRequest {
             node_id: "huge".into(),
-            owner: "mallory".into(),
+            owner: "olga".into(),
             capacity: Some(Resources {
                 cpu_millis: 1000,
                 memory_bytes: 1 << 30,
@@ -155,20 +151,18 @@ async fn cancels_of_unknown_or_foreign_jobs_write_nothing() {
     for job_id in 0..50 {
         let err = c
             .clone()
-            .cancel(CancelRequest {
-                job_id: 1000 + job_id,
-                member: "ana".into(),
-            })
+            .cancel(coop_e2e::cancel_request(
+                "ana",
+                &format!("c{job_id}"),
+                1000 + job_id,
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     }
     let err = c
         .clone()
-        .cancel(CancelRequest {
-            job_id: 1,
-            member: "bo".into(),
-        })
+        .cancel(coop_e2e::cancel_request("bo", "c-bo", 1))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
@@ -180,5 +174,50 @@ async fn cancels_of_unknown_or_foreign_jobs_write_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(job.state_name(), "pending");
+    cluster.stop_all().await;
+}
+
+/// Members are keys: a request in a member's name signed with another key,
+/// one from a non-member, and one without a signature are refused with
+/// UNAUTHENTICATED by the replica that receives them, before the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_not_signed_by_the_member_are_refused_before_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    still_serves(&addrs[..1], "first").await;
+    let c = coop_e2e::client(&addrs[1]);
+    let last_index = || async {
+        c.clone()
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .last_log_index
+    };
+    let before = last_index().await;
+    // Signed by bo, claimed as ana.
+    let mut forged = coop_e2e::submit_request("bo", "forged", small_job());
+    forged.member = "ana".into();
+    // Signed by a key no member holds.
+    let outsider = coop_e2e::submit_request("mallory", "outsider", small_job());
+    // No signature at all.
+    let mut unsigned = coop_e2e::submit_request("ana", "unsigned", small_job());
+    unsigned.signature.clear();
+    // A genuine request whose spec was changed on the way.
+    let mut altered = coop_e2e::submit_request("ana", "altered", small_job());
+    altered.spec.as_mut().unwrap().argv = vec!["rm".into(), "-rf".into(), "/".into()];
+    for req in [forged, outsider, unsigned, altered] {
+        let err = c.clone().submit(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    }
+    let forged_cancel = {
+        let mut r = coop_e2e::cancel_request("bo", "c", 1);
+        r.member = "ana".into();
+        r
+    };
+    let err = c.clone().cancel(forged_cancel).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert_eq!(last_index().await, before, "a refused request was logged");
     cluster.stop_all().await;
 }

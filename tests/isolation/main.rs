@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
-use coop_scheduler::local::LocalReplicas;
 use tonic::transport::Channel;
 
 fn is_root() -> bool {
@@ -32,11 +31,7 @@ fn spec(script: &str, memory_bytes: u64, timeout_secs: Option<u64>) -> JobSpec {
 }
 
 async fn submit(c: &CoopClient<Channel>, id: &str, spec: JobSpec) -> u64 {
-    let req = SubmitRequest {
-        member: "ana".into(),
-        request_id: id.into(),
-        spec: Some(spec),
-    };
+    let req = coop_e2e::submit_request("ana", id, spec);
     c.clone().submit(req).await.unwrap().into_inner().job_id
 }
 
@@ -48,9 +43,7 @@ async fn jobs_are_confined() {
     }
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("w");
-    let cluster = LocalReplicas::start(dir.path(), 1, |c| c.heartbeat_interval_ms = 100)
-        .await
-        .unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 1, |c| c.heartbeat_interval_ms = 100).await;
     let addrs = cluster.addrs();
     let _worker = Proc(
         coop_e2e::worker("w1", "ana", "2", &addrs, &work)

@@ -9,7 +9,6 @@ use std::process::Stdio;
 
 use coop_core::{Artifact as ArtifactRef, EvalTask, JobResult};
 use coop_proto::api::*;
-use coop_scheduler::local::LocalReplicas;
 use coop_worker::model::examples as fixtures;
 use coop_worker::model::{self, formats, ModelError, ModelJob};
 
@@ -205,9 +204,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     let dir = tempfile::tempdir().unwrap();
     let models = fixtures::classifiers(dir.path()).unwrap();
     let data = fixtures::dataset(dir.path()).unwrap();
-    let cluster = LocalReplicas::start(dir.path(), 3, |c| c.heartbeat_interval_ms = 100)
-        .await
-        .unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |c| c.heartbeat_interval_ms = 100).await;
     let addrs = cluster.addrs();
     let _worker = Proc(
         coop_e2e::worker("w1", "ana", "2", &addrs, dir.path().join("w"))
@@ -222,11 +219,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     };
     let submit = |spec: JobSpec, req: &str| {
         let c = c.clone();
-        let req = SubmitRequest {
-            member: "ana".into(),
-            request_id: req.into(),
-            spec: Some(spec),
-        };
+        let req = coop_e2e::submit_request("ana", req, spec);
         async move { coop_e2e::submit(&c, req).await.unwrap() }
     };
     // A corrupt model fails with its reason, and the worker carries on.

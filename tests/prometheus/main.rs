@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use coop_core::Policy;
 use coop_proto::api::*;
-use coop_scheduler::local::LocalReplicas;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -115,15 +114,14 @@ async fn every_dashboard_and_alert_expression_returns_data() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalReplicas::start(dir.path(), 3, |c| {
+    let cluster = coop_e2e::replicas(dir.path(), 3, |c| {
         c.heartbeat_interval_ms = 100;
         c.policy = Some(Policy {
             grace_secs: 1,
             ..Policy::default()
         });
     })
-    .await
-    .unwrap();
+    .await;
     let addrs = cluster.addrs();
     let mut worker = coop_e2e::worker("olga-box", "olga", "4", &addrs, dir.path().join("w"))
         .args(["--metrics-listen", "127.0.0.1:0"])
@@ -162,11 +160,7 @@ async fn every_dashboard_and_alert_expression_returns_data() {
     };
     let submit = |member: &str, req: String, spec: JobSpec| {
         let mut c = c.clone();
-        let r = SubmitRequest {
-            member: member.into(),
-            request_id: req,
-            spec: Some(spec),
-        };
+        let r = coop_e2e::submit_request(member, &req, spec);
         async move { c.submit(r).await.unwrap().into_inner().job_id }
     };
     for i in 0..4 {

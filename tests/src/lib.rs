@@ -80,12 +80,70 @@ pub fn client(addr: &str) -> CoopClient<Channel> {
     )
 }
 
-/// `n` replicas under `dir` with `tune` applied to each config, formed into
-/// a cluster with a leader; panics with the reason if that fails.
+/// The founding members of every test cluster, with their testkit keys.
+pub const MEMBERS: &[&str] = &["ana", "ben", "bo", "cam", "dan", "olga", "pete"];
+
+/// `n` replicas under `dir`, founded by `MEMBERS`, with `tune` applied to
+/// each config, formed into a cluster with a leader; panics with the
+/// reason if that fails.
 pub async fn replicas(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> LocalReplicas {
-    LocalReplicas::start(dir, n, tune)
-        .await
-        .unwrap_or_else(|e| panic!("start {n} replicas: {e}"))
+    LocalReplicas::start(dir, n, |c| {
+        c.cluster_id = coop_core::testkit::CLUSTER.into();
+        c.members = coop_core::testkit::founders(MEMBERS);
+        tune(c);
+    })
+    .await
+    .unwrap_or_else(|e| panic!("start {n} replicas: {e}"))
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A submit in `member`'s name, signed with its testkit key now.
+pub fn submit_request(
+    member: &str,
+    request_id: &str,
+    spec: coop_proto::api::JobSpec,
+) -> coop_proto::api::SubmitRequest {
+    let core = coop_core::JobSpec::try_from(&spec).expect("a spec that converts");
+    let auth = coop_core::testkit::secret(member).sign_request(
+        coop_core::testkit::CLUSTER,
+        &coop_core::MemberId::new(member),
+        request_id,
+        wall_clock_ms(),
+        &coop_core::MemberRequest::Submit { spec: core },
+    );
+    coop_proto::api::SubmitRequest {
+        member: member.into(),
+        request_id: request_id.into(),
+        spec: Some(spec),
+        issued_at_ms: auth.issued_at_ms,
+        signature: auth.signature.0.to_vec(),
+    }
+}
+
+/// A cancel in `member`'s name, signed with its testkit key now.
+pub fn cancel_request(member: &str, request_id: &str, job: u64) -> coop_proto::api::CancelRequest {
+    let auth = coop_core::testkit::secret(member).sign_request(
+        coop_core::testkit::CLUSTER,
+        &coop_core::MemberId::new(member),
+        request_id,
+        wall_clock_ms(),
+        &coop_core::MemberRequest::Cancel {
+            job: coop_core::JobId(job),
+        },
+    );
+    coop_proto::api::CancelRequest {
+        job_id: job,
+        member: member.into(),
+        request_id: request_id.into(),
+        issued_at_ms: auth.issued_at_ms,
+        signature: auth.signature.0.to_vec(),
+    }
 }
 
 /// A wire enum's name as the core spells it, so tests read `"running"`.

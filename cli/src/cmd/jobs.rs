@@ -9,24 +9,22 @@ use coop_proto::api::*;
 use serde_json::json;
 
 use super::submit::{build_spec, SubmitArgs};
-use super::{member_or_default, new_request_id, now_ms};
+use super::{new_request_id, now_ms};
 use crate::client::{call, connect, Client};
+use crate::identity::{Settings, Signer};
 use crate::output::{
     decision_kind, job_json, job_state, ms_ago, print_json, reason_text, res, rule_name, table,
     Format,
 };
 
+/// Signs and sends one submit; a retry sends the same signed request.
 pub async fn submit_one(
     client: &Client,
-    member: &str,
+    signer: &Signer,
     request_id: &str,
     spec: &JobSpec,
 ) -> Result<SubmitResponse> {
-    let req = SubmitRequest {
-        member: member.to_string(),
-        request_id: request_id.to_string(),
-        spec: Some(spec.clone()),
-    };
+    let req = signer.submit(client, request_id, spec.clone()).await?;
     call(client, req, |mut c, req| async move { c.submit(req).await }).await
 }
 
@@ -37,12 +35,12 @@ pub async fn get_job(client: &Client, job: u64) -> Result<Job> {
     .await
 }
 
-pub async fn submit(addr: &str, fmt: Format, args: SubmitArgs) -> Result<i32> {
+pub async fn submit(settings: &Settings, fmt: Format, args: SubmitArgs) -> Result<i32> {
     let spec = build_spec(&args)?;
-    let member = member_or_default(args.member.clone())?;
+    let signer = settings.signer(args.member.clone())?;
     let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
-    let client = connect(addr).await?;
-    let reply = submit_one(&client, &member, &request_id, &spec).await?;
+    let client = connect(&settings.addr).await?;
+    let reply = submit_one(&client, &signer, &request_id, &spec).await?;
     if !args.wait {
         match fmt {
             Format::Json => print_json(
@@ -247,13 +245,15 @@ pub async fn jobs(
     Ok(0)
 }
 
-pub async fn cancel(addr: &str, fmt: Format, job: u64, member: Option<String>) -> Result<i32> {
-    let member = member_or_default(member)?;
-    let client = connect(addr).await?;
-    let req = CancelRequest {
-        job_id: job,
-        member,
-    };
+pub async fn cancel(
+    settings: &Settings,
+    fmt: Format,
+    job: u64,
+    member: Option<String>,
+) -> Result<i32> {
+    let signer = settings.signer(member)?;
+    let client = connect(&settings.addr).await?;
+    let req = signer.cancel(&client, &new_request_id(), job).await?;
     let reply = call(
         &client,
         req,

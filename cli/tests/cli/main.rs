@@ -33,9 +33,12 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn the_readme_commands_work_against_coop_dev() {
     let dir = tempfile::tempdir().unwrap();
+    // Keys and contexts go to this test's own config dir, never the user's.
+    std::env::set_var("XDG_CONFIG_HOME", dir.path().join("config"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_coop"))
         .args(["dev", "--port", "0", "--data-dir"])
         .arg(dir.path().join("dev"))
+        .env("COOP_MEMBER", "ana")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -151,6 +154,21 @@ fn the_readme_commands_work_against_coop_dev() {
     let o = coop(&addr, &["cluster", "init"]);
     assert!(
         !o.status.success() && stderr(&o).contains("already initialized"),
+        "{}",
+        stderr(&o)
+    );
+    // Members are keys: coop dev made ana's, and nobody else can act as her.
+    let o = coop(&addr, &["key", "show"]);
+    assert_eq!(stdout(&o).trim().len(), 64, "{}", stdout(&o));
+    let o = coop(&addr, &["cancel", "1", "--member", "bo"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("bo is not a member"),
+        "{}",
+        stderr(&o)
+    );
+    let o = coop(&addr, &["key", "new"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("exists already"),
         "{}",
         stderr(&o)
     );

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use coop_core::testkit;
 use coop_core::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -14,12 +15,11 @@ const GIB: u64 = 1 << 30;
 /// A deterministic mixed cluster: every 4th node has 8 GPUs; jobs ask for
 /// 1-8 cores, 2-32 GiB, and one in five for 1-2 GPUs.
 fn cluster(nodes: usize, members: usize, jobs: usize) -> ClusterState {
+    let names: Vec<String> = (0..members).map(|m| format!("member-{m:04}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut s = ClusterState::new();
-    s.apply(&Command::AdoptGenesisPolicy {
-        policy: Policy::default(),
-        now_ms: 0,
-    })
-    .unwrap();
+    s.apply(&testkit::genesis(&names, Policy::default(), 0))
+        .unwrap();
     for n in 0..nodes {
         let gpus = if n % 4 == 0 { 8 } else { 0 };
         s.apply(&Command::RegisterNode {
@@ -51,13 +51,9 @@ fn cluster(nodes: usize, members: usize, jobs: usize) -> ClusterState {
             Resources::new(cpu, mem, gpus),
         );
         spec.preemptible = (x >> 24).is_multiple_of(2);
-        s.apply(&Command::Submit {
-            request_id: format!("r{j}"),
-            member: MemberId::new(format!("member-{:04}", (x >> 32) as usize % members)),
-            spec,
-            now_ms: 1_000,
-        })
-        .unwrap();
+        let member = format!("member-{:04}", (x >> 32) as usize % members);
+        s.apply(&testkit::submit(&member, &format!("r{j}"), spec, 1_000))
+            .unwrap();
     }
     s
 }

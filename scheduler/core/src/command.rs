@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{Auth, PublicKey};
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::JobSpec;
 use crate::node::GpuInfo;
@@ -46,21 +47,32 @@ impl ExitStatus {
     }
 }
 
+/// A founding member, listed in the genesis config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Founder {
+    pub name: MemberId,
+    pub key: PublicKey,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
-    /// A member submits a job. `request_id` is the client's idempotency key:
-    /// the same member and request id always return the first job.
+    /// A member submits a job, signed with its key (see `identity`).
+    /// `request_id` is the client's idempotency key: the same member and
+    /// request id always return the first job.
     Submit {
         request_id: String,
         member: MemberId,
         spec: JobSpec,
+        auth: Auth,
         now_ms: u64,
     },
-    /// A member cancels one of its jobs.
+    /// A member cancels one of its jobs, signed with its key.
     Cancel {
         job: JobId,
         member: MemberId,
+        request_id: String,
+        auth: Auth,
         now_ms: u64,
     },
     /// A worker (re)joins the pool.
@@ -82,9 +94,16 @@ pub enum Command {
         incarnation: u64,
         now_ms: u64,
     },
-    /// The genesis policy from the bootstrap config; applies once, ever.
-    /// Later changes come only through member votes.
-    AdoptGenesisPolicy { policy: Policy, now_ms: u64 },
+    /// The cluster's birth, from the bootstrap config; applies once, ever:
+    /// its id (every signature names it), the genesis policy and the
+    /// founding members with their keys. Later changes to the policy and
+    /// the member set come only through member votes.
+    Genesis {
+        cluster_id: String,
+        policy: Policy,
+        members: Vec<Founder>,
+        now_ms: u64,
+    },
     /// Run the allocator over the pending queue.
     Schedule { now_ms: u64 },
     /// The worker started the allocation's process.
@@ -117,7 +136,7 @@ impl Command {
             | Self::RegisterNode { now_ms, .. }
             | Self::NodeLost { now_ms, .. }
             | Self::Schedule { now_ms }
-            | Self::AdoptGenesisPolicy { now_ms, .. }
+            | Self::Genesis { now_ms, .. }
             | Self::AllocStarted { now_ms, .. }
             | Self::AllocFinished { now_ms, .. } => *now_ms,
             Self::Unknown => 0,
@@ -131,7 +150,7 @@ impl Command {
             Self::RegisterNode { .. } => "register_node",
             Self::NodeLost { .. } => "node_lost",
             Self::Schedule { .. } => "schedule",
-            Self::AdoptGenesisPolicy { .. } => "adopt_genesis_policy",
+            Self::Genesis { .. } => "genesis",
             Self::AllocStarted { .. } => "alloc_started",
             Self::AllocFinished { .. } => "alloc_finished",
             Self::Unknown => "unknown",

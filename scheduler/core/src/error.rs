@@ -80,6 +80,10 @@ pub enum CoreError {
     GenesisAdopted { version: u64 },
     #[error("unknown command: this replica is older than the log")]
     UnknownCommand,
+    #[error("{0}")]
+    Auth(#[from] crate::identity::AuthError),
+    #[error("bad genesis: {0}")]
+    Genesis(String),
 }
 
 /// A snapshot that does not decode.

@@ -20,6 +20,7 @@ pub mod error;
 pub mod explain;
 pub mod fairness;
 pub mod fairshare;
+pub mod identity;
 pub mod ids;
 pub mod job;
 pub mod leaderboard;
@@ -32,14 +33,17 @@ pub mod policy;
 pub mod resources;
 pub mod result;
 pub mod state;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod view;
 
 pub use alloc::{AllocState, Allocation};
-pub use command::{Command, ExitStatus};
+pub use command::{Command, ExitStatus, Founder};
 pub use decision::{Decision, DecisionKind, Rule};
 pub use error::{CoreError, Impossible, SnapshotError};
 pub use explain::{Explanation, PendingReason, WouldStart};
 pub use fairness::Fairness;
+pub use identity::{Auth, AuthError, MemberRequest, PublicKey, SecretKey, Signature};
 pub use ids::{AllocId, JobId, MemberId, NodeId};
 pub use job::{Artifact, EvalTask, Job, JobKind, JobSpec, JobState, SpecError};
 pub use leaderboard::Leaderboard;

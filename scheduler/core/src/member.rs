@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::PublicKey;
 use crate::ids::MemberId;
 use crate::ledger::{decay_factor, Usage};
 use crate::policy::Policy;
@@ -10,6 +11,8 @@ use crate::resources::Resources;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub id: MemberId,
+    /// The key every request in this member's name must be signed with.
+    pub public_key: PublicKey,
     pub first_seen_ms: u64,
     pub jobs_submitted: u64,
     /// Sum of the member's live allocations (derived: changed only by
@@ -26,9 +29,10 @@ pub struct Member {
 }
 
 impl Member {
-    pub(crate) fn new(id: MemberId, now_ms: u64) -> Self {
+    pub(crate) fn new(id: MemberId, public_key: PublicKey, now_ms: u64) -> Self {
         Self {
             id,
+            public_key,
             first_seen_ms: now_ms,
             jobs_submitted: 0,
             allocated: Resources::ZERO,

@@ -25,7 +25,8 @@ use crate::error::{CoreError, Impossible, SnapshotError, MAX_REQUEST_ID_LEN};
 use crate::explain::{self, Explanation, PendingReason};
 use crate::fairness::{self, Fairness};
 use crate::fairshare::{self, Plan, Shares};
-use crate::ids::{validate_name, AllocId, JobId, MemberId, NodeId};
+use crate::identity::{self, Auth, AuthError, MemberRequest};
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::{Job, JobSpec, JobState};
 use crate::leaderboard::{self, Leaderboard};
 use crate::ledger::gpu_equivalents;
@@ -37,6 +38,9 @@ use crate::view::View;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
+    /// Set by genesis; every member signature names it.
+    #[serde(default)]
+    cluster_id: String,
     last_job_id: u64,
     last_alloc_id: u64,
     /// The latest time any applied command carried; never goes back.
@@ -72,6 +76,39 @@ impl ClusterState {
 
     pub fn now_ms(&self) -> u64 {
         self.now_ms
+    }
+
+    /// The cluster's id, empty before genesis.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Checks a member's signed request against its registered key and the
+    /// given time (the log's in `apply`; the receiving replica's before it).
+    pub fn verify(
+        &self,
+        member: &MemberId,
+        request_id: &str,
+        auth: &Auth,
+        request: &MemberRequest,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        let m = self
+            .members
+            .get(member)
+            .ok_or_else(|| AuthError::UnknownMember {
+                member: member.clone(),
+            })?;
+        identity::verify_request(
+            &m.public_key,
+            &self.cluster_id,
+            member,
+            request_id,
+            auth,
+            request,
+            now_ms,
+        )?;
+        Ok(())
     }
 
     pub fn policy(&self) -> &Policy {
@@ -259,7 +296,14 @@ impl ClusterState {
         request_id: &str,
         member: &MemberId,
         spec: &JobSpec,
+        auth: &Auth,
+        now_ms: u64,
     ) -> Result<Option<JobId>, CoreError> {
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
+        let request = MemberRequest::Submit { spec: spec.clone() };
+        self.verify(member, request_id, auth, &request, now_ms)?;
         if let Some(job) = self.request(member, request_id) {
             // A retry must be the same request; a reused id with another
             // spec is a client bug that would otherwise be silently merged.
@@ -270,10 +314,6 @@ impl ClusterState {
                 }),
                 _ => Ok(Some(job)),
             };
-        }
-        validate_name("member", member.as_str())?;
-        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
-            return Err(CoreError::BadRequestId);
         }
         spec.validate()?;
         let want = spec.resources;
@@ -314,7 +354,24 @@ impl ClusterState {
 
     /// Checks a cancel without applying it: the job exists, is the member's
     /// own, and has not ended. A refusal costs no log entry.
-    pub fn check_cancel(&self, job: JobId, member: &MemberId) -> Result<(), CoreError> {
+    pub fn check_cancel(
+        &self,
+        job: JobId,
+        member: &MemberId,
+        request_id: &str,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::Cancel { job },
+            now_ms,
+        )?;
         let j = self.jobs.get(&job).ok_or(CoreError::UnknownJob(job))?;
         if &j.member != member {
             return Err(CoreError::NotOwner {
@@ -410,7 +467,9 @@ impl ClusterState {
         if let Some(node) = self.nodes.get_mut(&alloc.node) {
             node.attach(alloc.id, &alloc.resources);
         }
-        self.member_mut(member, now_ms).attach(&alloc.resources);
+        if let Some(m) = self.member_mut(member, now_ms) {
+            m.attach(&alloc.resources);
+        }
         self.allocs.insert(alloc.id, alloc);
     }
 
@@ -421,22 +480,36 @@ impl ClusterState {
             node.detach(id, &alloc.resources);
         }
         if let Some(member) = self.jobs.get(&alloc.job).map(|j| j.member.clone()) {
-            self.member_mut(&member, now_ms).detach(&alloc.resources);
+            if let Some(m) = self.member_mut(&member, now_ms) {
+                m.detach(&alloc.resources);
+            }
         }
         self.pass_due = true;
         Some(alloc)
     }
 
-    /// The member's record, created on first sight, with its ledger brought
-    /// up to `now_ms` so a change of rates starts from here.
-    pub(crate) fn member_mut(&mut self, id: &MemberId, now_ms: u64) -> &mut Member {
+    /// A member's record with its ledger brought up to `now_ms`, so a
+    /// change of rates starts from here. Members are made only by genesis
+    /// (and, later, admission votes): `None` for anyone else.
+    pub(crate) fn member_mut(&mut self, id: &MemberId, now_ms: u64) -> Option<&mut Member> {
         let policy = &self.policy;
-        let m = self
-            .members
-            .entry(id.clone())
-            .or_insert_with(|| Member::new(id.clone(), now_ms));
+        let m = self.members.get_mut(id)?;
         m.accrue(now_ms, policy);
-        m
+        Some(m)
+    }
+
+    /// Genesis: the cluster's id and its founding members.
+    pub(crate) fn found(
+        &mut self,
+        cluster_id: &str,
+        founders: &[crate::command::Founder],
+        now_ms: u64,
+    ) {
+        self.cluster_id = cluster_id.to_string();
+        for f in founders {
+            self.members
+                .insert(f.name.clone(), Member::new(f.name.clone(), f.key, now_ms));
+        }
     }
 
     /// Brings every member's ledger up to `now_ms`.
@@ -464,7 +537,9 @@ impl ClusterState {
             .filter(|n| &n.owner == owner && n.is_ready())
             .map(|n| gpu_equivalents(&n.capacity, &self.policy))
             .sum();
-        self.member_mut(owner, now_ms).offered = offered;
+        if let Some(m) = self.member_mut(owner, now_ms) {
+            m.offered = offered;
+        }
     }
 
     pub(crate) fn set_policy(&mut self, policy: Policy, genesis: bool) {

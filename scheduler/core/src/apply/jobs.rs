@@ -2,6 +2,7 @@
 //! ended jobs after the policy's retention.
 
 use crate::error::CoreError;
+use crate::identity::Auth;
 use crate::ids::{JobId, MemberId};
 use crate::job::{Job, JobSpec, JobState};
 use crate::outcome::Outcome;
@@ -17,16 +18,19 @@ pub(super) fn submit(
     request_id: &str,
     member: &MemberId,
     spec: &JobSpec,
+    auth: &Auth,
     now: u64,
 ) -> Result<Outcome, CoreError> {
-    if let Some(job) = state.check_submit(request_id, member, spec)? {
+    if let Some(job) = state.check_submit(request_id, member, spec, auth, now)? {
         return Ok(Outcome::Submitted {
             job,
             existing: true,
         });
     }
     let id = state.next_job_id();
-    state.member_mut(member, now).jobs_submitted += 1;
+    if let Some(m) = state.member_mut(member, now) {
+        m.jobs_submitted += 1;
+    }
     state.insert_job(Job::new(
         id,
         member.clone(),
@@ -44,9 +48,11 @@ pub(super) fn cancel(
     state: &mut ClusterState,
     job_id: JobId,
     member: &MemberId,
+    request_id: &str,
+    auth: &Auth,
     now: u64,
 ) -> Result<Outcome, CoreError> {
-    state.check_cancel(job_id, member)?;
+    state.check_cancel(job_id, member, request_id, auth, now)?;
     let alloc = state.job(job_id).and_then(|j| j.alloc);
     if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
         a.state = crate::alloc::AllocState::Stopping;

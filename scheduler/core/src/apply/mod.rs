@@ -27,9 +27,16 @@ impl ClusterState {
                 request_id,
                 member,
                 spec,
+                auth,
                 ..
-            } => jobs::submit(self, request_id, member, spec, now),
-            Command::Cancel { job, member, .. } => jobs::cancel(self, *job, member, now),
+            } => jobs::submit(self, request_id, member, spec, auth, now),
+            Command::Cancel {
+                job,
+                member,
+                request_id,
+                auth,
+                ..
+            } => jobs::cancel(self, *job, member, request_id, auth, now),
             Command::RegisterNode {
                 node,
                 owner,
@@ -54,7 +61,12 @@ impl ClusterState {
                 node, incarnation, ..
             } => nodes::lost(self, node, *incarnation, now),
             Command::Schedule { .. } => Ok(schedule::pass(self, now)),
-            Command::AdoptGenesisPolicy { policy, .. } => policy::adopt_genesis(self, policy, now),
+            Command::Genesis {
+                cluster_id,
+                policy,
+                members,
+                ..
+            } => policy::genesis(self, cluster_id, policy, members, now),
             Command::AllocStarted { alloc, node, .. } => results::started(self, *alloc, node, now),
             Command::AllocFinished {
                 alloc,

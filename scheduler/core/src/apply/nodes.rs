@@ -25,6 +25,13 @@ pub(super) struct Registration<'a> {
 fn check(state: &ClusterState, r: &Registration<'_>) -> Result<(), CoreError> {
     validate_name("node", r.node.as_str())?;
     validate_name("member", r.owner.as_str())?;
+    // A node contributes to a member's share: only members own nodes.
+    if !state.members().contains_key(r.owner) {
+        return Err(crate::identity::AuthError::UnknownMember {
+            member: r.owner.clone(),
+        }
+        .into());
+    }
     if r.capacity.cpu_millis == 0 || r.capacity.memory_bytes == 0 {
         return Err(Impossible::EmptyNode.into());
     }

@@ -1,6 +1,21 @@
 //! Unit scenarios for `ClusterState::apply`: each asserts the exact outcome.
 
+use coop_core::testkit;
 use coop_core::*;
+
+/// Everyone these scenarios name.
+const MEMBERS: &[&str] = &["ana", "bo", "bea", "owner", "landlord", "newcomer"];
+
+/// A cluster founded by `MEMBERS` under `policy`.
+fn founded(policy: Policy) -> ClusterState {
+    let mut s = ClusterState::new();
+    s.apply(&testkit::genesis(MEMBERS, policy, 0)).unwrap();
+    s
+}
+
+fn new_state() -> ClusterState {
+    founded(Policy::default())
+}
 
 fn res(cpu: u64, mem_mi: u64, gpus: u32) -> Resources {
     Resources::new(cpu, mem_mi << 20, gpus)
@@ -12,12 +27,12 @@ fn submit(
     member: &str,
     r: Resources,
 ) -> Result<Outcome, CoreError> {
-    state.apply(&Command::Submit {
-        request_id: req.into(),
-        member: MemberId::new(member),
-        spec: JobSpec::command(vec!["true".into()], r),
-        now_ms: 10,
-    })
+    state.apply(&testkit::submit(
+        member,
+        req,
+        JobSpec::command(vec!["true".into()], r),
+        10,
+    ))
 }
 
 fn register(
@@ -46,7 +61,7 @@ fn placements(outcome: Outcome) -> Vec<Placement> {
 
 #[test]
 fn retried_request_returns_the_first_job() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     assert_eq!(
         submit(&mut s, "r1", "ana", res(100, 64, 0)),
         Ok(Outcome::Submitted {
@@ -74,15 +89,10 @@ fn retried_request_returns_the_first_job() {
 
 #[test]
 fn bad_submissions_change_nothing() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     register(&mut s, "n1", res(2000, 1024, 0), 1).unwrap();
     let before = s.digest();
-    let empty = Command::Submit {
-        request_id: "x".into(),
-        member: MemberId::new("ana"),
-        spec: JobSpec::command(vec![], res(100, 64, 0)),
-        now_ms: 10,
-    };
+    let empty = testkit::submit("ana", "x", JobSpec::command(vec![], res(100, 64, 0)), 10);
     assert!(matches!(
         s.apply(&empty),
         Err(CoreError::InvalidSpec(SpecError::EmptyCommand))
@@ -105,7 +115,7 @@ fn bad_submissions_change_nothing() {
     ));
     assert!(matches!(
         submit(&mut s, "e", "bad name", res(100, 64, 0)),
-        Err(CoreError::InvalidName(_))
+        Err(CoreError::Auth(AuthError::UnknownMember { .. }))
     ));
     assert!(matches!(
         submit(&mut s, "", "ana", res(100, 64, 0)),
@@ -113,11 +123,7 @@ fn bad_submissions_change_nothing() {
     ));
     assert_eq!(s.apply(&Command::Unknown), Err(CoreError::UnknownCommand));
     assert_eq!(
-        s.apply(&Command::Cancel {
-            job: JobId(9),
-            member: MemberId::new("ana"),
-            now_ms: 11
-        }),
+        s.apply(&testkit::cancel("ana", "cancel", JobId(9), 11)),
         Err(CoreError::UnknownJob(JobId(9)))
     );
     assert_eq!(s.digest(), before);
@@ -125,7 +131,7 @@ fn bad_submissions_change_nothing() {
 
 #[test]
 fn drf_serves_the_member_with_the_lower_dominant_share_first() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     register(&mut s, "a", res(1000, 1024, 1), 1).unwrap();
     register(&mut s, "b", res(2000, 1024, 0), 1).unwrap();
     submit(&mut s, "1", "ana", res(1000, 512, 1)).unwrap();
@@ -155,7 +161,7 @@ fn drf_serves_the_member_with_the_lower_dominant_share_first() {
 
 #[test]
 fn stale_reports_are_rejected_and_completion_recorded_once() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     register(&mut s, "a", res(1000, 1024, 0), 1).unwrap();
     submit(&mut s, "1", "ana", res(1000, 512, 0)).unwrap();
     let p = placements(s.apply(&Command::Schedule { now_ms: 20 }).unwrap());
@@ -212,17 +218,11 @@ fn stale_reports_are_rejected_and_completion_recorded_once() {
 
 #[test]
 fn lost_node_requeues_within_retry_limit() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     register(&mut s, "a", res(2000, 1024, 0), 1).unwrap();
     let mut spec = JobSpec::command(vec!["sleep".into(), "9".into()], res(1000, 512, 0));
     spec.max_retries = 1;
-    s.apply(&Command::Submit {
-        request_id: "1".into(),
-        member: MemberId::new("ana"),
-        spec,
-        now_ms: 1,
-    })
-    .unwrap();
+    s.apply(&testkit::submit("ana", "1", spec, 1)).unwrap();
     submit(&mut s, "2", "ana", res(1000, 512, 0)).unwrap();
     s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
     // A NodeLost about an older incarnation is stale.
@@ -259,26 +259,18 @@ fn lost_node_requeues_within_retry_limit() {
 
 #[test]
 fn cancel_stops_the_run_and_holds_resources_until_confirmed() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     register(&mut s, "a", res(1000, 1024, 0), 1).unwrap();
     submit(&mut s, "1", "ana", res(1000, 512, 0)).unwrap();
     submit(&mut s, "2", "ana", res(1000, 512, 0)).unwrap();
     let p = placements(s.apply(&Command::Schedule { now_ms: 2 }).unwrap());
     let alloc = p[0].alloc;
     assert!(matches!(
-        s.apply(&Command::Cancel {
-            job: JobId(1),
-            member: MemberId::new("bo"),
-            now_ms: 3
-        }),
+        s.apply(&testkit::cancel("bo", "cancel", JobId(1), 3)),
         Err(CoreError::NotOwner { .. })
     ));
     assert_eq!(
-        s.apply(&Command::Cancel {
-            job: JobId(1),
-            member: MemberId::new("ana"),
-            now_ms: 3
-        }),
+        s.apply(&testkit::cancel("ana", "cancel", JobId(1), 3)),
         Ok(Outcome::Cancelled {
             job: JobId(1),
             stopping: Some(alloc)
@@ -308,7 +300,7 @@ fn cancel_stops_the_run_and_holds_resources_until_confirmed() {
 
 #[test]
 fn snapshot_round_trips() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     register(&mut s, "a", res(1000, 1024, 2), 1).unwrap();
     submit(&mut s, "1", "ana", res(500, 512, 1)).unwrap();
     s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
@@ -327,22 +319,15 @@ fn unknown_command_tag_decodes_to_unknown() {
 
 #[test]
 fn ended_jobs_leave_the_state_after_the_retention() {
-    let mut s = ClusterState::new();
-    let policy = Policy {
+    let mut s = founded(Policy {
         job_retention_secs: 100,
         ..Policy::default()
-    };
-    s.apply(&Command::AdoptGenesisPolicy { policy, now_ms: 0 })
-        .unwrap();
+    });
     register(&mut s, "a", res(2000, 1024, 0), 1).unwrap();
     submit(&mut s, "old", "ana", res(100, 64, 0)).unwrap();
     submit(&mut s, "waiting", "ana", res(100, 64, 0)).unwrap();
-    s.apply(&Command::Cancel {
-        job: JobId(1),
-        member: MemberId::new("ana"),
-        now_ms: 20,
-    })
-    .unwrap();
+    s.apply(&testkit::cancel("ana", "cancel", JobId(1), 20))
+        .unwrap();
     // Not yet: ended 20 ms in, kept for 100 s.
     s.apply(&Command::Schedule { now_ms: 50_000 }).unwrap();
     assert!(s.jobs().contains_key(&JobId(1)));
@@ -365,7 +350,7 @@ fn ended_jobs_leave_the_state_after_the_retention() {
 /// anything from it (it used to build a table of 2^32 GPUs and abort).
 #[test]
 fn absurd_node_capacity_is_refused_and_changes_nothing() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     let before = s.digest();
     for cap in [
         Resources::new(1000, 1 << 30, u32::MAX),
@@ -385,15 +370,10 @@ fn absurd_node_capacity_is_refused_and_changes_nothing() {
 
 #[test]
 fn an_endless_timeout_is_refused() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     let mut spec = JobSpec::command(vec!["true".into()], res(100, 64, 0));
     spec.timeout_secs = Some(u64::MAX);
-    let r = s.apply(&Command::Submit {
-        request_id: "t".into(),
-        member: MemberId::new("ana"),
-        spec,
-        now_ms: 1,
-    });
+    let r = s.apply(&testkit::submit("ana", "t", spec, 1));
     assert_eq!(r, Err(CoreError::InvalidSpec(SpecError::BadTimeout)));
 }
 
@@ -401,7 +381,7 @@ fn an_endless_timeout_is_refused() {
 /// spec is an error that names that job, never a silent success.
 #[test]
 fn a_reused_request_id_with_another_spec_names_the_first_job() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     submit(&mut s, "r1", "ana", res(100, 64, 0)).unwrap();
     let before = s.digest();
     assert_eq!(
@@ -416,19 +396,88 @@ fn a_reused_request_id_with_another_spec_names_the_first_job() {
 
 #[test]
 fn cancels_are_checked_before_the_log() {
-    let mut s = ClusterState::new();
+    let mut s = new_state();
     submit(&mut s, "r1", "ana", res(100, 64, 0)).unwrap();
-    let ana = MemberId::new("ana");
+    let check = |s: &ClusterState, job: u64, member: &str| match testkit::cancel(
+        member,
+        "c",
+        JobId(job),
+        10,
+    ) {
+        Command::Cancel {
+            job,
+            member,
+            request_id,
+            auth,
+            now_ms,
+        } => s.check_cancel(job, &member, &request_id, &auth, now_ms),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(check(&s, 9, "ana"), Err(CoreError::UnknownJob(JobId(9))));
     assert_eq!(
-        s.check_cancel(JobId(9), &ana),
-        Err(CoreError::UnknownJob(JobId(9)))
-    );
-    assert_eq!(
-        s.check_cancel(JobId(1), &MemberId::new("bo")),
+        check(&s, 1, "bo"),
         Err(CoreError::NotOwner {
             job: JobId(1),
-            owner: ana.clone()
+            owner: MemberId::new("ana")
         })
     );
-    assert_eq!(s.check_cancel(JobId(1), &ana), Ok(()));
+    assert_eq!(check(&s, 1, "ana"), Ok(()));
+    // Only members, signing with their own key, may ask at all.
+    assert!(matches!(
+        check(&s, 1, "mallory"),
+        Err(CoreError::Auth(AuthError::UnknownMember { .. }))
+    ));
+}
+
+/// Nobody acts in a member's name: a request signed with another key, or
+/// altered after signing, or replayed long after, is refused by `apply`.
+#[test]
+fn forged_altered_and_stale_requests_are_refused() {
+    let mut s = new_state();
+    let before = s.digest();
+    let spec = JobSpec::command(vec!["true".into()], res(100, 64, 0));
+    // Signed by bo's key in ana's name.
+    let Command::Submit { auth, .. } = testkit::submit("bo", "f1", spec.clone(), 10) else {
+        unreachable!()
+    };
+    let forged = Command::Submit {
+        request_id: "f1".into(),
+        member: MemberId::new("ana"),
+        spec: spec.clone(),
+        auth,
+        now_ms: 10,
+    };
+    assert_eq!(
+        s.apply(&forged),
+        Err(CoreError::Auth(AuthError::BadSignature {
+            member: MemberId::new("ana")
+        }))
+    );
+    // Ana's own request with its spec changed on the way.
+    let Command::Submit { auth, .. } = testkit::submit("ana", "f2", spec.clone(), 10) else {
+        unreachable!()
+    };
+    let mut bigger = spec.clone();
+    bigger.resources.cpu_millis = 64_000;
+    let altered = Command::Submit {
+        request_id: "f2".into(),
+        member: MemberId::new("ana"),
+        spec: bigger,
+        auth,
+        now_ms: 10,
+    };
+    assert!(matches!(
+        s.apply(&altered),
+        Err(CoreError::Auth(AuthError::BadSignature { .. }))
+    ));
+    // A genuine request replayed after the skew window.
+    let mut stale = testkit::submit("ana", "f3", spec, 10);
+    if let Command::Submit { now_ms, .. } = &mut stale {
+        *now_ms = 10 + identity::MAX_CLOCK_SKEW_MS + 1;
+    }
+    assert!(matches!(
+        s.apply(&stale),
+        Err(CoreError::Auth(AuthError::Stale { .. }))
+    ));
+    assert_eq!(s.digest(), before);
 }

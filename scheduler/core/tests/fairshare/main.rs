@@ -1,6 +1,7 @@
 //! Scenario tests from hand-worked tables; docs/policy.md walks through
 //! the same numbers.
 
+use coop_core::testkit;
 use coop_core::*;
 
 const GIB: u64 = 1 << 30;
@@ -18,7 +19,7 @@ fn gpu_policy() -> Policy {
 
 fn state_with(policy: Policy) -> ClusterState {
     let mut s = ClusterState::new();
-    s.apply(&Command::AdoptGenesisPolicy { policy, now_ms: 0 })
+    s.apply(&testkit::genesis(&["ana", "bea", "cai", "dan"], policy, 0))
         .unwrap();
     s
 }
@@ -48,12 +49,12 @@ fn submit_gpu_jobs(
             let mut spec = JobSpec::command(vec!["train".into()], Resources::new(1000, 4 * GIB, 1));
             spec.preemptible = preemptible;
             match s
-                .apply(&Command::Submit {
-                    request_id: format!("{member}-{now_ms}-{i}"),
-                    member: MemberId::new(member),
+                .apply(&testkit::submit(
+                    member,
+                    &format!("{member}-{now_ms}-{i}"),
                     spec,
                     now_ms,
-                })
+                ))
                 .unwrap()
             {
                 Outcome::Submitted { job, .. } => job,
@@ -254,35 +255,20 @@ fn gpu_constraints_match_the_inventory() {
     .unwrap();
     let mut spec = JobSpec::command(vec!["x".into()], Resources::new(1000, GIB, 1));
     spec.gpu_model = Some("a100".into());
-    s.apply(&Command::Submit {
-        request_id: "1".into(),
-        member: MemberId::new("ana"),
-        spec: spec.clone(),
-        now_ms: 1,
-    })
-    .unwrap();
+    s.apply(&testkit::submit("ana", "1", spec.clone(), 1))
+        .unwrap();
     let (placed, _) = schedule(&mut s, 2);
     assert_eq!(placed[0].gpu_indices, vec![1]);
     spec.gpu_model = None;
     spec.gpu_min_memory_bytes = Some(100 * GIB);
-    let err = s
-        .apply(&Command::Submit {
-            request_id: "2".into(),
-            member: MemberId::new("ana"),
-            spec,
-            now_ms: 3,
-        })
-        .unwrap_err();
+    let err = s.apply(&testkit::submit("ana", "2", spec, 3)).unwrap_err();
     assert!(matches!(err, CoreError::Impossible(_)), "{err}");
 }
 
 #[test]
 fn the_genesis_policy_is_adopted_once() {
     let mut s = state_with(gpu_policy());
-    let again = s.apply(&Command::AdoptGenesisPolicy {
-        policy: Policy::default(),
-        now_ms: 5,
-    });
+    let again = s.apply(&testkit::genesis(&["mallory"], Policy::default(), 5));
     assert!(matches!(
         again,
         Err(CoreError::GenesisAdopted { version: 1 })

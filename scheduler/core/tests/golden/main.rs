@@ -9,20 +9,23 @@
 //! time otherwise stays where the last directive left it):
 //!
 //! ```text
-//! policy            input: a policy TOML, adopted as the genesis policy
+//! genesis members=(ana,bea,...)   input: the genesis policy's TOML; founds the
+//!                   cluster with those members (testkit keys)
 //! node id= owner= [gpus=] [cpu=] [mem=] [gpu-model=] [gpu-mem=] [incarnation=]
 //! submit member= [n=] [gpus=] [cpu=] [mem=] [preemptible] [gpu-model=] [gpu-mem=]
 //! schedule          one pass: every placement and preemption, with its rule
 //! start job=        the worker reports the job's allocation started
 //! finish job= [exit=]   ... and ended (exit code, 0 by default)
 //! lost node=        the node missed its heartbeats
-//! cancel job= member=
+//! cancel job= member=   signed by that member's key
+//! forge member= as=     a submit in `member`'s name signed with `as`'s key
 //! why job=          the explanation `coop why` prints
 //! share             entitlement, its parts, and the share of each member with demand
 //! held              what each member holds, in GPUs, CPUs and memory
 //! ```
 
 use coop_core::resources::{format_bytes, format_cpu, parse_bytes, parse_cpu};
+use coop_core::testkit;
 use coop_core::*;
 use datadriven::{walk, TestCase};
 
@@ -71,7 +74,8 @@ impl Scenario {
     fn run(&mut self, tc: &TestCase) -> String {
         self.now_ms = num(tc, "at", self.now_ms);
         let out = match tc.directive.as_str() {
-            "policy" => self.policy(tc),
+            "genesis" => self.genesis(tc),
+            "forge" => self.forge(tc),
             "node" => self.node(tc),
             "submit" => self.submit(tc),
             "schedule" => self.schedule(),
@@ -87,15 +91,19 @@ impl Scenario {
         format!("{}\n", out.trim_end())
     }
 
-    fn policy(&mut self, tc: &TestCase) -> String {
+    fn genesis(&mut self, tc: &TestCase) -> String {
         let policy = match Policy::from_toml(&tc.input) {
             Ok(p) => p,
             Err(e) => return format!("error: {e}"),
         };
-        match self.apply(Command::AdoptGenesisPolicy {
-            policy,
-            now_ms: self.now_ms,
-        }) {
+        let members: Vec<&str> = tc
+            .args
+            .get("members")
+            .expect("members=(...)")
+            .iter()
+            .map(String::as_str)
+            .collect();
+        match self.apply(testkit::genesis(&members, policy, self.now_ms)) {
             Ok(Outcome::PolicyAdopted { version }) => format!("adopted policy v{version}"),
             Ok(other) => format!("{other:?}"),
             Err(e) => format!("error: {e}"),
@@ -154,18 +162,36 @@ impl Scenario {
             spec.gpu_model = arg(tc, "gpu-model");
             spec.gpu_min_memory_bytes = arg(tc, "gpu-mem").map(|_| bytes(tc, "gpu-mem", 0));
             self.requests += 1;
-            match self.apply(Command::Submit {
-                request_id: format!("r{}", self.requests),
-                member: MemberId::new(member.clone()),
-                spec,
-                now_ms: self.now_ms,
-            }) {
+            let request_id = format!("r{}", self.requests);
+            match self.apply(testkit::submit(&member, &request_id, spec, self.now_ms)) {
                 Ok(Outcome::Submitted { job, .. }) => jobs.push(job),
                 Ok(other) => return format!("{other:?}"),
                 Err(e) => return format!("error: {e}"),
             }
         }
         format!("submitted {}", ids(&jobs))
+    }
+
+    fn forge(&mut self, tc: &TestCase) -> String {
+        let member = MemberId::new(arg(tc, "member").expect("member="));
+        let signer = arg(tc, "as").expect("as=");
+        let spec = JobSpec::command(vec!["work".into()], Resources::new(1000, 1 << 30, 0));
+        let Command::Submit { auth, .. } =
+            testkit::submit(&signer, "forged", spec.clone(), self.now_ms)
+        else {
+            unreachable!("testkit::submit makes a submit")
+        };
+        let forged = Command::Submit {
+            request_id: "forged".into(),
+            member,
+            spec,
+            auth,
+            now_ms: self.now_ms,
+        };
+        match self.apply(forged) {
+            Ok(other) => format!("accepted: {other:?}"),
+            Err(e) => format!("error: {e}"),
+        }
     }
 
     fn member_of(&self, job: JobId) -> String {
@@ -271,11 +297,11 @@ impl Scenario {
     }
 
     fn cancel(&mut self, tc: &TestCase) -> String {
-        match self.apply(Command::Cancel {
-            job: JobId(num(tc, "job", 0)),
-            member: MemberId::new(arg(tc, "member").expect("member=")),
-            now_ms: self.now_ms,
-        }) {
+        let member = arg(tc, "member").expect("member=");
+        self.requests += 1;
+        let request_id = format!("r{}", self.requests);
+        let job = JobId(num(tc, "job", 0));
+        match self.apply(testkit::cancel(&member, &request_id, job, self.now_ms)) {
             Ok(Outcome::Cancelled { job, stopping }) => match stopping {
                 Some(a) => format!("cancelled job {job}; stopping allocation {a}"),
                 None => format!("cancelled job {job}"),

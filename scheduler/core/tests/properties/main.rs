@@ -2,11 +2,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use coop_core::testkit;
 use coop_core::*;
 use proptest::prelude::*;
 
 /// A command described by small numbers, resolved against the state at the
 /// time it is applied, so random streams hit real jobs and allocations.
+/// Everyone the random histories name: the submitters and node owners
+/// m0..m2, and the members of the fixed settings.
+const MEMBERS: &[&str] = &[
+    "m0", "m1", "m2", "m3", "m4", "landlord", "newcomer", "b0", "b1", "b2",
+];
+
+/// A cluster founded by `MEMBERS` under `policy`.
+fn founded(policy: Policy) -> ClusterState {
+    let mut s = ClusterState::new();
+    s.apply(&testkit::genesis(MEMBERS, policy, 0)).unwrap();
+    s
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Register {
@@ -116,12 +130,7 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
             );
             spec.max_retries = retries as u32;
             spec.preemptible = preemptible;
-            Command::Submit {
-                request_id: format!("r{request}"),
-                member: MemberId::new(format!("m{member}")),
-                spec,
-                now_ms,
-            }
+            testkit::submit(&format!("m{member}"), &format!("r{request}"), spec, now_ms)
         }
         Op::Schedule => Command::Schedule { now_ms },
         Op::Start { pick } => match pick_alloc(pick) {
@@ -163,11 +172,7 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
                 .get(&job)
                 .map(|j| j.member.clone())
                 .unwrap_or(MemberId::new("m0"));
-            Command::Cancel {
-                job,
-                member,
-                now_ms,
-            }
+            testkit::cancel(member.as_str(), &format!("c{now_ms}"), job, now_ms)
         }
     }
 }
@@ -176,7 +181,9 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
 /// commands it applied so the run can be replayed.
 fn run(ops: &[Op]) -> (ClusterState, Vec<Command>) {
     let mut state = ClusterState::new();
-    let mut log = Vec::new();
+    let genesis = testkit::genesis(MEMBERS, Policy::default(), 0);
+    state.apply(&genesis).unwrap();
+    let mut log = vec![genesis];
     for (i, op) in ops.iter().enumerate() {
         let cmd = to_command(&state, op, i as u64 * 10);
         let before = state.clone();
@@ -301,14 +308,11 @@ proptest! {
 /// saturated demand of one job shape each, equal entitlements (floor 1),
 /// no usage history: the textbook DRF setting.
 fn drf_setting(shapes: &[(u64, u64)]) -> ClusterState {
-    let mut s = ClusterState::new();
-    let policy = Policy {
+    let mut s = founded(Policy {
         floor: 1.0,
         usage_weight: 0.0,
         ..Policy::default()
-    };
-    s.apply(&Command::AdoptGenesisPolicy { policy, now_ms: 0 })
-        .unwrap();
+    });
     s.apply(&Command::RegisterNode {
         node: NodeId::new("big"),
         owner: MemberId::new("landlord"),
@@ -325,13 +329,8 @@ fn drf_setting(shapes: &[(u64, u64)]) -> ClusterState {
                 vec!["x".into()],
                 Resources::new(cpu * 1000, mem_gib << 30, 0),
             );
-            s.apply(&Command::Submit {
-                request_id: format!("{j}"),
-                member: MemberId::new(format!("m{m}")),
-                spec,
-                now_ms: 1,
-            })
-            .unwrap();
+            s.apply(&testkit::submit(&format!("m{m}"), &format!("{j}"), spec, 1))
+                .unwrap();
         }
     }
     s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
@@ -390,9 +389,7 @@ proptest! {
     /// grace period (one pass to preempt, the stops, one pass to place).
     #[test]
     fn floor_comes_back_within_one_grace_period(floor in 0.2f64..1.0, borrowers in 1..4usize, cores in 8..32u64) {
-        let mut s = ClusterState::new();
-        let policy = Policy { floor, ..Policy::default() };
-        s.apply(&Command::AdoptGenesisPolicy { policy, now_ms: 0 }).unwrap();
+        let mut s = founded(Policy { floor, ..Policy::default() });
         s.apply(&Command::RegisterNode {
             node: NodeId::new("n"),
             owner: MemberId::new("landlord"),
@@ -407,12 +404,7 @@ proptest! {
             for j in 0..n {
                 let mut spec = JobSpec::command(vec!["x".into()], Resources::new(1000, 1 << 30, 0));
                 spec.preemptible = preemptible;
-                s.apply(&Command::Submit {
-                    request_id: format!("{member}-{now_ms}-{j}"),
-                    member: MemberId::new(member),
-                    spec,
-                    now_ms,
-                })
+                s.apply(&testkit::submit(member, &format!("{member}-{now_ms}-{j}"), spec, now_ms))
                 .unwrap();
             }
         };

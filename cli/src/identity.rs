@@ -1,0 +1,291 @@
+//! Who the CLI acts as: the member's key file, the contexts of
+//! `~/.config/coop/config.toml`, and signing member requests.
+//!
+//! ```text
+//!  address  --addr / COOP_ADDR    > the context's addr   > 127.0.0.1:7001
+//!  member   --member / COOP_MEMBER > the context's member > $USER
+//!  key      --key / COOP_KEY      > the context's key    > ~/.config/coop/key
+//!  context  --context / COOP_CONTEXT > `current` in config.toml
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use coop_core::{JobId, MemberId, MemberRequest, SecretKey};
+use coop_proto::api::{CancelRequest, ClusterStatusRequest, JobSpec, SubmitRequest};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::client::{explain, Client};
+
+/// Where a replica is when nothing else says.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7001";
+
+/// `$XDG_CONFIG_HOME/coop`, or `~/.config/coop`.
+pub fn config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("coop");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".config").join("coop")
+}
+
+pub fn default_key_path() -> PathBuf {
+    config_dir().join("key")
+}
+
+/// One named cluster-and-identity, like a kubectl context.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Context {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// `config.toml`: the contexts and which one is current.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    #[serde(default)]
+    pub contexts: BTreeMap<String, Context>,
+}
+
+impl ConfigFile {
+    pub fn path() -> PathBuf {
+        config_dir().join("config.toml")
+    }
+
+    /// The file, or an empty config when there is none.
+    pub fn load() -> Result<Self> {
+        let path = Self::path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let path = Self::path();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let text = toml::to_string(self).context("encode config")?;
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    }
+}
+
+/// What the flags, the environment and the context say, resolved once.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub addr: String,
+    pub member: Option<String>,
+    pub key: PathBuf,
+}
+
+impl Settings {
+    pub fn resolve(
+        addr: Option<String>,
+        context: Option<String>,
+        key: Option<PathBuf>,
+    ) -> Result<Self> {
+        let file = ConfigFile::load()?;
+        let name = context.or(file.current.clone());
+        let ctx =
+            match &name {
+                Some(n) => file.contexts.get(n).cloned().ok_or_else(|| {
+                    anyhow!("no context {n:?} in {}", ConfigFile::path().display())
+                })?,
+                None => Context::default(),
+            };
+        Ok(Self {
+            addr: addr
+                .or(ctx.addr)
+                .unwrap_or_else(|| DEFAULT_ADDR.to_string()),
+            member: ctx.member,
+            key: key.or(ctx.key).unwrap_or_else(default_key_path),
+        })
+    }
+
+    /// The member to act as: the flag, else the context's, else `$USER`.
+    pub fn member(&self, flag: Option<String>) -> Result<String> {
+        match flag
+            .or_else(|| std::env::var("COOP_MEMBER").ok().filter(|m| !m.is_empty()))
+            .or_else(|| self.member.clone())
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|m| !m.is_empty())
+        {
+            Some(m) => Ok(m),
+            None => bail!(
+                "say who you are: --member NAME, COOP_MEMBER, or a context (coop context set)"
+            ),
+        }
+    }
+
+    /// The signer for `member`, with the key file this resolves to.
+    pub fn signer(&self, member: Option<String>) -> Result<Signer> {
+        Ok(Signer::new(
+            MemberId::new(self.member(member)?),
+            load_key(&self.key)?,
+        ))
+    }
+}
+
+/// A fresh key from the operating system's randomness.
+pub fn generate_key() -> Result<SecretKey> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| anyhow!("no randomness for a key: {e}"))?;
+    Ok(SecretKey::from_bytes(&seed))
+}
+
+/// Writes a secret key (hex) readable by its owner alone.
+pub fn write_key(path: &Path, key: &SecretKey, overwrite: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if overwrite {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow!(
+                "{} exists already: keep it, or replace it with --force (its member identity is lost)",
+                path.display()
+            )
+        } else {
+            anyhow!("create {}: {e}", path.display())
+        }
+    })?;
+    writeln!(file, "{}", hex::encode(key.to_bytes()))
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// Reads a secret key, refusing one that others may read (as ssh does).
+pub fn load_key(path: &Path) -> Result<SecretKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        anyhow!(
+            "no key at {} ({e}): create one with `coop key new`, or point COOP_KEY at yours",
+            path.display()
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{} is readable by others: chmod 600 it (a member's key is theirs alone)",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let bytes =
+        hex::decode(text.trim()).map_err(|_| anyhow!("{} is not a coop key", path.display()))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow!("{} is not a coop key (32 bytes in hex)", path.display()))?;
+    Ok(SecretKey::from_bytes(&bytes))
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A member and its key: signs that member's requests.
+pub struct Signer {
+    pub member: MemberId,
+    key: SecretKey,
+    cluster_id: OnceCell<String>,
+}
+
+impl Signer {
+    pub fn new(member: MemberId, key: SecretKey) -> Self {
+        Self {
+            member,
+            key,
+            cluster_id: OnceCell::new(),
+        }
+    }
+
+    /// The cluster's id, asked once of the replica.
+    async fn cluster_id(&self, client: &Client) -> Result<&str> {
+        let id = self
+            .cluster_id
+            .get_or_try_init(|| async {
+                let status = client
+                    .clone()
+                    .cluster_status(ClusterStatusRequest {})
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                if status.cluster_id.is_empty() {
+                    bail!("the cluster has no id yet (not initialized): coop cluster init");
+                }
+                Ok(status.cluster_id)
+            })
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn submit(
+        &self,
+        client: &Client,
+        request_id: &str,
+        spec: JobSpec,
+    ) -> Result<SubmitRequest> {
+        let cluster = self.cluster_id(client).await?;
+        // Sign exactly what the replica will decode: the core spec of this message.
+        let core = coop_core::JobSpec::try_from(&spec).map_err(|e| anyhow!("invalid job: {e}"))?;
+        let auth = self.key.sign_request(
+            cluster,
+            &self.member,
+            request_id,
+            now_ms(),
+            &MemberRequest::Submit { spec: core },
+        );
+        Ok(SubmitRequest {
+            member: self.member.to_string(),
+            request_id: request_id.to_string(),
+            spec: Some(spec),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        })
+    }
+
+    pub async fn cancel(
+        &self,
+        client: &Client,
+        request_id: &str,
+        job: u64,
+    ) -> Result<CancelRequest> {
+        let cluster = self.cluster_id(client).await?;
+        let auth = self.key.sign_request(
+            cluster,
+            &self.member,
+            request_id,
+            now_ms(),
+            &MemberRequest::Cancel { job: JobId(job) },
+        );
+        Ok(CancelRequest {
+            job_id: job,
+            member: self.member.to_string(),
+            request_id: request_id.to_string(),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        })
+    }
+}
