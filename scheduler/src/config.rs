@@ -261,6 +261,26 @@ pub fn prepare_data_dir(dir: &Path, id: u64) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn founding_members_come_from_the_toml_with_checked_keys() {
+        let key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let c = Config::from_toml(
+            "scheduler.toml",
+            &format!("cluster_id = \"our-coop\"\n[[members]]\nname = \"ana\"\nkey = \"{key}\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.cluster_id, "our-coop");
+        assert_eq!(c.members.len(), 1);
+        assert_eq!(c.members[0].key.to_string(), key);
+        // A key that is not a point, or not 32 bytes, is refused with the file named.
+        let bad = Config::from_toml(
+            "scheduler.toml",
+            "[[members]]\nname = \"ana\"\nkey = \"abcd\"\n",
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("scheduler.toml"), "{bad}");
+    }
+
     fn cfg() -> Config {
         Config {
             id: 1,

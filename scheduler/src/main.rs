@@ -41,8 +41,14 @@ struct Args {
     #[arg(long)]
     cluster_id: Option<String>,
     /// A founding member, NAME=PUBLIC_KEY (hex, from `coop key new`);
-    /// repeat for each. Used once, at genesis.
-    #[arg(long = "member", value_name = "NAME=KEY")]
+    /// repeat for each, or give them comma separated in COOP_FOUNDERS.
+    /// Used once, at genesis.
+    #[arg(
+        long = "member",
+        value_name = "NAME=KEY",
+        env = "COOP_FOUNDERS",
+        value_delimiter = ','
+    )]
     members: Vec<String>,
     /// Initialize the cluster with --peers at start if it never was (run on
     /// one replica only; `coop cluster init` does the same afterwards).
