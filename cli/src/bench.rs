@@ -50,6 +50,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> Result<i32> {
         let leader = c.leader(Duration::from_secs(5)).await.unwrap_or(0);
         let a = c.addr(leader).unwrap_or_default();
         let signer = c.signer("bench")?;
+        signer.read_as();
         cluster = Some(c);
         (a, signer)
     } else {

@@ -3,12 +3,42 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::{Arc, OnceLock};
+
 use anyhow::{anyhow, Result};
+use coop_core::{MemberId, SecretKey};
 use coop_proto::api::coop_client::CoopClient;
+use coop_proto::api::ClusterStatusRequest;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-pub type Client = CoopClient<Channel>;
+/// A replica client whose every call carries this process's read credential.
+pub type Client = CoopClient<InterceptedService<Channel, ReadAuth>>;
+
+/// Who this process reads as: one `coop` invocation acts as one member.
+static READER: OnceLock<(MemberId, Arc<SecretKey>)> = OnceLock::new();
+
+/// Reads from now on are signed as `member` (first call wins).
+pub fn read_as(member: MemberId, key: Arc<SecretKey>) {
+    let _ = READER.set((member, key));
+}
+
+/// Signs a fresh read credential onto every request (see `coop_proto::read_auth`).
+#[derive(Clone)]
+pub struct ReadAuth {
+    reader: Option<(String, MemberId, Arc<SecretKey>)>,
+}
+
+impl tonic::service::Interceptor for ReadAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some((cluster, member, key)) = &self.reader {
+            let auth = key.sign_read(cluster, member, crate::identity::now_ms());
+            coop_proto::read_auth::attach(req.metadata_mut(), member, &auth);
+        }
+        Ok(req)
+    }
+}
 
 /// Connects to `addr` (HOST:PORT), failing clearly if nothing answers.
 pub async fn connect(addr: &str) -> Result<Client> {
@@ -27,7 +57,38 @@ pub async fn connect(addr: &str) -> Result<Client> {
             source_chain(&e)
         )
     })?;
-    Ok(CoopClient::new(channel).max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES))
+    // The cluster id a read credential names; asking it needs no credential.
+    let reader = match READER.get() {
+        Some((member, key)) => cluster_id(&channel)
+            .await?
+            .map(|id| (id, member.clone(), key.clone())),
+        None => None,
+    };
+    Ok(CoopClient::with_interceptor(channel, ReadAuth { reader })
+        .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES))
+}
+
+/// How long to wait for a new cluster's leader to adopt its genesis.
+const GENESIS_WAIT: Duration = Duration::from_secs(5);
+
+/// The cluster's id, waiting briefly while a new cluster's leader adopts
+/// its genesis; `None` for a cluster that has none (not initialized).
+pub async fn cluster_id(channel: &Channel) -> Result<Option<String>> {
+    let deadline = tokio::time::Instant::now() + GENESIS_WAIT;
+    loop {
+        let status = CoopClient::new(channel.clone())
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .map_err(explain)?
+            .into_inner();
+        if !status.cluster_id.is_empty() {
+            return Ok(Some(status.cluster_id));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

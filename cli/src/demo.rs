@@ -117,6 +117,8 @@ pub async fn demo() -> Result<i32> {
         tmp.path().display()
     );
     let mut cluster = LocalCluster::start(tmp.path(), 3, &["ana", "ben", "cam"]).await?;
+    // The demo reads as ana (her logs and status are hers to see).
+    cluster.signer("ana")?.read_as();
     cluster.add_worker("node-ana", "ana", 2000, 2 << 30).await?;
     cluster.add_worker("node-ben", "ben", 2000, 2 << 30).await?;
     let leader = cluster.leader(Duration::from_secs(5)).await.unwrap_or(0);

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -208,7 +209,7 @@ pub fn now_ms() -> u64 {
 /// A member and its key: signs that member's requests.
 pub struct Signer {
     pub member: MemberId,
-    key: SecretKey,
+    key: Arc<SecretKey>,
     cluster_id: OnceCell<String>,
 }
 
@@ -216,9 +217,14 @@ impl Signer {
     pub fn new(member: MemberId, key: SecretKey) -> Self {
         Self {
             member,
-            key,
+            key: Arc::new(key),
             cluster_id: OnceCell::new(),
         }
+    }
+
+    /// Makes this process read as this member (see `client::read_as`).
+    pub fn read_as(&self) {
+        crate::client::read_as(self.member.clone(), self.key.clone());
     }
 
     /// The cluster's id, asked once of the replica.
@@ -226,16 +232,24 @@ impl Signer {
         let id = self
             .cluster_id
             .get_or_try_init(|| async {
-                let status = client
-                    .clone()
-                    .cluster_status(ClusterStatusRequest {})
-                    .await
-                    .map_err(explain)?
-                    .into_inner();
-                if status.cluster_id.is_empty() {
-                    bail!("the cluster has no id yet (not initialized): coop cluster init");
+                // A new cluster's leader adopts its genesis (and id) right
+                // after its first election: wait for it a little.
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                loop {
+                    let status = client
+                        .clone()
+                        .cluster_status(ClusterStatusRequest {})
+                        .await
+                        .map_err(explain)?
+                        .into_inner();
+                    if !status.cluster_id.is_empty() {
+                        return Ok(status.cluster_id);
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        bail!("the cluster has no id yet (not initialized): coop cluster init");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
-                Ok(status.cluster_id)
             })
             .await?;
         Ok(id)

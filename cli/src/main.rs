@@ -219,6 +219,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.output;
     let settings = identity::Settings::resolve(cli.addr, cli.context, cli.key)?;
     let addr = settings.addr.clone();
+    // Reads are signed as you when you have a key; without one, a replica
+    // answers only what needs no member (coop cluster status).
+    if let Ok(signer) = settings.signer(None) {
+        signer.read_as();
+    }
     match cli.command {
         Cmd::Key { command } => match command {
             KeyCmd::New { force } => cmd::keys::key_new(&settings, fmt, force),

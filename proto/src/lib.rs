@@ -28,6 +28,7 @@ pub use coop::worker::v1 as worker;
 
 pub mod convert;
 pub mod metrics_http;
+pub mod read_auth;
 
 /// Largest gRPC message any Coop service accepts or sends: big enough for a
 /// batch of raft entries or a log chunk, small enough that one request

@@ -27,6 +27,26 @@ impl CoopService {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// The member a read is from: its credential must verify against the
+    /// member's key. What makes the pool transparent any member may read;
+    /// a job's env, logs and outputs only its own member.
+    fn reader<T>(&self, request: &Request<T>) -> Result<MemberId, Status> {
+        let (member, auth) =
+            coop_proto::read_auth::credential(request.metadata()).ok_or_else(|| {
+                Status::unauthenticated(
+                "reads are for members: sign them with your key (coop does; see docs/security.md)",
+            )
+            })?;
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .verify_read(&member, &auth, now_ms())
+            .map_err(|e| core_status(&e))?;
+        Ok(member)
+    }
 }
 
 /// Sends the call to the leader unless this replica leads.
@@ -61,6 +81,7 @@ fn replicas_to_proto(status: &crate::raft::RaftStatus) -> Vec<Replica> {
 impl Coop for CoopService {
     async fn why(&self, request: Request<WhyRequest>) -> Result<Response<Explanation>, Status> {
         via_leader!(self, request, why);
+        self.reader(&request)?;
         self.shared.read_barrier().await?;
         let id = JobId(request.get_ref().job_id);
         let applied = self.shared.node.state_machine().read();
@@ -76,6 +97,7 @@ impl Coop for CoopService {
         request: Request<ShareRequest>,
     ) -> Result<Response<ShareResponse>, Status> {
         via_leader!(self, request, share);
+        self.reader(&request)?;
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
         let shares = applied.state.shares();
@@ -115,6 +137,7 @@ impl Coop for CoopService {
         request: Request<ListEvaluationsRequest>,
     ) -> Result<Response<ListEvaluationsResponse>, Status> {
         via_leader!(self, request, list_evaluations);
+        self.reader(&request)?;
         self.shared.read_barrier().await?;
         let filter = &request.get_ref().dataset;
         let applied = self.shared.node.state_machine().read();
@@ -131,6 +154,7 @@ impl Coop for CoopService {
         request: Request<GetPolicyRequest>,
     ) -> Result<Response<PolicyResponse>, Status> {
         via_leader!(self, request, get_policy);
+        self.reader(&request)?;
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
         Ok(Response::new(PolicyResponse {
@@ -185,6 +209,7 @@ impl Coop for CoopService {
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         via_leader!(self, request, get_job);
+        let reader = self.reader(&request)?;
         self.shared.read_barrier().await?;
         let id = JobId(request.get_ref().job_id);
         let applied = self.shared.node.state_machine().read();
@@ -192,7 +217,11 @@ impl Coop for CoopService {
             .state
             .job(id)
             .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
-        Ok(Response::new(job_to_proto(&applied.state, job, true)))
+        Ok(Response::new(job_to_proto(
+            &applied.state,
+            job,
+            Some(&reader),
+        )))
     }
 
     async fn list_jobs(
@@ -200,6 +229,7 @@ impl Coop for CoopService {
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
         via_leader!(self, request, list_jobs);
+        self.reader(&request)?;
         let req = request.get_ref();
         let state_filter = match req.state {
             0 => None,
@@ -220,7 +250,7 @@ impl Coop for CoopService {
             .filter(|j| state_filter.is_none_or(|s| j.state() == s))
             .filter(|j| req.member.is_empty() || j.member.as_str() == req.member)
             .take(limit)
-            .map(|j| job_to_proto(&applied.state, j, false))
+            .map(|j| job_to_proto(&applied.state, j, None))
             .collect();
         Ok(Response::new(ListJobsResponse { jobs }))
     }
@@ -260,6 +290,7 @@ impl Coop for CoopService {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogsResponse>, Status> {
         via_leader!(self, request, logs);
+        let reader = self.reader(&request)?;
         let req = request.get_ref().clone();
         if req.stream != "stdout" && req.stream != "stderr" {
             return Err(Status::invalid_argument("stream must be stdout or stderr"));
@@ -272,6 +303,13 @@ impl Coop for CoopService {
                 .state
                 .job(id)
                 .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
+            // A job's output is its member's alone.
+            if job.member != reader {
+                return Err(Status::permission_denied(format!(
+                    "job {id}'s logs are {}'s alone",
+                    job.member
+                )));
+            }
             let Some((alloc, node)) = &job.last_run else {
                 return Err(Status::failed_precondition(format!(
                     "job {id} has not run yet: no logs"
@@ -312,6 +350,7 @@ impl Coop for CoopService {
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
         via_leader!(self, request, list_nodes);
+        self.reader(&request)?;
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
         let nodes = applied.state.nodes().values().map(Node::from).collect();

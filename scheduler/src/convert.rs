@@ -2,11 +2,19 @@
 //! allocation, reasons and decisions, and a node's assignment set. The
 //! type-by-type conversions live in `coop_proto::convert`.
 
-use coop_core::{Allocation, ClusterState, Job};
+use coop_core::{Allocation, ClusterState, Job, MemberId};
 use coop_proto::convert::wire;
 use coop_proto::{api, worker};
 
-pub fn job_to_proto(state: &ClusterState, job: &Job, with_detail: bool) -> api::Job {
+/// A job as `viewer` may see it: with detail (reasons, history, decisions)
+/// when one asks for this job; env values only for the job's own member,
+/// never in lists (`viewer` is `None` there).
+pub fn job_to_proto(state: &ClusterState, job: &Job, viewer: Option<&MemberId>) -> api::Job {
+    let with_detail = viewer.is_some();
+    let mut spec = api::JobSpec::from(&job.spec);
+    if viewer != Some(&job.member) {
+        spec.env.clear();
+    }
     let alloc = job.alloc.and_then(|a| state.allocs().get(&a));
     let (alloc_id, node) = match (alloc, &job.last_run) {
         (Some(a), _) => (a.id.0, a.node.to_string()),
@@ -17,7 +25,7 @@ pub fn job_to_proto(state: &ClusterState, job: &Job, with_detail: bool) -> api::
         id: job.id.0,
         member: job.member.to_string(),
         state: wire::<api::JobState, _>(job.state()),
-        spec: Some((&job.spec).into()),
+        spec: Some(spec),
         attempts: job.attempts,
         alloc_id,
         node,

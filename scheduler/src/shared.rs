@@ -140,6 +140,7 @@ pub fn forwarded<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
     if let Some(t) = request.metadata().get("grpc-timeout") {
         r.metadata_mut().insert("grpc-timeout", t.clone());
     }
+    coop_proto::read_auth::copy(request.metadata(), r.metadata_mut());
     r
 }
 

@@ -10,9 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use coop_core::Policy;
-use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
-use tonic::transport::Channel;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -50,7 +48,7 @@ where
     }
 }
 
-async fn submit(c: &CoopClient<Channel>, member: &str, req: &str, spec: JobSpec) -> u64 {
+async fn submit(c: &coop_e2e::Client, member: &str, req: &str, spec: JobSpec) -> u64 {
     call(|| {
         let mut c = c.clone();
         let r = coop_e2e::submit_request(member, req, spec.clone());
@@ -60,7 +58,7 @@ async fn submit(c: &CoopClient<Channel>, member: &str, req: &str, spec: JobSpec)
     .job_id
 }
 
-async fn get(c: &CoopClient<Channel>, id: u64) -> Job {
+async fn get(c: &coop_e2e::Client, id: u64) -> Job {
     call(|| {
         let mut c = c.clone();
         async move { c.get_job(GetJobRequest { job_id: id }).await }

@@ -111,21 +111,30 @@ async fn a_registration_with_absurd_capacity_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
     let addrs = cluster.addrs();
-    let err = WorkerGatewayClient::new(channel(&addrs[0]))
-        .register(RegisterRequest {
-            node_id: "huge".into(),
-            owner: "olga".into(),
-            capacity: Some(Resources {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-                gpus: u32::MAX,
-            }),
-            addr: "127.0.0.1:1".into(),
-            incarnation: 1,
-            gpus: vec![],
-        })
-        .await
-        .unwrap_err();
+    let huge = RegisterRequest {
+        node_id: "huge".into(),
+        owner: "olga".into(),
+        capacity: Some(Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            gpus: u32::MAX,
+        }),
+        addr: "127.0.0.1:1".into(),
+        incarnation: 1,
+        gpus: vec![],
+    };
+    // A replica that does not know the leader yet answers UNAVAILABLE: retry.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let err = loop {
+        let err = WorkerGatewayClient::new(channel(&addrs[0]))
+            .register(huge.clone())
+            .await
+            .unwrap_err();
+        if err.code() != tonic::Code::Unavailable || tokio::time::Instant::now() > deadline {
+            break err;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     still_serves(&addrs, "after-register").await;
     cluster.stop_all().await;
@@ -219,5 +228,74 @@ async fn requests_not_signed_by_the_member_are_refused_before_the_log() {
     let err = c.clone().cancel(forged_cancel).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     assert_eq!(last_index().await, before, "a refused request was logged");
+    cluster.stop_all().await;
+}
+
+/// Reads are for members, and a job's env and logs are its member's alone:
+/// no credential, a forged one, or a non-member get UNAUTHENTICATED; another
+/// member sees the job without its env values and may not read its logs;
+/// lists never carry env values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_authenticated_and_private_data_stays_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    let mut spec = small_job();
+    spec.env.insert("API_TOKEN".into(), "s3cret".into());
+    let id = coop_e2e::submit(
+        &coop_e2e::client(&addrs[0]),
+        coop_e2e::submit_request("ana", "secret-job", spec),
+    )
+    .await
+    .unwrap();
+    let get = coop_proto::api::GetJobRequest { job_id: id };
+    for anonymous in [
+        coop_e2e::client_as(&addrs[1], None),
+        coop_e2e::client_as(&addrs[1], Some("mallory")),
+    ] {
+        let err = anonymous.clone().get_job(get).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        let err = anonymous
+            .clone()
+            .list_jobs(coop_proto::api::ListJobsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    }
+    let env_of = |j: &coop_proto::api::Job| j.spec.clone().unwrap_or_default().env;
+    let own = coop_e2e::client_as(&addrs[1], Some("ana"))
+        .get_job(get)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        env_of(&own).get("API_TOKEN").map(String::as_str),
+        Some("s3cret")
+    );
+    let other = coop_e2e::client_as(&addrs[1], Some("bo"));
+    let seen = other.clone().get_job(get).await.unwrap().into_inner();
+    assert!(env_of(&seen).is_empty(), "bo saw ana's env: {seen:?}");
+    assert_eq!(seen.member, "ana");
+    let listed = coop_e2e::client_as(&addrs[2], Some("ana"))
+        .list_jobs(coop_proto::api::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(
+        listed.iter().all(|j| env_of(j).is_empty()),
+        "a list carried env values"
+    );
+    let err = other
+        .clone()
+        .logs(coop_proto::api::LogsRequest {
+            job_id: id,
+            stream: "stdout".into(),
+            offset: 0,
+            max_bytes: 1024,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     cluster.stop_all().await;
 }

@@ -8,9 +8,7 @@ use coop_e2e::StateName;
 use std::process::Stdio;
 use std::time::Duration;
 
-use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::*;
-use tonic::transport::Channel;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -30,7 +28,7 @@ fn spec(script: &str, memory_bytes: u64, timeout_secs: Option<u64>) -> JobSpec {
     }
 }
 
-async fn submit(c: &CoopClient<Channel>, id: &str, spec: JobSpec) -> u64 {
+async fn submit(c: &coop_e2e::Client, id: &str, spec: JobSpec) -> u64 {
     let req = coop_e2e::submit_request("ana", id, spec);
     c.clone().submit(req).await.unwrap().into_inner().job_id
 }

@@ -14,6 +14,7 @@ use std::process::{Child, Command};
 use coop_proto::api::coop_client::CoopClient;
 use coop_scheduler::local::LocalReplicas;
 use coop_scheduler::Config;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// A child process, killed and reaped when dropped.
@@ -71,13 +72,41 @@ pub fn worker(
     cmd
 }
 
-/// A lazily connected client for the replica at `addr`.
-pub fn client(addr: &str) -> CoopClient<Channel> {
-    CoopClient::new(
-        Channel::from_shared(format!("http://{addr}"))
-            .expect("valid address")
-            .connect_lazy(),
-    )
+/// A replica client that signs every read as one member.
+pub type Client = CoopClient<InterceptedService<Channel, TestReader>>;
+
+/// Signs a testkit read credential onto every request.
+#[derive(Clone)]
+pub struct TestReader(Option<String>);
+
+impl tonic::service::Interceptor for TestReader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(member) = &self.0 {
+            let auth = coop_core::testkit::read(member, wall_clock_ms());
+            coop_proto::read_auth::attach(
+                req.metadata_mut(),
+                &coop_core::MemberId::new(member),
+                &auth,
+            );
+        }
+        Ok(req)
+    }
+}
+
+fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid address")
+        .connect_lazy()
+}
+
+/// A lazily connected client for the replica at `addr`, reading as ana.
+pub fn client(addr: &str) -> Client {
+    client_as(addr, Some("ana"))
+}
+
+/// A client reading as `member`, or with no credential at all.
+pub fn client_as(addr: &str, member: Option<&str>) -> Client {
+    CoopClient::with_interceptor(channel(addr), TestReader(member.map(str::to_string)))
 }
 
 /// The founding members of every test cluster, with their testkit keys.
@@ -178,10 +207,7 @@ impl StateName for coop_proto::api::Explanation {
 
 /// Submits, retrying while the cluster answers UNAVAILABLE (a leader being
 /// elected or adopting its genesis policy) for up to 30 s; returns the job id.
-pub async fn submit(
-    c: &CoopClient<Channel>,
-    req: coop_proto::api::SubmitRequest,
-) -> Result<u64, tonic::Status> {
+pub async fn submit(c: &Client, req: coop_proto::api::SubmitRequest) -> Result<u64, tonic::Status> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         match c.clone().submit(req.clone()).await {

@@ -29,6 +29,9 @@ use crate::job::JobSpec;
 /// Domain-separation tag of member requests.
 pub const REQUEST_DOMAIN: &[u8] = b"coop/v1/member-request\0";
 
+/// Domain-separation tag of authenticated reads.
+pub const READ_DOMAIN: &[u8] = b"coop/v1/member-read\0";
+
 /// How far a request's issued-at may be from the log's `now`, either way.
 /// Together with request-id dedup this refuses replays: a request older
 /// than this is refused, and a younger one is deduplicated.
@@ -186,6 +189,20 @@ pub fn request_message(
     m
 }
 
+/// The bytes a member signs to read: a short-lived credential (valid while
+/// its issued-at is within `MAX_CLOCK_SKEW_MS` of the replica's clock) that
+/// says who asks, so a replica can answer with what that member may see.
+pub fn read_message(cluster_id: &str, member: &MemberId, issued_at_ms: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(READ_DOMAIN.len() + 64);
+    m.extend_from_slice(READ_DOMAIN);
+    for part in [cluster_id, member.as_str()] {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    m.extend_from_slice(&issued_at_ms.to_be_bytes());
+    m
+}
+
 /// A member's secret key, held by its CLI (never by the cluster).
 pub struct SecretKey(SigningKey);
 
@@ -223,6 +240,43 @@ impl SecretKey {
             signature: Signature(self.0.sign(&message).to_bytes()),
         }
     }
+}
+
+impl SecretKey {
+    /// Signs a read credential for `cluster_id`.
+    pub fn sign_read(&self, cluster_id: &str, member: &MemberId, issued_at_ms: u64) -> Auth {
+        let message = read_message(cluster_id, member, issued_at_ms);
+        Auth {
+            issued_at_ms,
+            signature: Signature(self.0.sign(&message).to_bytes()),
+        }
+    }
+}
+
+/// Checks a read credential against the member's key and the replica's time.
+pub fn verify_read(
+    key: &PublicKey,
+    cluster_id: &str,
+    member: &MemberId,
+    auth: &Auth,
+    now_ms: u64,
+) -> Result<(), AuthError> {
+    let bad = || AuthError::BadSignature {
+        member: member.clone(),
+    };
+    let verifying = key.verifying_key().ok_or_else(bad)?;
+    let message = read_message(cluster_id, member, auth.issued_at_ms);
+    let signature = ed25519_dalek::Signature::from_bytes(&auth.signature.0);
+    verifying
+        .verify_strict(&message, &signature)
+        .map_err(|_| bad())?;
+    if auth.issued_at_ms.abs_diff(now_ms) > MAX_CLOCK_SKEW_MS {
+        return Err(AuthError::Stale {
+            issued_at_ms: auth.issued_at_ms,
+            now_ms,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a signed request against the member's key and the log's time.
@@ -318,6 +372,19 @@ mod tests {
             ),
             Err(AuthError::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn a_read_credential_is_not_a_request_signature() {
+        let ana = MemberId::new("ana");
+        let read = key(1).sign_read("c1", &ana, 1_000);
+        let pk = key(1).public_key();
+        assert_eq!(verify_read(&pk, "c1", &ana, &read, 1_000), Ok(()));
+        assert!(verify_read(&pk, "c2", &ana, &read, 1_000).is_err());
+        assert!(verify_read(&key(2).public_key(), "c1", &ana, &read, 1_000).is_err());
+        // Domain separation: a read credential never passes as a request.
+        let req = MemberRequest::Cancel { job: JobId(1) };
+        assert!(verify_request(&pk, "c1", &ana, "", &read, &req, 1_000).is_err());
     }
 
     #[test]

@@ -288,6 +288,24 @@ impl ClusterState {
                 .any(|j| j.spec.resources.fits_in(&largest_free))
     }
 
+    /// Checks a member's read credential (see `identity::read_message`)
+    /// against its registered key and the replica's clock.
+    pub fn verify_read(
+        &self,
+        member: &MemberId,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        let m = self
+            .members
+            .get(member)
+            .ok_or_else(|| AuthError::UnknownMember {
+                member: member.clone(),
+            })?;
+        identity::verify_read(&m.public_key, &self.cluster_id, member, auth, now_ms)?;
+        Ok(())
+    }
+
     /// Checks a submission against the state without applying it, so a
     /// server can reject bad input before it reaches the log. `Ok(Some(job))`
     /// is a retry of a request already made: nothing new would be created.

@@ -75,3 +75,8 @@ pub fn cancel(member: &str, request_id: &str, job: JobId, now_ms: u64) -> Comman
         now_ms,
     }
 }
+
+/// A read credential of `member`'s testkit key, issued at `now_ms`.
+pub fn read(member: &str, now_ms: u64) -> crate::identity::Auth {
+    secret(member).sign_read(CLUSTER, &MemberId::new(member), now_ms)
+}
