@@ -25,6 +25,8 @@ pub enum Impossible {
     NoMatchingGpus { gpus: u32 },
     #[error("no node in the pool can ever hold {want} (largest node: {largest})")]
     NoNodeLargeEnough { want: Resources, largest: Resources },
+    #[error("no node in the pool has both {want} and the GPUs the job asks for: some have the GPUs, others the room")]
+    NoNodeHasAll { want: Resources },
     #[error("a node must offer some cpu and memory")]
     EmptyNode,
     #[error("node {node} lists {listed} GPUs but offers {offered}; indices must be 0..{offered}")]

@@ -350,24 +350,31 @@ impl ClusterState {
         if self.nodes.is_empty() {
             return Ok(None);
         }
-        if spec.has_gpu_constraints()
-            && !self.nodes.values().any(|n| {
-                n.matching_gpus(spec.gpu_model.as_deref(), spec.gpu_min_memory_bytes)
-                    >= want.gpus as usize
-            })
+        // Every constraint must hold on one node: a node with the GPUs and
+        // another with the cores do not make a place the job can run.
+        let model = spec.gpu_model.as_deref();
+        let min_mem = spec.gpu_min_memory_bytes;
+        let gpus_match = |n: &Node| n.matching_gpus(model, min_mem) >= want.gpus as usize;
+        if self
+            .nodes
+            .values()
+            .any(|n| want.fits_in(&n.capacity) && gpus_match(n))
         {
+            return Ok(None);
+        }
+        if spec.has_gpu_constraints() && !self.nodes.values().any(gpus_match) {
             return Err(Impossible::NoMatchingGpus { gpus: want.gpus }.into());
         }
-        if !self.nodes.values().any(|n| want.fits_in(&n.capacity)) {
-            let largest = self
-                .nodes
-                .values()
-                .map(|n| n.capacity)
-                .max_by_key(|c| (c.gpus, c.cpu_millis, c.memory_bytes))
-                .unwrap_or_default();
-            return Err(Impossible::NoNodeLargeEnough { want, largest }.into());
+        if spec.has_gpu_constraints() && self.nodes.values().any(|n| want.fits_in(&n.capacity)) {
+            return Err(Impossible::NoNodeHasAll { want }.into());
         }
-        Ok(None)
+        let largest = self
+            .nodes
+            .values()
+            .map(|n| n.capacity)
+            .max_by_key(|c| (c.gpus, c.cpu_millis, c.memory_bytes))
+            .unwrap_or_default();
+        Err(Impossible::NoNodeLargeEnough { want, largest }.into())
     }
 
     /// Checks a cancel without applying it: the job exists, is the member's

@@ -31,11 +31,24 @@ enum Taken {
     Loan(JobId),
 }
 
+impl Taken {
+    /// A total order for ties: allocations by id, then loans by job.
+    fn order(self) -> (u8, u64) {
+        match self {
+            Taken::Alloc(a) => (0, a.0),
+            Taken::Loan(j) => (1, j.0),
+        }
+    }
+}
+
 struct Victim<'a> {
     what: Taken,
     resources: Resources,
     gpu_indices: &'a [u32],
     member: &'a MemberId,
+    /// When it was placed: the later, the less work a preemption loses
+    /// (a loan of this pass has run not at all).
+    placed_at_ms: u64,
 }
 
 /// Per node: what is already being freed, and what could be taken back.
@@ -165,6 +178,7 @@ pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) 
             };
             commit(
                 job,
+                view.policy.owner_first,
                 room,
                 &mut views[claim.node],
                 claim,
@@ -215,6 +229,7 @@ fn node_views<'a>(
                         resources: a.resources,
                         gpu_indices: &a.gpu_indices,
                         member: &j.member,
+                        placed_at_ms: a.created_at_ms,
                     });
                 }
             }
@@ -235,6 +250,7 @@ fn node_views<'a>(
                 resources: p.resources,
                 gpu_indices: &p.gpu_indices,
                 member: &j.member,
+                placed_at_ms: u64::MAX,
             });
         }
     }
@@ -244,9 +260,12 @@ fn node_views<'a>(
     views
 }
 
-/// Whether the job can be given room on this node by taking victims:
-/// loans first (nothing runs yet), then the members furthest above their
-/// entitlement (by the ratio share / entitlement), newest first.
+/// Whether the job can be given room on this node by taking victims, and
+/// which. The fewest preemptions first: a loan of this pass (nothing runs
+/// yet) or a single allocation that frees enough on its own, the one that
+/// loses the least work (placed last); otherwise victims in order, loans
+/// first, then the members furthest above their entitlement (by the ratio
+/// share / entitlement), newest first, until the job fits.
 fn try_node<'a>(
     room: &Room<'_>,
     nv: &NodeView<'a>,
@@ -286,6 +305,31 @@ fn try_node<'a>(
                 _ => std::cmp::Ordering::Equal,
             })
     });
+    let single = victims
+        .iter()
+        .filter(|(_, _, v)| {
+            let mut free_gpus = claim.free_gpus.clone();
+            free_gpus.extend(v.gpu_indices.iter().copied());
+            pick_gpus(
+                room.node,
+                job,
+                &claim.free.saturating_add(&v.resources),
+                &free_gpus,
+            )
+            .is_some()
+        })
+        .max_by_key(|(loan, _, v)| (*loan, v.placed_at_ms, v.what.order()));
+    if let Some((_, _, v)) = single {
+        let current = standing.now[v.member];
+        claim.free = claim.free.saturating_add(&v.resources);
+        claim.free_gpus.extend(v.gpu_indices.iter().copied());
+        claim.trial.insert(
+            v.member,
+            sub(&current, &share_of(&v.resources, &shares.pool)),
+        );
+        claim.chosen.push(v.what);
+        return Some(claim);
+    }
     for (_, _, v) in victims {
         let current = *claim.trial.get(v.member).unwrap_or(&standing.now[v.member]);
         // Take only while the victim is still above its entitlement.
@@ -311,6 +355,7 @@ fn try_node<'a>(
 #[allow(clippy::too_many_arguments)]
 fn commit<'a>(
     job: &Job,
+    owner_first: bool,
     room: &Room<'_>,
     nv: &mut NodeView<'a>,
     claim: Claim<'a>,
@@ -350,12 +395,19 @@ fn commit<'a>(
         Taken::Alloc(_) => acc,
     });
     if !preempts && job.spec.resources.fits_in(&free_now) {
+        // The rule that places it: a claim on the member's own machine is
+        // owner-first, like any placement there.
+        let rule = if owner_first && room.node.owner == job.member {
+            Rule::OwnerFirst
+        } else {
+            Rule::FairShare
+        };
         plan.placements.push(PlannedPlacement {
             job: job.id,
             node: room.node.id.clone(),
             resources: job.spec.resources,
             gpu_indices: picked,
-            rule: Rule::FairShare,
+            rule,
         });
     }
     nv.free_now = free_now.saturating_sub(&job.spec.resources);
