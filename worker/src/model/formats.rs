@@ -327,6 +327,34 @@ fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
     })
 }
 
+/// A JSON object with its keys in file order: a dataset's features are the
+/// columns as the file gives them, never sorted (a sorted `px10` before
+/// `px2` silently feeds a model the wrong features).
+struct OrderedObject(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderedObject, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    entries.push(entry);
+                }
+                Ok(OrderedObject(entries))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
     let file = std::fs::File::open(path)
         .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
@@ -338,8 +366,10 @@ fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
         if line.trim().is_empty() {
             continue;
         }
-        let obj: BTreeMap<String, serde_json::Value> = serde_json::from_str(&line)
+        let OrderedObject(entries) = serde_json::from_str(&line)
             .map_err(|e| ModelError::Data(format!("{} line {}: {e}", path.display(), n + 1)))?;
+        let obj: BTreeMap<&str, &serde_json::Value> =
+            entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let l = obj
             .get(label)
             .and_then(|v| v.as_f64())
@@ -349,9 +379,16 @@ fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
                 n + 1
             )))?;
         labels.push(l);
-        let keys: Vec<String> = obj.keys().filter(|k| *k != label).cloned().collect();
-        let names = names.get_or_insert_with(|| keys.clone());
-        if *names != keys {
+        // The first row fixes the columns and their order; later rows are
+        // read by name, so their own key order does not matter.
+        let names = names.get_or_insert_with(|| {
+            entries
+                .iter()
+                .map(|(k, _)| k.clone())
+                .filter(|k| k != label)
+                .collect()
+        });
+        if obj.len() != names.len() + 1 || names.iter().any(|k| !obj.contains_key(k.as_str())) {
             return Err(ModelError::Data(format!(
                 "{} line {}: columns differ from the first row",
                 path.display(),
@@ -359,7 +396,7 @@ fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
             )));
         }
         for k in names.iter() {
-            data.push(obj[k].as_f64().ok_or(ModelError::Data(format!(
+            data.push(obj[k.as_str()].as_f64().ok_or(ModelError::Data(format!(
                 "{} line {}: {k} is not a number",
                 path.display(),
                 n + 1
@@ -381,6 +418,45 @@ fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Columns keep the file's order (px0, px1, ..., px10, px11), not a
+    /// sorted one (px0, px1, px10, px11, px2, ...), and later rows are read
+    /// by name whatever their own key order.
+    #[test]
+    fn jsonl_features_keep_the_files_column_order() {
+        let dir = std::env::temp_dir().join(format!("coop-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("d.jsonl");
+        let first: Vec<String> = (0..12).map(|i| format!("\"px{i}\": {i}")).collect();
+        let second: Vec<String> = (0..12)
+            .rev()
+            .map(|i| format!("\"px{i}\": {}", i * 10))
+            .collect();
+        std::fs::write(
+            &p,
+            format!(
+                "{{{}, \"label\": 1}}\n{{\"label\": 0, {}}}\n",
+                first.join(", "),
+                second.join(", ")
+            ),
+        )
+        .unwrap();
+        let d = read_dataset(&p, "label").unwrap();
+        let expected: Vec<String> = (0..12).map(|i| format!("px{i}")).collect();
+        assert_eq!(d.feature_names, expected);
+        assert_eq!(
+            d.features.row(0),
+            (0..12).map(|i| i as f32).collect::<Vec<_>>().as_slice()
+        );
+        assert_eq!(
+            d.features.row(1),
+            (0..12)
+                .map(|i| (i * 10) as f32)
+                .collect::<Vec<_>>()
+                .as_slice()
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn npy_round_trips() {

@@ -198,11 +198,20 @@ fn to_predictions(y: &Matrix, classify: bool) -> Result<Vec<f64>, ModelError> {
         }
         return Ok(y.data.iter().map(|v| *v as f64).collect());
     }
+    // One value per row that is not a whole number is a regressor's output:
+    // rounding it into "classes" would score a wrong model, silently.
+    if y.cols == 1 {
+        if let Some(v) = y.data.iter().find(|v| v.fract() != 0.0) {
+            return Err(ModelError::Task(format!(
+                "the model outputs one continuous value per row (e.g. {v}), not class scores or labels: it looks like a regressor; evaluate it with --task regression"
+            )));
+        }
+    }
     Ok((0..y.rows)
         .map(|i| {
             let row = y.row(i);
             if row.len() == 1 {
-                return row[0].round() as f64;
+                return row[0] as f64;
             }
             row.iter()
                 .enumerate()
@@ -221,4 +230,30 @@ fn to_predictions(y: &Matrix, classify: bool) -> Result<Vec<f64>, ModelError> {
 /// Where a worker keeps fetched artifacts.
 pub fn cache_dir(work_dir: &Path) -> PathBuf {
     work_dir.join("cache")
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+
+    #[test]
+    fn a_regressor_is_refused_under_classification() {
+        let y = Matrix {
+            rows: 2,
+            cols: 1,
+            data: vec![0.25, 3.7],
+        };
+        assert!(matches!(to_predictions(&y, true), Err(ModelError::Task(_))));
+        assert_eq!(
+            to_predictions(&y, false).unwrap(),
+            vec![0.25, 3.700000047683716]
+        );
+        // Whole-number labels are a classifier's.
+        let labels = Matrix {
+            rows: 2,
+            cols: 1,
+            data: vec![1.0, 0.0],
+        };
+        assert_eq!(to_predictions(&labels, true).unwrap(), vec![1.0, 0.0]);
+    }
 }
