@@ -100,7 +100,9 @@ impl Coop for CoopService {
         self.reader(&request)?;
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
-        let shares = applied.state.shares();
+        // Accrued to the time of the read: display only, nothing is written.
+        let at_ms = now_ms().max(applied.state.now_ms());
+        let shares = applied.state.shares_at(at_ms);
         let fairness = coop_core::fairness::compute(&shares);
         let members = shares
             .members
@@ -122,6 +124,7 @@ impl Coop for CoopService {
                 contribution: m.contribution,
                 pending: m.pending as u32,
                 running: m.running as u32,
+                key: if m.key.is_finite() { m.key } else { f64::MAX },
             })
             .collect();
         Ok(Response::new(ShareResponse {
@@ -129,6 +132,7 @@ impl Coop for CoopService {
             members,
             policy_version: applied.state.policy().version,
             jain_index: fairness.jain_index,
+            at_ms,
         }))
     }
 

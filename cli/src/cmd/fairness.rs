@@ -77,14 +77,14 @@ pub async fn share(addr: &str, fmt: Format) -> Result<i32> {
                     "gpu_share": m.gpu_share, "cpu_share": m.cpu_share, "memory_share": m.memory_share,
                     "dominant_share": m.dominant_share, "usage_gpu_seconds": m.usage_gpu_seconds,
                     "usage_cpu_seconds": m.usage_cpu_seconds, "usage_memory_gib_seconds": m.usage_memory_gib_seconds,
-                    "usage_share": m.usage_share, "contribution": m.contribution,
-                    "pending": m.pending, "running": m.running,
+                    "usage_share": m.usage_share, "contribution_gpu_eq_seconds": m.contribution,
+                    "key": m.key, "pending": m.pending, "running": m.running,
                 })
             })
             .collect();
         print_json(
             &json!({"pool": res_json(s.pool.as_ref()), "policy_version": s.policy_version,
-                    "jain_index": s.jain_index, "members": members}),
+                    "jain_index": s.jain_index, "at_ms": s.at_ms, "members": members}),
         );
         return Ok(0);
     }
@@ -96,12 +96,16 @@ pub async fn share(addr: &str, fmt: Format) -> Result<i32> {
     let mut t = table(&[
         "MEMBER",
         "ENTITLED",
+        "= FLOOR",
+        "+ CONTRIB",
         "DOMINANT",
         "GPU",
         "CPU",
         "MEM",
         "USAGE (cpu·s / gpu·s)",
-        "CONTRIBUTION",
+        "USAGE SHARE",
+        "KEY",
+        "CONTRIBUTION (GPU-eq·s)",
         "RUNNING",
         "PENDING",
     ]);
@@ -109,17 +113,28 @@ pub async fn share(addr: &str, fmt: Format) -> Result<i32> {
         t.add_row(vec![
             m.member.clone(),
             pct(m.entitlement),
+            pct(m.floor_part),
+            pct(m.contribution_part),
             pct(m.dominant_share),
             pct(m.gpu_share),
             pct(m.cpu_share),
             pct(m.memory_share),
             format!("{:.0} / {:.0}", m.usage_cpu_seconds, m.usage_gpu_seconds),
+            pct(m.usage_share),
+            if m.key >= f64::MAX {
+                "-".into()
+            } else {
+                format!("{:.3}", m.key)
+            },
             format!("{:.1}", m.contribution),
             m.running.to_string(),
             m.pending.to_string(),
         ]);
     }
     println!("{t}");
+    println!(
+        "lowest key is served first: key = (dominant share + usage_weight x usage share) / entitlement; usage and contribution accrued to now"
+    );
     Ok(0)
 }
 

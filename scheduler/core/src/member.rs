@@ -55,17 +55,26 @@ impl Member {
         self.allocated = self.allocated.saturating_sub(resources);
     }
 
-    /// Brings the decayed ledger up to `now_ms` at the current rates.
-    pub(crate) fn accrue(&mut self, now_ms: u64, policy: &Policy) {
+    /// The decayed usage and contribution as they will be at `now_ms` at
+    /// the current rates, without changing anything (for display).
+    pub fn accrued(&self, now_ms: u64, policy: &Policy) -> (Usage, f64) {
         if now_ms <= self.accrued_at_ms {
-            return;
+            return (self.usage, self.contribution);
         }
         let dt = now_ms - self.accrued_at_ms;
         let factor = decay_factor(dt, policy);
         let secs = dt as f64 / 1000.0;
-        self.usage.decay(factor);
-        self.usage.add(&self.allocated, secs);
-        self.contribution = self.contribution * factor + self.offered * secs;
-        self.accrued_at_ms = now_ms;
+        let mut usage = self.usage;
+        usage.decay(factor);
+        usage.add(&self.allocated, secs);
+        (usage, self.contribution * factor + self.offered * secs)
+    }
+
+    /// Brings the decayed ledger up to `now_ms` at the current rates.
+    pub(crate) fn accrue(&mut self, now_ms: u64, policy: &Policy) {
+        let (usage, contribution) = self.accrued(now_ms, policy);
+        self.usage = usage;
+        self.contribution = contribution;
+        self.accrued_at_ms = self.accrued_at_ms.max(now_ms);
     }
 }

@@ -226,6 +226,13 @@ impl ClusterState {
         fairshare::compute_shares(&self.view())
     }
 
+    /// Everyone's entitlement and share with the decayed ledgers accrued to
+    /// `at_ms` (never before the state's own time): what `coop share`
+    /// shows. Nothing is written.
+    pub fn shares_at(&self, at_ms: u64) -> Shares {
+        fairshare::compute_shares_at(&self.view(), Some(at_ms.max(self.now_ms)))
+    }
+
     /// What one scheduling pass would do now (nothing is changed).
     pub fn plan(&self) -> Plan {
         fairshare::plan(&self.view())

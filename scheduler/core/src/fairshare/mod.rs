@@ -31,7 +31,7 @@ use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::view::View;
 
-pub use shares::{compute_shares, MemberShare, Shares};
+pub use shares::{compute_shares, compute_shares_at, MemberShare, Shares};
 
 /// Slack for comparing shares computed in floating point.
 pub const EPS: f64 = 1e-9;

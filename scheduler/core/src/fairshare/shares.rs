@@ -62,26 +62,42 @@ fn demand<'a>(view: &View<'a>) -> (BTreeMap<&'a MemberId, usize>, BTreeMap<&'a M
 
 /// Everyone's entitlement and share, from the state as it is.
 pub fn compute_shares(view: &View<'_>) -> Shares {
+    compute_shares_at(view, None)
+}
+
+/// The same with every ledger accrued to `at_ms` (display only: `coop
+/// share` at the time of the read, so entitlements do not drift between
+/// members who acted recently and members who did not).
+pub fn compute_shares_at(view: &View<'_>, at_ms: Option<u64>) -> Shares {
     let policy = view.policy;
     let pool = view.pool();
     let (pending, running) = demand(view);
     let has_demand = |m: &MemberId| pending.contains_key(m) || running.contains_key(m);
+    let ledgers: BTreeMap<&MemberId, (Usage, f64)> = view
+        .members
+        .iter()
+        .map(|(id, m)| match at_ms {
+            Some(t) => (id, m.accrued(t, policy)),
+            None => (id, (m.usage, m.contribution)),
+        })
+        .collect();
     let active: Vec<&MemberId> = view.members.keys().filter(|m| has_demand(m)).collect();
-    let total_contribution: f64 = active.iter().map(|m| view.members[*m].contribution).sum();
+    let total_contribution: f64 = active.iter().map(|m| ledgers[*m].1).sum();
     let mut total_usage = [0.0f64; 3];
-    for m in view.members.values() {
+    for (usage, _) in ledgers.values() {
         for (d, t) in total_usage.iter_mut().enumerate() {
-            *t += m.usage.get(d);
+            *t += usage.get(d);
         }
     }
     let n_active = active.len() as f64;
     let mut members = BTreeMap::new();
     for (id, m) in view.members {
+        let (usage, contribution) = ledgers[id];
         let (floor_part, contribution_part) = if has_demand(id) {
             let floor_part = policy.floor / n_active;
             // With no contribution anywhere, the rest is split equally too.
             let c = if total_contribution > 0.0 {
-                m.contribution / total_contribution
+                contribution / total_contribution
             } else {
                 1.0 / n_active
             };
@@ -95,7 +111,7 @@ pub fn compute_shares(view: &View<'_>) -> Shares {
         let usage_share = (0..3)
             .map(|d| {
                 if total_usage[d] > 0.0 {
-                    m.usage.get(d) / total_usage[d]
+                    usage.get(d) / total_usage[d]
                 } else {
                     0.0
                 }
@@ -113,9 +129,9 @@ pub fn compute_shares(view: &View<'_>) -> Shares {
                 allocated: m.allocated(),
                 share,
                 dominant_share,
-                usage: m.usage,
+                usage,
                 usage_share,
-                contribution: m.contribution,
+                contribution,
                 key: priority_key(dominant_share, usage_share, entitlement, policy),
             },
         );

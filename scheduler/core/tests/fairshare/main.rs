@@ -275,3 +275,22 @@ fn the_genesis_policy_is_adopted_once() {
     ));
     assert_eq!(s.policy(), &gpu_policy());
 }
+
+/// `coop share` accrues every ledger to the time of the read, so a member
+/// who has not acted lately is shown with the contribution its machines
+/// have earned since; nothing is written.
+#[test]
+fn shares_are_accrued_to_the_read_and_write_nothing() {
+    let mut s = state_with(gpu_policy());
+    register(&mut s, "b-node", "bea", 1, 0);
+    submit_gpu_jobs(&mut s, "ana", 1, false, 10);
+    submit_gpu_jobs(&mut s, "bea", 1, false, 10);
+    let before = s.digest();
+    let bea = MemberId::new("bea");
+    let stored = s.shares().members[&bea].contribution;
+    let later = s.shares_at(3_600_000).members[&bea].contribution;
+    assert_eq!(s.digest(), before, "a read changed the state");
+    // One GPU offered for an hour, decayed by a week's half-life: just under 3600.
+    assert!(stored < 1.0, "{stored}");
+    assert!(later > 3590.0 && later < 3600.0, "{later}");
+}
