@@ -11,7 +11,7 @@ use coop_core::{ClusterState, Command, CoreError};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -90,11 +90,29 @@ impl StateMachine {
         self.applied_tx.subscribe()
     }
 
+    /// Stores a snapshot unless the one stored is newer. openraft builds
+    /// and installs snapshots concurrently: an older build finishing after
+    /// a newer install must not replace it, since the log before the newer
+    /// one is already purged and the replica could not restart.
     fn store_snapshot(&self, snap: &StoredSnapshot) -> io::Result<()> {
         let bytes = serde_json::to_vec(snap).map_err(io_err)?;
         let txn = self.db.begin_write().map_err(io_err)?;
         {
             let mut table = txn.open_table(SNAPSHOT).map_err(io_err)?;
+            let stored_index = match table.get(SNAPSHOT_KEY).map_err(io_err)? {
+                Some(v) => serde_json::from_slice::<StoredSnapshot>(v.value())
+                    .ok()
+                    .and_then(|s| s.meta.last_log_id),
+                None => None,
+            };
+            if stored_index > snap.meta.last_log_id {
+                tracing::info!(
+                    stored = ?stored_index,
+                    offered = ?snap.meta.last_log_id,
+                    "kept the newer stored snapshot"
+                );
+                return Ok(());
+            }
             table
                 .insert(SNAPSHOT_KEY, bytes.as_slice())
                 .map_err(io_err)?;
@@ -237,5 +255,49 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: std::io::Cursor::new(s.data),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(index: u64, marker: &str) -> StoredSnapshot {
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(openraft::testing::log_id::<super::super::TypeConfig>(
+                    1, 1, index,
+                )),
+                last_membership: StoredMembership::default(),
+            },
+            data: marker.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("sm.redb")).unwrap());
+        {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(SNAPSHOT).unwrap();
+            txn.commit().unwrap();
+        }
+        let sm = StateMachine {
+            inner: Arc::new(RwLock::new(Applied {
+                state: ClusterState::new(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            })),
+            db: db.clone(),
+            applied_tx: Arc::new(watch::channel(0).0),
+            observer: Arc::new(std::sync::OnceLock::new()),
+        };
+        sm.store_snapshot(&snapshot(20, "installed")).unwrap();
+        sm.store_snapshot(&snapshot(10, "built late")).unwrap();
+        let kept = read_snapshot(&db).unwrap().unwrap();
+        assert_eq!(kept.data, b"installed");
+        sm.store_snapshot(&snapshot(30, "newer")).unwrap();
+        assert_eq!(read_snapshot(&db).unwrap().unwrap().data, b"newer");
     }
 }
