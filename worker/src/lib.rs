@@ -102,10 +102,7 @@ impl Worker {
         };
         // Increases with every start, so the scheduler can tell a restarted
         // worker (whose old processes are gone) from a reconnecting one.
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let incarnation = next_incarnation(&config.work_dir)?;
         for g in &gpus {
             tracing::info!(index = g.index, model = %g.model, memory_bytes = g.memory_bytes, uuid = %g.uuid, "gpu");
         }
@@ -279,5 +276,51 @@ async fn janitor(
                 }
             }
         }
+    }
+}
+
+/// File in the work dir holding the last incarnation this worker used.
+const INCARNATION_FILE: &str = "incarnation";
+
+/// The next incarnation: one more than the last one this work dir used,
+/// and at least the wall clock in microseconds (so a fresh work dir on a
+/// reinstalled machine still starts above its predecessor), written back
+/// before use. A clock stepped back cannot lock the node out: the stored
+/// counter keeps it increasing.
+pub fn next_incarnation(work_dir: &std::path::Path) -> Result<u64, WorkerError> {
+    let path = work_dir.join(INCARNATION_FILE);
+    let last: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let next = last.saturating_add(1).max(clock);
+    let tmp = work_dir.join(format!("{INCARNATION_FILE}.tmp"));
+    std::fs::write(&tmp, next.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(WorkerError::io(format!("write {}", path.display())))?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod incarnation_tests {
+    use super::*;
+
+    /// A stored incarnation ahead of the clock (the clock was stepped back)
+    /// still yields a larger one, every start.
+    #[test]
+    fn incarnations_increase_even_when_the_clock_steps_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = u64::MAX / 2;
+        std::fs::write(dir.path().join(INCARNATION_FILE), ahead.to_string()).unwrap();
+        let a = next_incarnation(dir.path()).unwrap();
+        let b = next_incarnation(dir.path()).unwrap();
+        assert_eq!((a, b), (ahead + 1, ahead + 2));
+        // A fresh work dir starts at the clock.
+        let fresh = tempfile::tempdir().unwrap();
+        assert!(next_incarnation(fresh.path()).unwrap() > 1_600_000_000_000_000);
     }
 }
