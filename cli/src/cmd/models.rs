@@ -62,7 +62,7 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
         for (i, e) in b.entries.iter().enumerate() {
             let mut row = vec![
                 (i + 1).to_string(),
-                e.model.clone(),
+                model_label(e, &b.entries),
                 e.job_id.to_string(),
                 e.member.clone(),
                 e.rows.to_string(),
@@ -78,6 +78,25 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
         println!("{t}");
     }
     Ok(0)
+}
+
+/// A model as a person reads it on a leaderboard: its file name and the
+/// start of its digest; an ensemble with the models it combines.
+fn model_label(e: &EvalEntry, entries: &[EvalEntry]) -> String {
+    let short = |uri: &str| uri.rsplit('/').next().unwrap_or(uri).to_string();
+    if e.model_sha256.is_empty() {
+        let members: Vec<String> = entries
+            .iter()
+            .filter(|o| o.job_id == e.job_id && !o.model_sha256.is_empty())
+            .map(|o| short(&o.model))
+            .collect();
+        return format!("{} ({})", e.model, members.join(", "));
+    }
+    format!(
+        "{} ({}…)",
+        short(&e.model),
+        &e.model_sha256[..e.model_sha256.len().min(8)]
+    )
 }
 
 /// A model job's result, for `coop status`.
