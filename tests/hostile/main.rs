@@ -148,15 +148,7 @@ async fn cancels_of_unknown_or_foreign_jobs_write_nothing() {
     let addrs = cluster.addrs();
     still_serves(&addrs[..1], "own").await;
     let c = coop_e2e::client(&addrs[0]);
-    let last_index = || async {
-        c.clone()
-            .cluster_status(ClusterStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .last_log_index
-    };
-    let before = last_index().await;
+    let before = coop_e2e::last_log_index(&addrs[0]).await;
     for job_id in 0..50 {
         let err = c
             .clone()
@@ -175,7 +167,11 @@ async fn cancels_of_unknown_or_foreign_jobs_write_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
-    assert_eq!(last_index().await, before, "a refused cancel was logged");
+    assert_eq!(
+        coop_e2e::last_log_index(&addrs[0]).await,
+        before,
+        "a refused cancel was logged"
+    );
     let job = c
         .clone()
         .get_job(coop_proto::api::GetJobRequest { job_id: 1 })
@@ -196,15 +192,7 @@ async fn requests_not_signed_by_the_member_are_refused_before_the_log() {
     let addrs = cluster.addrs();
     still_serves(&addrs[..1], "first").await;
     let c = coop_e2e::client(&addrs[1]);
-    let last_index = || async {
-        c.clone()
-            .cluster_status(ClusterStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .last_log_index
-    };
-    let before = last_index().await;
+    let before = coop_e2e::last_log_index(&addrs[0]).await;
     // Signed by bo, claimed as ana.
     let mut forged = coop_e2e::submit_request("bo", "forged", small_job());
     forged.member = "ana".into();
@@ -227,7 +215,11 @@ async fn requests_not_signed_by_the_member_are_refused_before_the_log() {
     };
     let err = c.clone().cancel(forged_cancel).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
-    assert_eq!(last_index().await, before, "a refused request was logged");
+    assert_eq!(
+        coop_e2e::last_log_index(&addrs[0]).await,
+        before,
+        "a refused request was logged"
+    );
     cluster.stop_all().await;
 }
 

@@ -269,3 +269,14 @@ pub async fn wait_job(
 pub fn ended(j: &coop_proto::api::Job) -> bool {
     matches!(j.state_name(), "succeeded" | "failed" | "cancelled")
 }
+
+/// The last log index the replica at `addr` holds: a refusal that costs no
+/// log entry leaves it where it was.
+pub async fn last_log_index(addr: &str) -> u64 {
+    client(addr)
+        .cluster_status(coop_proto::api::ClusterStatusRequest {})
+        .await
+        .expect("cluster status")
+        .into_inner()
+        .last_log_index
+}

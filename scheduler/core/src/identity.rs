@@ -261,22 +261,8 @@ pub fn verify_read(
     auth: &Auth,
     now_ms: u64,
 ) -> Result<(), AuthError> {
-    let bad = || AuthError::BadSignature {
-        member: member.clone(),
-    };
-    let verifying = key.verifying_key().ok_or_else(bad)?;
     let message = read_message(cluster_id, member, auth.issued_at_ms);
-    let signature = ed25519_dalek::Signature::from_bytes(&auth.signature.0);
-    verifying
-        .verify_strict(&message, &signature)
-        .map_err(|_| bad())?;
-    if auth.issued_at_ms.abs_diff(now_ms) > MAX_CLOCK_SKEW_MS {
-        return Err(AuthError::Stale {
-            issued_at_ms: auth.issued_at_ms,
-            now_ms,
-        });
-    }
-    Ok(())
+    verify_signed(key, member, &message, auth, now_ms)
 }
 
 /// Checks a signed request against the member's key and the log's time.
@@ -289,10 +275,6 @@ pub fn verify_request(
     request: &MemberRequest,
     now_ms: u64,
 ) -> Result<(), AuthError> {
-    let bad = || AuthError::BadSignature {
-        member: member.clone(),
-    };
-    let verifying = key.verifying_key().ok_or_else(bad)?;
     let message = request_message(
         cluster_id,
         member,
@@ -300,9 +282,24 @@ pub fn verify_request(
         auth.issued_at_ms,
         &request.hash(),
     );
+    verify_signed(key, member, &message, auth, now_ms)
+}
+
+/// Strict Ed25519 verification of `message`, then the issued-at window.
+fn verify_signed(
+    key: &PublicKey,
+    member: &MemberId,
+    message: &[u8],
+    auth: &Auth,
+    now_ms: u64,
+) -> Result<(), AuthError> {
+    let bad = || AuthError::BadSignature {
+        member: member.clone(),
+    };
+    let verifying = key.verifying_key().ok_or_else(bad)?;
     let signature = ed25519_dalek::Signature::from_bytes(&auth.signature.0);
     verifying
-        .verify_strict(&message, &signature)
+        .verify_strict(message, &signature)
         .map_err(|_| bad())?;
     if auth.issued_at_ms.abs_diff(now_ms) > MAX_CLOCK_SKEW_MS {
         return Err(AuthError::Stale {

@@ -25,7 +25,7 @@ use crate::error::{CoreError, Impossible, SnapshotError, MAX_REQUEST_ID_LEN};
 use crate::explain::{self, Explanation, PendingReason};
 use crate::fairness::{self, Fairness};
 use crate::fairshare::{self, Plan, Shares};
-use crate::identity::{self, Auth, AuthError, MemberRequest};
+use crate::identity::{self, Auth, AuthError, MemberRequest, PublicKey};
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::{Job, JobSpec, JobState};
 use crate::leaderboard::{self, Leaderboard};
@@ -93,14 +93,8 @@ impl ClusterState {
         request: &MemberRequest,
         now_ms: u64,
     ) -> Result<(), CoreError> {
-        let m = self
-            .members
-            .get(member)
-            .ok_or_else(|| AuthError::UnknownMember {
-                member: member.clone(),
-            })?;
         identity::verify_request(
-            &m.public_key,
+            self.member_key(member)?,
             &self.cluster_id,
             member,
             request_id,
@@ -303,14 +297,24 @@ impl ClusterState {
         auth: &Auth,
         now_ms: u64,
     ) -> Result<(), CoreError> {
-        let m = self
-            .members
+        identity::verify_read(
+            self.member_key(member)?,
+            &self.cluster_id,
+            member,
+            auth,
+            now_ms,
+        )?;
+        Ok(())
+    }
+
+    /// A member's registered key; only members have one.
+    fn member_key(&self, member: &MemberId) -> Result<&PublicKey, AuthError> {
+        self.members
             .get(member)
+            .map(|m| &m.public_key)
             .ok_or_else(|| AuthError::UnknownMember {
                 member: member.clone(),
-            })?;
-        identity::verify_read(&m.public_key, &self.cluster_id, member, auth, now_ms)?;
-        Ok(())
+            })
     }
 
     /// Checks a submission against the state without applying it, so a

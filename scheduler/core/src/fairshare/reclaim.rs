@@ -100,6 +100,17 @@ struct Claim<'a> {
     trial: BTreeMap<&'a MemberId, [f64; 3]>,
 }
 
+impl<'a> Claim<'a> {
+    /// Takes a victim: its room is freed, its member's share falls.
+    fn take(&mut self, v: &Victim<'a>, current: [f64; 3], pool: &Resources) {
+        self.free = self.free.saturating_add(&v.resources);
+        self.free_gpus.extend(v.gpu_indices.iter().copied());
+        self.trial
+            .insert(v.member, sub(&current, &share_of(&v.resources, pool)));
+        self.chosen.push(v.what);
+    }
+}
+
 /// Runs reclaim over what the filling stages left and returns the final plan.
 pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) -> Plan {
     let Filled {
@@ -320,14 +331,7 @@ fn try_node<'a>(
         })
         .max_by_key(|(loan, _, v)| (*loan, v.placed_at_ms, v.what.order()));
     if let Some((_, _, v)) = single {
-        let current = standing.now[v.member];
-        claim.free = claim.free.saturating_add(&v.resources);
-        claim.free_gpus.extend(v.gpu_indices.iter().copied());
-        claim.trial.insert(
-            v.member,
-            sub(&current, &share_of(&v.resources, &shares.pool)),
-        );
-        claim.chosen.push(v.what);
+        claim.take(v, standing.now[v.member], &shares.pool);
         return Some(claim);
     }
     for (_, _, v) in victims {
@@ -336,13 +340,7 @@ fn try_node<'a>(
         if dominant(&current) <= shares.members[v.member].entitlement + EPS {
             continue;
         }
-        claim.free = claim.free.saturating_add(&v.resources);
-        claim.free_gpus.extend(v.gpu_indices.iter().copied());
-        claim.trial.insert(
-            v.member,
-            sub(&current, &share_of(&v.resources, &shares.pool)),
-        );
-        claim.chosen.push(v.what);
+        claim.take(v, current, &shares.pool);
         if fits(&claim) {
             return Some(claim);
         }
