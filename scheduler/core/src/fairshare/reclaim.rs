@@ -319,15 +319,17 @@ fn try_node<'a>(
     let single = victims
         .iter()
         .filter(|(_, _, v)| {
+            let free = claim.free.saturating_add(&v.resources);
+            if !job.spec.resources.fits_in(&free) {
+                return false;
+            }
+            if job.spec.resources.gpus == 0 {
+                return true;
+            }
+            // Only a GPU job needs the indices checked (model, memory).
             let mut free_gpus = claim.free_gpus.clone();
             free_gpus.extend(v.gpu_indices.iter().copied());
-            pick_gpus(
-                room.node,
-                job,
-                &claim.free.saturating_add(&v.resources),
-                &free_gpus,
-            )
-            .is_some()
+            pick_gpus(room.node, job, &free, &free_gpus).is_some()
         })
         .max_by_key(|(loan, _, v)| (*loan, v.placed_at_ms, v.what.order()));
     if let Some((_, _, v)) = single {

@@ -1,0 +1,170 @@
+//! Checks that decide whether a member's request may enter the log: the
+//! signature against the member's key, and what can be known from the
+//! state before anything is written. `apply` runs the same checks again.
+
+use crate::error::{CoreError, Impossible, MAX_REQUEST_ID_LEN};
+use crate::identity::{self, Auth, AuthError, MemberRequest, PublicKey};
+use crate::ids::{JobId, MemberId};
+use crate::job::JobSpec;
+use crate::node::Node;
+
+use super::ClusterState;
+
+impl ClusterState {
+    /// Checks a member's signed request against its registered key and the
+    /// given time (the log's in `apply`; the receiving replica's before it).
+    pub fn verify(
+        &self,
+        member: &MemberId,
+        request_id: &str,
+        auth: &Auth,
+        request: &MemberRequest,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        identity::verify_request(
+            self.member_key(member)?,
+            &self.cluster_id,
+            member,
+            request_id,
+            auth,
+            request,
+            now_ms,
+        )?;
+        Ok(())
+    }
+
+    /// Checks a member's read credential (see `identity::read_message`)
+    /// against its registered key and the replica's clock.
+    pub fn verify_read(
+        &self,
+        member: &MemberId,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        identity::verify_read(
+            self.member_key(member)?,
+            &self.cluster_id,
+            member,
+            auth,
+            now_ms,
+        )?;
+        Ok(())
+    }
+
+    /// A member's registered key; only members have one.
+    fn member_key(&self, member: &MemberId) -> Result<&PublicKey, AuthError> {
+        self.members
+            .get(member)
+            .map(|m| &m.public_key)
+            .ok_or_else(|| AuthError::UnknownMember {
+                member: member.clone(),
+            })
+    }
+
+    /// Checks a submission against the state without applying it, so a
+    /// server can reject bad input before it reaches the log. `Ok(Some(job))`
+    /// is a retry of a request already made: nothing new would be created.
+    pub fn check_submit(
+        &self,
+        request_id: &str,
+        member: &MemberId,
+        spec: &JobSpec,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<Option<JobId>, CoreError> {
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
+        let request = MemberRequest::Submit { spec: spec.clone() };
+        self.verify(member, request_id, auth, &request, now_ms)?;
+        if let Some(job) = self.request(member, request_id) {
+            // A retry must be the same request; a reused id with another
+            // spec is a client bug that would otherwise be silently merged.
+            return match self.jobs.get(&job) {
+                Some(j) if j.spec != *spec => Err(CoreError::RequestIdReused {
+                    request_id: request_id.to_string(),
+                    job,
+                }),
+                _ => Ok(Some(job)),
+            };
+        }
+        spec.validate()?;
+        let want = spec.resources;
+        let version = self.policy.version;
+        if let Some(max) = self.policy.max_job_gpus.filter(|max| want.gpus > *max) {
+            return Err(Impossible::MaxJobGpus { max, version }.into());
+        }
+        if let (Some(max), Some(asked)) = (self.policy.max_job_runtime_secs, spec.timeout_secs) {
+            if asked > max {
+                return Err(Impossible::MaxRuntime { max, version }.into());
+            }
+        }
+        // Impossible asks are refused up front rather than queued forever.
+        // With no node registered yet there is nothing to compare against,
+        // so the job waits for the pool to form.
+        if self.nodes.is_empty() {
+            return Ok(None);
+        }
+        // Every constraint must hold on one node: a node with the GPUs and
+        // another with the cores do not make a place the job can run.
+        let model = spec.gpu_model.as_deref();
+        let min_mem = spec.gpu_min_memory_bytes;
+        let gpus_match = |n: &Node| n.matching_gpus(model, min_mem) >= want.gpus as usize;
+        if self
+            .nodes
+            .values()
+            .any(|n| want.fits_in(&n.capacity) && gpus_match(n))
+        {
+            return Ok(None);
+        }
+        if spec.has_gpu_constraints() && !self.nodes.values().any(gpus_match) {
+            return Err(Impossible::NoMatchingGpus { gpus: want.gpus }.into());
+        }
+        if spec.has_gpu_constraints() && self.nodes.values().any(|n| want.fits_in(&n.capacity)) {
+            return Err(Impossible::NoNodeHasAll { want }.into());
+        }
+        let largest = self
+            .nodes
+            .values()
+            .map(|n| n.capacity)
+            .max_by_key(|c| (c.gpus, c.cpu_millis, c.memory_bytes))
+            .unwrap_or_default();
+        Err(Impossible::NoNodeLargeEnough { want, largest }.into())
+    }
+
+    /// Checks a cancel without applying it: the job exists, is the member's
+    /// own, and has not ended. A refusal costs no log entry.
+    pub fn check_cancel(
+        &self,
+        job: JobId,
+        member: &MemberId,
+        request_id: &str,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::Cancel { job },
+            now_ms,
+        )?;
+        let j = self.jobs.get(&job).ok_or(CoreError::UnknownJob(job))?;
+        if &j.member != member {
+            return Err(CoreError::NotOwner {
+                job,
+                owner: j.member.clone(),
+            });
+        }
+        if j.state().is_terminal() {
+            return Err(CoreError::AlreadyEnded {
+                job,
+                state: j.state(),
+            });
+        }
+        Ok(())
+    }
+}
