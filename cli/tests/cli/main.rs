@@ -131,6 +131,11 @@ fn the_readme_commands_work_against_coop_dev() {
         .as_u64()
         .unwrap();
     assert!(stdout(&coop(&addr, &["status", &id.to_string()])).contains("1 rows in"));
+    // The typed result, in the JSON a program reads.
+    let status = stdout(&coop(&addr, &["status", &id.to_string(), "-o", "json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["result"]["kind"], "inference", "{status}");
+    assert_eq!(status["result"]["rows"], 1, "{status}");
 
     // Bad input: clear errors, non-zero exits.
     let o = coop(&addr, &["submit", "--"]);
