@@ -44,6 +44,14 @@ pub struct Identity {
     pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
+/// The most a call to a replica may take (reports; a heartbeat gets one
+/// heartbeat interval): below the default node timeout of 5 s, so a hung
+/// call never outlasts the time in which the node is declared lost.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(3);
+
+/// HTTP/2 keepalive interval and timeout on the connections to replicas.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// Finds and remembers the scheduler leader.
 pub struct Schedulers {
     addrs: Vec<String>,
@@ -101,7 +109,13 @@ impl Schedulers {
                 let c = Endpoint::from_shared(format!("http://{addr}"))
                     .ok()?
                     .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(10))
+                    .timeout(CALL_DEADLINE)
+                    // A leader that died silently (powered off, black-holed)
+                    // is noticed within two keepalives, the assignment
+                    // stream included, instead of hanging on it.
+                    .http2_keep_alive_interval(KEEPALIVE)
+                    .keep_alive_timeout(KEEPALIVE)
+                    .keep_alive_while_idle(true)
                     .tcp_nodelay(true)
                     .connect_lazy();
                 channels.insert(addr.to_string(), c.clone());
@@ -169,6 +183,17 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
     }
 }
 
+/// A heartbeat that cannot finish within one interval is a missed one:
+/// the next is due, and a hung call must not outlast the node timeout.
+fn heartbeat_request(id: &Identity, interval: Duration) -> tonic::Request<HeartbeatRequest> {
+    let mut req = tonic::Request::new(HeartbeatRequest {
+        node_id: id.node_id.clone(),
+        incarnation: id.incarnation,
+    });
+    req.set_timeout(interval);
+    req
+}
+
 /// Returns when the worker must register again (or the leader is gone).
 async fn heartbeat_loop(id: &Identity, scheds: &Schedulers, interval: Duration) {
     let mut failures = 0;
@@ -178,13 +203,7 @@ async fn heartbeat_loop(id: &Identity, scheds: &Schedulers, interval: Duration) 
         let Some(mut client) = scheds.client(&addr) else {
             return;
         };
-        match client
-            .heartbeat(HeartbeatRequest {
-                node_id: id.node_id.clone(),
-                incarnation: id.incarnation,
-            })
-            .await
-        {
+        match client.heartbeat(heartbeat_request(id, interval)).await {
             Ok(r) if r.get_ref().reregister => return,
             Ok(_) => {
                 scheds.confirm(&addr);
@@ -317,5 +336,52 @@ pub async fn reporter(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica that accepts the connection and then says nothing (a
+    /// black-holed or frozen leader) costs a heartbeat one interval, not the
+    /// channel's whole deadline. Measured in the runtime's virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_replica_costs_a_heartbeat_one_interval() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let scheds = Schedulers::new(vec![addr.clone()]);
+        let id = Identity {
+            node_id: "n".into(),
+            owner: "o".into(),
+            capacity: Resources::default(),
+            gpus: vec![],
+            addr: String::new(),
+            incarnation: 1,
+            work_dir: std::env::temp_dir(),
+            stop_grace: Duration::from_secs(1),
+            runner: PathBuf::new(),
+            cache_max_bytes: 0,
+            job_uids: None,
+            cgroups: None,
+            metrics: Arc::new(crate::metrics::WorkerMetrics::new(
+                &Resources::default(),
+                &[],
+            )),
+        };
+        let interval = Duration::from_millis(200);
+        let started = tokio::time::Instant::now();
+        let reply = scheds
+            .client(&addr)
+            .unwrap()
+            .heartbeat(heartbeat_request(&id, interval))
+            .await;
+        assert!(reply.is_err());
+        assert!(
+            started.elapsed() <= interval + Duration::from_millis(50),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(silent);
     }
 }
