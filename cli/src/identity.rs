@@ -269,7 +269,7 @@ impl Signer {
             &self.member,
             request_id,
             now_ms(),
-            &MemberRequest::Submit { spec: core },
+            &MemberRequest::Submit { spec: &core },
         );
         Ok(SubmitRequest {
             member: self.member.to_string(),

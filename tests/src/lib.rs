@@ -144,7 +144,7 @@ pub fn submit_request(
         &coop_core::MemberId::new(member),
         request_id,
         wall_clock_ms(),
-        &coop_core::MemberRequest::Submit { spec: core },
+        &coop_core::MemberRequest::Submit { spec: &core },
     );
     coop_proto::api::SubmitRequest {
         member: member.into(),

@@ -143,18 +143,17 @@ impl TryFrom<&[u8]> for Signature {
     }
 }
 
-/// What a member asks for: the payload its signature covers. Built once
-/// per request to hash it and dropped, so the size difference between
-/// variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What a member asks for: the payload its signature covers. It borrows
+/// what it names: it exists only to be hashed, on the hot path of every
+/// submit, and serializes exactly as the owned values would.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
-pub enum MemberRequest {
-    Submit { spec: JobSpec },
+pub enum MemberRequest<'a> {
+    Submit { spec: &'a JobSpec },
     Cancel { job: JobId },
 }
 
-impl MemberRequest {
+impl MemberRequest<'_> {
     /// SHA-256 of the payload as coop-core serializes it (struct fields in
     /// declaration order, maps sorted, no whitespace).
     pub fn hash(&self) -> [u8; 32] {
@@ -226,7 +225,7 @@ impl SecretKey {
         member: &MemberId,
         request_id: &str,
         issued_at_ms: u64,
-        request: &MemberRequest,
+        request: &MemberRequest<'_>,
     ) -> Auth {
         let message = request_message(
             cluster_id,
@@ -272,7 +271,7 @@ pub fn verify_request(
     member: &MemberId,
     request_id: &str,
     auth: &Auth,
-    request: &MemberRequest,
+    request: &MemberRequest<'_>,
     now_ms: u64,
 ) -> Result<(), AuthError> {
     let message = request_message(

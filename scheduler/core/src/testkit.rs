@@ -43,11 +43,13 @@ pub fn genesis(names: &[&str], policy: Policy, now_ms: u64) -> Command {
 /// A submit signed by `member`'s testkit key, issued at `now_ms`.
 pub fn submit(member: &str, request_id: &str, spec: JobSpec, now_ms: u64) -> Command {
     let m = MemberId::new(member);
-    let request = MemberRequest::Submit { spec };
-    let auth = secret(member).sign_request(CLUSTER, &m, request_id, now_ms, &request);
-    let MemberRequest::Submit { spec } = request else {
-        unreachable!("built as a submit above")
-    };
+    let auth = secret(member).sign_request(
+        CLUSTER,
+        &m,
+        request_id,
+        now_ms,
+        &MemberRequest::Submit { spec: &spec },
+    );
     Command::Submit {
         request_id: request_id.into(),
         member: m,

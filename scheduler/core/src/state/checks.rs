@@ -18,7 +18,7 @@ impl ClusterState {
         member: &MemberId,
         request_id: &str,
         auth: &Auth,
-        request: &MemberRequest,
+        request: &MemberRequest<'_>,
         now_ms: u64,
     ) -> Result<(), CoreError> {
         identity::verify_request(
@@ -75,8 +75,13 @@ impl ClusterState {
         if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
             return Err(CoreError::BadRequestId);
         }
-        let request = MemberRequest::Submit { spec: spec.clone() };
-        self.verify(member, request_id, auth, &request, now_ms)?;
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::Submit { spec },
+            now_ms,
+        )?;
         if let Some(job) = self.request(member, request_id) {
             // A retry must be the same request; a reused id with another
             // spec is a client bug that would otherwise be silently merged.
