@@ -61,10 +61,6 @@ pub fn eval_task(v: i32) -> &'static str {
     wire_name(v, EvalTask::as_str)
 }
 
-pub fn reason_text(r: &api::PendingReason) -> String {
-    r.text.clone()
-}
-
 /// A job's model result as the core types it, when it has one that converts.
 pub fn job_result(j: &api::Job) -> Option<JobResult> {
     j.result.as_ref().and_then(|r| JobResult::try_from(r).ok())

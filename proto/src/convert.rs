@@ -16,6 +16,8 @@ pub enum ConvertError {
     Missing(&'static str),
     #[error("{field}: unknown value {value}")]
     BadEnum { field: &'static str, value: i32 },
+    #[error("a signature is 64 bytes, not {0}")]
+    BadSignature(usize),
     #[error("a job is an inference or an evaluation, not both")]
     TwoKinds,
     #[error("a model job takes no command")]
@@ -404,7 +406,7 @@ pub fn auth(issued_at_ms: u64, signature: &[u8]) -> Result<core::Auth, ConvertEr
     Ok(core::Auth {
         issued_at_ms,
         signature: core::Signature::try_from(signature)
-            .map_err(|_| ConvertError::Missing("a 64-byte signature"))?,
+            .map_err(|_| ConvertError::BadSignature(signature.len()))?,
     })
 }
 

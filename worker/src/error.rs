@@ -1,7 +1,5 @@
 //! `WorkerError`: why the worker could not start, or could not launch a job.
 
-pub use crate::model::ModelError;
-
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("{what}: {source}")]
@@ -14,8 +12,6 @@ pub enum WorkerError {
     Config(String),
     #[error("empty command")]
     EmptyCommand,
-    #[error(transparent)]
-    Model(#[from] ModelError),
 }
 
 impl WorkerError {

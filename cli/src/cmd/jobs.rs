@@ -13,8 +13,7 @@ use super::{new_request_id, now_ms};
 use crate::client::{call, connect, Client};
 use crate::identity::{Settings, Signer};
 use crate::output::{
-    decision_kind, job_json, job_state, ms_ago, print_json, reason_text, res, rule_name, table,
-    Format,
+    decision_kind, job_json, job_state, ms_ago, print_json, res, rule_name, table, Format,
 };
 
 /// Signs and sends one submit; a retry sends the same signed request.
@@ -91,7 +90,7 @@ pub async fn wait_for(client: &Client, job_id: u64, show: bool) -> Result<Job> {
             "pending" => job
                 .pending_reasons
                 .first()
-                .map(reason_text)
+                .map(|r| r.text.clone())
                 .unwrap_or_default(),
             "assigned" | "running" => format!("on {}", job.node),
             _ => String::new(),
@@ -154,7 +153,7 @@ pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
     if !j.pending_reasons.is_empty() {
         println!("  waiting because:");
         for r in &j.pending_reasons {
-            println!("    - {}", reason_text(r));
+            println!("    - {}", r.text);
         }
     }
     if !j.decisions.is_empty() {

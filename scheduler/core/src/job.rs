@@ -160,8 +160,6 @@ pub enum SpecError {
     BadTimeout,
     #[error("retries must be at most {MAX_RETRIES}")]
     TooManyRetries,
-    #[error("a job is a command, an inference or an evaluation: {0}")]
-    Kind(String),
 }
 
 impl Artifact {

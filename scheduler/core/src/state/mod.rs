@@ -23,7 +23,6 @@ use crate::alloc::Allocation;
 use crate::decision::{Decision, DECISIONS_KEPT};
 use crate::error::SnapshotError;
 use crate::explain::{self, Explanation, PendingReason};
-use crate::fairness::{self, Fairness};
 use crate::fairshare::{self, Plan, Shares};
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::{Job, JobState};
@@ -209,11 +208,6 @@ impl ClusterState {
     /// What one scheduling pass would do now (nothing is changed).
     pub fn plan(&self) -> Plan {
         fairshare::plan(&self.view())
-    }
-
-    /// Jain's index and floor attainment over the members with demand.
-    pub fn fairness(&self) -> Fairness {
-        fairness::compute(&self.shares())
     }
 
     /// Evaluation results as leaderboards, one per dataset (optionally one dataset).
