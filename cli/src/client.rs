@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{anyhow, Result};
 use coop_core::{MemberId, SecretKey};
 use coop_proto::api::coop_client::CoopClient;
-use coop_proto::api::ClusterStatusRequest;
+use coop_proto::api::{ClusterStatusRequest, ClusterStatusResponse};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -59,9 +59,15 @@ pub async fn connect(addr: &str) -> Result<Client> {
     })?;
     // The cluster id a read credential names; asking it needs no credential.
     let reader = match READER.get() {
-        Some((member, key)) => cluster_id(&channel)
+        Some((member, key)) => {
+            let plain = CoopClient::new(channel.clone());
+            wait_for_cluster_id(|| {
+                let mut c = plain.clone();
+                async move { c.cluster_status(ClusterStatusRequest {}).await }
+            })
             .await?
-            .map(|id| (id, member.clone(), key.clone())),
+            .map(|id| (id, member.clone(), key.clone()))
+        }
         None => None,
     };
     Ok(CoopClient::with_interceptor(channel, ReadAuth { reader })
@@ -71,18 +77,19 @@ pub async fn connect(addr: &str) -> Result<Client> {
 /// How long to wait for a new cluster's leader to adopt its genesis.
 const GENESIS_WAIT: Duration = Duration::from_secs(5);
 
-/// The cluster's id, waiting briefly while a new cluster's leader adopts
-/// its genesis; `None` for a cluster that has none (not initialized).
-pub async fn cluster_id(channel: &Channel) -> Result<Option<String>> {
+/// The cluster's id as `ask` reports it (a `ClusterStatus` call), waiting
+/// briefly while a new cluster's leader adopts its genesis; `None` for a
+/// cluster that has none (not initialized).
+pub async fn wait_for_cluster_id<F, Fut>(mut ask: F) -> Result<Option<String>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<ClusterStatusResponse>, tonic::Status>>,
+{
     let deadline = tokio::time::Instant::now() + GENESIS_WAIT;
     loop {
-        let status = CoopClient::new(channel.clone())
-            .cluster_status(ClusterStatusRequest {})
-            .await
-            .map_err(explain)?
-            .into_inner();
-        if !status.cluster_id.is_empty() {
-            return Ok(Some(status.cluster_id));
+        let id = ask().await.map_err(explain)?.into_inner().cluster_id;
+        if !id.is_empty() {
+            return Ok(Some(id));
         }
         if tokio::time::Instant::now() > deadline {
             return Ok(None);

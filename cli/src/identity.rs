@@ -19,7 +19,7 @@ use coop_proto::api::{CancelRequest, ClusterStatusRequest, JobSpec, SubmitReques
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use crate::client::{explain, Client};
+use crate::client::{wait_for_cluster_id, Client};
 
 /// Where a replica is when nothing else says.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7001";
@@ -232,24 +232,14 @@ impl Signer {
         let id = self
             .cluster_id
             .get_or_try_init(|| async {
-                // A new cluster's leader adopts its genesis (and id) right
-                // after its first election: wait for it a little.
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                loop {
-                    let status = client
-                        .clone()
-                        .cluster_status(ClusterStatusRequest {})
-                        .await
-                        .map_err(explain)?
-                        .into_inner();
-                    if !status.cluster_id.is_empty() {
-                        return Ok(status.cluster_id);
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        bail!("the cluster has no id yet (not initialized): coop cluster init");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+                wait_for_cluster_id(|| {
+                    let mut c = client.clone();
+                    async move { c.cluster_status(ClusterStatusRequest {}).await }
+                })
+                .await?
+                .ok_or_else(|| {
+                    anyhow!("the cluster has no id yet (not initialized): coop cluster init")
+                })
             })
             .await?;
         Ok(id)
