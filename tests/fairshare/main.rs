@@ -27,24 +27,15 @@ fn job_spec(argv: &[&str], preemptible: bool) -> JobSpec {
     }
 }
 
-/// Retries UNAVAILABLE (elections) until `LIMIT`.
-async fn call<T, F, Fut>(mut f: F) -> T
+/// Retries UNAVAILABLE (elections); any other failure fails the test.
+async fn call<T, F, Fut>(f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        match f().await {
-            Ok(r) => return r.into_inner(),
-            Err(s)
-                if s.code() == tonic::Code::Unavailable
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(s) => panic!("call failed: {s}"),
-        }
+    match coop_e2e::retry_unavailable(f).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => panic!("call failed: {s}"),
     }
 }
 

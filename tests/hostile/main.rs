@@ -124,17 +124,13 @@ async fn a_registration_with_absurd_capacity_is_refused() {
         gpus: vec![],
     };
     // A replica that does not know the leader yet answers UNAVAILABLE: retry.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let err = loop {
-        let err = WorkerGatewayClient::new(channel(&addrs[0]))
-            .register(huge.clone())
-            .await
-            .unwrap_err();
-        if err.code() != tonic::Code::Unavailable || tokio::time::Instant::now() > deadline {
-            break err;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let err = coop_e2e::retry_unavailable(|| {
+        let mut c = WorkerGatewayClient::new(channel(&addrs[0]));
+        let huge = huge.clone();
+        async move { c.register(huge).await }
+    })
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     still_serves(&addrs, "after-register").await;
     cluster.stop_all().await;

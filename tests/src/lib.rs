@@ -205,22 +205,35 @@ impl StateName for coop_proto::api::Explanation {
     }
 }
 
-/// Submits, retrying while the cluster answers UNAVAILABLE (a leader being
-/// elected or adopting its genesis policy) for up to 30 s; returns the job id.
-pub async fn submit(c: &Client, req: coop_proto::api::SubmitRequest) -> Result<u64, tonic::Status> {
+/// Calls `f` until it answers something other than UNAVAILABLE (a leader
+/// being elected or adopting its genesis), for up to 30 s.
+pub async fn retry_unavailable<T, F, Fut>(mut f: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        match c.clone().submit(req.clone()).await {
-            Ok(r) => return Ok(r.into_inner().job_id),
+        match f().await {
             Err(s)
                 if s.code() == tonic::Code::Unavailable
                     && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await
             }
-            Err(s) => return Err(s),
+            other => return other,
         }
     }
+}
+
+/// Submits, retrying while the cluster answers UNAVAILABLE; returns the job id.
+pub async fn submit(c: &Client, req: coop_proto::api::SubmitRequest) -> Result<u64, tonic::Status> {
+    retry_unavailable(|| {
+        let (mut c, req) = (c.clone(), req.clone());
+        async move { c.submit(req).await }
+    })
+    .await
+    .map(|r| r.into_inner().job_id)
 }
 
 /// How long a test waits for a job to reach the state it expects.
