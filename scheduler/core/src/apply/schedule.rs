@@ -16,6 +16,8 @@ const MAX_EXTRA_ROUNDS: usize = 8;
 pub(super) fn pass(state: &mut ClusterState, now: u64) -> Outcome {
     super::jobs::expire(state, now);
     state.accrue_all(now);
+    // Carrying a plan out never sets the flag again; room that frees up
+    // later does (`remove_alloc`), and so does new demand.
     state.clear_pass_due();
     let plan = state.plan();
     let mut revoked = plan.revoked;
@@ -35,8 +37,6 @@ pub(super) fn pass(state: &mut ClusterState, now: u64) -> Outcome {
         placements.extend(more_placements);
         preemptions.extend(more_preemptions);
     }
-    // Room that frees up later sets the flag again (`remove_alloc`).
-    state.clear_pass_due();
     Outcome::Scheduled {
         placements,
         preemptions,

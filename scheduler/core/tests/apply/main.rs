@@ -481,3 +481,34 @@ fn forged_altered_and_stale_requests_are_refused() {
     ));
     assert_eq!(s.digest(), before);
 }
+
+/// The leader proposes a pass when the core says one is due: after demand
+/// or supply changed and something could move, and not again until then.
+#[test]
+fn a_pass_is_due_only_after_a_change_that_could_move_something() {
+    let mut s = new_state();
+    submit(&mut s, "r1", "ana", res(100, 64, 0)).unwrap();
+    assert!(!s.pass_due(), "no ready node: nothing can move");
+    register(&mut s, "n1", res(1000, 1024, 0), 1).unwrap();
+    assert!(s.pass_due());
+    s.apply(&Command::Schedule { now_ms: 20 }).unwrap();
+    assert!(!s.pass_due(), "a pass clears it");
+    // A job too large for any free room, with nothing preemptible: not due.
+    submit(&mut s, "r2", "ana", res(1000, 64, 0)).unwrap();
+    assert!(!s.pass_due());
+    // The running job ends: its room is free again, so the waiting one could start.
+    let alloc = *s.allocs().keys().next().unwrap();
+    s.apply(&Command::AllocFinished {
+        alloc,
+        node: NodeId::new("n1"),
+        exit: ExitStatus {
+            code: Some(0),
+            signal: None,
+            error: String::new(),
+        },
+        now_ms: 30,
+        result: None,
+    })
+    .unwrap();
+    assert!(s.pass_due());
+}
