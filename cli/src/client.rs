@@ -28,12 +28,26 @@ pub fn read_as(member: MemberId, key: Arc<SecretKey>) {
 #[derive(Clone)]
 pub struct ReadAuth {
     reader: Option<(String, MemberId, Arc<SecretKey>)>,
+    /// The credential last signed: reused while it is young, so a client
+    /// polling or submitting in a loop signs once a minute, not per call.
+    signed: Arc<std::sync::Mutex<Option<coop_core::Auth>>>,
 }
+
+/// A read credential is re-signed once it is this old (replicas accept it
+/// for `coop_core::identity::MAX_CLOCK_SKEW_MS`, five minutes).
+const READ_CREDENTIAL_REUSE_MS: u64 = 60_000;
 
 impl tonic::service::Interceptor for ReadAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some((cluster, member, key)) = &self.reader {
-            let auth = key.sign_read(cluster, member, crate::identity::now_ms());
+            let now = crate::identity::now_ms();
+            let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
+            let auth = match signed.as_ref() {
+                Some(a) if now.saturating_sub(a.issued_at_ms) < READ_CREDENTIAL_REUSE_MS => {
+                    a.clone()
+                }
+                _ => signed.insert(key.sign_read(cluster, member, now)).clone(),
+            };
             coop_proto::read_auth::attach(req.metadata_mut(), member, &auth);
         }
         Ok(req)
@@ -70,7 +84,11 @@ pub async fn connect(addr: &str) -> Result<Client> {
         }
         None => None,
     };
-    Ok(CoopClient::with_interceptor(channel, ReadAuth { reader })
+    let auth = ReadAuth {
+        reader,
+        signed: Default::default(),
+    };
+    Ok(CoopClient::with_interceptor(channel, auth)
         .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES))
 }
 

@@ -1,9 +1,10 @@
 //! The public `Coop` service. Any replica accepts every call: calls that
 //! need the leader (writes, linearizable reads) are forwarded to it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use coop_core::{Command, JobId, JobState, MemberId, Outcome};
+use coop_core::{Command, JobId, JobState, MemberId, Outcome, PublicKey};
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::coop_server::Coop;
 use coop_proto::api::*;
@@ -21,11 +22,20 @@ const MAX_LOG_CHUNK: u32 = 1024 * 1024;
 
 pub struct CoopService {
     shared: Arc<Shared>,
+    /// Read credentials already verified (a client reuses one for a minute):
+    /// signature -> (member, the key it verified against, issued-at).
+    verified_reads: std::sync::Mutex<HashMap<[u8; 64], (MemberId, PublicKey, u64)>>,
 }
+
+/// Verified read credentials remembered at most (each lives five minutes).
+const VERIFIED_READS_KEPT: usize = 4096;
 
 impl CoopService {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            verified_reads: Default::default(),
+        }
     }
 
     /// The member a read is from: its credential must verify against the
@@ -38,13 +48,49 @@ impl CoopService {
                 "reads are for members: sign them with your key (coop does; see docs/security.md)",
             )
             })?;
-        self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .verify_read(&member, &auth, now_ms())
-            .map_err(|e| core_status(&e))?;
+        let now = now_ms();
+        let key = {
+            let applied = self.shared.node.state_machine().read();
+            let key = applied.state.members().get(&member).map(|m| m.public_key);
+            let mut cache = self
+                .verified_reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // The same credential, from the same member with the same key, is
+            // the same verified message: only its window needs checking again.
+            if let (Some(k), Some((m, ck, at))) = (key, cache.get(&auth.signature.0)) {
+                if *m == member && *ck == k && *at == auth.issued_at_ms {
+                    return if at.abs_diff(now) <= coop_core::identity::MAX_CLOCK_SKEW_MS {
+                        Ok(member)
+                    } else {
+                        cache.remove(&auth.signature.0);
+                        Err(Status::unauthenticated(
+                            "the read credential expired: sign a new one",
+                        ))
+                    };
+                }
+            }
+            applied
+                .state
+                .verify_read(&member, &auth, now)
+                .map_err(|e| core_status(&e))?;
+            key
+        };
+        if let Some(key) = key {
+            let mut cache = self
+                .verified_reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= VERIFIED_READS_KEPT {
+                cache.retain(|_, (_, _, at)| {
+                    at.abs_diff(now) <= coop_core::identity::MAX_CLOCK_SKEW_MS
+                });
+                if cache.len() >= VERIFIED_READS_KEPT {
+                    cache.clear();
+                }
+            }
+            cache.insert(auth.signature.0, (member.clone(), key, auth.issued_at_ms));
+        }
         Ok(member)
     }
 }

@@ -287,3 +287,41 @@ async fn reads_are_authenticated_and_private_data_stays_private() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     cluster.stop_all().await;
 }
+
+/// A replica remembers read credentials it verified, but a remembered one
+/// still proves only who signed it: the same signature claimed for another
+/// member is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_read_credential_cannot_be_claimed_by_another_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    let id = coop_e2e::submit(
+        &coop_e2e::client(&addrs[0]),
+        coop_e2e::submit_request("ana", "mine", small_job()),
+    )
+    .await
+    .unwrap();
+    let leader = cluster
+        .leader(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let plain = coop_e2e::client_as(&addrs[leader], None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let auth = coop_core::testkit::read("ana", now);
+    let ask = |member: &str| {
+        let mut req = tonic::Request::new(coop_proto::api::GetJobRequest { job_id: id });
+        coop_proto::read_auth::attach(req.metadata_mut(), &coop_core::MemberId::new(member), &auth);
+        let mut c = plain.clone();
+        async move { c.get_job(req).await }
+    };
+    // Twice as ana: verified, then remembered.
+    ask("ana").await.unwrap();
+    ask("ana").await.unwrap();
+    let err = ask("bo").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    cluster.stop_all().await;
+}
