@@ -63,6 +63,9 @@ pub async fn dev(settings: &Settings, data_dir: Option<PathBuf>, port: u16) -> R
         .await
         .ok_or_else(|| anyhow::anyhow!("the replica did not become leader"))?;
     let wl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // You authorize your own machine as your node, as `coop node add` does.
+    let signer = crate::identity::Signer::new(coop_core::MemberId::new(member.clone()), key);
+    crate::local::authorize_node(&addr, &signer, "dev-node", &dir.join("worker")).await?;
     let worker = coop_worker::Worker::start(
         coop_worker::WorkerConfig {
             node_id: "dev-node".into(),

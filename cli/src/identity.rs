@@ -15,7 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use coop_core::{JobId, MemberId, MemberRequest, SecretKey};
-use coop_proto::api::{CancelRequest, ClusterStatusRequest, JobSpec, SubmitRequest};
+use coop_proto::api::{
+    AddNodeRequest, CancelRequest, ClusterStatusRequest, JobSpec, SubmitRequest,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -142,61 +144,23 @@ impl Settings {
 
 /// A fresh key from the operating system's randomness.
 pub fn generate_key() -> Result<SecretKey> {
-    let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| anyhow!("no randomness for a key: {e}"))?;
-    Ok(SecretKey::from_bytes(&seed))
+    Ok(coop_proto::keyfile::generate()?)
 }
 
 /// Writes a secret key (hex) readable by its owner alone.
 pub fn write_key(path: &Path, key: &SecretKey, overwrite: bool) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
-    if overwrite {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let mut file = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!(
-                "{} exists already: keep it, or replace it with --force (its member identity is lost)",
-                path.display()
-            )
-        } else {
-            anyhow!("create {}: {e}", path.display())
-        }
-    })?;
-    writeln!(file, "{}", hex::encode(key.to_bytes()))
-        .with_context(|| format!("write {}", path.display()))
+    Ok(coop_proto::keyfile::write(path, key, overwrite)?)
 }
 
 /// Reads a secret key, refusing one that others may read (as ssh does).
 pub fn load_key(path: &Path) -> Result<SecretKey> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        anyhow!(
-            "no key at {} ({e}): create one with `coop key new`, or point COOP_KEY at yours",
-            path.display()
-        )
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    if !path.exists() {
         bail!(
-            "{} is readable by others: chmod 600 it (a member's key is theirs alone)",
+            "no key at {}: create one with `coop key new`, or point COOP_KEY at yours",
             path.display()
         );
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let bytes =
-        hex::decode(text.trim()).map_err(|_| anyhow!("{} is not a coop key", path.display()))?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| anyhow!("{} is not a coop key (32 bytes in hex)", path.display()))?;
-    Ok(SecretKey::from_bytes(&bytes))
+    Ok(coop_proto::keyfile::load(path)?)
 }
 
 pub fn now_ms() -> u64 {
@@ -287,6 +251,36 @@ impl Signer {
         Ok(CancelRequest {
             job_id: job,
             member: self.member.to_string(),
+            request_id: request_id.to_string(),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        })
+    }
+
+    /// Authorizes a node of this member's with `key`, signed.
+    pub async fn add_node(
+        &self,
+        client: &Client,
+        request_id: &str,
+        node: &str,
+        key: &coop_core::PublicKey,
+    ) -> Result<AddNodeRequest> {
+        let cluster = self.cluster_id(client).await?;
+        let node_id = coop_core::NodeId::new(node);
+        let auth = self.key.sign_request(
+            cluster,
+            &self.member,
+            request_id,
+            now_ms(),
+            &MemberRequest::AddNode {
+                node: &node_id,
+                key,
+            },
+        );
+        Ok(AddNodeRequest {
+            node_id: node.to_string(),
+            member: self.member.to_string(),
+            key: key.to_string(),
             request_id: request_id.to_string(),
             issued_at_ms: auth.issued_at_ms,
             signature: auth.signature.0.to_vec(),

@@ -45,6 +45,28 @@ pub fn found(names: &[&str]) -> Result<(Vec<Founder>, Members)> {
     Ok((founders, members))
 }
 
+/// Creates (or reuses) the node key in a worker's work dir and has its
+/// owner authorize it at the replica at `addr`, as `coop node add` does.
+pub async fn authorize_node(addr: &str, owner: &Signer, node: &str, work_dir: &Path) -> Result<()> {
+    let key = coop_proto::keyfile::load_or_create(&work_dir.join("node.key"))?;
+    let client = crate::client::connect(addr).await?;
+    let req = owner
+        .add_node(
+            &client,
+            &format!("add-node-{node}"),
+            node,
+            &key.public_key(),
+        )
+        .await?;
+    crate::client::call(
+        &client,
+        req,
+        |mut c, req| async move { c.add_node(req).await },
+    )
+    .await?;
+    Ok(())
+}
+
 impl LocalCluster {
     /// `n` replicas founded by `names`, each with a fresh key.
     pub async fn start(dir: &Path, n: usize, names: &[&str]) -> Result<Self> {
@@ -79,12 +101,20 @@ impl LocalCluster {
         memory_bytes: u64,
     ) -> Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let work_dir = self.dir.join(format!("worker-{node_id}"));
+        authorize_node(
+            &self.replicas.addrs()[0],
+            &*self.signer(owner)?,
+            node_id,
+            &work_dir,
+        )
+        .await?;
         let config = WorkerConfig {
             node_id: node_id.into(),
             owner: owner.into(),
             schedulers: self.replicas.addrs(),
             listen: listener.local_addr()?.to_string(),
-            work_dir: self.dir.join(format!("worker-{node_id}")),
+            work_dir,
             cpu_millis: Some(cpu_millis),
             memory_bytes: Some(memory_bytes),
             gpus: Some(0),

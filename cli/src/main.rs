@@ -83,6 +83,11 @@ enum Cmd {
     },
     /// List the pool's nodes.
     Nodes,
+    /// Authorize a machine of yours to join the pool as your node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
     /// Live view of members' shares against entitlements, the queue and the nodes.
     Top {
         /// Print one frame and exit.
@@ -164,6 +169,22 @@ enum ContextCmd {
 enum PolicyCmd {
     /// Print the policy document in force.
     Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Authorize node NAME's key (`coop-worker --show-key` prints it): the
+    /// node joins as yours and only that key can act as it. Run it again
+    /// with a new key to replace a lost or leaked one.
+    Add {
+        name: String,
+        /// The node's public key, 64 hex digits.
+        #[arg(long)]
+        key: String,
+        /// The member you act as.
+        #[arg(long, env = "COOP_MEMBER")]
+        member: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +274,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             follow,
         } => cmd::jobs::logs(&addr, job, stderr, follow).await,
         Cmd::Nodes => cmd::cluster::nodes(&addr, fmt).await,
+        Cmd::Node {
+            command: NodeCmd::Add { name, key, member },
+        } => cmd::cluster::node_add(&settings, fmt, &name, &key, member).await,
         Cmd::Top { once, interval } => {
             top::run(&addr, once, std::time::Duration::from_secs(interval.max(1))).await
         }

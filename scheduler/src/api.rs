@@ -1,7 +1,6 @@
 //! The public `Coop` service. Any replica accepts every call: calls that
 //! need the leader (writes, linearizable reads) are forwarded to it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use coop_core::{Command, JobId, JobState, MemberId, Outcome, PublicKey};
@@ -15,20 +14,15 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::job_to_proto;
 use crate::error::core_status;
-use crate::shared::{forwarded, now_ms, Route, Shared};
+use crate::shared::{forwarded, now_ms, Route, Shared, VerifiedCredentials};
 
 /// Largest log chunk one `Logs` call returns.
 const MAX_LOG_CHUNK: u32 = 1024 * 1024;
 
 pub struct CoopService {
     shared: Arc<Shared>,
-    /// Read credentials already verified (a client reuses one for a minute):
-    /// signature -> (member, the key it verified against, issued-at).
-    verified_reads: std::sync::Mutex<HashMap<[u8; 64], (MemberId, PublicKey, u64)>>,
+    verified_reads: VerifiedCredentials,
 }
-
-/// Verified read credentials remembered at most (each lives five minutes).
-const VERIFIED_READS_KEPT: usize = 4096;
 
 impl CoopService {
     pub fn new(shared: Arc<Shared>) -> Self {
@@ -52,22 +46,9 @@ impl CoopService {
         let key = {
             let applied = self.shared.node.state_machine().read();
             let key = applied.state.members().get(&member).map(|m| m.public_key);
-            let mut cache = self
-                .verified_reads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            // The same credential, from the same member with the same key, is
-            // the same verified message: only its window needs checking again.
-            if let (Some(k), Some((m, ck, at))) = (key, cache.get(&auth.signature.0)) {
-                if *m == member && *ck == k && *at == auth.issued_at_ms {
-                    return if at.abs_diff(now) <= coop_core::identity::MAX_CLOCK_SKEW_MS {
-                        Ok(member)
-                    } else {
-                        cache.remove(&auth.signature.0);
-                        Err(Status::unauthenticated(
-                            "the read credential expired: sign a new one",
-                        ))
-                    };
+            if let Some(k) = &key {
+                if let Some(known) = self.verified_reads.recall(&auth, member.as_str(), k, now) {
+                    return known.map(|()| member);
                 }
             }
             applied
@@ -77,19 +58,8 @@ impl CoopService {
             key
         };
         if let Some(key) = key {
-            let mut cache = self
-                .verified_reads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= VERIFIED_READS_KEPT {
-                cache.retain(|_, (_, _, at)| {
-                    at.abs_diff(now) <= coop_core::identity::MAX_CLOCK_SKEW_MS
-                });
-                if cache.len() >= VERIFIED_READS_KEPT {
-                    cache.clear();
-                }
-            }
-            cache.insert(auth.signature.0, (member.clone(), key, auth.issued_at_ms));
+            self.verified_reads
+                .remember(&auth, member.as_str(), key, now);
         }
         Ok(member)
     }
@@ -377,6 +347,10 @@ impl Coop for CoopService {
                 job.state().is_terminal() && job.alloc.is_none(),
             )
         };
+        // The worker checks the reader's own credential against the job's
+        // member's key: a replica cannot read a member's logs by itself.
+        let (member, auth) = coop_proto::read_auth::credential(request.metadata())
+            .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
         let channel = self.shared.channel(&addr)?;
         let reply = WorkerAgentClient::new(channel)
             .read_logs(ReadLogsRequest {
@@ -384,6 +358,9 @@ impl Coop for CoopService {
                 stream: req.stream,
                 offset: req.offset,
                 max_bytes: req.max_bytes.clamp(1, MAX_LOG_CHUNK),
+                member: member.to_string(),
+                issued_at_ms: auth.issued_at_ms,
+                signature: auth.signature.0.to_vec(),
             })
             .await
             .map_err(|s| Status::new(s.code(), format!("worker at {addr}: {}", s.message())))?
@@ -405,6 +382,44 @@ impl Coop for CoopService {
         let applied = self.shared.node.state_machine().read();
         let nodes = applied.state.nodes().values().map(Node::from).collect();
         Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<AddNodeResponse>, Status> {
+        via_leader!(self, request, add_node);
+        let req = request.get_ref();
+        let (node, member) = (
+            coop_core::NodeId::new(req.node_id.clone()),
+            MemberId::new(req.member.clone()),
+        );
+        let key = PublicKey::parse(&req.key)
+            .map_err(|e| Status::invalid_argument(format!("node key: {e}")))?;
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .check_add_node(&node, &member, &key, &req.request_id, &auth, now)
+            .map_err(|e| core_status(&e))?;
+        let cmd = Command::AddNode {
+            node,
+            member,
+            key,
+            request_id: req.request_id.clone(),
+            auth,
+            now_ms: now,
+        };
+        match self.shared.write(cmd).await? {
+            Outcome::NodeAdded { owner, .. } => Ok(Response::new(AddNodeResponse {
+                owner: owner.to_string(),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     /// Answered by the replica asked, from its own view: that is the point

@@ -91,5 +91,9 @@ pub fn assignment_to_proto(state: &ClusterState, alloc: &Allocation) -> worker::
             0
         },
         preempted: alloc.preempted,
+        member_key: job
+            .and_then(|j| state.members().get(&j.member))
+            .map(|m| m.public_key.0.to_vec())
+            .unwrap_or_default(),
     }
 }

@@ -13,7 +13,8 @@ pub fn core_status(e: &CoreError) -> Status {
         | CoreError::BadRequestId
         | CoreError::Impossible(_) => Code::InvalidArgument,
         CoreError::UnknownJob(_) | CoreError::UnknownNode(_) => Code::NotFound,
-        CoreError::NotOwner { .. } => Code::PermissionDenied,
+        CoreError::NotOwner { .. } | CoreError::NodeOwned { .. } => Code::PermissionDenied,
+        CoreError::GrantOutdated { .. } => Code::FailedPrecondition,
         CoreError::RequestIdReused { .. } => Code::AlreadyExists,
         CoreError::AlreadyEnded { .. }
         | CoreError::StaleAllocation { .. }

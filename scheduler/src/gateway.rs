@@ -2,6 +2,11 @@
 //! and report. Heartbeats and the assignment stream are leader-only (a
 //! follower answers UNAVAILABLE naming the leader); registration and reports
 //! are writes, forwarded like any other.
+//!
+//! Every call is the node's own: registration and reports are signed with
+//! the node key its owner authorized and enter the log signed (every
+//! replica verifies them in `apply`); heartbeats and the assignment stream
+//! carry the node's session credential, checked here.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,15 +23,71 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::assignment_to_proto;
 use crate::error::{core_status, not_leader};
-use crate::shared::{forwarded, now_ms, Route, Shared};
+use crate::shared::{forwarded, now_ms, Route, Shared, VerifiedCredentials};
 
 pub struct GatewayService {
     shared: Arc<Shared>,
+    verified_sessions: VerifiedCredentials,
 }
 
 impl GatewayService {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            verified_sessions: Default::default(),
+        }
+    }
+
+    /// Checks a node's session credential against its authorized key.
+    fn session(
+        &self,
+        node: &NodeId,
+        incarnation: u64,
+        issued_at_ms: u64,
+        signature: &[u8],
+    ) -> Result<(), Status> {
+        let auth = coop_proto::convert::auth(issued_at_ms, signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        let who = format!("{node}/{incarnation}");
+        let applied = self.shared.node.state_machine().read();
+        let key = applied
+            .state
+            .node_grants()
+            .get(node)
+            .map(|g| g.key)
+            .ok_or_else(|| {
+                core_status(&CoreError::Auth(coop_core::AuthError::UnknownNode {
+                    node: node.clone(),
+                }))
+            })?;
+        if let Some(known) = self.verified_sessions.recall(&auth, &who, &key, now) {
+            return known;
+        }
+        applied
+            .state
+            .verify_node_session(node, incarnation, &auth, now)
+            .map_err(|e| core_status(&e))?;
+        self.verified_sessions.remember(&auth, &who, key, now);
+        Ok(())
+    }
+
+    /// Checks a report's signature before it is proposed (apply checks it
+    /// again on every replica): a forged report costs no log entry.
+    fn check_report(
+        &self,
+        node: &NodeId,
+        incarnation: u64,
+        auth: &coop_core::Auth,
+        report: &coop_core::NodeReport<'_>,
+    ) -> Result<(), Status> {
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .verify_node_report(node, incarnation, auth, report, now_ms())
+            .map_err(|e| core_status(&e))
     }
 
     fn require_leader(&self) -> Result<(), Status> {
@@ -78,14 +139,39 @@ impl WorkerGateway for GatewayService {
         via_leader!(self, request, register);
         let req = request.get_ref();
         let node = NodeId::new(req.node_id.clone());
+        let owner = MemberId::new(req.owner.clone());
+        let capacity = coop_proto::convert::resources(req.capacity.as_ref());
+        let gpus: Vec<coop_core::GpuInfo> = req.gpus.iter().map(coop_core::GpuInfo::from).collect();
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .check_register(
+                &coop_core::Registration {
+                    node: &node,
+                    owner: &owner,
+                    capacity,
+                    addr: &req.addr,
+                    incarnation: req.incarnation,
+                    gpus: &gpus,
+                    auth: &auth,
+                },
+                now,
+            )
+            .map_err(|e| core_status(&e))?;
         let cmd = Command::RegisterNode {
             node: node.clone(),
-            owner: MemberId::new(req.owner.clone()),
-            capacity: coop_proto::convert::resources(req.capacity.as_ref()),
+            owner,
+            capacity,
             addr: req.addr.clone(),
             incarnation: req.incarnation,
-            now_ms: now_ms(),
-            gpus: req.gpus.iter().map(coop_core::GpuInfo::from).collect(),
+            now_ms: now,
+            gpus,
+            auth,
         };
         match self.shared.write(cmd).await? {
             Outcome::NodeRegistered { requeued, .. } => {
@@ -113,6 +199,7 @@ impl WorkerGateway for GatewayService {
         self.require_leader()?;
         let req = request.into_inner();
         let node = NodeId::new(req.node_id);
+        self.session(&node, req.incarnation, req.issued_at_ms, &req.signature)?;
         let known =
             {
                 let applied = self.shared.node.state_machine().read();
@@ -139,6 +226,7 @@ impl WorkerGateway for GatewayService {
         self.require_leader()?;
         let req = request.into_inner();
         let node = NodeId::new(req.node_id);
+        self.session(&node, req.incarnation, req.issued_at_ms, &req.signature)?;
         let shared = self.shared.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -201,9 +289,20 @@ impl WorkerGateway for GatewayService {
     ) -> Result<Response<ReportResponse>, Status> {
         via_leader!(self, request, report_started);
         let req = request.get_ref();
+        let (alloc, node) = (AllocId(req.alloc_id), NodeId::new(req.node_id.clone()));
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        self.check_report(
+            &node,
+            req.incarnation,
+            &auth,
+            &coop_core::NodeReport::Started { alloc },
+        )?;
         self.report(Command::AllocStarted {
-            alloc: AllocId(req.alloc_id),
-            node: NodeId::new(req.node_id.clone()),
+            alloc,
+            node,
+            incarnation: req.incarnation,
+            auth,
             now_ms: now_ms(),
         })
         .await
@@ -222,16 +321,32 @@ impl WorkerGateway for GatewayService {
             .map(coop_core::JobResult::try_from)
             .transpose()
             .map_err(|e| Status::invalid_argument(format!("result: {e}")))?;
-        self.report(Command::AllocFinished {
-            alloc: AllocId(req.alloc_id),
-            node: NodeId::new(req.node_id.clone()),
-            exit: ExitStatus {
-                code: req.exit_code,
-                signal: req.signal,
-                error: req.error.clone(),
+        let (alloc, node) = (AllocId(req.alloc_id), NodeId::new(req.node_id.clone()));
+        let exit = ExitStatus {
+            code: req.exit_code,
+            signal: req.signal,
+            error: req.error.clone(),
+        };
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        self.check_report(
+            &node,
+            req.incarnation,
+            &auth,
+            &coop_core::NodeReport::Finished {
+                alloc,
+                exit: &exit,
+                result: result.as_ref(),
             },
+        )?;
+        self.report(Command::AllocFinished {
+            alloc,
+            node,
+            exit,
             now_ms: now_ms(),
             result,
+            incarnation: req.incarnation,
+            auth,
         })
         .await
     }

@@ -132,6 +132,56 @@ impl Shared {
     }
 }
 
+/// Credentials (read credentials, node sessions) this replica already
+/// verified: a client reuses one for a minute, and checking the same bytes
+/// against the same key again would only cost time. A remembered one still
+/// proves only its own signer, under the key it was verified with.
+#[derive(Default)]
+pub struct VerifiedCredentials {
+    /// signature -> (who signed, the key it verified against, issued-at).
+    seen: Mutex<HashMap<[u8; 64], (String, coop_core::PublicKey, u64)>>,
+}
+
+/// Verified credentials remembered at most (each lives five minutes).
+const VERIFIED_KEPT: usize = 4096;
+
+impl VerifiedCredentials {
+    /// `Some(Ok)` when exactly this credential was verified for `who` under
+    /// `key`; `Some(Err)` when it was but has expired; `None` when unknown.
+    pub fn recall(
+        &self,
+        auth: &coop_core::Auth,
+        who: &str,
+        key: &coop_core::PublicKey,
+        now: u64,
+    ) -> Option<Result<(), Status>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (w, k, at) = seen.get(&auth.signature.0)?;
+        if w != who || k != key || *at != auth.issued_at_ms {
+            return None;
+        }
+        if at.abs_diff(now) <= coop_core::identity::MAX_CLOCK_SKEW_MS {
+            Some(Ok(()))
+        } else {
+            seen.remove(&auth.signature.0);
+            Some(Err(Status::unauthenticated(
+                "the credential expired: sign a new one",
+            )))
+        }
+    }
+
+    pub fn remember(&self, auth: &coop_core::Auth, who: &str, key: coop_core::PublicKey, now: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= VERIFIED_KEPT {
+            seen.retain(|_, (_, _, at)| at.abs_diff(now) <= coop_core::identity::MAX_CLOCK_SKEW_MS);
+            if seen.len() >= VERIFIED_KEPT {
+                seen.clear();
+            }
+        }
+        seen.insert(auth.signature.0, (who.to_string(), key, auth.issued_at_ms));
+    }
+}
+
 /// Copies a request for forwarding, marked as forwarded.
 pub fn forwarded<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(request.get_ref().clone());

@@ -21,7 +21,8 @@ fn fast(c: &mut Config) {
     c.heartbeat_timeout_ms = 1500;
 }
 
-fn spawn_worker(node: &str, schedulers: &[String], work_dir: &Path, cpus: &str) -> Proc {
+async fn spawn_worker(node: &str, schedulers: &[String], work_dir: &Path, cpus: &str) -> Proc {
+    coop_e2e::add_node(schedulers, "ana", node).await;
     let child = coop_e2e::worker(node, "ana", cpus, schedulers, work_dir)
         .stdout(Stdio::null())
         .spawn()
@@ -80,7 +81,7 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
     let addrs = cluster.addrs();
-    let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "2");
+    let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "2").await;
     let id = submit(
         &addrs,
         "ana",
@@ -115,6 +116,67 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         .into_inner();
     assert_eq!(
         String::from_utf8_lossy(&logs.data),
+        format!("hello from {id}\n")
+    );
+    // Another member may not read them, and the worker itself serves them
+    // only to the job's member's own credential, not to whoever asks.
+    let err = coop_e2e::client_as(&follower, Some("bo"))
+        .logs(LogsRequest {
+            job_id: id,
+            stream: "stdout".into(),
+            offset: 0,
+            max_bytes: 1024,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let worker_addr = coop_e2e::client(&follower)
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .into_iter()
+        .find(|n| n.id == "w1")
+        .unwrap()
+        .addr;
+    let read = |member: &str, signer: &str| {
+        let auth = coop_core::testkit::read(signer, coop_e2e::now_ms());
+        coop_proto::worker::ReadLogsRequest {
+            alloc_id: j.alloc_id,
+            stream: "stdout".into(),
+            offset: 0,
+            max_bytes: 1024,
+            member: member.into(),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        }
+    };
+    let agent = || {
+        coop_proto::worker::worker_agent_client::WorkerAgentClient::new(
+            tonic::transport::Channel::from_shared(format!("http://{worker_addr}"))
+                .unwrap()
+                .connect_lazy(),
+        )
+    };
+    for (req, code) in [
+        (
+            coop_proto::worker::ReadLogsRequest {
+                alloc_id: j.alloc_id,
+                stream: "stdout".into(),
+                ..Default::default()
+            },
+            tonic::Code::PermissionDenied,
+        ),
+        (read("bo", "bo"), tonic::Code::PermissionDenied),
+        (read("ana", "bo"), tonic::Code::Unauthenticated),
+    ] {
+        let err = agent().read_logs(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+    let own = agent().read_logs(read("ana", "ana")).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&own.get_ref().data),
         format!("hello from {id}\n")
     );
     // Bad input changes nothing.
@@ -178,7 +240,7 @@ async fn leader_killed_during_200_submits_loses_nothing_and_runs_each_once() {
     })
     .await;
     let addrs = cluster.addrs();
-    let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "8");
+    let _w = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "8").await;
     let ran = tmp.path().join("ran.txt");
     let cmd = format!("echo $COOP_JOB_ID >> {}", ran.display());
     let job_spec = spec(&["sh", "-c", &cmd], 100, 0);
@@ -344,11 +406,11 @@ async fn a_lost_workers_job_requeues_and_finishes_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
     let addrs = cluster.addrs();
-    let mut w1 = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "1");
+    let mut w1 = spawn_worker("w1", &addrs, &tmp.path().join("w1"), "1").await;
     let id = submit(&addrs, "ana", "r1", &spec(&["sleep", "2"], 1000, 1)).await;
     let j = coop_e2e::wait_job(&addrs, id, |j| j.state_name() == "running").await;
     assert_eq!(j.node, "w1");
-    let _w2 = spawn_worker("w2", &addrs, &tmp.path().join("w2"), "1");
+    let _w2 = spawn_worker("w2", &addrs, &tmp.path().join("w2"), "1").await;
     let mut c = coop_e2e::client(&addrs[0]);
     let mut nodes = 0;
     wait_for("w2 to register", || {
@@ -383,7 +445,7 @@ async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
     let cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
     let addrs = cluster.addrs();
     let work = tmp.path().join("w1");
-    let mut w1 = spawn_worker("w1", &addrs, &work, "1");
+    let mut w1 = spawn_worker("w1", &addrs, &work, "1").await;
     let pidfile = tmp.path().join("pid");
     let script = format!("echo $$ > {}; exec sleep 600", pidfile.display());
     let id = submit(
@@ -405,7 +467,7 @@ async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
     let _ = w1.0.wait();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     // Its successor stops the orphan before taking any work.
-    let _w1 = spawn_worker("w1", &addrs, &work, "1");
+    let _w1 = spawn_worker("w1", &addrs, &work, "1").await;
     wait_for("the orphan to be killed", || {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| s.contains(") Z "))

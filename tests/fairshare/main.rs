@@ -85,6 +85,7 @@ async fn a_burst_fills_the_pool_and_the_contributor_reclaims_its_share() {
     })
     .await;
     let addrs = cluster.addrs();
+    coop_e2e::add_node(&addrs, "olga", "olga-box").await;
     let _worker = Proc(
         coop_e2e::worker("olga-box", "olga", "4", &addrs, tmp.path().join("w"))
             .stdout(Stdio::null())

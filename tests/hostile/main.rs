@@ -8,7 +8,6 @@ use coop_proto::api::{ClusterStatusRequest, JobSpec, Resources};
 use coop_proto::raft::raft_transport_client::RaftTransportClient;
 use coop_proto::raft::{RaftPayload, SnapshotChunk};
 use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
-use coop_proto::worker::RegisterRequest;
 use coop_scheduler::raft::TypeConfig;
 use openraft::alias::{SnapshotMetaOf, VoteOf};
 use openraft::raft::VoteRequest;
@@ -111,18 +110,18 @@ async fn a_registration_with_absurd_capacity_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
     let addrs = cluster.addrs();
-    let huge = RegisterRequest {
-        node_id: "huge".into(),
-        owner: "olga".into(),
-        capacity: Some(Resources {
+    // Properly authorized and signed: the capacity alone is what is refused.
+    coop_e2e::add_node(&addrs, "olga", "huge").await;
+    let huge = coop_e2e::register_request(
+        "huge",
+        "huge",
+        "olga",
+        Resources {
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             gpus: u32::MAX,
-        }),
-        addr: "127.0.0.1:1".into(),
-        incarnation: 1,
-        gpus: vec![],
-    };
+        },
+    );
     // A replica that does not know the leader yet answers UNAVAILABLE: retry.
     let err = coop_e2e::retry_unavailable(|| {
         let mut c = WorkerGatewayClient::new(channel(&addrs[0]));
@@ -323,5 +322,114 @@ async fn a_verified_read_credential_cannot_be_claimed_by_another_member() {
     ask("ana").await.unwrap();
     let err = ask("bo").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    cluster.stop_all().await;
+}
+
+/// Workers are their owners' nodes: only a key its owner authorized can
+/// register a node, report for it or receive its assignments, and only the
+/// owner can authorize it. Every refusal comes before the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_node_key_its_owner_authorized_acts_as_the_node() {
+    use coop_proto::worker::{AssignmentsRequest, HeartbeatRequest, ReportFinishedRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    still_serves(&addrs[..1], "first").await;
+    let gw = || WorkerGatewayClient::new(channel(&addrs[0]));
+    let cap = Resources {
+        cpu_millis: 4000,
+        memory_bytes: 1 << 30,
+        gpus: 0,
+    };
+    let before = coop_e2e::last_log_index(&addrs[0]).await;
+    // Nobody authorized "box": its own key does not make it a node.
+    let err = gw()
+        .register(coop_e2e::register_request("box", "box", "olga", cap))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    coop_e2e::add_node(&addrs, "olga", "box").await;
+    let granted = coop_e2e::last_log_index(&addrs[0]).await;
+    assert!(granted > before, "the authorization was not logged");
+    // Another member cannot take the node over by authorizing its own key.
+    let err = coop_e2e::client(&addrs[0])
+        .add_node(coop_e2e::add_node_request("bo", "box"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // A forger's key cannot register it, nor can it join as another's.
+    let err = gw()
+        .register(coop_e2e::register_request("box", "forger", "olga", cap))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = gw()
+        .register(coop_e2e::register_request("box", "box", "bo", cap))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // No session credential, or a forged one: no heartbeat, no assignments
+    // (asked of the leader, which alone serves them).
+    let leader = coop_e2e::client(&addrs[0])
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .leader_addr;
+    let lgw = || WorkerGatewayClient::new(channel(&leader));
+    let err = lgw()
+        .heartbeat(HeartbeatRequest {
+            node_id: "box".into(),
+            incarnation: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let forged = coop_core::testkit::node_secret("forger").sign_node_session(
+        coop_core::testkit::CLUSTER,
+        &coop_core::NodeId::new("box"),
+        1,
+        coop_e2e::now_ms(),
+    );
+    let err = lgw()
+        .assignments(AssignmentsRequest {
+            node_id: "box".into(),
+            incarnation: 1,
+            issued_at_ms: forged.issued_at_ms,
+            signature: forged.signature.0.to_vec(),
+        })
+        .await
+        .expect_err("a forged session is refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    // A report for the node signed by someone else.
+    let err = gw()
+        .report_finished(ReportFinishedRequest {
+            node_id: "box".into(),
+            alloc_id: 1,
+            exit_code: Some(0),
+            incarnation: 1,
+            issued_at_ms: forged.issued_at_ms,
+            signature: forged.signature.0.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert_eq!(
+        coop_e2e::last_log_index(&addrs[0]).await,
+        granted,
+        "a refused node request was logged"
+    );
+    // The node's own key registers it as olga's.
+    coop_e2e::retry_unavailable(|| {
+        let mut c = gw();
+        async move {
+            c.register(coop_e2e::register_request("box", "box", "olga", cap))
+                .await
+        }
+    })
+    .await
+    .unwrap();
     cluster.stop_all().await;
 }

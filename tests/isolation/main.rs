@@ -43,6 +43,7 @@ async fn jobs_are_confined() {
     let work = dir.path().join("w");
     let cluster = coop_e2e::replicas(dir.path(), 1, |c| c.heartbeat_interval_ms = 100).await;
     let addrs = cluster.addrs();
+    coop_e2e::add_node(&addrs, "ana", "w1").await;
     let _worker = Proc(
         coop_e2e::worker("w1", "ana", "2", &addrs, &work)
             .args(["--job-uid-base", "61000", "--retention-secs", "3"])

@@ -206,6 +206,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     let data = fixtures::dataset(dir.path()).unwrap();
     let cluster = coop_e2e::replicas(dir.path(), 3, |c| c.heartbeat_interval_ms = 100).await;
     let addrs = cluster.addrs();
+    coop_e2e::add_node(&addrs, "ana", "w1").await;
     let _worker = Proc(
         coop_e2e::worker("w1", "ana", "2", &addrs, dir.path().join("w"))
             .stdout(Stdio::null())

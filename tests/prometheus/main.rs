@@ -123,6 +123,7 @@ async fn every_dashboard_and_alert_expression_returns_data() {
     })
     .await;
     let addrs = cluster.addrs();
+    coop_e2e::add_node(&addrs, "olga", "olga-box").await;
     let mut worker = coop_e2e::worker("olga-box", "olga", "4", &addrs, dir.path().join("w"))
         .args(["--metrics-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())

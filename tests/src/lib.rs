@@ -45,7 +45,8 @@ pub fn worker_bin() -> PathBuf {
 }
 
 /// `coop-worker` as node `node` of `owner`, offering `cpus` and 4 GiB to
-/// `schedulers`, working in `work_dir`; add flags, then spawn.
+/// `schedulers`, working in `work_dir` with the node's testkit key; add
+/// flags, then spawn. Its owner authorizes it with `add_node` first.
 pub fn worker(
     node: &str,
     owner: &str,
@@ -53,6 +54,12 @@ pub fn worker(
     schedulers: &[String],
     work_dir: impl AsRef<Path>,
 ) -> Command {
+    coop_proto::keyfile::write(
+        &work_dir.as_ref().join("node.key"),
+        &coop_core::testkit::node_secret(node),
+        true,
+    )
+    .expect("write the node key");
     let mut cmd = Command::new(worker_bin());
     cmd.args([
         "--node-id",
@@ -125,6 +132,11 @@ pub async fn replicas(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> Local
     .unwrap_or_else(|e| panic!("start {n} replicas: {e}"))
 }
 
+/// The wall clock in milliseconds, as credentials are stamped.
+pub fn now_ms() -> u64 {
+    wall_clock_ms()
+}
+
 fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,6 +185,74 @@ pub fn cancel_request(member: &str, request_id: &str, job: u64) -> coop_proto::a
         issued_at_ms: auth.issued_at_ms,
         signature: auth.signature.0.to_vec(),
     }
+}
+
+/// `owner` authorizes `node`'s testkit key, as `coop node add` does.
+pub fn add_node_request(owner: &str, node: &str) -> coop_proto::api::AddNodeRequest {
+    let request_id = format!("add-node-{node}-{}", wall_clock_ms());
+    let key = coop_core::testkit::node_secret(node).public_key();
+    let auth = coop_core::testkit::secret(owner).sign_request(
+        coop_core::testkit::CLUSTER,
+        &coop_core::MemberId::new(owner),
+        &request_id,
+        wall_clock_ms(),
+        &coop_core::MemberRequest::AddNode {
+            node: &coop_core::NodeId::new(node),
+            key: &key,
+        },
+    );
+    coop_proto::api::AddNodeRequest {
+        node_id: node.into(),
+        member: owner.into(),
+        key: key.to_string(),
+        request_id,
+        issued_at_ms: auth.issued_at_ms,
+        signature: auth.signature.0.to_vec(),
+    }
+}
+
+/// A registration of `node` as `owner`'s, signed with `signer`'s testkit
+/// node key (the node's own, or a forger's).
+pub fn register_request(
+    node: &str,
+    signer: &str,
+    owner: &str,
+    capacity: coop_proto::api::Resources,
+) -> coop_proto::worker::RegisterRequest {
+    let addr = "127.0.0.1:1".to_string();
+    let auth = coop_core::testkit::node_secret(signer).sign_node_report(
+        coop_core::testkit::CLUSTER,
+        &coop_core::NodeId::new(node),
+        1,
+        wall_clock_ms(),
+        &coop_core::NodeReport::Register {
+            owner: &coop_core::MemberId::new(owner),
+            capacity: &coop_core::Resources::from(&capacity),
+            addr: &addr,
+            gpus: &[],
+        },
+    );
+    coop_proto::worker::RegisterRequest {
+        node_id: node.into(),
+        owner: owner.into(),
+        capacity: Some(capacity),
+        addr,
+        incarnation: 1,
+        gpus: vec![],
+        issued_at_ms: auth.issued_at_ms,
+        signature: auth.signature.0.to_vec(),
+    }
+}
+
+/// Authorizes `node` for `owner` at the cluster; panics with the reason if refused.
+pub async fn add_node(addrs: &[String], owner: &str, node: &str) {
+    let req = add_node_request(owner, node);
+    retry_unavailable(|| {
+        let (mut c, req) = (client(&addrs[0]), req.clone());
+        async move { c.add_node(req).await }
+    })
+    .await
+    .unwrap_or_else(|s| panic!("add node {node} for {owner}: {s}"));
 }
 
 /// A wire enum's name as the core spells it, so tests read `"running"`.

@@ -108,6 +108,10 @@ impl Actor {
         };
         let spec = a.spec.clone().unwrap_or_default();
         let job_id = a.job_id;
+        // Only the job's member may read what it writes.
+        if let Err(e) = executor::write_reader(&self.id.work_dir, alloc, &a.member, &a.member_key) {
+            return self.end(alloc, Exit::error(e.to_string()));
+        }
         let gpu_indices = a.gpu_indices.clone();
         let mut env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
         let model_job = match coop_core::JobSpec::try_from(&spec) {

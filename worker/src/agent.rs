@@ -42,6 +42,61 @@ pub struct Identity {
     /// Where job cgroups go, when cgroup v2 is available.
     pub cgroups: Option<PathBuf>,
     pub metrics: Arc<crate::metrics::WorkerMetrics>,
+    /// The node key its owner authorized (`coop node add`): registration,
+    /// reports and the session credential are signed with it.
+    pub key: coop_core::SecretKey,
+    /// The cluster the signatures name, learned from the first replica
+    /// that answers.
+    pub cluster_id: std::sync::OnceLock<String>,
+    /// The session credential in use, re-signed every minute.
+    pub session: Mutex<Option<coop_core::Auth>>,
+}
+
+/// How long a session credential is reused before a new one is signed.
+const SESSION_REUSE_MS: u64 = 60_000;
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Identity {
+    fn node(&self) -> coop_core::NodeId {
+        coop_core::NodeId::new(self.node_id.clone())
+    }
+
+    fn cluster(&self) -> &str {
+        self.cluster_id.get().map(String::as_str).unwrap_or("")
+    }
+
+    /// The session credential for heartbeats and the assignment stream.
+    fn session(&self) -> coop_core::Auth {
+        let now = wall_clock_ms();
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        match &*session {
+            Some(auth) if now.saturating_sub(auth.issued_at_ms) < SESSION_REUSE_MS => auth.clone(),
+            _ => {
+                let auth =
+                    self.key
+                        .sign_node_session(self.cluster(), &self.node(), self.incarnation, now);
+                *session = Some(auth.clone());
+                auth
+            }
+        }
+    }
+
+    /// Signs a report with the node key, issued now.
+    fn sign(&self, report: &coop_core::NodeReport<'_>) -> coop_core::Auth {
+        self.key.sign_node_report(
+            self.cluster(),
+            &self.node(),
+            self.incarnation,
+            wall_clock_ms(),
+            report,
+        )
+    }
 }
 
 /// The most a call to a replica may take (reports; a heartbeat gets one
@@ -124,6 +179,15 @@ impl Schedulers {
         };
         Some(WorkerGatewayClient::new(channel))
     }
+
+    fn coop_client(&self, addr: &str) -> Option<coop_proto::api::coop_client::CoopClient<Channel>> {
+        self.client(addr)?;
+        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .get(addr)
+            .cloned()
+            .map(coop_proto::api::coop_client::CoopClient::new)
+    }
 }
 
 /// Registers, then heartbeats and follows the assignment stream until
@@ -159,6 +223,29 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
     let mut client = scheds
         .client(&addr)
         .ok_or_else(|| tonic::Status::invalid_argument(format!("bad scheduler address {addr}")))?;
+    if id.cluster_id.get().is_none() {
+        let status = scheds
+            .coop_client(&addr)
+            .ok_or_else(|| {
+                tonic::Status::invalid_argument(format!("bad scheduler address {addr}"))
+            })?
+            .cluster_status(coop_proto::api::ClusterStatusRequest {})
+            .await?
+            .into_inner();
+        if status.cluster_id.is_empty() {
+            return Err(tonic::Status::unavailable("the cluster has no id yet"));
+        }
+        let _ = id.cluster_id.set(status.cluster_id);
+    }
+    let capacity = coop_proto::convert::resources(Some(&id.capacity));
+    let gpus: Vec<coop_core::GpuInfo> = id.gpus.iter().map(coop_core::GpuInfo::from).collect();
+    let owner = coop_core::MemberId::new(id.owner.clone());
+    let auth = id.sign(&coop_core::NodeReport::Register {
+        owner: &owner,
+        capacity: &capacity,
+        addr: &id.addr,
+        gpus: &gpus,
+    });
     let reply = client
         .register(RegisterRequest {
             node_id: id.node_id.clone(),
@@ -167,6 +254,8 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
             addr: id.addr.clone(),
             incarnation: id.incarnation,
             gpus: id.gpus.clone(),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
         })
         .await;
     match reply {
@@ -175,8 +264,15 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
         )),
         Err(status) => {
             scheds.observe(&status);
-            if status.code() == Code::InvalidArgument {
-                tracing::error!(error = %status.message(), "the scheduler refused this worker");
+            if matches!(
+                status.code(),
+                Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+            ) {
+                tracing::error!(
+                    error = %status.message(),
+                    node_key = %id.key.public_key(),
+                    "the scheduler refused this worker"
+                );
             }
             Err(status)
         }
@@ -186,9 +282,12 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
 /// A heartbeat that cannot finish within one interval is a missed one:
 /// the next is due, and a hung call must not outlast the node timeout.
 fn heartbeat_request(id: &Identity, interval: Duration) -> tonic::Request<HeartbeatRequest> {
+    let session = id.session();
     let mut req = tonic::Request::new(HeartbeatRequest {
         node_id: id.node_id.clone(),
         incarnation: id.incarnation,
+        issued_at_ms: session.issued_at_ms,
+        signature: session.signature.0.to_vec(),
     });
     req.set_timeout(interval);
     req
@@ -231,9 +330,12 @@ async fn stream_loop(
         let Some(mut client) = scheds.client(&addr) else {
             return;
         };
+        let session = id.session();
         let request = AssignmentsRequest {
             node_id: id.node_id.clone(),
             incarnation: id.incarnation,
+            issued_at_ms: session.issued_at_ms,
+            signature: session.signature.0.to_vec(),
         };
         let mut stream = match client.assignments(request).await {
             Ok(s) => {
@@ -303,14 +405,36 @@ pub async fn reporter(
         };
         let result = match &report {
             Report::Started(alloc) => {
+                let auth = id.sign(&coop_core::NodeReport::Started {
+                    alloc: coop_core::AllocId(*alloc),
+                });
                 client
                     .report_started(ReportStartedRequest {
                         node_id: id.node_id.clone(),
                         alloc_id: *alloc,
+                        incarnation: id.incarnation,
+                        issued_at_ms: auth.issued_at_ms,
+                        signature: auth.signature.0.to_vec(),
                     })
                     .await
             }
             Report::Finished(alloc, exit) => {
+                let result = exit.result.as_ref().map(coop_proto::api::JobResult::from);
+                // Signed over what the scheduler will decode from the wire.
+                let decoded = result
+                    .as_ref()
+                    .and_then(|r| coop_core::JobResult::try_from(r).ok())
+                    .or_else(|| exit.result.clone());
+                let status = coop_core::ExitStatus {
+                    code: exit.code,
+                    signal: exit.signal,
+                    error: exit.error.clone(),
+                };
+                let auth = id.sign(&coop_core::NodeReport::Finished {
+                    alloc: coop_core::AllocId(*alloc),
+                    exit: &status,
+                    result: decoded.as_ref(),
+                });
                 client
                     .report_finished(ReportFinishedRequest {
                         node_id: id.node_id.clone(),
@@ -318,7 +442,10 @@ pub async fn reporter(
                         exit_code: exit.code,
                         signal: exit.signal,
                         error: exit.error.clone(),
-                        result: exit.result.as_ref().map(coop_proto::api::JobResult::from),
+                        result,
+                        incarnation: id.incarnation,
+                        issued_at_ms: auth.issued_at_ms,
+                        signature: auth.signature.0.to_vec(),
                     })
                     .await
             }
@@ -368,6 +495,9 @@ mod tests {
                 &Resources::default(),
                 &[],
             )),
+            key: coop_core::SecretKey::from_bytes(&[7; 32]),
+            cluster_id: Default::default(),
+            session: Default::default(),
         };
         let interval = Duration::from_millis(200);
         let started = tokio::time::Instant::now();

@@ -49,6 +49,14 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// The node's secret key file (default: node.key in the work dir,
+    /// created at first start).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Print the node's public key (creating the key if there is none) and
+    /// exit: its owner authorizes it with `coop node add NODE --key KEY`.
+    #[arg(long)]
+    show_key: bool,
 }
 
 /// Runs the worker (or a model job's child, `run-model DIR CACHE`) and
@@ -129,6 +137,15 @@ async fn run() -> Result<(), WorkerError> {
     }
     if let Some(m) = args.metrics_listen {
         config.metrics_listen = Some(m);
+    }
+    if let Some(k) = args.key_file {
+        config.key_file = Some(k);
+    }
+    if args.show_key {
+        let key = coop_proto::keyfile::load_or_create(&config.key_path())
+            .map_err(|e| WorkerError::Config(format!("node key: {e}")))?;
+        println!("{}", key.public_key());
+        return Ok(());
     }
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

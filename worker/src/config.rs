@@ -46,6 +46,19 @@ pub struct WorkerConfig {
     /// The binary that runs model jobs as `<it> run-model DIR CACHE`; this
     /// worker's own binary by default (`coop-worker` and `coop` both can).
     pub model_runner: Option<PathBuf>,
+    /// The node's secret key; `node.key` in the work dir by default,
+    /// created at first start. Its owner authorizes the public half with
+    /// `coop node add NODE --key PUBKEY`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl WorkerConfig {
+    /// Where the node key lives.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("node.key"))
+    }
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +81,7 @@ impl Default for WorkerConfig {
             metrics_listen: None,
             stop_grace_ms: 5000,
             model_runner: None,
+            key_file: None,
         }
     }
 }

@@ -89,6 +89,36 @@ pub fn alloc_dir(work_dir: &Path, alloc_id: u64) -> PathBuf {
     work_dir.join("allocs").join(alloc_id.to_string())
 }
 
+/// The file in an allocation's dir naming who may read its logs: the job's
+/// member and its public key, as the assignment gave them.
+pub const READER_FILE: &str = ".reader";
+
+/// Records who may read an allocation's logs, before anything runs.
+pub fn write_reader(
+    work_dir: &Path,
+    alloc_id: u64,
+    member: &str,
+    key: &[u8],
+) -> Result<(), WorkerError> {
+    let dir = alloc_dir(work_dir, alloc_id);
+    std::fs::create_dir_all(&dir).map_err(WorkerError::io(format!(
+        "create work dir {}",
+        dir.display()
+    )))?;
+    std::fs::write(
+        dir.join(READER_FILE),
+        format!("{member}\n{}\n", hex::encode(key)),
+    )
+    .map_err(WorkerError::io("write the log reader"))
+}
+
+/// Who may read an allocation's logs, when recorded.
+pub fn read_reader(work_dir: &Path, alloc_id: u64) -> Option<(String, coop_core::PublicKey)> {
+    let text = std::fs::read_to_string(alloc_dir(work_dir, alloc_id).join(READER_FILE)).ok()?;
+    let (member, key) = text.trim().split_once('\n')?;
+    Some((member.to_string(), coop_core::PublicKey::parse(key).ok()?))
+}
+
 /// Starts the process. The child leads a new process group (pgid = pid), so
 /// stopping the job reaches everything it spawned. Its work dir is its
 /// own: with `run_as`, owned by that uid and closed to everyone else.

@@ -106,6 +106,15 @@ impl Worker {
         for g in &gpus {
             tracing::info!(index = g.index, model = %g.model, memory_bytes = g.memory_bytes, uuid = %g.uuid, "gpu");
         }
+        let key = coop_proto::keyfile::load_or_create(&config.key_path())
+            .map_err(|e| WorkerError::Config(format!("node key: {e}")))?;
+        tracing::info!(
+            node = %config.node_id,
+            node_key = %key.public_key(),
+            "node key (its owner authorizes it with `coop node add {} --key {}`)",
+            config.node_id,
+            key.public_key()
+        );
         let metrics = Arc::new(metrics::WorkerMetrics::new(&capacity, &gpus));
         let id = Arc::new(Identity {
             node_id: config.node_id.clone(),
@@ -120,6 +129,9 @@ impl Worker {
             job_uids: config.job_uid_base.map(|b| (b, config.job_uid_count)),
             cgroups: executor::cgroup_root(),
             metrics: metrics.clone(),
+            key,
+            cluster_id: Default::default(),
+            session: Default::default(),
             runner: match &config.model_runner {
                 Some(p) => p.clone(),
                 None => std::env::current_exe().map_err(WorkerError::io("find own binary"))?,
@@ -207,6 +219,7 @@ impl Worker {
         let logs = logs::LogService {
             work_dir: config.work_dir.clone(),
             local: local.clone(),
+            id: id.clone(),
         };
         tasks.push(tokio::spawn(async move {
             let server = tonic::transport::Server::builder()

@@ -15,6 +15,14 @@ use crate::reconcile::Local;
 pub struct LogService {
     pub work_dir: PathBuf,
     pub local: Arc<Mutex<BTreeMap<u64, Local>>>,
+    pub id: Arc<crate::agent::Identity>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Largest chunk one call returns.
@@ -27,6 +35,31 @@ impl WorkerAgent for LogService {
         request: Request<ReadLogsRequest>,
     ) -> Result<Response<ReadLogsResponse>, Status> {
         let req = request.into_inner();
+        // The replica passes on the reader's own credential: only a read
+        // signed by the job's member opens its logs.
+        let Some((member, key)) = crate::executor::read_reader(&self.work_dir, req.alloc_id) else {
+            return Err(Status::not_found(format!(
+                "no logs for allocation {} on this worker (removed, or never started here)",
+                req.alloc_id
+            )));
+        };
+        if req.member != member {
+            return Err(Status::permission_denied(format!(
+                "allocation {}'s logs are {member}'s alone",
+                req.alloc_id
+            )));
+        }
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let cluster = self.id.cluster_id.get().map(String::as_str).unwrap_or("");
+        coop_core::identity::verify_read(
+            &key,
+            cluster,
+            &coop_core::MemberId::new(member.clone()),
+            &auth,
+            now_ms(),
+        )
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let file = match req.stream.as_str() {
             "stdout" => "stdout.log",
             "stderr" => "stderr.log",

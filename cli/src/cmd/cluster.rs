@@ -8,6 +8,40 @@ use serde_json::json;
 use crate::client::{call, connect, explain};
 use crate::output::{node_state, print_json, res_json, table, Format};
 
+/// `coop node add NAME --key KEY`: the member authorizes its node's key.
+pub async fn node_add(
+    settings: &crate::identity::Settings,
+    fmt: Format,
+    name: &str,
+    key: &str,
+    member: Option<String>,
+) -> Result<i32> {
+    let key = coop_core::PublicKey::parse(key).map_err(|e| {
+        anyhow::anyhow!("--key: {e} (`coop-worker --show-key` prints a node's key)")
+    })?;
+    let signer = settings.signer(member)?;
+    let client = connect(&settings.addr).await?;
+    let req = signer
+        .add_node(&client, &super::new_request_id(), name, &key)
+        .await?;
+    let reply = call(
+        &client,
+        req,
+        |mut c, req| async move { c.add_node(req).await },
+    )
+    .await?;
+    match fmt {
+        Format::Json => {
+            print_json(&json!({"node": name, "owner": reply.owner, "key": key.to_string()}))
+        }
+        Format::Table => println!(
+            "node {name} is {}'s: it may join with key {key}",
+            reply.owner
+        ),
+    }
+    Ok(0)
+}
+
 pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
     let client = connect(addr).await?;
     let reply = call(&client, (), |mut c, ()| async move {

@@ -22,14 +22,20 @@ fn cluster(nodes: usize, members: usize, jobs: usize) -> ClusterState {
         .unwrap();
     for n in 0..nodes {
         let gpus = if n % 4 == 0 { 8 } else { 0 };
-        s.apply(&Command::RegisterNode {
-            node: NodeId::new(format!("node-{n:05}")),
-            owner: MemberId::new(format!("member-{:04}", n % members)),
-            capacity: Resources::new(64_000, 256 * GIB, gpus),
-            addr: "10.0.0.1:7101".into(),
-            incarnation: 1,
-            now_ms: 0,
-            gpus: vec![],
+        s.apply(&testkit::add_node(
+            &format!("member-{:04}", n % members),
+            &format!("node-{n:05}"),
+            0,
+        ))
+        .and_then(|_| {
+            s.apply(&testkit::register(
+                &format!("node-{n:05}"),
+                &format!("member-{:04}", n % members),
+                Resources::new(64_000, 256 * GIB, gpus),
+                1,
+                vec![],
+                0,
+            ))
         })
         .unwrap();
     }

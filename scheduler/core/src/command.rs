@@ -75,7 +75,17 @@ pub enum Command {
         auth: Auth,
         now_ms: u64,
     },
-    /// A worker (re)joins the pool.
+    /// A member authorizes a node of its own to join with `key` (or
+    /// replaces the key of one it authorized before), signed by the member.
+    AddNode {
+        node: NodeId,
+        member: MemberId,
+        key: PublicKey,
+        request_id: String,
+        auth: Auth,
+        now_ms: u64,
+    },
+    /// A worker (re)joins the pool, signed with its authorized node key.
     RegisterNode {
         node: NodeId,
         owner: MemberId,
@@ -87,6 +97,7 @@ pub enum Command {
         /// when empty and `capacity.gpus` > 0.
         #[serde(default)]
         gpus: Vec<GpuInfo>,
+        auth: Auth,
     },
     /// The leader saw no heartbeat from this incarnation of the node within the timeout.
     NodeLost {
@@ -106,13 +117,15 @@ pub enum Command {
     },
     /// Run the allocator over the pending queue.
     Schedule { now_ms: u64 },
-    /// The worker started the allocation's process.
+    /// The worker started the allocation's process; signed by the node.
     AllocStarted {
         alloc: AllocId,
         node: NodeId,
+        incarnation: u64,
+        auth: Auth,
         now_ms: u64,
     },
-    /// The allocation's process ended (or could not start).
+    /// The allocation's process ended (or could not start); signed by the node.
     AllocFinished {
         alloc: AllocId,
         node: NodeId,
@@ -121,6 +134,8 @@ pub enum Command {
         /// What a model job produced.
         #[serde(default)]
         result: Option<JobResult>,
+        incarnation: u64,
+        auth: Auth,
     },
     /// A tag this build does not know; see the module docs.
     #[serde(other)]
@@ -133,6 +148,7 @@ impl Command {
         match self {
             Self::Submit { now_ms, .. }
             | Self::Cancel { now_ms, .. }
+            | Self::AddNode { now_ms, .. }
             | Self::RegisterNode { now_ms, .. }
             | Self::NodeLost { now_ms, .. }
             | Self::Schedule { now_ms }
@@ -147,6 +163,7 @@ impl Command {
         match self {
             Self::Submit { .. } => "submit",
             Self::Cancel { .. } => "cancel",
+            Self::AddNode { .. } => "add_node",
             Self::RegisterNode { .. } => "register_node",
             Self::NodeLost { .. } => "node_lost",
             Self::Schedule { .. } => "schedule",

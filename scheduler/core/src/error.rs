@@ -64,6 +64,10 @@ pub enum CoreError {
     UnknownNode(NodeId),
     #[error("job {job} belongs to member {owner}")]
     NotOwner { job: JobId, owner: MemberId },
+    #[error("node {node} belongs to member {owner}: only its owner authorizes it")]
+    NodeOwned { node: NodeId, owner: MemberId },
+    #[error("node {node} was authorized later than this request was issued: sign a new one")]
+    GrantOutdated { node: NodeId },
     #[error("job {job} already ended as {state}")]
     AlreadyEnded { job: JobId, state: JobState },
     #[error("stale report: allocation {alloc} is not live on node {node}")]

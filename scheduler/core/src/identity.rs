@@ -23,14 +23,26 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ids::{JobId, MemberId};
+use crate::command::ExitStatus;
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::JobSpec;
+use crate::node::GpuInfo;
+use crate::resources::Resources;
+use crate::result::JobResult;
 
 /// Domain-separation tag of member requests.
 pub const REQUEST_DOMAIN: &[u8] = b"coop/v1/member-request\0";
 
 /// Domain-separation tag of authenticated reads.
 pub const READ_DOMAIN: &[u8] = b"coop/v1/member-read\0";
+
+/// Domain-separation tag of what a node reports into the log (its
+/// registration, an allocation started, an allocation finished).
+pub const NODE_REPORT_DOMAIN: &[u8] = b"coop/v1/node-report\0";
+
+/// Domain-separation tag of a node's session credential (heartbeats and
+/// the assignment stream, which never enter the log).
+pub const NODE_SESSION_DOMAIN: &[u8] = b"coop/v1/node-session\0";
 
 /// How far a request's issued-at may be from the log's `now`, either way.
 /// Together with request-id dedup this refuses replays: a request older
@@ -47,6 +59,10 @@ pub enum AuthError {
     BadSignature { member: MemberId },
     #[error("the request was issued at {issued_at_ms} ms, more than {MAX_CLOCK_SKEW_MS} ms from the cluster's time {now_ms} ms: check your clock and send it again")]
     Stale { issued_at_ms: u64, now_ms: u64 },
+    #[error("node {node} is not authorized: its owner adds it with `coop node add {node} --key <its node key>`")]
+    UnknownNode { node: NodeId },
+    #[error("the signature does not verify against node {node}'s authorized key")]
+    BadNodeSignature { node: NodeId },
     #[error("not a valid Ed25519 public key: {reason}")]
     BadKey { reason: String },
 }
@@ -149,8 +165,46 @@ impl TryFrom<&[u8]> for Signature {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum MemberRequest<'a> {
-    Submit { spec: &'a JobSpec },
-    Cancel { job: JobId },
+    Submit {
+        spec: &'a JobSpec,
+    },
+    Cancel {
+        job: JobId,
+    },
+    /// The member authorizes a node of its own to join with this key.
+    AddNode {
+        node: &'a NodeId,
+        key: &'a PublicKey,
+    },
+}
+
+/// What a node reports into the log, signed with its node key: the payload
+/// of `node_report_message`. Like `MemberRequest` it borrows what it names.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "report", rename_all = "snake_case")]
+pub enum NodeReport<'a> {
+    Register {
+        owner: &'a MemberId,
+        capacity: &'a Resources,
+        addr: &'a str,
+        gpus: &'a [GpuInfo],
+    },
+    Started {
+        alloc: AllocId,
+    },
+    Finished {
+        alloc: AllocId,
+        exit: &'a ExitStatus,
+        result: Option<&'a JobResult>,
+    },
+}
+
+impl NodeReport<'_> {
+    /// SHA-256 of the payload as coop-core serializes it.
+    pub fn hash(&self) -> [u8; 32] {
+        let bytes = serde_json::to_vec(self).expect("a node report always serializes");
+        Sha256::digest(bytes).into()
+    }
 }
 
 impl MemberRequest<'_> {
@@ -202,6 +256,48 @@ pub fn read_message(cluster_id: &str, member: &MemberId, issued_at_ms: u64) -> V
     m
 }
 
+/// The bytes a node signs to report (see `NodeReport`): like a member
+/// request, but the node and its incarnation (the worker process) in place
+/// of the member and the request id; the allocation ids the reports name
+/// are the fencing tokens that make a replay harmless.
+pub fn node_report_message(
+    cluster_id: &str,
+    node: &NodeId,
+    incarnation: u64,
+    issued_at_ms: u64,
+    payload_hash: &[u8; 32],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(NODE_REPORT_DOMAIN.len() + 128);
+    m.extend_from_slice(NODE_REPORT_DOMAIN);
+    for part in [cluster_id, node.as_str()] {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    m.extend_from_slice(&incarnation.to_be_bytes());
+    m.extend_from_slice(&issued_at_ms.to_be_bytes());
+    m.extend_from_slice(payload_hash);
+    m
+}
+
+/// The bytes a node signs for a session credential: who it is, which
+/// process, and when (valid within `MAX_CLOCK_SKEW_MS`).
+pub fn node_session_message(
+    cluster_id: &str,
+    node: &NodeId,
+    incarnation: u64,
+    issued_at_ms: u64,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(NODE_SESSION_DOMAIN.len() + 64);
+    m.extend_from_slice(NODE_SESSION_DOMAIN);
+    for part in [cluster_id, node.as_str()] {
+        m.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    m.extend_from_slice(&incarnation.to_be_bytes());
+    m.extend_from_slice(&issued_at_ms.to_be_bytes());
+    m
+}
+
 /// A member's secret key, held by its CLI (never by the cluster).
 pub struct SecretKey(SigningKey);
 
@@ -242,6 +338,39 @@ impl SecretKey {
 }
 
 impl SecretKey {
+    /// Signs a node's report (this key is the node key).
+    pub fn sign_node_report(
+        &self,
+        cluster_id: &str,
+        node: &NodeId,
+        incarnation: u64,
+        issued_at_ms: u64,
+        report: &NodeReport<'_>,
+    ) -> Auth {
+        let message =
+            node_report_message(cluster_id, node, incarnation, issued_at_ms, &report.hash());
+        self.sign(&message, issued_at_ms)
+    }
+
+    /// Signs a node's session credential (this key is the node key).
+    pub fn sign_node_session(
+        &self,
+        cluster_id: &str,
+        node: &NodeId,
+        incarnation: u64,
+        issued_at_ms: u64,
+    ) -> Auth {
+        let message = node_session_message(cluster_id, node, incarnation, issued_at_ms);
+        self.sign(&message, issued_at_ms)
+    }
+
+    fn sign(&self, message: &[u8], issued_at_ms: u64) -> Auth {
+        Auth {
+            issued_at_ms,
+            signature: Signature(self.0.sign(message).to_bytes()),
+        }
+    }
+
     /// Signs a read credential for `cluster_id`.
     pub fn sign_read(&self, cluster_id: &str, member: &MemberId, issued_at_ms: u64) -> Auth {
         let message = read_message(cluster_id, member, issued_at_ms);
@@ -284,6 +413,45 @@ pub fn verify_request(
     verify_signed(key, member, &message, auth, now_ms)
 }
 
+/// Checks a node's signed report against its authorized key and the log's time.
+pub fn verify_node_report(
+    key: &PublicKey,
+    cluster_id: &str,
+    node: &NodeId,
+    incarnation: u64,
+    auth: &Auth,
+    report: &NodeReport<'_>,
+    now_ms: u64,
+) -> Result<(), AuthError> {
+    let message = node_report_message(
+        cluster_id,
+        node,
+        incarnation,
+        auth.issued_at_ms,
+        &report.hash(),
+    );
+    check_signature(key, &message, auth, || AuthError::BadNodeSignature {
+        node: node.clone(),
+    })?;
+    check_window(auth, now_ms)
+}
+
+/// Checks a node's session credential against its key and the replica's clock.
+pub fn verify_node_session(
+    key: &PublicKey,
+    cluster_id: &str,
+    node: &NodeId,
+    incarnation: u64,
+    auth: &Auth,
+    now_ms: u64,
+) -> Result<(), AuthError> {
+    let message = node_session_message(cluster_id, node, incarnation, auth.issued_at_ms);
+    check_signature(key, &message, auth, || AuthError::BadNodeSignature {
+        node: node.clone(),
+    })?;
+    check_window(auth, now_ms)
+}
+
 /// Strict Ed25519 verification of `message`, then the issued-at window.
 fn verify_signed(
     key: &PublicKey,
@@ -292,14 +460,26 @@ fn verify_signed(
     auth: &Auth,
     now_ms: u64,
 ) -> Result<(), AuthError> {
-    let bad = || AuthError::BadSignature {
+    check_signature(key, message, auth, || AuthError::BadSignature {
         member: member.clone(),
-    };
-    let verifying = key.verifying_key().ok_or_else(bad)?;
+    })?;
+    check_window(auth, now_ms)
+}
+
+fn check_signature(
+    key: &PublicKey,
+    message: &[u8],
+    auth: &Auth,
+    bad: impl Fn() -> AuthError,
+) -> Result<(), AuthError> {
+    let verifying = key.verifying_key().ok_or_else(&bad)?;
     let signature = ed25519_dalek::Signature::from_bytes(&auth.signature.0);
     verifying
         .verify_strict(message, &signature)
-        .map_err(|_| bad())?;
+        .map_err(|_| bad())
+}
+
+fn check_window(auth: &Auth, now_ms: u64) -> Result<(), AuthError> {
     if auth.issued_at_ms.abs_diff(now_ms) > MAX_CLOCK_SKEW_MS {
         return Err(AuthError::Stale {
             issued_at_ms: auth.issued_at_ms,

@@ -33,6 +33,18 @@ impl NodeState {
     }
 }
 
+/// A member's authorization of a node of its own: the node may register,
+/// report and receive assignments only as this key, and it contributes to
+/// this member. Only the owner can replace the key (`coop node add` again).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeGrant {
+    pub owner: MemberId,
+    pub key: crate::identity::PublicKey,
+    /// The issued-at of the authorization in force: an older one (a replay
+    /// of a replaced key's grant) is refused.
+    pub issued_at_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub id: NodeId,

@@ -44,6 +44,10 @@ pub enum Outcome {
         job: JobId,
         stopping: Option<AllocId>,
     },
+    NodeAdded {
+        node: NodeId,
+        owner: MemberId,
+    },
     NodeRegistered {
         node: NodeId,
         requeued: Vec<JobId>,

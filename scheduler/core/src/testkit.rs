@@ -5,11 +5,14 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::command::{Command, Founder};
-use crate::identity::{MemberRequest, SecretKey};
-use crate::ids::{JobId, MemberId};
+use crate::command::{Command, ExitStatus, Founder};
+use crate::identity::{MemberRequest, NodeReport, SecretKey};
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::JobSpec;
+use crate::node::GpuInfo;
 use crate::policy::Policy;
+use crate::resources::Resources;
+use crate::result::JobResult;
 
 /// The cluster id tests use.
 pub const CLUSTER: &str = "test-cluster";
@@ -81,4 +84,118 @@ pub fn cancel(member: &str, request_id: &str, job: JobId, now_ms: u64) -> Comman
 /// A read credential of `member`'s testkit key, issued at `now_ms`.
 pub fn read(member: &str, now_ms: u64) -> crate::identity::Auth {
     secret(member).sign_read(CLUSTER, &MemberId::new(member), now_ms)
+}
+
+/// A node's key, derived from its name like a member's.
+pub fn node_secret(node: &str) -> SecretKey {
+    let seed: [u8; 32] = Sha256::digest(format!("coop-testkit-node:{node}")).into();
+    SecretKey::from_bytes(&seed)
+}
+
+/// `owner` authorizes `node`'s testkit key, issued at `now_ms`.
+pub fn add_node(owner: &str, node: &str, now_ms: u64) -> Command {
+    let (m, n) = (MemberId::new(owner), NodeId::new(node));
+    let key = node_secret(node).public_key();
+    let request_id = format!("add-node-{node}");
+    let auth = secret(owner).sign_request(
+        CLUSTER,
+        &m,
+        &request_id,
+        now_ms,
+        &MemberRequest::AddNode {
+            node: &n,
+            key: &key,
+        },
+    );
+    Command::AddNode {
+        node: n,
+        member: m,
+        key,
+        request_id,
+        auth,
+        now_ms,
+    }
+}
+
+/// `node` registers as `owner`'s, signed with its testkit key.
+pub fn register(
+    node: &str,
+    owner: &str,
+    capacity: Resources,
+    incarnation: u64,
+    gpus: Vec<GpuInfo>,
+    now_ms: u64,
+) -> Command {
+    let (n, owner) = (NodeId::new(node), MemberId::new(owner));
+    let addr = "127.0.0.1:1".to_string();
+    let auth = node_secret(node).sign_node_report(
+        CLUSTER,
+        &n,
+        incarnation,
+        now_ms,
+        &NodeReport::Register {
+            owner: &owner,
+            capacity: &capacity,
+            addr: &addr,
+            gpus: &gpus,
+        },
+    );
+    Command::RegisterNode {
+        node: n,
+        owner,
+        capacity,
+        addr,
+        incarnation,
+        now_ms,
+        gpus,
+        auth,
+    }
+}
+
+/// `node` reports that `alloc` started, signed with its testkit key.
+pub fn started(alloc: AllocId, node: &NodeId, now_ms: u64) -> Command {
+    let auth = node_secret(node.as_str()).sign_node_report(
+        CLUSTER,
+        node,
+        1,
+        now_ms,
+        &NodeReport::Started { alloc },
+    );
+    Command::AllocStarted {
+        alloc,
+        node: node.clone(),
+        incarnation: 1,
+        auth,
+        now_ms,
+    }
+}
+
+/// `node` reports that `alloc` ended, signed with its testkit key.
+pub fn finished(
+    alloc: AllocId,
+    node: &NodeId,
+    exit: ExitStatus,
+    result: Option<JobResult>,
+    now_ms: u64,
+) -> Command {
+    let auth = node_secret(node.as_str()).sign_node_report(
+        CLUSTER,
+        node,
+        1,
+        now_ms,
+        &NodeReport::Finished {
+            alloc,
+            exit: &exit,
+            result: result.as_ref(),
+        },
+    );
+    Command::AllocFinished {
+        alloc,
+        node: node.clone(),
+        exit,
+        now_ms,
+        result,
+        incarnation: 1,
+        auth,
+    }
 }

@@ -8,13 +8,14 @@
 //! down; no handler reads a command's raw time.
 
 mod jobs;
-mod nodes;
+pub mod nodes;
 mod policy;
 mod results;
 mod schedule;
 
 use crate::command::Command;
 use crate::error::CoreError;
+use crate::identity::NodeReport;
 use crate::outcome::Outcome;
 use crate::state::ClusterState;
 
@@ -37,6 +38,14 @@ impl ClusterState {
                 auth,
                 ..
             } => jobs::cancel(self, *job, member, request_id, auth, now),
+            Command::AddNode {
+                node,
+                member,
+                key,
+                request_id,
+                auth,
+                ..
+            } => nodes::add(self, node, member, key, request_id, auth, now),
             Command::RegisterNode {
                 node,
                 owner,
@@ -44,6 +53,7 @@ impl ClusterState {
                 addr,
                 incarnation,
                 gpus,
+                auth,
                 ..
             } => nodes::register(
                 self,
@@ -54,6 +64,7 @@ impl ClusterState {
                     addr,
                     incarnation: *incarnation,
                     gpus,
+                    auth,
                 },
                 now,
             ),
@@ -67,14 +78,34 @@ impl ClusterState {
                 members,
                 ..
             } => policy::genesis(self, cluster_id, policy, members, now),
-            Command::AllocStarted { alloc, node, .. } => results::started(self, *alloc, node, now),
+            Command::AllocStarted {
+                alloc,
+                node,
+                incarnation,
+                auth,
+                ..
+            } => {
+                let report = NodeReport::Started { alloc: *alloc };
+                self.verify_node_report(node, *incarnation, auth, &report, now)?;
+                results::started(self, *alloc, node, now)
+            }
             Command::AllocFinished {
                 alloc,
                 node,
                 exit,
                 result,
+                incarnation,
+                auth,
                 ..
-            } => results::finished(self, *alloc, node, exit, result.as_ref(), now),
+            } => {
+                let report = NodeReport::Finished {
+                    alloc: *alloc,
+                    exit,
+                    result: result.as_ref(),
+                };
+                self.verify_node_report(node, *incarnation, auth, &report, now)?;
+                results::finished(self, *alloc, node, exit, result.as_ref(), now)
+            }
             Command::Unknown => Err(CoreError::UnknownCommand),
         }?;
         self.set_now(now);

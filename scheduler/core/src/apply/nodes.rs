@@ -1,36 +1,86 @@
-//! Nodes joining and leaving the pool: registration (a new worker process
-//! is a new incarnation) and loss (no heartbeat within the timeout).
+//! Nodes joining and leaving the pool: a member authorizing a node key,
+//! registration signed with that key (a new worker process is a new
+//! incarnation), and loss (no heartbeat within the timeout).
 
 use std::collections::BTreeSet;
 
 use crate::command::ExitStatus;
 use crate::error::{CoreError, Impossible};
+use crate::identity::{Auth, NodeReport, PublicKey};
 use crate::ids::{validate_name, JobId, MemberId, NodeId};
 use crate::job::JobState;
-use crate::node::{GpuInfo, Node, NodeState, MAX_NODE_CAPACITY};
+use crate::node::{GpuInfo, Node, NodeGrant, NodeState, MAX_NODE_CAPACITY};
 use crate::outcome::Outcome;
 use crate::resources::Resources;
 use crate::state::ClusterState;
 
+/// A member authorizes its node's key (the first time, or a new key).
+pub(super) fn add(
+    state: &mut ClusterState,
+    node: &NodeId,
+    member: &MemberId,
+    key: &PublicKey,
+    request_id: &str,
+    auth: &Auth,
+    now: u64,
+) -> Result<Outcome, CoreError> {
+    state.check_add_node(node, member, key, request_id, auth, now)?;
+    let issued_at_ms = state
+        .node_grants()
+        .get(node)
+        .map_or(0, |g| g.issued_at_ms)
+        .max(auth.issued_at_ms);
+    state.grant_node(
+        node.clone(),
+        NodeGrant {
+            owner: member.clone(),
+            key: *key,
+            issued_at_ms,
+        },
+    );
+    Ok(Outcome::NodeAdded {
+        node: node.clone(),
+        owner: member.clone(),
+    })
+}
+
 /// What a `RegisterNode` command carries.
-pub(super) struct Registration<'a> {
+pub struct Registration<'a> {
     pub node: &'a NodeId,
     pub owner: &'a MemberId,
     pub capacity: Resources,
     pub addr: &'a str,
     pub incarnation: u64,
     pub gpus: &'a [GpuInfo],
+    pub auth: &'a Auth,
 }
 
-fn check(state: &ClusterState, r: &Registration<'_>) -> Result<(), CoreError> {
+impl ClusterState {
+    /// Checks a registration without applying it: signed with the key the
+    /// node's owner authorized, for a capacity that is possible.
+    pub fn check_register(&self, r: &Registration<'_>, now: u64) -> Result<(), CoreError> {
+        check(self, r, now)
+    }
+}
+
+fn check(state: &ClusterState, r: &Registration<'_>, now: u64) -> Result<(), CoreError> {
     validate_name("node", r.node.as_str())?;
     validate_name("member", r.owner.as_str())?;
-    // A node contributes to a member's share: only members own nodes.
-    if !state.members().contains_key(r.owner) {
-        return Err(crate::identity::AuthError::UnknownMember {
-            member: r.owner.clone(),
+    let report = NodeReport::Register {
+        owner: r.owner,
+        capacity: &r.capacity,
+        addr: r.addr,
+        gpus: r.gpus,
+    };
+    state.verify_node_report(r.node, r.incarnation, r.auth, &report, now)?;
+    // A node contributes to its owner's share: the member who authorized it.
+    if let Some(grant) = state.node_grants().get(r.node) {
+        if &grant.owner != r.owner {
+            return Err(CoreError::NodeOwned {
+                node: r.node.clone(),
+                owner: grant.owner.clone(),
+            });
         }
-        .into());
     }
     if r.capacity.cpu_millis == 0 || r.capacity.memory_bytes == 0 {
         return Err(Impossible::EmptyNode.into());
@@ -81,7 +131,7 @@ pub(super) fn register(
     r: Registration<'_>,
     now: u64,
 ) -> Result<Outcome, CoreError> {
-    check(state, &r)?;
+    check(state, &r, now)?;
     let existing = state
         .nodes()
         .get(r.node)

@@ -3,8 +3,8 @@
 //! state before anything is written. `apply` runs the same checks again.
 
 use crate::error::{CoreError, Impossible, MAX_REQUEST_ID_LEN};
-use crate::identity::{self, Auth, AuthError, MemberRequest, PublicKey};
-use crate::ids::{JobId, MemberId};
+use crate::identity::{self, Auth, AuthError, MemberRequest, NodeReport, PublicKey};
+use crate::ids::{JobId, MemberId, NodeId};
 use crate::job::JobSpec;
 use crate::node::Node;
 
@@ -48,6 +48,93 @@ impl ClusterState {
             auth,
             now_ms,
         )?;
+        Ok(())
+    }
+
+    /// Checks a node's signed report against the key its owner authorized
+    /// (and that the owner is still a member) at the given time.
+    pub fn verify_node_report(
+        &self,
+        node: &NodeId,
+        incarnation: u64,
+        auth: &Auth,
+        report: &NodeReport<'_>,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        identity::verify_node_report(
+            self.node_key(node)?,
+            &self.cluster_id,
+            node,
+            incarnation,
+            auth,
+            report,
+            now_ms,
+        )?;
+        Ok(())
+    }
+
+    /// Checks a node's session credential (heartbeats, assignments).
+    pub fn verify_node_session(
+        &self,
+        node: &NodeId,
+        incarnation: u64,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        identity::verify_node_session(
+            self.node_key(node)?,
+            &self.cluster_id,
+            node,
+            incarnation,
+            auth,
+            now_ms,
+        )?;
+        Ok(())
+    }
+
+    /// The key a node was authorized with, while its owner is a member.
+    fn node_key(&self, node: &NodeId) -> Result<&PublicKey, AuthError> {
+        self.node_grants
+            .get(node)
+            .filter(|g| self.members.contains_key(&g.owner))
+            .map(|g| &g.key)
+            .ok_or_else(|| AuthError::UnknownNode { node: node.clone() })
+    }
+
+    /// Checks a member's authorization of a node: signed by the member, the
+    /// node is not another member's, and no later authorization exists.
+    pub fn check_add_node(
+        &self,
+        node: &NodeId,
+        member: &MemberId,
+        key: &PublicKey,
+        request_id: &str,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
+        crate::ids::validate_name("node", node.as_str())?;
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::AddNode { node, key },
+            now_ms,
+        )?;
+        if let Some(grant) = self.node_grants.get(node) {
+            if &grant.owner != member {
+                return Err(CoreError::NodeOwned {
+                    node: node.clone(),
+                    owner: grant.owner.clone(),
+                });
+            }
+            // A replay of an older grant must not bring back a replaced key.
+            if auth.issued_at_ms <= grant.issued_at_ms && grant.key != *key {
+                return Err(CoreError::GrantOutdated { node: node.clone() });
+            }
+        }
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use crate::job::{Job, JobState};
 use crate::leaderboard::{self, Leaderboard};
 use crate::ledger::gpu_equivalents;
 use crate::member::Member;
-use crate::node::Node;
+use crate::node::{Node, NodeGrant};
 use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::view::View;
@@ -47,6 +47,9 @@ pub struct ClusterState {
     now_ms: u64,
     members: BTreeMap<MemberId, Member>,
     nodes: BTreeMap<NodeId, Node>,
+    /// Which member authorized which node key (see `NodeGrant`).
+    #[serde(default)]
+    node_grants: BTreeMap<NodeId, NodeGrant>,
     jobs: BTreeMap<JobId, Job>,
     /// Live allocations (assigned, running or stopping).
     allocs: BTreeMap<AllocId, Allocation>,
@@ -97,6 +100,10 @@ impl ClusterState {
 
     pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
         &self.nodes
+    }
+
+    pub fn node_grants(&self) -> &BTreeMap<NodeId, NodeGrant> {
+        &self.node_grants
     }
 
     pub fn jobs(&self) -> &BTreeMap<JobId, Job> {
@@ -395,6 +402,10 @@ impl ClusterState {
 
     pub(crate) fn node_mut(&mut self, id: &NodeId) -> Option<&mut Node> {
         self.nodes.get_mut(id)
+    }
+
+    pub(crate) fn grant_node(&mut self, node: NodeId, grant: NodeGrant) {
+        self.node_grants.insert(node, grant);
     }
 
     pub(crate) fn insert_node(&mut self, node: Node) -> &mut Node {

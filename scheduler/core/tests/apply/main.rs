@@ -41,15 +41,18 @@ fn register(
     cap: Resources,
     incarnation: u64,
 ) -> Result<Outcome, CoreError> {
-    state.apply(&Command::RegisterNode {
-        node: NodeId::new(node),
-        owner: MemberId::new("owner"),
-        capacity: cap,
-        addr: "127.0.0.1:1".into(),
-        incarnation,
-        now_ms: 5,
-        gpus: vec![],
-    })
+    state
+        .apply(&testkit::add_node("owner", node, 5))
+        .and_then(|_| {
+            state.apply(&testkit::register(
+                node,
+                "owner",
+                cap,
+                incarnation,
+                vec![],
+                5,
+            ))
+        })
 }
 
 fn placements(outcome: Outcome) -> Vec<Placement> {
@@ -167,36 +170,24 @@ fn stale_reports_are_rejected_and_completion_recorded_once() {
     let p = placements(s.apply(&Command::Schedule { now_ms: 20 }).unwrap());
     let alloc = p[0].alloc;
     let node = NodeId::new("a");
+    // Another node of the same owner, properly signed, but not the one
+    // the allocation is on.
+    register(&mut s, "b", res(1000, 1024, 0), 1).unwrap();
     assert_eq!(
-        s.apply(&Command::AllocStarted {
-            alloc,
-            node: NodeId::new("b"),
-            now_ms: 21
-        }),
+        s.apply(&testkit::started(alloc, &NodeId::new("b"), 21)),
         Err(CoreError::StaleAllocation {
             alloc,
             node: NodeId::new("b")
         })
     );
-    s.apply(&Command::AllocStarted {
-        alloc,
-        node: node.clone(),
-        now_ms: 21,
-    })
-    .unwrap();
+    s.apply(&testkit::started(alloc, &node, 21)).unwrap();
     let ok = ExitStatus {
         code: Some(0),
         signal: None,
         error: String::new(),
     };
     assert_eq!(
-        s.apply(&Command::AllocFinished {
-            alloc,
-            node: node.clone(),
-            exit: ok.clone(),
-            now_ms: 30,
-            result: None
-        }),
+        s.apply(&testkit::finished(alloc, &node, ok.clone(), None, 30)),
         Ok(Outcome::AllocFinished {
             alloc,
             job: JobId(1),
@@ -204,13 +195,7 @@ fn stale_reports_are_rejected_and_completion_recorded_once() {
         })
     );
     assert_eq!(
-        s.apply(&Command::AllocFinished {
-            alloc,
-            node: node.clone(),
-            exit: ok,
-            now_ms: 31,
-            result: None
-        }),
+        s.apply(&testkit::finished(alloc, &node, ok, None, 31)),
         Err(CoreError::StaleAllocation { alloc, node })
     );
     assert_eq!(s.nodes()[&NodeId::new("a")].allocated(), Resources::ZERO);
@@ -283,13 +268,13 @@ fn cancel_stops_the_run_and_holds_resources_until_confirmed() {
         signal: Some(9),
         error: String::new(),
     };
-    s.apply(&Command::AllocFinished {
+    s.apply(&testkit::finished(
         alloc,
-        node: NodeId::new("a"),
-        exit: killed,
-        now_ms: 5,
-        result: None,
-    })
+        &NodeId::new("a"),
+        killed,
+        None,
+        5,
+    ))
     .unwrap();
     assert_eq!(s.jobs()[&JobId(1)].state(), JobState::Cancelled);
     assert_eq!(
@@ -351,6 +336,7 @@ fn ended_jobs_leave_the_state_after_the_retention() {
 #[test]
 fn absurd_node_capacity_is_refused_and_changes_nothing() {
     let mut s = new_state();
+    s.apply(&testkit::add_node("owner", "huge", 5)).unwrap();
     let before = s.digest();
     for cap in [
         Resources::new(1000, 1 << 30, u32::MAX),
@@ -359,7 +345,7 @@ fn absurd_node_capacity_is_refused_and_changes_nothing() {
     ] {
         assert!(
             matches!(
-                register(&mut s, "huge", cap, 1),
+                s.apply(&testkit::register("huge", "owner", cap, 1, vec![], 5)),
                 Err(CoreError::Impossible(Impossible::NodeTooLarge { .. }))
             ),
             "{cap}"
@@ -498,17 +484,159 @@ fn a_pass_is_due_only_after_a_change_that_could_move_something() {
     assert!(!s.pass_due());
     // The running job ends: its room is free again, so the waiting one could start.
     let alloc = *s.allocs().keys().next().unwrap();
-    s.apply(&Command::AllocFinished {
+    s.apply(&testkit::finished(
         alloc,
-        node: NodeId::new("n1"),
-        exit: ExitStatus {
+        &NodeId::new("n1"),
+        ExitStatus {
             code: Some(0),
             signal: None,
             error: String::new(),
         },
-        now_ms: 30,
-        result: None,
-    })
+        None,
+        30,
+    ))
     .unwrap();
     assert!(s.pass_due());
+}
+
+/// Authorizes `node` for `owner` with `key` (not necessarily the node's own).
+fn add_node_with_key(
+    s: &mut ClusterState,
+    owner: &str,
+    node: &str,
+    key: PublicKey,
+    issued_at: u64,
+) -> Result<Outcome, CoreError> {
+    let (m, n) = (MemberId::new(owner), NodeId::new(node));
+    let request_id = format!("add-{node}-{issued_at}");
+    let auth = testkit::secret(owner).sign_request(
+        testkit::CLUSTER,
+        &m,
+        &request_id,
+        issued_at,
+        &MemberRequest::AddNode {
+            node: &n,
+            key: &key,
+        },
+    );
+    s.apply(&Command::AddNode {
+        node: n,
+        member: m,
+        key,
+        request_id,
+        auth,
+        now_ms: issued_at,
+    })
+}
+
+#[test]
+fn only_an_authorized_node_key_registers_and_reports() {
+    let mut s = new_state();
+    let cap = res(1000, 1024, 0);
+    // Not authorized by anyone: refused, and nothing changes.
+    let before = s.digest();
+    let r = s.apply(&testkit::register("a", "owner", cap, 1, vec![], 5));
+    assert_eq!(
+        r,
+        Err(CoreError::Auth(AuthError::UnknownNode {
+            node: NodeId::new("a")
+        }))
+    );
+    assert_eq!(s.digest(), before);
+    // Authorized with another key than the one that signs: refused.
+    add_node_with_key(
+        &mut s,
+        "owner",
+        "a",
+        testkit::node_secret("x").public_key(),
+        5,
+    )
+    .unwrap();
+    let before = s.digest();
+    let r = s.apply(&testkit::register("a", "owner", cap, 1, vec![], 6));
+    assert!(
+        matches!(r, Err(CoreError::Auth(AuthError::BadNodeSignature { .. }))),
+        "{r:?}"
+    );
+    assert_eq!(s.digest(), before);
+    // The owner replaces the key with the node's own: it registers.
+    add_node_with_key(
+        &mut s,
+        "owner",
+        "a",
+        testkit::node_secret("a").public_key(),
+        7,
+    )
+    .unwrap();
+    s.apply(&testkit::register("a", "owner", cap, 1, vec![], 8))
+        .unwrap();
+    // It cannot register as someone else's.
+    let r = s.apply(&testkit::register("a", "ana", cap, 2, vec![], 9));
+    assert!(matches!(r, Err(CoreError::NodeOwned { .. })), "{r:?}");
+    // A report for its allocation signed by another node's key is refused.
+    submit(&mut s, "1", "ana", res(1000, 512, 0)).unwrap();
+    let p = placements(s.apply(&Command::Schedule { now_ms: 20 }).unwrap());
+    let forged = match testkit::started(p[0].alloc, &NodeId::new("a"), 21) {
+        Command::AllocStarted {
+            alloc,
+            node,
+            incarnation,
+            now_ms,
+            ..
+        } => Command::AllocStarted {
+            auth: testkit::node_secret("x").sign_node_report(
+                testkit::CLUSTER,
+                &node,
+                incarnation,
+                now_ms,
+                &NodeReport::Started { alloc },
+            ),
+            alloc,
+            node,
+            incarnation,
+            now_ms,
+        },
+        other => panic!("{other:?}"),
+    };
+    let before = s.digest();
+    assert!(matches!(
+        s.apply(&forged),
+        Err(CoreError::Auth(AuthError::BadNodeSignature { .. }))
+    ));
+    assert_eq!(s.digest(), before);
+    s.apply(&testkit::started(p[0].alloc, &NodeId::new("a"), 21))
+        .unwrap();
+}
+
+#[test]
+fn a_node_is_its_owners_alone_and_an_old_grant_cannot_come_back() {
+    let mut s = new_state();
+    let (old, new) = (
+        testkit::node_secret("old").public_key(),
+        testkit::node_secret("new").public_key(),
+    );
+    add_node_with_key(&mut s, "owner", "a", old, 10).unwrap();
+    // Another member cannot authorize (take over) the owner's node.
+    assert_eq!(
+        add_node_with_key(&mut s, "ana", "a", new, 11),
+        Err(CoreError::NodeOwned {
+            node: NodeId::new("a"),
+            owner: MemberId::new("owner")
+        })
+    );
+    // The owner rotates the key; a replay of the older grant is refused.
+    add_node_with_key(&mut s, "owner", "a", new, 20).unwrap();
+    assert_eq!(
+        add_node_with_key(&mut s, "owner", "a", old, 10),
+        Err(CoreError::GrantOutdated {
+            node: NodeId::new("a")
+        })
+    );
+    assert_eq!(s.node_grants()[&NodeId::new("a")].key, new);
+    // A non-member's signature authorizes nothing.
+    let r = add_node_with_key(&mut s, "stranger", "b", old, 21);
+    assert!(
+        matches!(r, Err(CoreError::Auth(AuthError::UnknownMember { .. }))),
+        "{r:?}"
+    );
 }

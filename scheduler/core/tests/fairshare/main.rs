@@ -25,16 +25,18 @@ fn state_with(policy: Policy) -> ClusterState {
 }
 
 fn register(s: &mut ClusterState, node: &str, owner: &str, gpus: u32, now_ms: u64) {
-    s.apply(&Command::RegisterNode {
-        node: NodeId::new(node),
-        owner: MemberId::new(owner),
-        capacity: Resources::new(gpus as u64 * 8000, gpus as u64 * 32 * GIB, gpus),
-        addr: "127.0.0.1:1".into(),
-        incarnation: 1,
-        now_ms,
-        gpus: vec![],
-    })
-    .unwrap();
+    s.apply(&testkit::add_node(owner, node, now_ms))
+        .and_then(|_| {
+            s.apply(&testkit::register(
+                node,
+                owner,
+                Resources::new(gpus as u64 * 8000, gpus as u64 * 32 * GIB, gpus),
+                1,
+                vec![],
+                now_ms,
+            ))
+        })
+        .unwrap();
 }
 
 fn submit_gpu_jobs(
@@ -144,12 +146,7 @@ fn a_burst_fills_the_idle_pool_then_yields_to_the_owners() {
     let rules: Vec<&str> = placed.iter().map(|p| p.rule.as_str()).collect();
     assert_eq!(rules, vec!["fair-share"; 4]);
     for p in &placed {
-        s.apply(&Command::AllocStarted {
-            alloc: p.alloc,
-            node: p.node.clone(),
-            now_ms: 1_100,
-        })
-        .unwrap();
+        s.apply(&testkit::started(p.alloc, &p.node, 1_100)).unwrap();
     }
     // The owners submit. Entitlements become dan 1/6, bea 7/24, cai 13/24;
     // each owner reclaims on its own machine what keeps it within its
@@ -181,14 +178,8 @@ fn a_burst_fills_the_idle_pool_then_yields_to_the_owners() {
             signal: Some(15),
             error: String::new(),
         };
-        s.apply(&Command::AllocFinished {
-            alloc: p.alloc,
-            node,
-            exit: killed,
-            now_ms: 3_000,
-            result: None,
-        })
-        .unwrap();
+        s.apply(&testkit::finished(p.alloc, &node, killed, None, 3_000))
+            .unwrap();
         let job = &s.jobs()[&p.job];
         assert_eq!(
             (job.state(), job.attempts),
@@ -243,16 +234,18 @@ fn gpu_constraints_match_the_inventory() {
         model: model.into(),
         memory_bytes: gib * GIB,
     };
-    s.apply(&Command::RegisterNode {
-        node: NodeId::new("mixed"),
-        owner: MemberId::new("bea"),
-        capacity: Resources::new(16_000, 64 * GIB, 2),
-        addr: "127.0.0.1:1".into(),
-        incarnation: 1,
-        now_ms: 0,
-        gpus: vec![gpu(0, "NVIDIA T4", 16), gpu(1, "NVIDIA A100-SXM4-80GB", 80)],
-    })
-    .unwrap();
+    s.apply(&testkit::add_node("bea", "mixed", 0))
+        .and_then(|_| {
+            s.apply(&testkit::register(
+                "mixed",
+                "bea",
+                Resources::new(16_000, 64 * GIB, 2),
+                1,
+                vec![gpu(0, "NVIDIA T4", 16), gpu(1, "NVIDIA A100-SXM4-80GB", 80)],
+                0,
+            ))
+        })
+        .unwrap();
     let mut spec = JobSpec::command(vec!["x".into()], Resources::new(1000, GIB, 1));
     spec.gpu_model = Some("a100".into());
     s.apply(&testkit::submit("ana", "1", spec.clone(), 1))

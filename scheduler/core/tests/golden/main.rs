@@ -128,15 +128,25 @@ impl Scenario {
             None => Vec::new(),
         };
         let node = arg(tc, "id").expect("id=");
-        match self.apply(Command::RegisterNode {
-            node: NodeId::new(node.clone()),
-            owner: MemberId::new(arg(tc, "owner").expect("owner=")),
-            capacity: Resources::new(cpu, mem, gpus),
-            addr: "127.0.0.1:1".into(),
-            incarnation: num(tc, "incarnation", 1),
-            now_ms: self.now_ms,
-            gpus: inventory,
-        }) {
+        let owner = arg(tc, "owner").expect("owner=");
+        // Its owner authorizes the node's key first, as `coop node add` does.
+        if !self
+            .state
+            .node_grants()
+            .contains_key(&NodeId::new(node.clone()))
+        {
+            if let Err(e) = self.apply(testkit::add_node(&owner, &node, self.now_ms)) {
+                return format!("error: {e}");
+            }
+        }
+        match self.apply(testkit::register(
+            &node,
+            &owner,
+            Resources::new(cpu, mem, gpus),
+            num(tc, "incarnation", 1),
+            inventory,
+            self.now_ms,
+        )) {
             Ok(Outcome::NodeRegistered { requeued, .. }) if requeued.is_empty() => {
                 format!("registered {node}")
             }
@@ -253,23 +263,19 @@ impl Scenario {
         };
         let cmd = if finished {
             let code = num(tc, "exit", 0) as i32;
-            Command::AllocFinished {
+            testkit::finished(
                 alloc,
-                node,
-                exit: ExitStatus {
+                &node,
+                ExitStatus {
                     code: Some(code),
                     signal: None,
                     error: String::new(),
                 },
-                now_ms: self.now_ms,
-                result: None,
-            }
+                None,
+                self.now_ms,
+            )
         } else {
-            Command::AllocStarted {
-                alloc,
-                node,
-                now_ms: self.now_ms,
-            }
+            testkit::started(alloc, &node, self.now_ms)
         };
         match self.apply(cmd) {
             Ok(_) => format!(

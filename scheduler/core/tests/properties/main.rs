@@ -55,17 +55,22 @@ enum Op {
     },
 }
 
+/// How many nodes the ops name (n0..n3).
+const NODES: u8 = 4;
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..4u8, 1..8u8, 1..8u8, 0..4u8, 0..3u8).prop_map(|(node, cpu, mem, gpus, incarnation)| {
-            Op::Register {
-                node,
-                cpu,
-                mem,
-                gpus,
-                incarnation,
+        (0..NODES, 1..8u8, 1..8u8, 0..4u8, 0..3u8).prop_map(
+            |(node, cpu, mem, gpus, incarnation)| {
+                Op::Register {
+                    node,
+                    cpu,
+                    mem,
+                    gpus,
+                    incarnation,
+                }
             }
-        }),
+        ),
         (
             0..3u8,
             0..20u8,
@@ -106,15 +111,14 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
             mem,
             gpus,
             incarnation,
-        } => Command::RegisterNode {
-            node: NodeId::new(format!("n{node}")),
-            owner: MemberId::new(format!("m{}", node % 3)),
-            capacity: Resources::new(cpu as u64 * 1000, (mem as u64) << 30, gpus as u32),
-            addr: "127.0.0.1:1".into(),
-            incarnation: incarnation as u64,
+        } => testkit::register(
+            &format!("n{node}"),
+            &format!("m{}", node % 3),
+            Resources::new(cpu as u64 * 1000, (mem as u64) << 30, gpus as u32),
+            incarnation as u64,
+            vec![],
             now_ms,
-            gpus: vec![],
-        },
+        ),
         Op::Submit {
             member,
             request,
@@ -134,25 +138,21 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
         }
         Op::Schedule => Command::Schedule { now_ms },
         Op::Start { pick } => match pick_alloc(pick) {
-            Some(a) => Command::AllocStarted {
-                alloc: a.id,
-                node: a.node.clone(),
-                now_ms,
-            },
+            Some(a) => testkit::started(a.id, &a.node, now_ms),
             None => Command::Schedule { now_ms },
         },
         Op::Finish { pick, ok } => match pick_alloc(pick) {
-            Some(a) => Command::AllocFinished {
-                alloc: a.id,
-                node: a.node.clone(),
-                exit: ExitStatus {
+            Some(a) => testkit::finished(
+                a.id,
+                &a.node,
+                ExitStatus {
                     code: Some(if ok { 0 } else { 1 }),
                     signal: None,
                     error: String::new(),
                 },
+                None,
                 now_ms,
-                result: None,
-            },
+            ),
             None => Command::Schedule { now_ms },
         },
         Op::Lost { node } => {
@@ -184,6 +184,12 @@ fn run(ops: &[Op]) -> (ClusterState, Vec<Command>) {
     let genesis = testkit::genesis(MEMBERS, Policy::default(), 0);
     state.apply(&genesis).unwrap();
     let mut log = vec![genesis];
+    // Every node the ops can name is authorized by its owner up front.
+    for node in 0..NODES {
+        let add = testkit::add_node(&format!("m{}", node % 3), &format!("n{node}"), 0);
+        state.apply(&add).unwrap();
+        log.push(add);
+    }
     for (i, op) in ops.iter().enumerate() {
         let cmd = to_command(&state, op, i as u64 * 10);
         let before = state.clone();
@@ -313,16 +319,18 @@ fn drf_setting(shapes: &[(u64, u64)]) -> ClusterState {
         usage_weight: 0.0,
         ..Policy::default()
     });
-    s.apply(&Command::RegisterNode {
-        node: NodeId::new("big"),
-        owner: MemberId::new("landlord"),
-        capacity: Resources::new(64_000, 256 << 30, 0),
-        addr: "127.0.0.1:1".into(),
-        incarnation: 1,
-        now_ms: 0,
-        gpus: vec![],
-    })
-    .unwrap();
+    s.apply(&testkit::add_node("landlord", "big", 0))
+        .and_then(|_| {
+            s.apply(&testkit::register(
+                "big",
+                "landlord",
+                Resources::new(64_000, 256 << 30, 0),
+                1,
+                vec![],
+                0,
+            ))
+        })
+        .unwrap();
     for (m, (cpu, mem_gib)) in shapes.iter().enumerate() {
         for j in 0..200 {
             let spec = JobSpec::command(
@@ -390,15 +398,8 @@ proptest! {
     #[test]
     fn floor_comes_back_within_one_grace_period(floor in 0.2f64..1.0, borrowers in 1..4usize, cores in 8..32u64) {
         let mut s = founded(Policy { floor, ..Policy::default() });
-        s.apply(&Command::RegisterNode {
-            node: NodeId::new("n"),
-            owner: MemberId::new("landlord"),
-            capacity: Resources::new(cores * 1000, 1024 << 30, 0),
-            addr: "127.0.0.1:1".into(),
-            incarnation: 1,
-            now_ms: 0,
-            gpus: vec![],
-        })
+        s.apply(&testkit::add_node("landlord", "n", 0))
+        .and_then(|_| s.apply(&testkit::register("n", "landlord", Resources::new(cores * 1000, 1024 << 30, 0), 1, vec![], 0)))
         .unwrap();
         let submit = |s: &mut ClusterState, member: &str, n: u64, preemptible: bool, now_ms: u64| {
             for j in 0..n {
@@ -423,7 +424,7 @@ proptest! {
             .collect();
         for (alloc, node) in stopping {
             let exit = ExitStatus { code: None, signal: Some(15), error: String::new() };
-            s.apply(&Command::AllocFinished { alloc, node, exit, now_ms: 5, result: None }).unwrap();
+            s.apply(&testkit::finished(alloc, &node, exit, None, 5)).unwrap();
         }
         s.apply(&Command::Schedule { now_ms: 6 }).unwrap();
         let shares = s.shares();
