@@ -9,8 +9,9 @@ use anyhow::{anyhow, Result};
 use coop_core::{MemberId, SecretKey};
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::{ClusterStatusRequest, ClusterStatusResponse};
+use std::path::PathBuf;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 /// A replica client whose every call carries this process's read credential.
@@ -54,22 +55,112 @@ impl tonic::service::Interceptor for ReadAuth {
     }
 }
 
-/// Connects to `addr` (HOST:PORT), failing clearly if nothing answers.
-pub async fn connect(addr: &str) -> Result<Client> {
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// Which cluster CA this process trusts, when not the one pinned on first use.
+enum Trust {
+    /// A CA certificate in memory: the local clusters of `coop demo`,
+    /// `coop bench --local` and `coop dev`.
+    Pem(String),
+    /// A CA certificate file (`--ca`, COOP_CA, or the context's `ca`).
+    File(PathBuf),
+}
+
+static TRUST: OnceLock<Trust> = OnceLock::new();
+
+/// Trust this CA certificate for every replica (first call wins).
+pub fn trust_ca_pem(pem: String) {
+    let _ = TRUST.set(Trust::Pem(pem));
+}
+
+/// Trust the CA certificate in this file for every replica.
+pub fn trust_ca_file(path: PathBuf) {
+    let _ = TRUST.set(Trust::File(path));
+}
+
+/// Where the CA first seen at `addr` is pinned (like ssh's known_hosts).
+fn known_ca_path(addr: &str) -> PathBuf {
+    let name: String = addr
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    crate::identity::config_dir()
+        .join("known_cas")
+        .join(format!("{name}.pem"))
+}
+
+/// The TLS settings for `addr` and, for a pinned CA, the file it is in.
+async fn tls_for(addr: &str) -> Result<(ClientTlsConfig, Option<PathBuf>)> {
+    let pem = match TRUST.get() {
+        Some(Trust::Pem(pem)) => return Ok((coop_proto::tls::client(pem), None)),
+        Some(Trust::File(path)) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| anyhow!("cluster CA {}: {e}", path.display()))?;
+            return Ok((coop_proto::tls::client(&pem), Some(path.clone())));
+        }
+        None => {
+            let path = known_ca_path(addr);
+            match std::fs::read_to_string(&path) {
+                Ok(pem) => (pem, path),
+                Err(_) => {
+                    // Trust on first use: pin what the replica presents.
+                    let pem = coop_proto::tls::probe_ca(addr).await?;
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| anyhow!("create {}: {e}", dir.display()))?;
+                    }
+                    std::fs::write(&path, &pem)
+                        .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
+                    eprintln!(
+                        "coop: first contact with {addr}: trusting its cluster CA {} from now on (pinned in {})",
+                        coop_proto::tls::fingerprint(&pem)?,
+                        path.display()
+                    );
+                    (pem, path)
+                }
+            }
+        }
     };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|_| anyhow!("bad address {addr:?}: use HOST:PORT"))?
+    Ok((coop_proto::tls::client(&pem.0), Some(pem.1)))
+}
+
+/// Connects to `addr` (HOST:PORT), failing clearly if nothing answers.
+/// TLS, verified against the cluster CA; `http://HOST:PORT` talks to a
+/// replica started with `--plaintext`.
+pub async fn connect(addr: &str) -> Result<Client> {
+    let (endpoint, pinned) = match addr.strip_prefix("http://") {
+        Some(plain) => (
+            Endpoint::from_shared(format!("http://{plain}"))
+                .map_err(|_| anyhow!("bad address {addr:?}: use HOST:PORT"))?,
+            None,
+        ),
+        None => {
+            let hostport = addr.strip_prefix("https://").unwrap_or(addr);
+            let (tls, pinned) = tls_for(hostport).await?;
+            (
+                Endpoint::from_shared(format!("https://{hostport}"))
+                    .map_err(|_| anyhow!("bad address {addr:?}: use HOST:PORT"))?
+                    .tls_config(tls)?,
+                pinned,
+            )
+        }
+    };
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true);
     let channel = endpoint.connect().await.map_err(|e| {
-        anyhow!(
-            "cannot reach a coop scheduler at {addr}: {}",
-            source_chain(&e)
-        )
+        let why = source_chain(&e);
+        match pinned {
+            Some(path) if why.contains("certificate") => anyhow!(
+                "the replica at {addr} presented a certificate the pinned cluster CA ({}) did not issue: {why}. If the cluster's CA was replaced on purpose, remove that file; otherwise someone may be posing as the cluster",
+                path.display()
+            ),
+            _ => anyhow!("cannot reach a coop scheduler at {addr}: {why}"),
+        }
     })?;
     // The cluster id a read credential names; asking it needs no credential.
     let reader = match READER.get() {

@@ -41,10 +41,26 @@ pub async fn dev(settings: &Settings, data_dir: Option<PathBuf>, port: u16) -> R
         .await
         .map_err(|e| anyhow::anyhow!("port {port} is taken ({e}); pass --port 0 for a free one"))?;
     let addr = listener.local_addr()?.to_string();
+    // Your dev cluster's CA lives with your config and is reused by every
+    // `coop dev`, so the CA your CLI pins on first contact stays valid.
+    let ca_dir = crate::identity::config_dir().join("dev-ca");
+    let ca = match coop_proto::tls::ClusterCa::load(&ca_dir) {
+        Ok(ca) => ca,
+        Err(_) => {
+            let ca = coop_proto::tls::ClusterCa::generate()?;
+            ca.save(&ca_dir)?;
+            ca
+        }
+    };
+    let tls = coop_scheduler::local::issue(&ca, &dir.join("tls"))?;
+    crate::client::trust_ca_pem(ca.cert_pem.clone());
+    std::fs::create_dir_all(dir.join("worker"))?;
+    std::fs::write(dir.join("worker").join("cluster-ca.pem"), &ca.cert_pem)?;
     let config = coop_scheduler::Config {
         id: 1,
         listen: addr.clone(),
         data_dir: dir.join("replica-1"),
+        tls: Some(tls),
         cluster_id: LOCAL_CLUSTER_ID.into(),
         members: vec![coop_core::Founder {
             name: coop_core::MemberId::new(member.clone()),

@@ -49,6 +49,10 @@ pub struct Context {
     pub member: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// The cluster CA's certificate; without one, the CA a replica first
+    /// presents is pinned (trust on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// `config.toml`: the contexts and which one is current.
@@ -92,6 +96,7 @@ pub struct Settings {
     pub addr: String,
     pub member: Option<String>,
     pub key: PathBuf,
+    pub ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -99,6 +104,7 @@ impl Settings {
         addr: Option<String>,
         context: Option<String>,
         key: Option<PathBuf>,
+        ca: Option<PathBuf>,
     ) -> Result<Self> {
         let file = ConfigFile::load()?;
         let name = context.or(file.current.clone());
@@ -115,6 +121,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_ADDR.to_string()),
             member: ctx.member,
             key: key.or(ctx.key).unwrap_or_else(default_key_path),
+            ca: ca.or(ctx.ca),
         })
     }
 

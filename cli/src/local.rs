@@ -76,6 +76,9 @@ impl LocalCluster {
             c.members = founders.clone();
         })
         .await?;
+        // This process made the cluster's CA: it trusts it, and nothing is
+        // pinned in your config.
+        crate::client::trust_ca_pem(replicas.ca_pem.clone());
         Ok(Self {
             replicas,
             workers: Vec::new(),
@@ -102,6 +105,8 @@ impl LocalCluster {
     ) -> Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let work_dir = self.dir.join(format!("worker-{node_id}"));
+        std::fs::create_dir_all(&work_dir)?;
+        std::fs::write(work_dir.join("cluster-ca.pem"), &self.replicas.ca_pem)?;
         authorize_node(
             &self.replicas.addrs()[0],
             &*self.signer(owner)?,

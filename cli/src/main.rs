@@ -29,6 +29,10 @@ pub struct Cli {
     /// Your member key file (default: the context's, else ~/.config/coop/key).
     #[arg(long, global = true, env = "COOP_KEY")]
     key: Option<PathBuf>,
+    /// The cluster CA certificate (default: the context's, else the one the
+    /// replica presented on first contact, pinned in ~/.config/coop/known_cas).
+    #[arg(long, global = true, env = "COOP_CA")]
+    ca: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Format,
@@ -158,6 +162,9 @@ enum ContextCmd {
         member: Option<String>,
         #[arg(long = "key-file")]
         key_file: Option<PathBuf>,
+        /// The cluster CA certificate to trust for this context.
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
     /// Make a context current.
     Use { name: String },
@@ -238,7 +245,10 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.output;
-    let settings = identity::Settings::resolve(cli.addr, cli.context, cli.key)?;
+    let settings = identity::Settings::resolve(cli.addr, cli.context, cli.key, cli.ca)?;
+    if let Some(ca) = &settings.ca {
+        client::trust_ca_file(ca.clone());
+    }
     let addr = settings.addr.clone();
     // Reads are signed as you when you have a key; without one, a replica
     // answers only what needs no member (coop cluster status).
@@ -256,7 +266,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 server,
                 member,
                 key_file,
-            } => cmd::keys::context_set(&name, server, member, key_file),
+                ca,
+            } => cmd::keys::context_set(&name, server, member, key_file, ca),
             ContextCmd::Use { name } => cmd::keys::context_use(&name),
             ContextCmd::List => cmd::keys::context_list(fmt),
         },

@@ -351,7 +351,7 @@ impl Coop for CoopService {
         // member's key: a replica cannot read a member's logs by itself.
         let (member, auth) = coop_proto::read_auth::credential(request.metadata())
             .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
-        let channel = self.shared.channel(&addr)?;
+        let channel = self.shared.worker_channel(&addr)?;
         let reply = WorkerAgentClient::new(channel)
             .read_logs(ReadLogsRequest {
                 alloc_id: alloc.0,

@@ -41,6 +41,24 @@ pub struct Config {
     /// Ed25519 public key in hex). Used once, at genesis; afterwards the
     /// member set changes only by member vote.
     pub members: Vec<coop_core::Founder>,
+    /// TLS: the cluster CA and this replica's certificate and key (a
+    /// `[tls]` table; `coop cluster ca` and `coop cluster cert` make them).
+    pub tls: Option<TlsFiles>,
+    /// Serve without TLS. For experiments on one machine only: then anyone
+    /// who reaches the port reaches the Raft transport.
+    pub plaintext: bool,
+}
+
+/// Where a replica's TLS files are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate (`ca.pem`).
+    pub ca: PathBuf,
+    /// This replica's certificate chain (`replica.pem`).
+    pub cert: PathBuf,
+    /// This replica's key (`replica.key`).
+    pub key: PathBuf,
 }
 
 impl Default for Config {
@@ -61,6 +79,8 @@ impl Default for Config {
             metrics_listen: None,
             cluster_id: "coop".into(),
             members: Vec::new(),
+            tls: None,
+            plaintext: false,
         }
     }
 }
@@ -175,6 +195,11 @@ impl Config {
             p.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        if self.tls.is_none() && !self.plaintext {
+            return Err(ConfigError::Invalid(
+                "tls: give the cluster CA and this replica's certificate ([tls] ca, cert, key; `coop cluster ca` makes them), or set plaintext = true for a local experiment".into(),
+            ));
+        }
         if self.snapshot_every == 0 {
             return Err(ConfigError::Invalid(
                 "snapshot_every must be at least 1".into(),
@@ -287,6 +312,7 @@ mod tests {
             listen: "127.0.0.1:7001".into(),
             data_dir: "/tmp/x".into(),
             peers: vec!["1=127.0.0.1:7001".into(), "2=127.0.0.1:7002".into()],
+            plaintext: true,
             ..Default::default()
         }
     }
@@ -294,6 +320,10 @@ mod tests {
     #[test]
     fn validates_peers_and_ids() {
         assert!(cfg().validate().is_ok());
+        // A replica serves TLS unless plaintext is asked for by name.
+        let mut c = cfg();
+        c.plaintext = false;
+        assert!(c.validate().unwrap_err().to_string().contains("tls"));
         let mut c = cfg();
         c.id = 3;
         assert!(c

@@ -66,6 +66,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("cluster already initialized")]
     AlreadyInitialized,
     #[error("no leader elected within {0:?}")]

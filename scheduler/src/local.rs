@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use coop_proto::tls::ClusterCa;
+
+use crate::config::TlsFiles;
 use crate::error::StartError;
 use crate::{Config, Replica};
 
@@ -16,6 +19,8 @@ pub struct LocalReplicas {
     /// `None` where a replica was stopped.
     pub replicas: Vec<Option<Replica>>,
     pub configs: Vec<Config>,
+    /// The cluster CA's certificate: what clients of this cluster pin.
+    pub ca_pem: String,
 }
 
 /// Quick timings for a cluster on one machine.
@@ -35,12 +40,44 @@ pub fn local_config(id: u64, listen: String, data_dir: PathBuf, peers: Vec<Strin
     }
 }
 
+/// Issues a replica certificate from `ca` into `dir` (and the CA's
+/// certificate next to it); returns the files for the config.
+pub fn issue(ca: &ClusterCa, dir: &Path) -> Result<TlsFiles, StartError> {
+    let tls = |e: coop_proto::tls::TlsError| StartError::Tls(e.to_string());
+    let identity = ca.issue_replica().map_err(tls)?;
+    // A local cluster's directory is ours: a restart on the same data dir
+    // gets a fresh certificate.
+    for f in ["replica.pem", "replica.key"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    identity.save(dir).map_err(tls)?;
+    let ca_file = dir.join(coop_proto::tls::CA_CERT_FILE);
+    std::fs::write(&ca_file, &ca.cert_pem)
+        .map_err(StartError::io(format!("write {}", ca_file.display())))?;
+    Ok(TlsFiles {
+        ca: ca_file,
+        cert: dir.join("replica.pem"),
+        key: dir.join("replica.key"),
+    })
+}
+
 impl LocalReplicas {
-    /// Starts `n` replicas under `dir`, with `tune` applied to each config,
-    /// forms the cluster and waits for a leader.
+    /// Starts `n` replicas under `dir` with a new cluster CA, with `tune`
+    /// applied to each config, forms the cluster and waits for a leader.
     pub async fn start(
         dir: &Path,
         n: usize,
+        tune: impl Fn(&mut Config),
+    ) -> Result<Self, StartError> {
+        let ca = ClusterCa::generate().map_err(|e| StartError::Tls(e.to_string()))?;
+        Self::start_with_ca(dir, n, &ca, tune).await
+    }
+
+    /// Like `start`, with certificates from `ca`.
+    pub async fn start_with_ca(
+        dir: &Path,
+        n: usize,
+        ca: &ClusterCa,
         tune: impl Fn(&mut Config),
     ) -> Result<Self, StartError> {
         let mut listeners = Vec::new();
@@ -68,6 +105,7 @@ impl LocalReplicas {
                 dir.join(format!("replica-{}", i + 1)),
                 peers.clone(),
             );
+            config.tls = Some(issue(ca, &dir.join(format!("tls-{}", i + 1)))?);
             tune(&mut config);
             configs.push(config.clone());
             replicas.push(Some(Replica::start(config, listener).await?));
@@ -77,7 +115,11 @@ impl LocalReplicas {
             .expect("just started")
             .initialize()
             .await?;
-        let cluster = Self { replicas, configs };
+        let cluster = Self {
+            replicas,
+            configs,
+            ca_pem: ca.cert_pem.clone(),
+        };
         cluster
             .leader(FIRST_ELECTION)
             .await

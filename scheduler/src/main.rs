@@ -50,6 +50,13 @@ struct Args {
         value_delimiter = ','
     )]
     members: Vec<String>,
+    /// A directory with this replica's TLS files: ca.pem (the cluster CA),
+    /// replica.pem and replica.key (`coop cluster cert` writes them).
+    #[arg(long, env = "COOP_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Serve without TLS: for an experiment on one machine only.
+    #[arg(long)]
+    plaintext: bool,
     /// Initialize the cluster with --peers at start if it never was (run on
     /// one replica only; `coop cluster init` does the same afterwards).
     #[arg(long)]
@@ -129,6 +136,16 @@ async fn run() -> anyhow::Result<()> {
             key: coop_core::PublicKey::parse(key)
                 .map_err(|e| anyhow::anyhow!("--member {name}: {e}"))?,
         });
+    }
+    if let Some(dir) = &args.tls_dir {
+        config.tls = Some(coop_scheduler::config::TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("replica.pem"),
+            key: dir.join("replica.key"),
+        });
+    }
+    if args.plaintext {
+        config.plaintext = true;
     }
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

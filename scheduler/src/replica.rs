@@ -45,7 +45,21 @@ impl Replica {
             election_max_ms: config.election_timeout_max_ms,
             snapshot_every: config.snapshot_every,
         };
-        let node = RaftNode::start(config.id, &config.data_dir, &timing).await?;
+        let identity = match &config.tls {
+            Some(files) => Some(
+                coop_proto::tls::ReplicaIdentity::load(&files.ca, &files.cert, &files.key)
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            ),
+            None => {
+                tracing::warn!("serving without TLS (plaintext = true): anyone who reaches this port reaches the Raft transport");
+                None
+            }
+        };
+        let replica_tls = identity.as_ref().map(|i| i.client());
+        let network = crate::raft::Network {
+            tls: replica_tls.clone(),
+        };
+        let node = RaftNode::start(config.id, &config.data_dir, &timing, network).await?;
         let addr = config.advertise_addr().to_string();
         let metrics = Arc::new(crate::metrics::SchedulerMetrics::new());
         let observer = metrics.clone();
@@ -75,10 +89,15 @@ impl Replica {
             }
             None => None,
         };
-        let shared = Arc::new(Shared::new(node.clone(), config, metrics));
+        let shared = Arc::new(Shared::new(node.clone(), config, metrics, replica_tls));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let Some(identity) = &identity {
+            builder = builder
+                .tls_config(identity.server())
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+        }
+        let router = builder
             .add_service(
                 CoopServer::new(CoopService::new(shared.clone()))
                     .max_decoding_message_size(MAX_API_REQUEST_BYTES)
@@ -89,9 +108,12 @@ impl Replica {
                     .max_decoding_message_size(MAX_API_REQUEST_BYTES),
             )
             .add_service(
-                RaftTransportServer::new(RaftTransportService::new(node.raft().clone()))
-                    .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
+                RaftTransportServer::new(RaftTransportService::new(
+                    node.raft().clone(),
+                    identity.is_some(),
+                ))
+                .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
             );
         // serve_with_incoming does not apply the builder's TCP_NODELAY to
         // accepted sockets; without it Nagle and delayed ACKs add ~40-200 ms

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coop_core::{Command, CoreError, NodeId, Outcome};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 use crate::config::Config;
@@ -26,6 +26,22 @@ pub struct Shared {
     /// with a full timeout of grace.
     pub heartbeats: Mutex<HashMap<NodeId, (u64, Instant)>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Mutual TLS to other replicas (none only in plaintext experiments).
+    pub replica_tls: Option<ClientTlsConfig>,
+}
+
+/// An endpoint for `addr`: https with `tls`, else plain http.
+pub fn endpoint(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, Status> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Status::internal(format!("TLS for {addr}: {e}")))?;
+    }
+    Ok(endpoint)
 }
 
 /// Milliseconds since the Unix epoch: the `now` the leader stamps into commands.
@@ -48,6 +64,7 @@ impl Shared {
         node: RaftNode,
         config: Config,
         metrics: std::sync::Arc<crate::metrics::SchedulerMetrics>,
+        replica_tls: Option<ClientTlsConfig>,
     ) -> Self {
         Self {
             node,
@@ -55,21 +72,30 @@ impl Shared {
             metrics,
             heartbeats: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            replica_tls,
         }
     }
 
-    /// A lazily connected channel to another replica or a worker, reused.
+    /// A lazily connected channel to another replica (mutual TLS), reused.
     pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        self.cached_channel(addr, self.replica_tls.clone())
+    }
+
+    /// A lazily connected channel to a worker's log service, reused.
+    pub fn worker_channel(&self, addr: &str) -> Result<Channel, Status> {
+        self.cached_channel(&format!("worker:{addr}"), None)
+    }
+
+    fn cached_channel(&self, key: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(addr) {
+        if let Some(c) = channels.get(key) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?
+        let addr = key.strip_prefix("worker:").unwrap_or(key);
+        let channel = endpoint(addr, tls)?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+            .connect_lazy();
+        channels.insert(key.to_string(), channel.clone());
         Ok(channel)
     }
 
@@ -80,7 +106,9 @@ impl Shared {
             self.ensure_genesis().await?;
             return Ok(Route::Local);
         }
-        if request.metadata().contains_key(FORWARDED) {
+        // Only another replica (a client certificate from the cluster CA)
+        // can mark a call as forwarded; from anyone else the mark is ignored.
+        if request.metadata().contains_key(FORWARDED) && self.forwarded_by_replica(request) {
             return Err(not_leader(self.node.leader().map(|(_, a)| a).as_deref()));
         }
         match self.node.wait_for_leader(Duration::from_secs(3)).await {
@@ -88,6 +116,11 @@ impl Shared {
             Some((_, addr)) => Ok(Route::Forward(self.channel(&addr)?)),
             None => Err(not_leader(None)),
         }
+    }
+
+    /// Whether a call marked forwarded really came from a replica.
+    fn forwarded_by_replica<T>(&self, request: &tonic::Request<T>) -> bool {
+        self.replica_tls.is_none() || coop_proto::tls::from_replica(request)
     }
 
     /// A new cluster's leader adopts the genesis policy before it serves

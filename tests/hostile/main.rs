@@ -13,10 +13,14 @@ use openraft::alias::{SnapshotMetaOf, VoteOf};
 use openraft::raft::VoteRequest;
 use tonic::transport::Channel;
 
+/// Raft messages come from an authenticated peer (a replica certificate):
+/// what these tests show is that even such a peer cannot break a replica.
+fn peer(addr: &str) -> Channel {
+    coop_e2e::replica_channel(addr)
+}
+
 fn channel(addr: &str) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy()
+    coop_e2e::channel(addr)
 }
 
 fn small_job() -> JobSpec {
@@ -56,7 +60,7 @@ async fn a_vote_with_a_huge_term_is_refused_and_nothing_breaks() {
             last_log_id: None,
             leadership_transfer: true,
         };
-        let err = RaftTransportClient::new(channel(addr))
+        let err = RaftTransportClient::new(peer(addr))
             .vote(RaftPayload {
                 data: serde_json::to_vec(&rpc).unwrap(),
             })
@@ -88,7 +92,7 @@ async fn a_snapshot_that_does_not_decode_is_refused_and_the_replica_stays_health
         header,
         data: b"this is not a cluster state".to_vec(),
     }];
-    let err = RaftTransportClient::new(channel(&addrs[follower]))
+    let err = RaftTransportClient::new(peer(&addrs[follower]))
         .install_snapshot(futures::stream::iter(chunks))
         .await
         .unwrap_err();
@@ -431,5 +435,80 @@ async fn only_a_node_key_its_owner_authorized_acts_as_the_node() {
     })
     .await
     .unwrap();
+    cluster.stop_all().await;
+}
+
+/// The replica group is closed: the Raft transport answers only callers
+/// with a replica certificate from the cluster CA, a client without one
+/// (or speaking plaintext) gets nothing, and a certificate from another CA
+/// is refused in the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_transport_is_for_replicas_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
+    let addrs = cluster.addrs();
+    still_serves(&addrs[..1], "first").await;
+    let before = coop_e2e::last_log_index(&addrs[0]).await;
+    // A harmless vote (term 0 never wins): only who may send it is tested.
+    let rpc: VoteRequest<TypeConfig> = VoteRequest {
+        vote: VoteOf::<TypeConfig>::new(0, 9),
+        last_log_id: None,
+        leadership_transfer: false,
+    };
+    let payload = RaftPayload {
+        data: serde_json::to_vec(&rpc).unwrap(),
+    };
+    // TLS, but no client certificate: a member's client, or anyone.
+    let err = RaftTransportClient::new(channel(&addrs[0]))
+        .vote(payload.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // A replica certificate from another CA does not get through TLS.
+    let other = coop_proto::tls::ClusterCa::generate()
+        .unwrap()
+        .issue_replica()
+        .unwrap();
+    let foreign = Channel::from_shared(format!("https://{}", addrs[0]))
+        .unwrap()
+        .tls_config(
+            coop_proto::tls::client(&coop_e2e::test_ca().cert_pem).identity(
+                tonic::transport::Identity::from_pem(&other.cert_pem, &other.key_pem),
+            ),
+        )
+        .unwrap()
+        .connect_lazy();
+    let err = RaftTransportClient::new(foreign)
+        .vote(payload.clone())
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok, "{err}");
+    // Plaintext to the TLS port: nothing is served.
+    let plain = Channel::from_shared(format!("http://{}", addrs[0]))
+        .unwrap()
+        .connect_lazy();
+    assert!(RaftTransportClient::new(plain).vote(payload).await.is_err());
+    // A client cannot pose as a replica by marking its call forwarded: the
+    // mark is ignored and the call is served (or forwarded) as any other.
+    let follower = cluster
+        .replicas
+        .iter()
+        .flatten()
+        .find(|r| !r.node.is_leader())
+        .unwrap()
+        .addr
+        .clone();
+    let mut req = tonic::Request::new(coop_proto::api::ListNodesRequest {});
+    req.metadata_mut().insert(
+        "coop-forwarded",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    let auth = coop_core::testkit::read("ana", coop_e2e::now_ms());
+    coop_proto::read_auth::attach(req.metadata_mut(), &coop_core::MemberId::new("ana"), &auth);
+    coop_proto::api::coop_client::CoopClient::new(channel(&follower))
+        .list_nodes(req)
+        .await
+        .expect("a forwarded mark from a client is ignored, not obeyed");
+    assert_eq!(coop_e2e::last_log_index(&addrs[0]).await, before);
     cluster.stop_all().await;
 }

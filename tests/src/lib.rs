@@ -60,6 +60,11 @@ pub fn worker(
         true,
     )
     .expect("write the node key");
+    std::fs::write(
+        work_dir.as_ref().join("cluster-ca.pem"),
+        &test_ca().cert_pem,
+    )
+    .expect("write the cluster CA");
     let mut cmd = Command::new(worker_bin());
     cmd.args([
         "--node-id",
@@ -77,6 +82,17 @@ pub fn worker(
     .arg(work_dir.as_ref())
     .env("RUST_LOG", "warn");
     cmd
+}
+
+/// A TLS channel presenting a replica certificate from the test CA: what
+/// an authenticated peer (another replica, or whoever holds its key) uses.
+pub fn replica_channel(addr: &str) -> Channel {
+    let identity = test_ca().issue_replica().expect("a replica certificate");
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("valid address")
+        .tls_config(identity.client())
+        .expect("TLS config")
+        .connect_lazy()
 }
 
 /// A replica client that signs every read as one member.
@@ -100,9 +116,19 @@ impl tonic::service::Interceptor for TestReader {
     }
 }
 
-fn channel(addr: &str) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
+/// The cluster CA of every cluster this test process starts.
+pub fn test_ca() -> &'static coop_proto::tls::ClusterCa {
+    static CA: std::sync::OnceLock<coop_proto::tls::ClusterCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| coop_proto::tls::ClusterCa::generate().expect("a test CA"))
+}
+
+/// A lazily connected TLS channel to the replica at `addr`, trusting the
+/// test CA, without a client certificate (as any member's client).
+pub fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("https://{addr}"))
         .expect("valid address")
+        .tls_config(coop_proto::tls::client(&test_ca().cert_pem))
+        .expect("TLS config")
         .connect_lazy()
 }
 
@@ -123,7 +149,7 @@ pub const MEMBERS: &[&str] = &["ana", "ben", "bo", "cam", "dan", "olga", "pete"]
 /// each config, formed into a cluster with a leader; panics with the
 /// reason if that fails.
 pub async fn replicas(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> LocalReplicas {
-    LocalReplicas::start(dir, n, |c| {
+    LocalReplicas::start_with_ca(dir, n, test_ca(), |c| {
         c.cluster_id = coop_core::testkit::CLUSTER.into();
         c.members = coop_core::testkit::founders(MEMBERS);
         tune(c);

@@ -110,15 +110,18 @@ pub const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Finds and remembers the scheduler leader.
 pub struct Schedulers {
     addrs: Vec<String>,
+    /// TLS to the replicas, trusting the cluster CA (none with plaintext).
+    tls: Option<tonic::transport::ClientTlsConfig>,
     next: Mutex<usize>,
     leader: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Schedulers {
-    pub fn new(addrs: Vec<String>) -> Self {
+    pub fn new(addrs: Vec<String>, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
         Self {
             addrs,
+            tls,
             next: Mutex::new(0),
             leader: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
@@ -161,8 +164,12 @@ impl Schedulers {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))
-                    .ok()?
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).ok()?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone()).ok()?;
+                }
+                let c = endpoint
                     .connect_timeout(Duration::from_secs(1))
                     .timeout(CALL_DEADLINE)
                     // A leader that died silently (powered off, black-holed)
@@ -477,7 +484,7 @@ mod tests {
     async fn a_silent_replica_costs_a_heartbeat_one_interval() {
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = silent.local_addr().unwrap().to_string();
-        let scheds = Schedulers::new(vec![addr.clone()]);
+        let scheds = Schedulers::new(vec![addr.clone()], None);
         let id = Identity {
             node_id: "n".into(),
             owner: "o".into(),

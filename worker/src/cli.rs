@@ -53,6 +53,13 @@ struct Args {
     /// created at first start).
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// The cluster CA's certificate (default: cluster-ca.pem in the work
+    /// dir, pinned from the first replica that answers when absent).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Talk to replicas started with --plaintext (local experiments only).
+    #[arg(long)]
+    plaintext: bool,
     /// Print the node's public key (creating the key if there is none) and
     /// exit: its owner authorizes it with `coop node add NODE --key KEY`.
     #[arg(long)]
@@ -140,6 +147,12 @@ async fn run() -> Result<(), WorkerError> {
     }
     if let Some(k) = args.key_file {
         config.key_file = Some(k);
+    }
+    if let Some(c) = args.ca_file {
+        config.ca_file = Some(c);
+    }
+    if args.plaintext {
+        config.plaintext = true;
     }
     if args.show_key {
         let key = coop_proto::keyfile::load_or_create(&config.key_path())

@@ -50,9 +50,22 @@ pub struct WorkerConfig {
     /// created at first start. Its owner authorizes the public half with
     /// `coop node add NODE --key PUBKEY`.
     pub key_file: Option<PathBuf>,
+    /// The cluster CA's certificate; `cluster-ca.pem` in the work dir by
+    /// default, where the CA the first replica presents is pinned when the
+    /// file does not exist yet (trust on first use).
+    pub ca_file: Option<PathBuf>,
+    /// Talk to replicas started with `--plaintext` (local experiments).
+    pub plaintext: bool,
 }
 
 impl WorkerConfig {
+    /// Where the cluster CA is pinned.
+    pub fn ca_path(&self) -> PathBuf {
+        self.ca_file
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("cluster-ca.pem"))
+    }
+
     /// Where the node key lives.
     pub fn key_path(&self) -> PathBuf {
         self.key_file
@@ -82,6 +95,8 @@ impl Default for WorkerConfig {
             stop_grace_ms: 5000,
             model_runner: None,
             key_file: None,
+            ca_file: None,
+            plaintext: false,
         }
     }
 }

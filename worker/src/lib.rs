@@ -155,7 +155,12 @@ impl Worker {
             std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o1777))
                 .map_err(WorkerError::io("cache permissions"))?;
         }
-        let scheds = Arc::new(Schedulers::new(config.schedulers.clone()));
+        let tls = if config.plaintext {
+            None
+        } else {
+            Some(coop_proto::tls::client(&cluster_ca(&config).await?))
+        };
+        let scheds = Arc::new(Schedulers::new(config.schedulers.clone(), tls));
         let local = Arc::new(Mutex::new(BTreeMap::new()));
         let (events_tx, events_rx) = mpsc::channel(256);
         let (desired_tx, mut desired_rx) = mpsc::channel(16);
@@ -294,6 +299,43 @@ async fn janitor(
 
 /// File in the work dir holding the last incarnation this worker used.
 const INCARNATION_FILE: &str = "incarnation";
+
+/// The cluster CA this worker trusts: the pinned one, or (first start, no
+/// file yet) the one the first replica to answer presents, pinned from now
+/// on (trust on first use, like ssh's known_hosts).
+async fn cluster_ca(config: &WorkerConfig) -> Result<String, WorkerError> {
+    let path = config.ca_path();
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        return Ok(pem);
+    }
+    let mut wait = Duration::from_millis(200);
+    loop {
+        for addr in &config.schedulers {
+            match coop_proto::tls::probe_ca(addr).await {
+                Ok(pem) => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(WorkerError::io(format!("create {}", dir.display())))?;
+                    }
+                    std::fs::write(&path, &pem)
+                        .map_err(WorkerError::io(format!("write {}", path.display())))?;
+                    tracing::warn!(
+                        replica = %addr,
+                        fingerprint = %coop_proto::tls::fingerprint(&pem).unwrap_or_default(),
+                        pinned = %path.display(),
+                        "first contact: trusting the cluster CA this replica presented from now on"
+                    );
+                    return Ok(pem);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no replica answered yet to learn the cluster CA")
+                }
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
 
 /// The next incarnation: one more than the last one this work dir used,
 /// and at least the wall clock in microseconds (so a fresh work dir on a

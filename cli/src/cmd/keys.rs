@@ -44,6 +44,7 @@ pub fn context_set(
     addr: Option<String>,
     member: Option<String>,
     key: Option<PathBuf>,
+    ca: Option<PathBuf>,
 ) -> Result<i32> {
     if name.is_empty() {
         bail!("a context needs a name");
@@ -61,6 +62,13 @@ pub fn context_set(
     }
     if key.is_some() {
         ctx.key = key;
+    }
+    if let Some(ca) = ca {
+        // Checked now, not at the first call that needs it.
+        let pem = std::fs::read_to_string(&ca)
+            .map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))?;
+        coop_proto::tls::fingerprint(&pem)?;
+        ctx.ca = Some(ca);
     }
     if file.current.is_none() {
         file.current = Some(name.to_string());

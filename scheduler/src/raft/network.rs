@@ -14,7 +14,7 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{Snapshot, SnapshotData, TypeConfig, Vote};
 
@@ -63,9 +63,13 @@ pub fn split_append(
     out
 }
 
-/// Creates one connection per peer.
+/// Creates one connection per peer: mutual TLS with this replica's
+/// certificate when the cluster has TLS (it always does outside plaintext
+/// experiments).
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub tls: Option<ClientTlsConfig>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
@@ -73,16 +77,18 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
         PeerConn {
             target,
-            client: connect_lazy(&node.addr),
+            client: connect_lazy(&node.addr, self.tls.clone()),
         }
     }
 }
 
-pub(crate) fn connect_lazy(addr: &str) -> Option<RaftTransportClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+pub(crate) fn connect_lazy(
+    addr: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Option<RaftTransportClient<Channel>> {
+    let endpoint = crate::shared::endpoint(addr, tls)
         .ok()?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true);
+        .connect_timeout(Duration::from_secs(1));
     Some(
         RaftTransportClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)

@@ -100,7 +100,12 @@ pub struct RaftTiming {
 impl RaftNode {
     /// Opens the replica's storage in `dir` and starts Raft. It serves
     /// nothing until a transport service is added to a server.
-    pub async fn start(id: u64, dir: &Path, timing: &RaftTiming) -> Result<Self, StartError> {
+    pub async fn start(
+        id: u64,
+        dir: &Path,
+        timing: &RaftTiming,
+        network: Network,
+    ) -> Result<Self, StartError> {
         let config = Config {
             cluster_name: "coop".into(),
             heartbeat_interval: timing.heartbeat_ms,
@@ -115,7 +120,7 @@ impl RaftNode {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let (log_store, sm) = open_storage(dir).map_err(|e| StartError::Storage(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(config), Network, log_store, sm.clone())
+        let raft = Raft::new(id, Arc::new(config), network, log_store, sm.clone())
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);

@@ -50,11 +50,28 @@ fn check_terms(bytes: &[u8]) -> Result<(), Status> {
 
 pub struct RaftTransportService {
     raft: Raft,
+    /// Whether callers must be replicas (a client certificate from the
+    /// cluster CA): always, except in plaintext experiments.
+    replicas_only: bool,
 }
 
 impl RaftTransportService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, replicas_only: bool) -> Self {
+        Self {
+            raft,
+            replicas_only,
+        }
+    }
+
+    /// The Raft transport is the replicas' alone: a caller without a
+    /// replica certificate is refused before anything is read.
+    fn check_peer<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.replicas_only && !coop_proto::tls::from_replica(request) {
+            return Err(Status::permission_denied(
+                "the Raft transport is for replicas: present a certificate from the cluster CA",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -76,11 +93,13 @@ impl RaftTransport for RaftTransportService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_peer(&request)?;
         let rpc = parse(&request.into_inner().data)?;
         reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_peer(&request)?;
         let mut rpc: openraft::raft::VoteRequest<TypeConfig> = parse(&request.into_inner().data)?;
         // Coop never transfers leadership, so no candidate may claim the
         // current leader's authorization to override its lease.
@@ -92,6 +111,7 @@ impl RaftTransport for RaftTransportService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_peer(&request)?;
         let mut stream = request.into_inner();
         let first = stream
             .next()

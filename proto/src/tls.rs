@@ -1,0 +1,328 @@
+//! TLS for Coop: the cluster CA, replica certificates, and trust on first
+//! use for clients and workers.
+//!
+//! ```text
+//!  cluster CA (ca.pem, ca.key)          made once by `coop cluster ca`
+//!    └─ replica certificate             one per replica (`coop cluster cert`),
+//!         names "coop-replica"           server and client auth (mutual TLS
+//!                                        between replicas)
+//!  client / worker: pins the CA          first contact: the CA the replica
+//!                                        presents is recorded (like ssh's
+//!                                        known_hosts); later: only it is trusted
+//! ```
+//!
+//! A replica is named by what it is, not where it is: every replica
+//! certificate carries the name `coop-replica`, and clients verify that name
+//! against the pinned cluster CA, so an address can change without
+//! reissuing certificates while no one outside the CA can pose as a replica.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// The name every replica certificate carries and every client checks.
+pub const REPLICA_NAME: &str = "coop-replica";
+
+const CA_NAME: &str = "coop cluster CA";
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach {addr} to learn its CA: {message}")]
+    Probe { addr: String, message: String },
+    #[error("{0} is not a PEM certificate")]
+    NotPem(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The CA's own certificate parameters: the same every time, so a stored
+/// CA key can issue again (the issuer name is the CA's subject).
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, CA_NAME);
+    p.distinguished_name = name;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+/// The cluster's certificate authority: it issues replica certificates.
+/// Its key is the one secret that admits a machine to the replica group.
+pub struct ClusterCa {
+    pub cert_pem: String,
+    key_pem: String,
+}
+
+/// A replica's TLS identity: the cluster CA, and its own certificate
+/// (followed by the CA's, so a client can learn the CA on first contact)
+/// with its key.
+#[derive(Clone)]
+pub struct ReplicaIdentity {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The files of a CA directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca.key";
+
+impl ClusterCa {
+    /// A new CA with a fresh ECDSA P-256 key.
+    pub fn generate() -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let cert = ca_params().self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Reads `ca.pem` and `ca.key` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let cert = dir.join(CA_CERT_FILE);
+        let key = dir.join(CA_KEY_FILE);
+        Ok(Self {
+            cert_pem: std::fs::read_to_string(&cert).map_err(io(&cert))?,
+            key_pem: std::fs::read_to_string(&key).map_err(io(&key))?,
+        })
+    }
+
+    /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`; never overwrites.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        write_new(&dir.join(CA_CERT_FILE), &self.cert_pem, 0o644)?;
+        write_new(&dir.join(CA_KEY_FILE), &self.key_pem, 0o600)
+    }
+
+    /// A certificate for one replica (server and client authentication).
+    pub fn issue_replica(&self) -> Result<ReplicaIdentity, TlsError> {
+        let issuer = Issuer::new(ca_params(), KeyPair::from_pem(&self.key_pem)?);
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![REPLICA_NAME.to_string()])?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, REPLICA_NAME);
+        p.distinguished_name = name;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok(ReplicaIdentity {
+            ca_pem: self.cert_pem.clone(),
+            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(text.as_bytes()).map_err(io(path))
+}
+
+impl ReplicaIdentity {
+    /// Reads the CA certificate, the replica certificate and its key.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            ca_pem: std::fs::read_to_string(ca).map_err(io(ca))?,
+            cert_pem: std::fs::read_to_string(cert).map_err(io(cert))?,
+            key_pem: std::fs::read_to_string(key).map_err(io(key))?,
+        })
+    }
+
+    /// Writes `replica.pem` and `replica.key` (mode 0600) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        write_new(&dir.join("replica.pem"), &self.cert_pem, 0o644)?;
+        write_new(&dir.join("replica.key"), &self.key_pem, 0o600)
+    }
+
+    /// The replica port: TLS for everyone; a client certificate is asked
+    /// for and, when given, must chain to the cluster CA (replicas give
+    /// theirs; what only replicas may call checks for it).
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(true)
+            .timeout(HANDSHAKE_TIMEOUT)
+    }
+
+    /// Calls to other replicas: mutual TLS with this replica's certificate.
+    pub fn client(&self) -> ClientTlsConfig {
+        client(&self.ca_pem).identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
+/// Calls to replicas, trusting only the cluster CA.
+pub fn client(ca_pem: &str) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(REPLICA_NAME)
+        .timeout(HANDSHAKE_TIMEOUT)
+}
+
+/// The SHA-256 fingerprint of the first certificate in `pem`, as people
+/// compare them (`ab:cd:...`).
+pub fn fingerprint(pem: &str) -> Result<String, TlsError> {
+    let der = first_der(pem)?;
+    let digest = Sha256::digest(&der);
+    Ok(digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+fn first_der(pem: &str) -> Result<Vec<u8>, TlsError> {
+    let parsed = pem::parse_many(pem).map_err(|e| TlsError::NotPem(e.to_string()))?;
+    parsed
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .map(|p| p.into_contents())
+        .ok_or_else(|| TlsError::NotPem("no CERTIFICATE block".into()))
+}
+
+/// Trust on first use: connects to `addr` accepting whatever it presents,
+/// and returns the last certificate of its chain (a replica sends the
+/// cluster CA there) as PEM. The caller pins it; every later connection
+/// verifies against it, so a changed CA is noticed.
+pub async fn probe_ca(addr: &str) -> Result<String, TlsError> {
+    let fail = |message: String| TlsError::Probe {
+        addr: addr.to_string(),
+        message,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let recorder = Arc::new(Recorder {
+        chain: Mutex::new(Vec::new()),
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| fail("timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let name = ServerName::try_from(REPLICA_NAME).map_err(|e| fail(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| fail("the TLS handshake timed out".into()))?
+        .map_err(|e| {
+            fail(format!(
+                "TLS handshake: {e} (is it a coop replica with TLS?)"
+            ))
+        })?;
+    let chain = recorder.chain.lock().unwrap_or_else(|p| p.into_inner());
+    let ca = chain
+        .last()
+        .ok_or_else(|| fail("it presented no certificate".into()))?;
+    Ok(pem::encode(&pem::Pem::new("CERTIFICATE", ca.to_vec())))
+}
+
+/// Accepts any server certificate during a probe and keeps the chain.
+#[derive(Debug)]
+struct Recorder {
+    chain: Mutex<Vec<CertificateDer<'static>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.clone().into_owned()];
+        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+        *self.chain.lock().unwrap_or_else(|p| p.into_inner()) = chain;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether a call came over a connection whose client certificate chains
+/// to the cluster CA: only replicas hold one.
+pub fn from_replica<T>(request: &tonic::Request<T>) -> bool {
+    request.peer_certs().is_some_and(|c| !c.is_empty())
+}
