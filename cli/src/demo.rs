@@ -142,6 +142,11 @@ pub async fn demo() -> Result<i32> {
     cluster.add_worker("node-ben", "ben", 2000, 2 << 30).await?;
     let leader = cluster.leader(Duration::from_secs(5)).await.unwrap_or(0);
     println!("   leader is replica {}", leader + 1);
+    println!(
+        "   replicas talk mutual TLS under the cluster's own CA (fingerprint {}…)",
+        &coop_proto::tls::fingerprint(&cluster.replicas.ca_pem)?[..23]
+    );
+    println!("   ana and ben each authorized their machine's node key (coop node add): only that key can act as the node");
     // Talk to a follower: writes are forwarded, and it survives the leader's death.
     let follower = (leader + 1) % 3;
     let addr = cluster.addr(follower).unwrap_or_default();

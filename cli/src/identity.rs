@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _, Result};
 use coop_core::{JobId, MemberId, MemberRequest, SecretKey};
 use coop_proto::api::{
-    AddNodeRequest, CancelRequest, ClusterStatusRequest, JobSpec, SubmitRequest,
+    AddNodeRequest, AddReplicaRequest, CancelRequest, ClusterStatusRequest, JobSpec, SubmitRequest,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -257,6 +257,32 @@ impl Signer {
         );
         Ok(CancelRequest {
             job_id: job,
+            member: self.member.to_string(),
+            request_id: request_id.to_string(),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        })
+    }
+
+    /// Asks for a replica to join the replica group, signed.
+    pub async fn add_replica(
+        &self,
+        client: &Client,
+        request_id: &str,
+        id: u64,
+        addr: &str,
+    ) -> Result<AddReplicaRequest> {
+        let cluster = self.cluster_id(client).await?;
+        let auth = self.key.sign_request(
+            cluster,
+            &self.member,
+            request_id,
+            now_ms(),
+            &MemberRequest::AddReplica { id, addr },
+        );
+        Ok(AddReplicaRequest {
+            id,
+            addr: addr.to_string(),
             member: self.member.to_string(),
             request_id: request_id.to_string(),
             issued_at_ms: auth.issued_at_ms,

@@ -301,7 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ClusterCmd::Status => cmd::cluster::cluster_status(&addr, fmt).await,
             ClusterCmd::Init => cmd::cluster::cluster_init(&addr, fmt).await,
             ClusterCmd::AddReplica { id, replica_addr } => {
-                cmd::cluster::add_replica(&addr, fmt, id, replica_addr).await
+                cmd::cluster::add_replica(&settings, fmt, id, replica_addr).await
             }
         },
         Cmd::Dev { data_dir, port } => demo::dev(&settings, data_dir, port).await,

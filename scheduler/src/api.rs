@@ -79,11 +79,21 @@ macro_rules! via_leader {
     };
 }
 
-fn replicas_to_proto(status: &crate::raft::RaftStatus) -> Vec<Replica> {
+fn replicas_to_proto(
+    status: &crate::raft::RaftStatus,
+    state: &coop_core::ClusterState,
+) -> Vec<Replica> {
     status
         .replicas
         .iter()
         .map(|r| Replica {
+            added_by: state
+                .replica_additions()
+                .iter()
+                .rev()
+                .find(|a| a.id == r.id)
+                .map(|a| a.member.to_string())
+                .unwrap_or_default(),
             id: r.id,
             addr: r.addr.clone(),
             voter: r.voter,
@@ -446,7 +456,7 @@ impl Coop for CoopService {
             applied_index: status.applied_index,
             last_log_index: status.last_log_index,
             snapshot_index: status.snapshot_index,
-            replicas: replicas_to_proto(&status),
+            replicas: replicas_to_proto(&status, state),
             jobs: state.jobs().len() as u64,
             pending: state.pending().len() as u64,
             running: state.running_jobs() as u64,
@@ -489,7 +499,10 @@ impl Coop for CoopService {
             .wait_for_leader(std::time::Duration::from_secs(10))
             .await;
         Ok(Response::new(InitClusterResponse {
-            replicas: replicas_to_proto(&self.shared.node.status()),
+            replicas: replicas_to_proto(
+                &self.shared.node.status(),
+                &self.shared.node.state_machine().read().state,
+            ),
         }))
     }
 
@@ -499,9 +512,17 @@ impl Coop for CoopService {
     ) -> Result<Response<AddReplicaResponse>, Status> {
         via_leader!(self, request, add_replica);
         let req = request.get_ref();
-        if req.id == 0 {
-            return Err(Status::invalid_argument("replica ids start at 1"));
-        }
+        let member = MemberId::new(req.member.clone());
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .check_add_replica(req.id, &req.addr, &member, &req.request_id, &auth, now)
+            .map_err(|e| core_status(&e))?;
         let status = self.shared.node.status();
         if let Some(r) = status.replicas.iter().find(|r| r.id == req.id) {
             return Err(Status::already_exists(format!(
@@ -509,24 +530,57 @@ impl Coop for CoopService {
                 r.id, r.addr
             )));
         }
-        if req
-            .addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(Status::invalid_argument(format!(
-                "address {:?} is not HOST:PORT",
-                req.addr
-            )));
+        // A voter that cannot be reached would cost the group its quorum:
+        // the new replica must answer first, as a replica of this cluster
+        // (mutual TLS: its certificate is from the cluster CA).
+        let probe = async {
+            let channel = self.shared.channel(&req.addr)?;
+            CoopClient::new(channel)
+                .cluster_status(ClusterStatusRequest {})
+                .await
+                .map(Response::into_inner)
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+            Ok(Ok(s)) if s.answered_by == req.id => {}
+            Ok(Ok(s)) => {
+                return Err(Status::failed_precondition(format!(
+                    "the replica at {} is replica {}, not {}",
+                    req.addr, s.answered_by, req.id
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(Status::failed_precondition(format!(
+                    "no replica of this cluster answers at {} ({}): start it with a certificate from the cluster CA first",
+                    req.addr,
+                    e.message()
+                )))
+            }
+            Err(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "no replica answers at {} within 3 s: start it first",
+                    req.addr
+                )))
+            }
         }
+        let cmd = Command::AddReplica {
+            id: req.id,
+            addr: req.addr.clone(),
+            member,
+            request_id: req.request_id.clone(),
+            auth,
+            now_ms: now,
+        };
+        self.shared.write(cmd).await?;
         self.shared
             .node
             .add_replica(req.id, &req.addr)
             .await
             .map_err(|e| crate::error::write_status(&e))?;
         Ok(Response::new(AddReplicaResponse {
-            replicas: replicas_to_proto(&self.shared.node.status()),
+            replicas: replicas_to_proto(
+                &self.shared.node.status(),
+                &self.shared.node.state_machine().read().state,
+            ),
         }))
     }
 }

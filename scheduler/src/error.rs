@@ -10,6 +10,7 @@ pub fn core_status(e: &CoreError) -> Status {
     let code = match e {
         CoreError::InvalidSpec(_)
         | CoreError::InvalidName(_)
+        | CoreError::BadReplica { .. }
         | CoreError::BadRequestId
         | CoreError::Impossible(_) => Code::InvalidArgument,
         CoreError::UnknownJob(_) | CoreError::UnknownNode(_) => Code::NotFound,

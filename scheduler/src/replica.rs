@@ -23,6 +23,27 @@ use crate::shared::Shared;
 /// room while refusing anything absurd before it is parsed.
 pub const MAX_API_REQUEST_BYTES: usize = 1024 * 1024;
 
+/// tonic answers an oversized request OUT_OF_RANGE and an undecodable one
+/// INTERNAL; the gRPC conventions are RESOURCE_EXHAUSTED (too large: do
+/// not retry as is) and INVALID_ARGUMENT (the caller's fault, not ours).
+fn honest_refusals(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("")
+        .replace("%20", " ");
+    let code = match headers.get("grpc-status").and_then(|s| s.to_str().ok()) {
+        Some("11") if message.contains("message length too large") => "8",
+        Some("13") if message.contains("failed to decode Protobuf message") => "3",
+        _ => return response,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from_static(code));
+    response
+}
+
 pub struct Replica {
     pub node: RaftNode,
     pub addr: String,
@@ -98,6 +119,7 @@ impl Replica {
                 .map_err(|e| StartError::Tls(e.to_string()))?;
         }
         let router = builder
+            .layer(tower::util::MapResponseLayer::new(honest_refusals))
             .add_service(
                 CoopServer::new(CoopService::new(shared.clone()))
                     .max_decoding_message_size(MAX_API_REQUEST_BYTES)

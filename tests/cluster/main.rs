@@ -213,7 +213,15 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(oversized.code(), tonic::Code::OutOfRange, "{oversized}");
+    assert_eq!(
+        oversized.code(),
+        tonic::Code::ResourceExhausted,
+        "{oversized}"
+    );
+    let garbage = raw_call(&addrs[0], "/coop.api.v1.Coop/Submit", vec![0xff; 16])
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage}");
     let unknown = c.get_job(GetJobRequest { job_id: 999 }).await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     let again = c.init_cluster(InitClusterRequest {}).await.unwrap_err();
@@ -358,6 +366,26 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let new_addr = listener.local_addr().unwrap().to_string();
+    // Before it runs, the address answers nothing: it cannot become a voter
+    // (that would cost the group its quorum), and nothing is recorded.
+    let before = coop_e2e::last_log_index(&leader_addr).await;
+    let dead = coop_e2e::client(&leader_addr)
+        .add_replica(coop_e2e::add_replica_request("ana", 4, &new_addr))
+        .await
+        .unwrap_err();
+    assert_eq!(dead.code(), tonic::Code::FailedPrecondition, "{dead}");
+    // Unsigned, or signed by a non-member: refused.
+    let mut unsigned = coop_e2e::add_replica_request("ana", 4, &new_addr);
+    unsigned.signature.clear();
+    let outsider = coop_e2e::add_replica_request("mallory", 4, &new_addr);
+    for req in [unsigned, outsider] {
+        let err = coop_e2e::client(&leader_addr)
+            .add_replica(req)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    }
+    assert_eq!(coop_e2e::last_log_index(&leader_addr).await, before);
     let config = Config {
         id: 4,
         listen: new_addr.clone(),
@@ -372,10 +400,7 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
         .await
         .unwrap();
     coop_e2e::client(&leader_addr)
-        .add_replica(AddReplicaRequest {
-            id: 4,
-            addr: new_addr.clone(),
-        })
+        .add_replica(coop_e2e::add_replica_request("ana", 4, &new_addr))
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -388,7 +413,10 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
         let lead = applied_and_digest(&leader_addr).await;
         if s.applied_index >= lead.0 && s.snapshot_index > 0 {
             assert_eq!(s.state_digest, lead.1);
-            assert!(s.replicas.iter().any(|r| r.id == 4 && r.voter));
+            assert!(s
+                .replicas
+                .iter()
+                .any(|r| r.id == 4 && r.voter && r.added_by == "ana"));
             break;
         }
         assert!(
@@ -475,4 +503,68 @@ async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
     })
     .await;
     cluster.stop_all().await;
+}
+
+/// Sends `body` as the request message of `path`, bytes as they are.
+async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(coop_e2e::channel(addr));
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// A codec that passes bytes through: for sending what no stub would.
+#[derive(Default, Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
 }

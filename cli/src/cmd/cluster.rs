@@ -179,12 +179,17 @@ pub async fn cluster_init(addr: &str, fmt: Format) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn add_replica(addr: &str, fmt: Format, id: u64, replica_addr: String) -> Result<i32> {
-    let client = connect(addr).await?;
-    let req = AddReplicaRequest {
-        id,
-        addr: replica_addr,
-    };
+pub async fn add_replica(
+    settings: &crate::identity::Settings,
+    fmt: Format,
+    id: u64,
+    replica_addr: String,
+) -> Result<i32> {
+    let signer = settings.signer(None)?;
+    let client = connect(&settings.addr).await?;
+    let req = signer
+        .add_replica(&client, &super::new_request_id(), id, &replica_addr)
+        .await?;
     let reply = call(&client, req, |mut c, req| async move {
         c.add_replica(req).await
     })

@@ -85,6 +85,17 @@ pub enum Command {
         auth: Auth,
         now_ms: u64,
     },
+    /// A member asks for a replica to join the replica group: recorded
+    /// before the membership change, so who added which replica is in the
+    /// log for anyone to see.
+    AddReplica {
+        id: u64,
+        addr: String,
+        member: MemberId,
+        request_id: String,
+        auth: Auth,
+        now_ms: u64,
+    },
     /// A worker (re)joins the pool, signed with its authorized node key.
     RegisterNode {
         node: NodeId,
@@ -149,6 +160,7 @@ impl Command {
             Self::Submit { now_ms, .. }
             | Self::Cancel { now_ms, .. }
             | Self::AddNode { now_ms, .. }
+            | Self::AddReplica { now_ms, .. }
             | Self::RegisterNode { now_ms, .. }
             | Self::NodeLost { now_ms, .. }
             | Self::Schedule { now_ms }
@@ -164,6 +176,7 @@ impl Command {
             Self::Submit { .. } => "submit",
             Self::Cancel { .. } => "cancel",
             Self::AddNode { .. } => "add_node",
+            Self::AddReplica { .. } => "add_replica",
             Self::RegisterNode { .. } => "register_node",
             Self::NodeLost { .. } => "node_lost",
             Self::Schedule { .. } => "schedule",

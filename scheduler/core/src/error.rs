@@ -64,6 +64,8 @@ pub enum CoreError {
     UnknownNode(NodeId),
     #[error("job {job} belongs to member {owner}")]
     NotOwner { job: JobId, owner: MemberId },
+    #[error("replica {id} at {addr:?}: ids start at 1 and the address is HOST:PORT")]
+    BadReplica { id: u64, addr: String },
     #[error("node {node} belongs to member {owner}: only its owner authorizes it")]
     NodeOwned { node: NodeId, owner: MemberId },
     #[error("node {node} was authorized later than this request was issued: sign a new one")]

@@ -176,6 +176,12 @@ pub enum MemberRequest<'a> {
         node: &'a NodeId,
         key: &'a PublicKey,
     },
+    /// The member adds a replica (which must hold a certificate from the
+    /// cluster CA) to the replica group.
+    AddReplica {
+        id: u64,
+        addr: &'a str,
+    },
 }
 
 /// What a node reports into the log, signed with its node key: the payload

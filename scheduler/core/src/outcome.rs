@@ -44,6 +44,9 @@ pub enum Outcome {
         job: JobId,
         stopping: Option<AllocId>,
     },
+    ReplicaRecorded {
+        id: u64,
+    },
     NodeAdded {
         node: NodeId,
         owner: MemberId,

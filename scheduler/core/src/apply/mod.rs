@@ -46,6 +46,23 @@ impl ClusterState {
                 auth,
                 ..
             } => nodes::add(self, node, member, key, request_id, auth, now),
+            Command::AddReplica {
+                id,
+                addr,
+                member,
+                request_id,
+                auth,
+                ..
+            } => {
+                self.check_add_replica(*id, addr, member, request_id, auth, now)?;
+                self.record_replica(crate::state::ReplicaAddition {
+                    id: *id,
+                    addr: addr.clone(),
+                    member: member.clone(),
+                    at_ms: now,
+                });
+                Ok(Outcome::ReplicaRecorded { id: *id })
+            }
             Command::RegisterNode {
                 node,
                 owner,

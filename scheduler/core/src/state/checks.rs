@@ -138,6 +138,38 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Checks a member's request to add a replica: signed, well-formed.
+    pub fn check_add_replica(
+        &self,
+        id: u64,
+        addr: &str,
+        member: &MemberId,
+        request_id: &str,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::AddReplica { id, addr },
+            now_ms,
+        )?;
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if id == 0 || !port_ok || addr.len() > 253 {
+            return Err(CoreError::BadReplica {
+                id,
+                addr: addr.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// A member's registered key; only members have one.
     fn member_key(&self, member: &MemberId) -> Result<&PublicKey, AuthError> {
         self.members

@@ -47,6 +47,9 @@ pub struct ClusterState {
     now_ms: u64,
     members: BTreeMap<MemberId, Member>,
     nodes: BTreeMap<NodeId, Node>,
+    /// Every replica a member added: id, address, who, when.
+    #[serde(default)]
+    replica_additions: Vec<ReplicaAddition>,
     /// Which member authorized which node key (see `NodeGrant`).
     #[serde(default)]
     node_grants: BTreeMap<NodeId, NodeGrant>,
@@ -69,6 +72,15 @@ pub struct ClusterState {
     /// Demand or supply changed since the last scheduling pass.
     #[serde(default)]
     pass_due: bool,
+}
+
+/// A replica a member added to the replica group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAddition {
+    pub id: u64,
+    pub addr: String,
+    pub member: MemberId,
+    pub at_ms: u64,
 }
 
 /// Read-only queries: what the API, the metrics, the CLI and tests see.
@@ -100,6 +112,10 @@ impl ClusterState {
 
     pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
         &self.nodes
+    }
+
+    pub fn replica_additions(&self) -> &[ReplicaAddition] {
+        &self.replica_additions
     }
 
     pub fn node_grants(&self) -> &BTreeMap<NodeId, NodeGrant> {
@@ -402,6 +418,10 @@ impl ClusterState {
 
     pub(crate) fn node_mut(&mut self, id: &NodeId) -> Option<&mut Node> {
         self.nodes.get_mut(id)
+    }
+
+    pub(crate) fn record_replica(&mut self, addition: ReplicaAddition) {
+        self.replica_additions.push(addition);
     }
 
     pub(crate) fn grant_node(&mut self, node: NodeId, grant: NodeGrant) {
