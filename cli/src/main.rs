@@ -200,13 +200,32 @@ enum ClusterCmd {
     Status,
     /// Form the cluster from the replicas' --peers (once, ever).
     Init,
-    /// Add a replica (started with the same --peers plus itself).
+    /// Add a replica (started with the same --peers plus itself, and a
+    /// certificate from the cluster CA); signed by you and recorded.
     AddReplica {
         #[arg(long)]
         id: u64,
         /// Its address, HOST:PORT.
         #[arg(long = "replica-addr")]
         replica_addr: String,
+    },
+    /// Create the cluster's CA: ca.pem (give it to members and workers, or
+    /// let them pin it on first contact) and ca.key (keep it offline: it
+    /// admits replicas).
+    Ca {
+        /// Where to write ca.pem and ca.key.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a replica certificate from the cluster CA into --out
+    /// (replica.pem, replica.key and a copy of ca.pem): start the replica
+    /// with `coop-scheduler --tls-dir OUT`.
+    Cert {
+        /// The CA directory (`coop cluster ca --dir`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -303,6 +322,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ClusterCmd::AddReplica { id, replica_addr } => {
                 cmd::cluster::add_replica(&settings, fmt, id, replica_addr).await
             }
+            ClusterCmd::Ca { dir } => cmd::cluster::ca_new(&dir),
+            ClusterCmd::Cert { ca_dir, out } => cmd::cluster::cert_issue(&ca_dir, &out),
         },
         Cmd::Dev { data_dir, port } => demo::dev(&settings, data_dir, port).await,
         Cmd::Demo => demo::demo().await,

@@ -203,3 +203,32 @@ pub async fn add_replica(
     }
     Ok(0)
 }
+
+/// `coop cluster ca --dir DIR`: a new cluster CA.
+pub fn ca_new(dir: &std::path::Path) -> Result<i32> {
+    let ca = coop_proto::tls::ClusterCa::generate()?;
+    ca.save(dir)?;
+    println!(
+        "cluster CA written to {} (ca.pem, ca.key)",
+        dir.display()
+    );
+    println!("fingerprint {}", coop_proto::tls::fingerprint(&ca.cert_pem)?);
+    println!("keep ca.key offline: whoever holds it can admit a replica");
+    Ok(0)
+}
+
+/// `coop cluster cert --ca-dir DIR --out OUT`: a replica certificate.
+pub fn cert_issue(ca_dir: &std::path::Path, out: &std::path::Path) -> Result<i32> {
+    let ca = coop_proto::tls::ClusterCa::load(ca_dir)?;
+    ca.issue_replica()?.save(out)?;
+    let ca_copy = out.join(coop_proto::tls::CA_CERT_FILE);
+    if !ca_copy.exists() {
+        std::fs::write(&ca_copy, &ca.cert_pem)?;
+    }
+    println!(
+        "replica certificate written to {} (replica.pem, replica.key, ca.pem): coop-scheduler --tls-dir {}",
+        out.display(),
+        out.display()
+    );
+    Ok(0)
+}
