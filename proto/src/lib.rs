@@ -39,3 +39,5 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Metadata key carrying the leader's address on a "not leader" answer.
 pub const LEADER_METADATA: &str = "coop-leader";
+
+include!(concat!(env!("OUT_DIR"), "/rpcs.rs"));

@@ -208,11 +208,11 @@ pub async fn add_replica(
 pub fn ca_new(dir: &std::path::Path) -> Result<i32> {
     let ca = coop_proto::tls::ClusterCa::generate()?;
     ca.save(dir)?;
+    println!("cluster CA written to {} (ca.pem, ca.key)", dir.display());
     println!(
-        "cluster CA written to {} (ca.pem, ca.key)",
-        dir.display()
+        "fingerprint {}",
+        coop_proto::tls::fingerprint(&ca.cert_pem)?
     );
-    println!("fingerprint {}", coop_proto::tls::fingerprint(&ca.cert_pem)?);
     println!("keep ca.key offline: whoever holds it can admit a replica");
     Ok(0)
 }
