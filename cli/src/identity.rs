@@ -290,6 +290,30 @@ impl Signer {
         })
     }
 
+    /// Asks for a replica to leave the replica group, signed.
+    pub async fn remove_replica(
+        &self,
+        client: &Client,
+        request_id: &str,
+        id: u64,
+    ) -> Result<coop_proto::api::RemoveReplicaRequest> {
+        let cluster = self.cluster_id(client).await?;
+        let auth = self.key.sign_request(
+            cluster,
+            &self.member,
+            request_id,
+            now_ms(),
+            &MemberRequest::RemoveReplica { id },
+        );
+        Ok(coop_proto::api::RemoveReplicaRequest {
+            id,
+            member: self.member.to_string(),
+            request_id: request_id.to_string(),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        })
+    }
+
     /// Authorizes a node of this member's with `key`, signed.
     pub async fn add_node(
         &self,

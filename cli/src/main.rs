@@ -209,6 +209,11 @@ enum ClusterCmd {
         #[arg(long = "replica-addr")]
         replica_addr: String,
     },
+    /// Remove a replica from the group; signed by you and recorded.
+    RemoveReplica {
+        #[arg(long)]
+        id: u64,
+    },
     /// Create the cluster's CA: ca.pem (give it to members and workers, or
     /// let them pin it on first contact) and ca.key (keep it offline: it
     /// admits replicas).
@@ -321,6 +326,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ClusterCmd::Init => cmd::cluster::cluster_init(&addr, fmt).await,
             ClusterCmd::AddReplica { id, replica_addr } => {
                 cmd::cluster::add_replica(&settings, fmt, id, replica_addr).await
+            }
+            ClusterCmd::RemoveReplica { id } => {
+                cmd::cluster::remove_replica(&settings, fmt, id).await
             }
             ClusterCmd::Ca { dir } => cmd::cluster::ca_new(&dir),
             ClusterCmd::Cert { ca_dir, out } => cmd::cluster::cert_issue(&ca_dir, &out),

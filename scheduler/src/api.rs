@@ -88,10 +88,10 @@ fn replicas_to_proto(
         .iter()
         .map(|r| Replica {
             added_by: state
-                .replica_additions()
+                .replica_changes()
                 .iter()
                 .rev()
-                .find(|a| a.id == r.id)
+                .find(|a| a.id == r.id && a.added)
                 .map(|a| a.member.to_string())
                 .unwrap_or_default(),
             id: r.id,
@@ -577,6 +577,68 @@ impl Coop for CoopService {
             .await
             .map_err(|e| crate::error::write_status(&e))?;
         Ok(Response::new(AddReplicaResponse {
+            replicas: replicas_to_proto(
+                &self.shared.node.status(),
+                &self.shared.node.state_machine().read().state,
+            ),
+        }))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<RemoveReplicaRequest>,
+    ) -> Result<Response<RemoveReplicaResponse>, Status> {
+        via_leader!(self, request, remove_replica);
+        let req = request.get_ref();
+        let member = MemberId::new(req.member.clone());
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        if req.request_id.is_empty() || req.request_id.len() > coop_core::error::MAX_REQUEST_ID_LEN
+        {
+            return Err(core_status(&coop_core::CoreError::BadRequestId));
+        }
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .verify(
+                &member,
+                &req.request_id,
+                &auth,
+                &coop_core::MemberRequest::RemoveReplica { id: req.id },
+                now,
+            )
+            .map_err(|e| core_status(&e))?;
+        let status = self.shared.node.status();
+        let voters = status.replicas.iter().filter(|r| r.voter).count();
+        let Some(replica) = status.replicas.iter().find(|r| r.id == req.id && r.voter) else {
+            return Err(Status::not_found(format!(
+                "replica {} is not a voter of this group",
+                req.id
+            )));
+        };
+        if voters <= 1 {
+            return Err(Status::failed_precondition(
+                "the last voter cannot be removed: the group would be gone",
+            ));
+        }
+        let cmd = Command::RemoveReplica {
+            id: req.id,
+            addr: replica.addr.clone(),
+            member,
+            request_id: req.request_id.clone(),
+            auth,
+            now_ms: now,
+        };
+        self.shared.write(cmd).await?;
+        self.shared
+            .node
+            .remove_replica(req.id)
+            .await
+            .map_err(|e| crate::error::write_status(&e))?;
+        Ok(Response::new(RemoveReplicaResponse {
             replicas: replicas_to_proto(
                 &self.shared.node.status(),
                 &self.shared.node.state_machine().read().state,

@@ -71,6 +71,7 @@ const MATRIX: &[(&str, &str)] = &[
     ("coop.api.v1.Coop/Cancel", "ADDDDD"),
     ("coop.api.v1.Coop/AddNode", "ADDDDD"),
     ("coop.api.v1.Coop/AddReplica", "AADDDD"),
+    ("coop.api.v1.Coop/RemoveReplica", "AADDDD"),
     // Anyone: the cluster id and the Raft view, nothing private.
     ("coop.api.v1.Coop/ClusterStatus", "AAAAAA"),
     // Anyone, and harmless: it forms the cluster once, from the replica's
@@ -307,6 +308,20 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                 .add_replica(AddReplicaRequest {
                     id: 9,
                     addr: addr.into(),
+                    member,
+                    request_id: unique,
+                    issued_at_ms,
+                    signature,
+                })
+                .await?;
+        }
+        "coop.api.v1.Coop/RemoveReplica" => {
+            // Replica 9 is no voter: an allowed caller is told so.
+            let (member, issued_at_ms, signature) =
+                signed(who, &unique, &MemberRequest::RemoveReplica { id: 9 });
+            coop()
+                .remove_replica(RemoveReplicaRequest {
+                    id: 9,
                     member,
                     request_id: unique,
                     issued_at_ms,

@@ -425,6 +425,16 @@ async fn a_restarted_replica_catches_up_and_a_new_one_installs_a_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // And it leaves the same way: a signed, recorded request.
+    let left = coop_e2e::client(&leader_addr)
+        .remove_replica(coop_e2e::remove_replica_request("bo", 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !left.replicas.iter().any(|r| r.id == 4 && r.voter),
+        "{left:?}"
+    );
     newcomer.stop().await;
     cluster.stop_all().await;
 }

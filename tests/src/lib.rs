@@ -294,6 +294,25 @@ pub fn add_replica_request(
     }
 }
 
+/// `member` asks for replica `id` to leave, signed now.
+pub fn remove_replica_request(member: &str, id: u64) -> coop_proto::api::RemoveReplicaRequest {
+    let request_id = format!("remove-replica-{id}-{}", wall_clock_ms());
+    let auth = coop_core::testkit::secret(member).sign_request(
+        coop_core::testkit::CLUSTER,
+        &coop_core::MemberId::new(member),
+        &request_id,
+        wall_clock_ms(),
+        &coop_core::MemberRequest::RemoveReplica { id },
+    );
+    coop_proto::api::RemoveReplicaRequest {
+        id,
+        member: member.into(),
+        request_id,
+        issued_at_ms: auth.issued_at_ms,
+        signature: auth.signature.0.to_vec(),
+    }
+}
+
 /// Authorizes `node` for `owner` at the cluster; panics with the reason if refused.
 pub async fn add_node(addrs: &[String], owner: &str, node: &str) {
     let req = add_node_request(owner, node);

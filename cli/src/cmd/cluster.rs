@@ -232,3 +232,28 @@ pub fn cert_issue(ca_dir: &std::path::Path, out: &std::path::Path) -> Result<i32
     );
     Ok(0)
 }
+
+/// `coop cluster remove-replica --id N`.
+pub async fn remove_replica(
+    settings: &crate::identity::Settings,
+    fmt: Format,
+    id: u64,
+) -> Result<i32> {
+    let signer = settings.signer(None)?;
+    let client = connect(&settings.addr).await?;
+    let req = signer
+        .remove_replica(&client, &super::new_request_id(), id)
+        .await?;
+    let reply = call(&client, req, |mut c, req| async move {
+        c.remove_replica(req).await
+    })
+    .await?;
+    match fmt {
+        Format::Json => print_json(&json!({"replicas": replicas_json(&reply.replicas)})),
+        Format::Table => {
+            println!("replica {id} removed");
+            print_replicas(&reply.replicas);
+        }
+    }
+    Ok(0)
+}

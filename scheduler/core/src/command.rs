@@ -96,6 +96,17 @@ pub enum Command {
         auth: Auth,
         now_ms: u64,
     },
+    /// A member asks for a replica to leave the replica group: recorded
+    /// before the membership change.
+    RemoveReplica {
+        id: u64,
+        /// Where it was, for the record.
+        addr: String,
+        member: MemberId,
+        request_id: String,
+        auth: Auth,
+        now_ms: u64,
+    },
     /// A worker (re)joins the pool, signed with its authorized node key.
     RegisterNode {
         node: NodeId,
@@ -161,6 +172,7 @@ impl Command {
             | Self::Cancel { now_ms, .. }
             | Self::AddNode { now_ms, .. }
             | Self::AddReplica { now_ms, .. }
+            | Self::RemoveReplica { now_ms, .. }
             | Self::RegisterNode { now_ms, .. }
             | Self::NodeLost { now_ms, .. }
             | Self::Schedule { now_ms }
@@ -177,6 +189,7 @@ impl Command {
             Self::Cancel { .. } => "cancel",
             Self::AddNode { .. } => "add_node",
             Self::AddReplica { .. } => "add_replica",
+            Self::RemoveReplica { .. } => "remove_replica",
             Self::RegisterNode { .. } => "register_node",
             Self::NodeLost { .. } => "node_lost",
             Self::Schedule { .. } => "schedule",

@@ -182,6 +182,10 @@ pub enum MemberRequest<'a> {
         id: u64,
         addr: &'a str,
     },
+    /// The member removes a replica from the replica group.
+    RemoveReplica {
+        id: u64,
+    },
 }
 
 /// What a node reports into the log, signed with its node key: the payload

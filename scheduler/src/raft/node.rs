@@ -293,6 +293,29 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Removes a voter from the replica group.
+    pub async fn remove_replica(&self, id: u64) -> Result<(), WriteError> {
+        let voters: BTreeSet<u64> = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != id)
+                .collect()
+        };
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| match e.forward_to_leader() {
+                Some(f) => WriteError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                },
+                None => WriteError::Fatal(e.to_string()),
+            })?;
+        Ok(())
+    }
+
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
     }

@@ -55,9 +55,37 @@ impl ClusterState {
                 ..
             } => {
                 self.check_add_replica(*id, addr, member, request_id, auth, now)?;
-                self.record_replica(crate::state::ReplicaAddition {
+                self.record_replica(crate::state::ReplicaChange {
                     id: *id,
                     addr: addr.clone(),
+                    added: true,
+                    member: member.clone(),
+                    at_ms: now,
+                });
+                Ok(Outcome::ReplicaRecorded { id: *id })
+            }
+            Command::RemoveReplica {
+                id,
+                addr,
+                member,
+                request_id,
+                auth,
+                ..
+            } => {
+                if request_id.is_empty() || request_id.len() > crate::error::MAX_REQUEST_ID_LEN {
+                    return Err(CoreError::BadRequestId);
+                }
+                self.verify(
+                    member,
+                    request_id,
+                    auth,
+                    &crate::identity::MemberRequest::RemoveReplica { id: *id },
+                    now,
+                )?;
+                self.record_replica(crate::state::ReplicaChange {
+                    id: *id,
+                    addr: addr.clone(),
+                    added: false,
                     member: member.clone(),
                     at_ms: now,
                 });

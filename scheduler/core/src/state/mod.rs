@@ -47,9 +47,10 @@ pub struct ClusterState {
     now_ms: u64,
     members: BTreeMap<MemberId, Member>,
     nodes: BTreeMap<NodeId, Node>,
-    /// Every replica a member added: id, address, who, when.
+    /// Every change of the replica group a member asked for: id, address,
+    /// added or removed, who, when.
     #[serde(default)]
-    replica_additions: Vec<ReplicaAddition>,
+    replica_changes: Vec<ReplicaChange>,
     /// Which member authorized which node key (see `NodeGrant`).
     #[serde(default)]
     node_grants: BTreeMap<NodeId, NodeGrant>,
@@ -74,11 +75,13 @@ pub struct ClusterState {
     pass_due: bool,
 }
 
-/// A replica a member added to the replica group.
+/// A change of the replica group a member asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaAddition {
+pub struct ReplicaChange {
     pub id: u64,
     pub addr: String,
+    /// Added (else removed).
+    pub added: bool,
     pub member: MemberId,
     pub at_ms: u64,
 }
@@ -114,8 +117,8 @@ impl ClusterState {
         &self.nodes
     }
 
-    pub fn replica_additions(&self) -> &[ReplicaAddition] {
-        &self.replica_additions
+    pub fn replica_changes(&self) -> &[ReplicaChange] {
+        &self.replica_changes
     }
 
     pub fn node_grants(&self) -> &BTreeMap<NodeId, NodeGrant> {
@@ -420,8 +423,8 @@ impl ClusterState {
         self.nodes.get_mut(id)
     }
 
-    pub(crate) fn record_replica(&mut self, addition: ReplicaAddition) {
-        self.replica_additions.push(addition);
+    pub(crate) fn record_replica(&mut self, change: ReplicaChange) {
+        self.replica_changes.push(change);
     }
 
     pub(crate) fn grant_node(&mut self, node: NodeId, grant: NodeGrant) {

@@ -36,7 +36,8 @@ fn guard(cmd: &Command) -> Guard {
         Command::Submit { .. }
         | Command::Cancel { .. }
         | Command::AddNode { .. }
-        | Command::AddReplica { .. } => Guard::Member,
+        | Command::AddReplica { .. }
+        | Command::RemoveReplica { .. } => Guard::Member,
         Command::RegisterNode { .. }
         | Command::AllocStarted { .. }
         | Command::AllocFinished { .. } => Guard::Node,
@@ -113,6 +114,21 @@ fn forge(cmd: &Command) -> Option<Command> {
                 request_id,
                 auth.issued_at_ms,
                 &MemberRequest::AddReplica { id: *id, addr },
+            )
+        }
+        Command::RemoveReplica {
+            id,
+            member,
+            request_id,
+            auth,
+            ..
+        } => {
+            *auth = evil.sign_request(
+                testkit::CLUSTER,
+                member,
+                request_id,
+                auth.issued_at_ms,
+                &MemberRequest::RemoveReplica { id: *id },
             )
         }
         Command::RegisterNode {
@@ -238,8 +254,27 @@ fn every_command(alloc: AllocId) -> Vec<Command> {
             now_ms: 10,
         }
     };
+    let removal = {
+        let m = MemberId::new("bo");
+        let auth = testkit::secret("bo").sign_request(
+            testkit::CLUSTER,
+            &m,
+            "r-2",
+            10,
+            &MemberRequest::RemoveReplica { id: 4 },
+        );
+        Command::RemoveReplica {
+            id: 4,
+            addr: "10.0.0.4:7001".into(),
+            member: m,
+            request_id: "r-2".into(),
+            auth,
+            now_ms: 10,
+        }
+    };
     vec![
         testkit::submit("ana", "a2", spec, 10),
+        removal,
         testkit::cancel("ana", "c1", JobId(1), 10),
         testkit::add_node("bo", "bo-box", 10),
         replica,
@@ -320,5 +355,5 @@ fn no_command_changes_the_state_without_the_signature_its_rule_requires() {
     let mut names: Vec<_> = guards.iter().map(|(n, _)| *n).collect();
     names.sort();
     names.dedup();
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 12, "{names:?}");
 }
