@@ -183,4 +183,59 @@ fn the_readme_commands_work_against_coop_dev() {
         "{}",
         stderr(&o)
     );
+
+    // The first call pinned the dev cluster's CA; a replica whose
+    // certificate another CA issued is refused, with the pinned file named.
+    let pinned = std::fs::read_dir(dir.path().join("config/coop/known_cas"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let genuine = std::fs::read_to_string(&pinned).unwrap();
+    let impostor = coop_proto::tls::ClusterCa::generate().unwrap();
+    std::fs::write(&pinned, &impostor.cert_pem).unwrap();
+    let o = coop(&addr, &["jobs"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("pinned cluster CA"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&pinned, genuine).unwrap();
+    assert!(coop(&addr, &["jobs"]).status.success());
+
+    // A real cluster's CA and replica certificates.
+    let ca = dir.path().join("ca");
+    let o = coop(
+        &addr,
+        &["cluster", "ca", "--dir", &ca.display().to_string()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = coop(
+        &addr,
+        &["cluster", "ca", "--dir", &ca.display().to_string()],
+    );
+    assert!(
+        !o.status.success(),
+        "a second CA must not overwrite the first"
+    );
+    let tls = dir.path().join("tls-1");
+    let o = coop(
+        &addr,
+        &[
+            "cluster",
+            "cert",
+            "--ca-dir",
+            &ca.display().to_string(),
+            "--out",
+            &tls.display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    use std::os::unix::fs::PermissionsExt;
+    for (file, mode) in [(ca.join("ca.key"), 0o600), (tls.join("replica.key"), 0o600)] {
+        let m = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, mode, "{}", file.display());
+    }
+    assert!(tls.join("replica.pem").exists() && tls.join("ca.pem").exists());
 }
