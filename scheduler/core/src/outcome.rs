@@ -78,3 +78,21 @@ pub enum Outcome {
         job_state: JobState,
     },
 }
+
+impl Outcome {
+    /// How many allocation decisions it made: placements, preemptions, and
+    /// runs ended by a lost node or a restarted worker.
+    pub fn decisions(&self) -> usize {
+        match self {
+            Self::Scheduled {
+                placements,
+                preemptions,
+            } => placements.len() + preemptions.len(),
+            Self::NodeLost {
+                requeued, failed, ..
+            } => requeued.len() + failed.len(),
+            Self::NodeRegistered { requeued, .. } => requeued.len(),
+            _ => 0,
+        }
+    }
+}

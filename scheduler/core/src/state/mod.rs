@@ -70,6 +70,9 @@ pub struct ClusterState {
     /// Where the next expiry scan starts (see `apply::jobs::expire`).
     #[serde(default)]
     expiry_cursor: u64,
+    /// The decision log's Merkle frontier (see `decision_log`).
+    #[serde(default)]
+    log: crate::merkle::Frontier,
     /// Demand or supply changed since the last scheduling pass.
     #[serde(default)]
     pass_due: bool,
@@ -115,6 +118,16 @@ impl ClusterState {
 
     pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
         &self.nodes
+    }
+
+    /// How many leaves the decision log has.
+    pub fn log_size(&self) -> u64 {
+        self.log.size()
+    }
+
+    /// The decision log's tree head.
+    pub fn log_root(&self) -> crate::merkle::Hash {
+        self.log.root()
     }
 
     pub fn replica_changes(&self) -> &[ReplicaChange] {
@@ -421,6 +434,10 @@ impl ClusterState {
 
     pub(crate) fn node_mut(&mut self, id: &NodeId) -> Option<&mut Node> {
         self.nodes.get_mut(id)
+    }
+
+    pub(crate) fn push_leaf(&mut self, leaf: crate::merkle::Hash) {
+        self.log.push(leaf);
     }
 
     pub(crate) fn record_replica(&mut self, change: ReplicaChange) {

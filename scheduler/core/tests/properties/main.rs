@@ -286,6 +286,21 @@ proptest! {
         prop_assert_eq!(decoded.digest(), state.digest());
     }
 
+    /// The decision log: a journal of the history replays from genesis to
+    /// the same state digest after every entry, and to the same root.
+    #[test]
+    fn the_journal_replays_to_the_same_state_at_every_entry(ops in proptest::collection::vec(op(), 1..80)) {
+        let (_, log) = run(&ops);
+        let mut live = ClusterState::new();
+        let mut replay = coop_core::decision_log::Replay::new();
+        for (i, cmd) in log.iter().enumerate() {
+            let (_, leaf) = live.apply_logged(cmd);
+            replay.step(i as u64, &leaf).unwrap();
+            prop_assert_eq!(replay.state.digest(), live.digest());
+        }
+        prop_assert_eq!(replay.root(), live.log_root());
+    }
+
     #[test]
     fn scheduling_its_own_output_changes_nothing(ops in proptest::collection::vec(op(), 1..80)) {
         let (mut state, _) = run(&ops);
