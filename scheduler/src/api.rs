@@ -463,6 +463,8 @@ impl Coop for CoopService {
             nodes_ready: state.ready_nodes() as u64,
             state_digest: state.digest(),
             cluster_id: state.cluster_id().to_string(),
+            log_size: state.log_size(),
+            log_root: hex::encode(state.log_root()),
         }))
     }
 

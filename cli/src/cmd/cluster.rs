@@ -137,6 +137,7 @@ pub async fn cluster_status(addr: &str, fmt: Format) -> Result<i32> {
             "last_log_index": s.last_log_index, "snapshot_index": s.snapshot_index,
             "replicas": replicas_json(&s.replicas), "jobs": s.jobs, "pending": s.pending,
             "running": s.running, "nodes_ready": s.nodes_ready, "state_digest": s.state_digest,
+            "log_size": s.log_size, "log_root": s.log_root,
         }));
         return Ok(0);
     }
@@ -156,6 +157,7 @@ pub async fn cluster_status(addr: &str, fmt: Format) -> Result<i32> {
     );
     println!("nodes ready  {}", s.nodes_ready);
     println!("state digest {}", s.state_digest);
+    println!("decision log {} entries, root {}", s.log_size, s.log_root);
     print_replicas(&s.replicas);
     Ok(0)
 }

@@ -7,7 +7,7 @@
 use std::io;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use coop_core::{ClusterState, Command, CoreError};
+use coop_core::{ClusterState, Command};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -188,8 +188,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Response(None)
                     }
                     EntryPayload::Normal(req) => {
-                        let result = applied.state.apply(&req.0);
-                        if result == Err(CoreError::UnknownCommand) && req.0 == Command::Unknown {
+                        if req.0 == Command::Unknown {
                             // Applying past a command this build cannot read would fork
                             // the state from replicas that can: stop here instead.
                             return Err(io::Error::other(format!(
@@ -197,6 +196,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 entry.log_id.index
                             )));
                         }
+                        // The command and its outcome become the next leaf
+                        // of the decision log (its root is in the state).
+                        let (result, _leaf) = applied.state.apply_logged(&req.0);
                         if let (Ok(outcome), Some(observe)) = (&result, self.observer.get()) {
                             observe(outcome, &applied.state);
                         }
