@@ -107,6 +107,23 @@ pub enum Command {
         auth: Auth,
         now_ms: u64,
     },
+    /// A member proposes a change of the policy or the member set.
+    Propose {
+        member: MemberId,
+        request_id: String,
+        kind: crate::governance::ProposalKind,
+        auth: Auth,
+        now_ms: u64,
+    },
+    /// A member votes on an open proposal.
+    Vote {
+        member: MemberId,
+        request_id: String,
+        proposal: crate::governance::ProposalId,
+        yes: bool,
+        auth: Auth,
+        now_ms: u64,
+    },
     /// A worker (re)joins the pool, signed with its authorized node key.
     RegisterNode {
         node: NodeId,
@@ -173,6 +190,8 @@ impl Command {
             | Self::AddNode { now_ms, .. }
             | Self::AddReplica { now_ms, .. }
             | Self::RemoveReplica { now_ms, .. }
+            | Self::Propose { now_ms, .. }
+            | Self::Vote { now_ms, .. }
             | Self::RegisterNode { now_ms, .. }
             | Self::NodeLost { now_ms, .. }
             | Self::Schedule { now_ms }
@@ -190,6 +209,8 @@ impl Command {
             Self::AddNode { .. } => "add_node",
             Self::AddReplica { .. } => "add_replica",
             Self::RemoveReplica { .. } => "remove_replica",
+            Self::Propose { .. } => "propose",
+            Self::Vote { .. } => "vote",
             Self::RegisterNode { .. } => "register_node",
             Self::NodeLost { .. } => "node_lost",
             Self::Schedule { .. } => "schedule",

@@ -64,6 +64,14 @@ pub enum CoreError {
     UnknownNode(NodeId),
     #[error("job {job} belongs to member {owner}")]
     NotOwner { job: JobId, owner: MemberId },
+    #[error("unknown proposal {0}")]
+    UnknownProposal(u64),
+    #[error("proposal {id} is {status}: it takes no more votes")]
+    ProposalClosed { id: u64, status: String },
+    #[error("{member} already voted on proposal {id}: one member, one vote")]
+    AlreadyVoted { member: MemberId, id: u64 },
+    #[error("bad proposal: {0}")]
+    BadProposal(String),
     #[error("replica {id} at {addr:?}: ids start at 1 and the address is HOST:PORT")]
     BadReplica { id: u64, addr: String },
     #[error("node {node} belongs to member {owner}: only its owner authorizes it")]

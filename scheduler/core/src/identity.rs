@@ -186,6 +186,15 @@ pub enum MemberRequest<'a> {
     RemoveReplica {
         id: u64,
     },
+    /// The member proposes a change.
+    Propose {
+        kind: &'a crate::governance::ProposalKind,
+    },
+    /// The member votes on a proposal.
+    Vote {
+        proposal: u64,
+        yes: bool,
+    },
 }
 
 /// What a node reports into the log, signed with its node key: the payload

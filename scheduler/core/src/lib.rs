@@ -21,6 +21,7 @@ pub mod error;
 pub mod explain;
 pub mod fairness;
 pub mod fairshare;
+pub mod governance;
 pub mod identity;
 pub mod ids;
 pub mod job;

@@ -44,6 +44,15 @@ pub enum Outcome {
         job: JobId,
         stopping: Option<AllocId>,
     },
+    Proposed {
+        proposal: u64,
+        existing: bool,
+    },
+    Voted {
+        proposal: u64,
+        /// The proposal's status after this vote (decided when certain).
+        status: crate::governance::ProposalStatus,
+    },
     ReplicaRecorded {
         id: u64,
     },

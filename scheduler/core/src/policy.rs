@@ -49,9 +49,29 @@ pub struct Policy {
     /// ...and so does this much memory, in GiB.
     #[serde(default = "defaults::memory_gib_per_gpu")]
     pub memory_gib_per_gpu: f64,
+    /// Governance: the fraction of members who must vote for a proposal
+    /// to be decided by its votes.
+    #[serde(default = "defaults::vote_quorum")]
+    pub vote_quorum: f64,
+    /// Governance: a proposal passes with more than this fraction of the
+    /// votes cast (0.5: a simple majority).
+    #[serde(default = "defaults::vote_threshold")]
+    pub vote_threshold: f64,
+    /// Governance: how long a proposal is open.
+    #[serde(default = "defaults::voting_period_secs")]
+    pub voting_period_secs: u64,
 }
 
 mod defaults {
+    pub fn vote_quorum() -> f64 {
+        0.5
+    }
+    pub fn vote_threshold() -> f64 {
+        0.5
+    }
+    pub fn voting_period_secs() -> u64 {
+        7 * 24 * 3600
+    }
     pub fn floor() -> f64 {
         0.5
     }
@@ -93,6 +113,9 @@ impl Default for Policy {
             job_retention_secs: defaults::job_retention_secs(),
             cpus_per_gpu: defaults::cpus_per_gpu(),
             memory_gib_per_gpu: defaults::memory_gib_per_gpu(),
+            vote_quorum: defaults::vote_quorum(),
+            vote_threshold: defaults::vote_threshold(),
+            voting_period_secs: defaults::voting_period_secs(),
         }
     }
 }
@@ -153,6 +176,28 @@ impl Policy {
             if cap == 0.0 {
                 return Err(field_error("member_cap", "0 would let nobody run anything"));
             }
+        }
+        fraction("vote_quorum", self.vote_quorum)?;
+        if self.vote_quorum == 0.0 {
+            return Err(field_error(
+                "vote_quorum",
+                "0 would let nobody decide for everyone",
+            ));
+        }
+        if !(self.vote_threshold.is_finite() && (0.5..1.0).contains(&self.vote_threshold)) {
+            return Err(field_error(
+                "vote_threshold",
+                format!(
+                    "must be at least 0.5 (no minority rule) and below 1, got {}",
+                    self.vote_threshold
+                ),
+            ));
+        }
+        if !(60..=90 * 24 * 3600).contains(&self.voting_period_secs) {
+            return Err(field_error(
+                "voting_period_secs",
+                "between one minute and 90 days",
+            ));
         }
         if self.half_life_secs == 0 {
             return Err(field_error("half_life_secs", "must be at least 1"));

@@ -199,3 +199,47 @@ pub fn finished(
         auth,
     }
 }
+
+/// A proposal signed by `member`'s testkit key, issued at `now_ms`.
+pub fn propose(
+    member: &str,
+    request_id: &str,
+    kind: crate::governance::ProposalKind,
+    now_ms: u64,
+) -> Command {
+    let m = MemberId::new(member);
+    let auth = secret(member).sign_request(
+        CLUSTER,
+        &m,
+        request_id,
+        now_ms,
+        &MemberRequest::Propose { kind: &kind },
+    );
+    Command::Propose {
+        member: m,
+        request_id: request_id.into(),
+        kind,
+        auth,
+        now_ms,
+    }
+}
+
+/// A vote signed by `member`'s testkit key, issued at `now_ms`.
+pub fn vote(member: &str, request_id: &str, proposal: u64, yes: bool, now_ms: u64) -> Command {
+    let m = MemberId::new(member);
+    let auth = secret(member).sign_request(
+        CLUSTER,
+        &m,
+        request_id,
+        now_ms,
+        &MemberRequest::Vote { proposal, yes },
+    );
+    Command::Vote {
+        member: m,
+        request_id: request_id.into(),
+        proposal,
+        yes,
+        auth,
+        now_ms,
+    }
+}

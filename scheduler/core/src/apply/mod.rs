@@ -7,6 +7,7 @@
 //! back (a new leader with a slower clock cannot rewind history), and passed
 //! down; no handler reads a command's raw time.
 
+mod governance;
 mod jobs;
 pub mod nodes;
 mod policy;
@@ -46,6 +47,21 @@ impl ClusterState {
                 auth,
                 ..
             } => nodes::add(self, node, member, key, request_id, auth, now),
+            Command::Propose {
+                member,
+                request_id,
+                kind,
+                auth,
+                ..
+            } => governance::propose(self, member, request_id, kind, auth, now),
+            Command::Vote {
+                member,
+                request_id,
+                proposal,
+                yes,
+                auth,
+                ..
+            } => governance::vote(self, member, request_id, *proposal, *yes, auth, now),
             Command::AddReplica {
                 id,
                 addr,
@@ -153,6 +169,8 @@ impl ClusterState {
             }
             Command::Unknown => Err(CoreError::UnknownCommand),
         }?;
+        // Proposals whose deadline passed are decided by the log's time.
+        governance::settle_due(self, now);
         self.set_now(now);
         Ok(outcome)
     }

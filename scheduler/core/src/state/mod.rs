@@ -51,6 +51,12 @@ pub struct ClusterState {
     /// added or removed, who, when.
     #[serde(default)]
     replica_changes: Vec<ReplicaChange>,
+    /// Every proposal ever made, open or decided (see `governance`).
+    #[serde(default)]
+    proposals: BTreeMap<crate::governance::ProposalId, crate::governance::Proposal>,
+    /// Members removed by vote: their records stay for the history.
+    #[serde(default)]
+    former_members: BTreeMap<MemberId, Member>,
     /// Which member authorized which node key (see `NodeGrant`).
     #[serde(default)]
     node_grants: BTreeMap<NodeId, NodeGrant>,
@@ -118,6 +124,31 @@ impl ClusterState {
 
     pub fn nodes(&self) -> &BTreeMap<NodeId, Node> {
         &self.nodes
+    }
+
+    pub fn proposals(
+        &self,
+    ) -> &BTreeMap<crate::governance::ProposalId, crate::governance::Proposal> {
+        &self.proposals
+    }
+
+    pub fn former_members(&self) -> &BTreeMap<MemberId, Member> {
+        &self.former_members
+    }
+
+    /// The tally of a proposal over the current members.
+    pub fn tally(&self, p: &crate::governance::Proposal) -> crate::governance::Tally {
+        let counted = p
+            .votes
+            .iter()
+            .filter(|(m, _)| self.members.contains_key(*m));
+        let yes = counted.clone().filter(|(_, y)| **y).count();
+        let no = counted.filter(|(_, y)| !**y).count();
+        crate::governance::Tally {
+            yes,
+            no,
+            eligible: self.members.len(),
+        }
     }
 
     /// How many leaves the decision log has.
@@ -434,6 +465,29 @@ impl ClusterState {
 
     pub(crate) fn node_mut(&mut self, id: &NodeId) -> Option<&mut Node> {
         self.nodes.get_mut(id)
+    }
+
+    pub(crate) fn proposals_mut(
+        &mut self,
+    ) -> &mut BTreeMap<crate::governance::ProposalId, crate::governance::Proposal> {
+        &mut self.proposals
+    }
+
+    /// Admits a member by vote.
+    pub(crate) fn admit(&mut self, id: MemberId, key: crate::identity::PublicKey, now_ms: u64) {
+        self.former_members.remove(&id);
+        self.members
+            .insert(id.clone(), Member::new(id, key, now_ms));
+        self.pass_due = true;
+    }
+
+    /// Moves a member to the former members, with its node grants revoked.
+    pub(crate) fn retire_member(&mut self, id: &MemberId) {
+        if let Some(m) = self.members.remove(id) {
+            self.former_members.insert(id.clone(), m);
+        }
+        self.node_grants.retain(|_, g| &g.owner != id);
+        self.pass_due = true;
     }
 
     pub(crate) fn push_leaf(&mut self, leaf: crate::merkle::Hash) {

@@ -37,7 +37,9 @@ fn guard(cmd: &Command) -> Guard {
         | Command::Cancel { .. }
         | Command::AddNode { .. }
         | Command::AddReplica { .. }
-        | Command::RemoveReplica { .. } => Guard::Member,
+        | Command::RemoveReplica { .. }
+        | Command::Propose { .. }
+        | Command::Vote { .. } => Guard::Member,
         Command::RegisterNode { .. }
         | Command::AllocStarted { .. }
         | Command::AllocFinished { .. } => Guard::Node,
@@ -131,6 +133,40 @@ fn forge(cmd: &Command) -> Option<Command> {
                 &MemberRequest::RemoveReplica { id: *id },
             )
         }
+        Command::Propose {
+            member,
+            request_id,
+            kind,
+            auth,
+            ..
+        } => {
+            *auth = evil.sign_request(
+                testkit::CLUSTER,
+                member,
+                request_id,
+                auth.issued_at_ms,
+                &MemberRequest::Propose { kind },
+            )
+        }
+        Command::Vote {
+            member,
+            request_id,
+            proposal,
+            yes,
+            auth,
+            ..
+        } => {
+            *auth = evil.sign_request(
+                testkit::CLUSTER,
+                member,
+                request_id,
+                auth.issued_at_ms,
+                &MemberRequest::Vote {
+                    proposal: *proposal,
+                    yes: *yes,
+                },
+            )
+        }
         Command::RegisterNode {
             node,
             owner,
@@ -202,6 +238,16 @@ fn res(cpu: u64) -> Resources {
     Resources::new(cpu, 256 << 20, 0)
 }
 
+fn next_policy() -> governance::ProposalKind {
+    governance::ProposalKind::Policy {
+        policy: Policy {
+            version: 2,
+            floor: 0.7,
+            ..Policy::default()
+        },
+    }
+}
+
 /// A founded cluster with ana's node, a running job of ana's and a pending
 /// one of bo's.
 fn busy() -> (ClusterState, AllocId) {
@@ -221,6 +267,8 @@ fn busy() -> (ClusterState, AllocId) {
     };
     let alloc = placed[0].alloc;
     s.apply(&testkit::started(alloc, &NodeId::new("box"), 6))
+        .unwrap();
+    s.apply(&testkit::propose("ana", "p1", next_policy(), 7))
         .unwrap();
     (s, alloc)
 }
@@ -275,6 +323,8 @@ fn every_command(alloc: AllocId) -> Vec<Command> {
     vec![
         testkit::submit("ana", "a2", spec, 10),
         removal,
+        testkit::propose("bo", "p2", next_policy(), 10),
+        testkit::vote("bo", "v1", 1, true, 10),
         testkit::cancel("ana", "c1", JobId(1), 10),
         testkit::add_node("bo", "bo-box", 10),
         replica,
@@ -355,5 +405,5 @@ fn no_command_changes_the_state_without_the_signature_its_rule_requires() {
     let mut names: Vec<_> = guards.iter().map(|(n, _)| *n).collect();
     names.sort();
     names.dedup();
-    assert_eq!(names.len(), 12, "{names:?}");
+    assert_eq!(names.len(), 14, "{names:?}");
 }

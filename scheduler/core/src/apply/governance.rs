@@ -1,0 +1,312 @@
+//! Proposals and votes (see `crate::governance` for the rules). A proposal
+//! is checked when it is made and again when it takes effect; a vote is
+//! counted, and the proposal decided as soon as its outcome is certain;
+//! `settle_due` decides the ones whose deadline passed.
+
+use crate::error::{CoreError, MAX_REQUEST_ID_LEN};
+use crate::governance::{Proposal, ProposalId, ProposalKind, ProposalStatus};
+use crate::identity::{Auth, MemberRequest};
+use crate::ids::{validate_name, MemberId};
+use crate::job::JobState;
+use crate::outcome::Outcome;
+use crate::state::ClusterState;
+
+/// Why a proposal could not take effect now, if it could not.
+fn conflict(state: &ClusterState, kind: &ProposalKind) -> Option<String> {
+    match kind {
+        ProposalKind::Policy { policy } => {
+            let next = state.policy().version + 1;
+            (policy.version != next).then(|| {
+                format!(
+                    "it proposes policy version {}, but the next version is {next}",
+                    policy.version
+                )
+            })
+        }
+        ProposalKind::Admit { member, key } => {
+            if state.members().contains_key(member) {
+                Some(format!("{member} is a member already"))
+            } else if state.members().values().any(|m| m.public_key == *key) {
+                // One key, one member: otherwise one holder has two votes.
+                Some(format!("{key} is another member's key"))
+            } else {
+                None
+            }
+        }
+        ProposalKind::Remove { member } => {
+            (!state.members().contains_key(member)).then(|| format!("{member} is not a member"))
+        }
+    }
+}
+
+fn check_propose(
+    state: &ClusterState,
+    member: &MemberId,
+    request_id: &str,
+    kind: &ProposalKind,
+    auth: &Auth,
+    now: u64,
+) -> Result<Option<ProposalId>, CoreError> {
+    if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+        return Err(CoreError::BadRequestId);
+    }
+    state.verify(
+        member,
+        request_id,
+        auth,
+        &MemberRequest::Propose { kind },
+        now,
+    )?;
+    if let Some(p) = state
+        .proposals()
+        .values()
+        .find(|p| &p.proposer == member && p.request_id == request_id)
+    {
+        return if &p.kind == kind {
+            Ok(Some(p.id))
+        } else {
+            Err(CoreError::BadProposal(format!(
+                "request id {request_id} already made proposal {}",
+                p.id
+            )))
+        };
+    }
+    match kind {
+        ProposalKind::Policy { policy } => policy.validate()?,
+        ProposalKind::Admit { member, .. } => validate_name("member", member.as_str())?,
+        ProposalKind::Remove { .. } => {}
+    }
+    if let Some(why) = conflict(state, kind) {
+        return Err(CoreError::BadProposal(why));
+    }
+    Ok(None)
+}
+
+impl ClusterState {
+    /// Checks a proposal without applying it (the receiving replica does).
+    pub fn check_propose(
+        &self,
+        member: &MemberId,
+        request_id: &str,
+        kind: &ProposalKind,
+        auth: &Auth,
+        now: u64,
+    ) -> Result<(), CoreError> {
+        check_propose(self, member, request_id, kind, auth, now).map(|_| ())
+    }
+
+    /// Checks a vote without applying it.
+    pub fn check_vote(
+        &self,
+        member: &MemberId,
+        request_id: &str,
+        proposal: ProposalId,
+        yes: bool,
+        auth: &Auth,
+        now: u64,
+    ) -> Result<(), CoreError> {
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::Vote { proposal, yes },
+            now,
+        )?;
+        let p = self
+            .proposals()
+            .get(&proposal)
+            .ok_or(CoreError::UnknownProposal(proposal))?;
+        if p.status != ProposalStatus::Open || now >= p.deadline_ms {
+            let status = if p.status == ProposalStatus::Open {
+                "past its deadline"
+            } else {
+                p.status.as_str()
+            };
+            return Err(CoreError::ProposalClosed {
+                id: proposal,
+                status: status.into(),
+            });
+        }
+        if p.votes.contains_key(member) {
+            return Err(CoreError::AlreadyVoted {
+                member: member.clone(),
+                id: proposal,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn propose(
+    state: &mut ClusterState,
+    member: &MemberId,
+    request_id: &str,
+    kind: &ProposalKind,
+    auth: &Auth,
+    now: u64,
+) -> Result<Outcome, CoreError> {
+    if let Some(id) = check_propose(state, member, request_id, kind, auth, now)? {
+        return Ok(Outcome::Proposed {
+            proposal: id,
+            existing: true,
+        });
+    }
+    let id = state.proposals().keys().next_back().map_or(1, |k| k + 1);
+    let deadline_ms = now.saturating_add(state.policy().voting_period_secs.saturating_mul(1000));
+    state.proposals_mut().insert(
+        id,
+        Proposal {
+            id,
+            kind: kind.clone(),
+            proposer: member.clone(),
+            request_id: request_id.to_string(),
+            created_at_ms: now,
+            deadline_ms,
+            votes: Default::default(),
+            status: ProposalStatus::Open,
+            outcome: String::new(),
+            decided_at_ms: None,
+        },
+    );
+    Ok(Outcome::Proposed {
+        proposal: id,
+        existing: false,
+    })
+}
+
+pub(super) fn vote(
+    state: &mut ClusterState,
+    member: &MemberId,
+    request_id: &str,
+    proposal: ProposalId,
+    yes: bool,
+    auth: &Auth,
+    now: u64,
+) -> Result<Outcome, CoreError> {
+    state.check_vote(member, request_id, proposal, yes, auth, now)?;
+    if let Some(p) = state.proposals_mut().get_mut(&proposal) {
+        p.votes.insert(member.clone(), yes);
+    }
+    let status = settle(state, proposal, now, false);
+    Ok(Outcome::Voted { proposal, status })
+}
+
+/// Decides every open proposal whose deadline has passed.
+pub(super) fn settle_due(state: &mut ClusterState, now: u64) {
+    let due: Vec<ProposalId> = state
+        .proposals()
+        .values()
+        .filter(|p| p.status == ProposalStatus::Open && p.deadline_ms <= now)
+        .map(|p| p.id)
+        .collect();
+    for id in due {
+        settle(state, id, now, true);
+    }
+}
+
+/// Decides a proposal if its outcome is certain (or its deadline passed),
+/// and enacts it if adopted. Returns its status.
+fn settle(state: &mut ClusterState, id: ProposalId, now: u64, deadline: bool) -> ProposalStatus {
+    let Some(p) = state.proposals().get(&id) else {
+        return ProposalStatus::Void;
+    };
+    if p.status != ProposalStatus::Open {
+        return p.status;
+    }
+    let tally = state.tally(p);
+    let policy = state.policy();
+    let decided = if tally.certainly_passes(policy) {
+        Some(ProposalStatus::Adopted)
+    } else if tally.certainly_fails(policy) && !deadline {
+        Some(ProposalStatus::Rejected)
+    } else if deadline {
+        Some(tally.at_deadline(policy))
+    } else {
+        None
+    };
+    let Some(mut status) = decided else {
+        return ProposalStatus::Open;
+    };
+    let kind = p.kind.clone();
+    let mut outcome = match status {
+        ProposalStatus::Adopted => format!("adopted: {tally}"),
+        ProposalStatus::Expired => format!(
+            "expired: {tally}, below the quorum of {}",
+            tally.quorum(policy)
+        ),
+        _ => format!("rejected: {tally}"),
+    };
+    if status == ProposalStatus::Adopted {
+        if let Some(why) = conflict(state, &kind) {
+            status = ProposalStatus::Void;
+            outcome = format!("passed ({tally}) but void: {why}");
+        } else {
+            enact(state, &kind, now);
+        }
+    }
+    if let Some(p) = state.proposals_mut().get_mut(&id) {
+        p.status = status;
+        p.outcome = outcome;
+        p.decided_at_ms = Some(now);
+    }
+    status
+}
+
+fn enact(state: &mut ClusterState, kind: &ProposalKind, now: u64) {
+    match kind {
+        ProposalKind::Policy { policy } => state.set_policy(policy.clone(), false),
+        ProposalKind::Admit { member, key } => state.admit(member.clone(), *key, now),
+        ProposalKind::Remove { member } => remove(state, member, now),
+    }
+}
+
+/// A member leaves: its waiting jobs are cancelled, its running ones are
+/// stopped after the policy's grace, its nodes leave the pool (others'
+/// jobs on them requeue), and its record moves to the former members.
+fn remove(state: &mut ClusterState, member: &MemberId, now: u64) {
+    let jobs: Vec<_> = state
+        .jobs()
+        .values()
+        .filter(|j| &j.member == member && !j.state().is_terminal())
+        .map(|j| (j.id, j.alloc))
+        .collect();
+    for (id, alloc) in jobs {
+        if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
+            a.state = crate::alloc::AllocState::Stopping;
+            a.preempted = true;
+        }
+        if let Some(job) = state.set_job_state(id, JobState::Cancelled) {
+            job.finished_at_ms = Some(now);
+            job.message = format!("{member} was removed by member vote");
+            job.record(
+                now,
+                format!("cancelled: {member} was removed by member vote"),
+            );
+        }
+    }
+    let nodes: Vec<_> = state
+        .nodes()
+        .values()
+        .filter(|n| &n.owner == member && n.state == crate::node::NodeState::Ready)
+        .map(|n| (n.id.clone(), n.incarnation))
+        .collect();
+    for (node, incarnation) in nodes {
+        // Others' jobs there did nothing wrong: they requeue like preempted
+        // ones, without using a retry.
+        let allocs: Vec<_> = state
+            .nodes()
+            .get(&node)
+            .map(|n| n.allocs().iter().copied().collect())
+            .unwrap_or_default();
+        for a in allocs {
+            if let Some(a) = state.alloc_mut(a) {
+                a.preempted = true;
+            }
+        }
+        let _ = super::nodes::lost(state, &node, incarnation, now);
+    }
+    state.retire_member(member);
+}
