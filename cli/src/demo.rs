@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use coop_proto::api::{JobSpec, ListJobsRequest, LogsRequest, Resources};
+use coop_proto::api::{
+    propose_request, ClusterStatusRequest, GetPolicyRequest, JobSpec, ListJobsRequest, LogsRequest,
+    ProposeRequest, Resources, VoteRequest,
+};
 
 use crate::client::connect;
 use crate::cmd::jobs::{submit_one, wait_for};
@@ -243,8 +246,118 @@ pub async fn demo() -> Result<i32> {
     if code == 0 {
         code = evaluation_act(&client, &addr, &cluster.members, tmp.path()).await?;
     }
+    if code == 0 {
+        code = governance_act(&client, &addr, &cluster.members).await?;
+    }
     cluster.stop().await;
     Ok(code)
+}
+
+/// Act four: the policy changes only by member vote. Ana proposes a higher
+/// floor; everyone sees its what-if; ben and ana vote yes and it is
+/// adopted, in the log, with the tally.
+async fn governance_act(
+    client: &crate::client::Client,
+    addr: &str,
+    members: &Members,
+) -> Result<i32> {
+    use coop_core::governance::ProposalKind;
+    println!();
+    println!("== governance: ana proposes a higher floor (policy version 2), members vote");
+    // Some demand, so that entitlements are at stake.
+    for who in ["ana", "cam", "cam"] {
+        let req = members[who]
+            .submit(client, &new_request_id(), sleeper(3, true))
+            .await?;
+        client
+            .clone()
+            .submit(req)
+            .await
+            .map_err(crate::client::explain)?;
+    }
+    let text = "version = 2\nfloor = 0.8\ngrace_secs = 2\n";
+    let kind = ProposalKind::Policy {
+        policy: coop_core::Policy::from_toml(text)?,
+    };
+    let request_id = new_request_id();
+    let auth = members["ana"]
+        .sign(
+            client,
+            &request_id,
+            &coop_core::MemberRequest::Propose { kind: &kind },
+        )
+        .await?;
+    let id = client
+        .clone()
+        .propose(ProposeRequest {
+            member: "ana".into(),
+            request_id,
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+            change: Some(propose_request::Change::PolicyToml(text.into())),
+        })
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner()
+        .proposal_id;
+    println!("== coop proposals (with the what-if the core computes on the current state)");
+    crate::cmd::governance::proposals(addr, crate::output::Format::Table).await?;
+    for who in ["ben", "ana"] {
+        let request_id = new_request_id();
+        let auth = members[who]
+            .sign(
+                client,
+                &request_id,
+                &coop_core::MemberRequest::Vote {
+                    proposal: id,
+                    yes: true,
+                },
+            )
+            .await?;
+        let reply = client
+            .clone()
+            .vote(VoteRequest {
+                member: who.into(),
+                request_id,
+                proposal_id: id,
+                yes: true,
+                issued_at_ms: auth.issued_at_ms,
+                signature: auth.signature.0.to_vec(),
+            })
+            .await
+            .map_err(crate::client::explain)?
+            .into_inner();
+        println!("   {who} votes yes: the proposal is {}", reply.status);
+    }
+    let policy = client
+        .clone()
+        .get_policy(GetPolicyRequest {})
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner();
+    if policy.version != 2 {
+        println!(
+            "   FAILED: policy version {} in force, not 2",
+            policy.version
+        );
+        return Ok(1);
+    }
+    println!(
+        "== coop policy show: version {} is in force, by member vote",
+        policy.version
+    );
+    let status = client
+        .clone()
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner();
+    println!(
+        "   every decision so far is a leaf of the decision log: {} entries, root {}…",
+        status.log_size,
+        &status.log_root[..16]
+    );
+    Ok(0)
 }
 
 /// Act three: three ONNX classifiers and their ensemble scored on one

@@ -290,6 +290,19 @@ impl Signer {
         })
     }
 
+    /// Signs any member request for this cluster, issued now.
+    pub async fn sign(
+        &self,
+        client: &Client,
+        request_id: &str,
+        request: &MemberRequest<'_>,
+    ) -> Result<coop_core::Auth> {
+        let cluster = self.cluster_id(client).await?;
+        Ok(self
+            .key
+            .sign_request(cluster, &self.member, request_id, now_ms(), request))
+    }
+
     /// Asks for a replica to leave the replica group, signed.
     pub async fn remove_replica(
         &self,

@@ -85,6 +85,20 @@ enum Cmd {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Propose a change of the policy or the member set, for a member vote.
+    Propose {
+        #[command(subcommand)]
+        change: ProposeCmd,
+    },
+    /// Vote on a proposal: one member, one vote.
+    Vote {
+        proposal: u64,
+        /// yes or no.
+        answer: String,
+    },
+    /// Every proposal with its tally, outcome and (for an open policy
+    /// proposal) its what-if.
+    Proposals,
     /// List the pool's nodes.
     Nodes,
     /// Authorize a machine of yours to join the pool as your node.
@@ -176,6 +190,20 @@ enum ContextCmd {
 enum PolicyCmd {
     /// Print the policy document in force.
     Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProposeCmd {
+    /// A new policy (a TOML file whose version is the next one).
+    Policy { file: PathBuf },
+    /// Admit a new member with this public key.
+    Admit {
+        name: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Remove a member.
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -309,6 +337,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             follow,
         } => cmd::jobs::logs(&addr, job, stderr, follow).await,
         Cmd::Nodes => cmd::cluster::nodes(&addr, fmt).await,
+        Cmd::Propose { change } => {
+            use cmd::governance::Change;
+            let change = match change {
+                ProposeCmd::Policy { file } => Change::Policy(file),
+                ProposeCmd::Admit { name, key } => Change::Admit { name, key },
+                ProposeCmd::Remove { name } => Change::Remove(name),
+            };
+            cmd::governance::propose(&settings, fmt, change).await
+        }
+        Cmd::Vote { proposal, answer } => {
+            cmd::governance::vote(&settings, fmt, proposal, &answer).await
+        }
+        Cmd::Proposals => cmd::governance::proposals(&addr, fmt).await,
         Cmd::Node {
             command: NodeCmd::Add { name, key, member },
         } => cmd::cluster::node_add(&settings, fmt, &name, &key, member).await,

@@ -647,4 +647,161 @@ impl Coop for CoopService {
             ),
         }))
     }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        via_leader!(self, request, propose);
+        let req = request.get_ref();
+        let kind = proposal_kind(req)?;
+        let member = MemberId::new(req.member.clone());
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .check_propose(&member, &req.request_id, &kind, &auth, now)
+            .map_err(|e| core_status(&e))?;
+        let cmd = Command::Propose {
+            member,
+            request_id: req.request_id.clone(),
+            kind,
+            auth,
+            now_ms: now,
+        };
+        match self.shared.write(cmd).await? {
+            Outcome::Proposed { proposal, existing } => Ok(Response::new(ProposeResponse {
+                proposal_id: proposal,
+                existing,
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn vote(&self, request: Request<VoteRequest>) -> Result<Response<VoteResponse>, Status> {
+        via_leader!(self, request, vote);
+        let req = request.get_ref();
+        let member = MemberId::new(req.member.clone());
+        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let now = now_ms();
+        self.shared
+            .node
+            .state_machine()
+            .read()
+            .state
+            .check_vote(
+                &member,
+                &req.request_id,
+                req.proposal_id,
+                req.yes,
+                &auth,
+                now,
+            )
+            .map_err(|e| core_status(&e))?;
+        let cmd = Command::Vote {
+            member,
+            request_id: req.request_id.clone(),
+            proposal: req.proposal_id,
+            yes: req.yes,
+            auth,
+            now_ms: now,
+        };
+        match self.shared.write(cmd).await? {
+            Outcome::Voted { status, .. } => Ok(Response::new(VoteResponse {
+                status: status.as_str().into(),
+            })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_proposals(
+        &self,
+        request: Request<ListProposalsRequest>,
+    ) -> Result<Response<ListProposalsResponse>, Status> {
+        via_leader!(self, request, list_proposals);
+        self.reader(&request)?;
+        self.shared.read_barrier().await?;
+        let applied = self.shared.node.state_machine().read();
+        let state = &applied.state;
+        let at_ms = now_ms().max(state.now_ms());
+        let proposals = state
+            .proposals()
+            .values()
+            .rev()
+            .map(|p| {
+                let tally = state.tally(p);
+                let (what_if, would_place, would_preempt) = match &p.kind {
+                    coop_core::governance::ProposalKind::Policy { policy }
+                        if p.status == coop_core::governance::ProposalStatus::Open =>
+                    {
+                        let w = state.what_if(policy, at_ms);
+                        (
+                            w.entitlements
+                                .into_iter()
+                                .map(|(m, before, after)| WhatIf {
+                                    member: m.to_string(),
+                                    entitlement_before: before,
+                                    entitlement_after: after,
+                                })
+                                .collect(),
+                            w.would_place as u32,
+                            w.would_preempt as u32,
+                        )
+                    }
+                    _ => (Vec::new(), 0, 0),
+                };
+                ProposalInfo {
+                    id: p.id,
+                    change: p.kind.describe(),
+                    proposer: p.proposer.to_string(),
+                    created_at_ms: p.created_at_ms,
+                    deadline_ms: p.deadline_ms,
+                    status: p.status.as_str().into(),
+                    outcome: p.outcome.clone(),
+                    yes: tally.yes as u32,
+                    no: tally.no as u32,
+                    eligible: tally.eligible as u32,
+                    quorum: tally.quorum(state.policy()) as u32,
+                    votes: p
+                        .votes
+                        .iter()
+                        .map(|(m, y)| VoteCast {
+                            member: m.to_string(),
+                            yes: *y,
+                        })
+                        .collect(),
+                    what_if,
+                    would_place,
+                    would_preempt,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListProposalsResponse { proposals }))
+    }
+}
+
+/// The core change a proposal request names.
+fn proposal_kind(req: &ProposeRequest) -> Result<coop_core::governance::ProposalKind, Status> {
+    use coop_core::governance::ProposalKind;
+    match &req.change {
+        Some(propose_request::Change::PolicyToml(text)) => coop_core::Policy::from_toml(text)
+            .map(|policy| ProposalKind::Policy { policy })
+            .map_err(|e| Status::invalid_argument(e.to_string())),
+        Some(propose_request::Change::Admit(a)) => Ok(ProposalKind::Admit {
+            member: MemberId::new(a.name.clone()),
+            key: PublicKey::parse(&a.key)
+                .map_err(|e| Status::invalid_argument(format!("key: {e}")))?,
+        }),
+        Some(propose_request::Change::Remove(name)) => Ok(ProposalKind::Remove {
+            member: MemberId::new(name.clone()),
+        }),
+        None => Err(Status::invalid_argument(
+            "say what to change: a policy, an admission or a removal",
+        )),
+    }
 }

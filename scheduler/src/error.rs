@@ -13,7 +13,12 @@ pub fn core_status(e: &CoreError) -> Status {
         | CoreError::BadReplica { .. }
         | CoreError::BadRequestId
         | CoreError::Impossible(_) => Code::InvalidArgument,
-        CoreError::UnknownJob(_) | CoreError::UnknownNode(_) => Code::NotFound,
+        CoreError::UnknownJob(_) | CoreError::UnknownNode(_) | CoreError::UnknownProposal(_) => {
+            Code::NotFound
+        }
+        CoreError::BadProposal(_) => Code::InvalidArgument,
+        CoreError::ProposalClosed { .. } => Code::FailedPrecondition,
+        CoreError::AlreadyVoted { .. } => Code::AlreadyExists,
         CoreError::NotOwner { .. } | CoreError::NodeOwned { .. } => Code::PermissionDenied,
         CoreError::GrantOutdated { .. } => Code::FailedPrecondition,
         CoreError::RequestIdReused { .. } => Code::AlreadyExists,

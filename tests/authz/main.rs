@@ -64,12 +64,16 @@ const MATRIX: &[(&str, &str)] = &[
     ("coop.api.v1.Coop/GetJob", "AADDDD"),
     ("coop.api.v1.Coop/ListJobs", "AADDDD"),
     ("coop.api.v1.Coop/ListNodes", "AADDDD"),
+    ("coop.api.v1.Coop/ListProposals", "AADDDD"),
     // A job's logs are its member's alone.
     ("coop.api.v1.Coop/Logs", "ADDDDD"),
     // Members act in their own name only.
     ("coop.api.v1.Coop/Submit", "AADDDD"),
     ("coop.api.v1.Coop/Cancel", "ADDDDD"),
     ("coop.api.v1.Coop/AddNode", "ADDDDD"),
+    // One member, one vote: any member proposes and votes, in its own name.
+    ("coop.api.v1.Coop/Propose", "AADDDD"),
+    ("coop.api.v1.Coop/Vote", "AADDDD"),
     ("coop.api.v1.Coop/AddReplica", "AADDDD"),
     ("coop.api.v1.Coop/RemoveReplica", "AADDDD"),
     // Anyone: the cluster id and the Raft view, nothing private.
@@ -98,6 +102,8 @@ struct Ctx {
     worker_addr: String,
     job: u64,
     alloc: u64,
+    /// An open proposal to vote on.
+    proposal: u64,
 }
 
 fn channel(who: Who, addr: &str) -> Channel {
@@ -324,6 +330,48 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                     id: 9,
                     member,
                     request_id: unique,
+                    issued_at_ms,
+                    signature,
+                })
+                .await?;
+        }
+        "coop.api.v1.Coop/ListProposals" => {
+            coop()
+                .list_proposals(read(who, ListProposalsRequest {}))
+                .await?;
+        }
+        "coop.api.v1.Coop/Propose" => {
+            let text = "version = 2\nfloor = 0.6\n";
+            let kind = coop_core::governance::ProposalKind::Policy {
+                policy: coop_core::Policy::from_toml(text).unwrap(),
+            };
+            let (member, issued_at_ms, signature) =
+                signed(who, &unique, &MemberRequest::Propose { kind: &kind });
+            coop()
+                .propose(ProposeRequest {
+                    member,
+                    request_id: unique,
+                    issued_at_ms,
+                    signature,
+                    change: Some(propose_request::Change::PolicyToml(text.into())),
+                })
+                .await?;
+        }
+        "coop.api.v1.Coop/Vote" => {
+            let (member, issued_at_ms, signature) = signed(
+                who,
+                &unique,
+                &MemberRequest::Vote {
+                    proposal: ctx.proposal,
+                    yes: true,
+                },
+            );
+            coop()
+                .vote(VoteRequest {
+                    member,
+                    request_id: unique,
+                    proposal_id: ctx.proposal,
+                    yes: true,
                     issued_at_ms,
                     signature,
                 })
@@ -556,6 +604,7 @@ async fn every_rpc_allows_exactly_whom_the_matrix_says() {
         worker_addr,
         job,
         alloc: j.alloc_id,
+        proposal: propose_as_dan(&addrs[0]).await,
     };
     let mut wrong = Vec::new();
     for (rpc, row) in MATRIX {
@@ -578,4 +627,31 @@ async fn every_rpc_allows_exactly_whom_the_matrix_says() {
     let after = coop_e2e::job(&addrs, job).await;
     assert_eq!(after.state_name(), "succeeded");
     cluster.stop_all().await;
+}
+
+/// Dan proposes a policy change (left open: nobody else votes for it).
+async fn propose_as_dan(addr: &str) -> u64 {
+    let text = "version = 2\nfloor = 0.4\n";
+    let kind = coop_core::governance::ProposalKind::Policy {
+        policy: coop_core::Policy::from_toml(text).unwrap(),
+    };
+    let auth = testkit::secret("dan").sign_request(
+        testkit::CLUSTER,
+        &MemberId::new("dan"),
+        "dan-p",
+        coop_e2e::now_ms(),
+        &MemberRequest::Propose { kind: &kind },
+    );
+    coop_e2e::client(addr)
+        .propose(ProposeRequest {
+            member: "dan".into(),
+            request_id: "dan-p".into(),
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+            change: Some(propose_request::Change::PolicyToml(text.into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .proposal_id
 }

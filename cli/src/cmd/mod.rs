@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod fairness;
+pub mod governance;
 pub mod jobs;
 pub mod keys;
 pub mod models;

@@ -141,3 +141,44 @@ impl std::fmt::Display for Tally {
         )
     }
 }
+
+/// What a policy would change, computed on the current state: each
+/// member's entitlement now and under it, and what the next pass would do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WhatIf {
+    pub entitlements: Vec<(MemberId, f64, f64)>,
+    pub would_place: usize,
+    pub would_preempt: usize,
+}
+
+impl crate::state::ClusterState {
+    /// The what-if of adopting `policy` now (`at_ms`: the time of the read).
+    pub fn what_if(&self, policy: &Policy, at_ms: u64) -> WhatIf {
+        let before = self.shares_at(at_ms);
+        let mut after_state = self.clone();
+        after_state.set_policy(policy.clone(), false);
+        let after = after_state.shares_at(at_ms);
+        let entitlements = before
+            .members
+            .iter()
+            .map(|(m, s)| {
+                let a = after.members.get(m).map_or(0.0, |x| x.entitlement);
+                (m.clone(), s.entitlement, a)
+            })
+            .collect();
+        let now = at_ms.max(self.now_ms());
+        let (would_place, would_preempt) =
+            match after_state.apply(&crate::command::Command::Schedule { now_ms: now }) {
+                Ok(crate::outcome::Outcome::Scheduled {
+                    placements,
+                    preemptions,
+                }) => (placements.len(), preemptions.len()),
+                _ => (0, 0),
+            };
+        WhatIf {
+            entitlements,
+            would_place,
+            would_preempt,
+        }
+    }
+}
