@@ -225,12 +225,18 @@ impl Signer {
         let cluster = self.cluster_id(client).await?;
         // Sign exactly what the replica will decode: the core spec of this message.
         let core = coop_core::JobSpec::try_from(&spec).map_err(|e| anyhow!("invalid job: {e}"))?;
+        // The env values stay private: what is signed (and recorded) is
+        // each value's commitment under a salt only this member can derive
+        // (from its secret key and the request id, so a retry matches).
+        let salt = self.env_salt(request_id);
         let auth = self.key.sign_request(
             cluster,
             &self.member,
             request_id,
             now_ms(),
-            &MemberRequest::Submit { spec: &core },
+            &MemberRequest::Submit {
+                spec: &core.committed(&salt),
+            },
         );
         Ok(SubmitRequest {
             member: self.member.to_string(),
@@ -238,6 +244,7 @@ impl Signer {
             spec: Some(spec),
             issued_at_ms: auth.issued_at_ms,
             signature: auth.signature.0.to_vec(),
+            env_salt: salt.0.to_vec(),
         })
     }
 
@@ -288,6 +295,19 @@ impl Signer {
             issued_at_ms: auth.issued_at_ms,
             signature: auth.signature.0.to_vec(),
         })
+    }
+
+    /// The secret salt of a request's env commitments.
+    fn env_salt(&self, request_id: &str) -> coop_core::EnvSalt {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"coop/v1/env-salt\0");
+        h.update(self.key.to_bytes());
+        h.update(request_id.as_bytes());
+        let digest: [u8; 32] = h.finalize().into();
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&digest[..16]);
+        coop_core::EnvSalt(salt)
     }
 
     /// Signs any member request for this cluster, issued now.

@@ -211,14 +211,31 @@ impl Coop for CoopService {
         let member = MemberId::new(req.member.clone());
         let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let env_salt = match req.env_salt.as_slice() {
+            [] => None,
+            bytes => Some(
+                coop_core::EnvSalt::try_from(bytes)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+        };
         let now = now_ms();
         // Refuse bad input (and bad signatures) before it reaches the log;
-        // apply checks again on every replica.
+        // apply checks again on every replica (what the public record
+        // shows; the env values themselves are checked here).
+        spec.validate()
+            .map_err(|e| Status::invalid_argument(format!("invalid job: {e}")))?;
         {
             let applied = self.shared.node.state_machine().read();
             applied
                 .state
-                .check_submit(&req.request_id, &member, &spec, &auth, now)
+                .check_submit(
+                    &req.request_id,
+                    &member,
+                    &spec,
+                    env_salt.as_ref(),
+                    &auth,
+                    now,
+                )
                 .map_err(|e| core_status(&e))?;
         }
         let cmd = Command::Submit {
@@ -227,6 +244,7 @@ impl Coop for CoopService {
             spec,
             auth,
             now_ms: now,
+            env_salt,
         };
         match self.shared.write(cmd).await? {
             Outcome::Submitted { job, existing } => Ok(Response::new(SubmitResponse {

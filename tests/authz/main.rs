@@ -267,6 +267,8 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                     spec: Some(spec),
                     issued_at_ms,
                     signature,
+                    // No env: signed as it is.
+                    env_salt: vec![],
                 })
                 .await?;
         }

@@ -177,12 +177,15 @@ pub fn submit_request(
     spec: coop_proto::api::JobSpec,
 ) -> coop_proto::api::SubmitRequest {
     let core = coop_core::JobSpec::try_from(&spec).expect("a spec that converts");
+    let salt = coop_core::testkit::env_salt(member, request_id);
     let auth = coop_core::testkit::secret(member).sign_request(
         coop_core::testkit::CLUSTER,
         &coop_core::MemberId::new(member),
         request_id,
         wall_clock_ms(),
-        &coop_core::MemberRequest::Submit { spec: &core },
+        &coop_core::MemberRequest::Submit {
+            spec: &core.committed(&salt),
+        },
     );
     coop_proto::api::SubmitRequest {
         member: member.into(),
@@ -190,6 +193,7 @@ pub fn submit_request(
         spec: Some(spec),
         issued_at_ms: auth.issued_at_ms,
         signature: auth.signature.0.to_vec(),
+        env_salt: salt.0.to_vec(),
     }
 }
 

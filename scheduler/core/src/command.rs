@@ -66,6 +66,12 @@ pub enum Command {
         spec: JobSpec,
         auth: Auth,
         now_ms: u64,
+        /// With a salt, `spec` holds the env values themselves and the
+        /// member signed the spec with each value replaced by its
+        /// commitment (`JobSpec::committed`); the public record (the
+        /// decision log) holds that committed spec and no salt.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env_salt: Option<crate::job::EnvSalt>,
     },
     /// A member cancels one of its jobs, signed with its key.
     Cancel {
@@ -182,6 +188,30 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command as the public record holds it: a submit's env values
+    /// replaced by their commitments. Applying it gives the same outcome
+    /// and the same public state as applying the command itself.
+    pub fn public(&self) -> std::borrow::Cow<'_, Command> {
+        match self {
+            Command::Submit {
+                request_id,
+                member,
+                spec,
+                auth,
+                now_ms,
+                env_salt: Some(salt),
+            } => std::borrow::Cow::Owned(Command::Submit {
+                request_id: request_id.clone(),
+                member: member.clone(),
+                spec: spec.committed(salt),
+                auth: auth.clone(),
+                now_ms: *now_ms,
+                env_salt: None,
+            }),
+            other => std::borrow::Cow::Borrowed(other),
+        }
+    }
+
     /// The time the proposer stamped on the command (0 for an unknown one).
     pub fn now_ms(&self) -> u64 {
         match self {

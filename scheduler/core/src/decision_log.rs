@@ -25,7 +25,8 @@ pub const LEAF_DOMAIN: &[u8] = b"coop/v1/leaf\0";
 
 /// The bytes of one leaf.
 pub fn leaf_data(cmd: &Command, result: &Result<Outcome, CoreError>) -> Vec<u8> {
-    let command = serde_json::to_vec(cmd).expect("a command always serializes");
+    // The public form: a submit's env values as commitments.
+    let command = serde_json::to_vec(&*cmd.public()).expect("a command always serializes");
     let outcome = serde_json::to_vec(result).expect("an outcome always serializes");
     let mut leaf = Vec::with_capacity(LEAF_DOMAIN.len() + 4 + command.len() + 32);
     leaf.extend_from_slice(LEAF_DOMAIN);

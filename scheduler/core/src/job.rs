@@ -148,6 +148,8 @@ pub enum SpecError {
     BadEnv { key: String },
     #[error("environment variable {key} is set by coop")]
     ReservedEnv { key: String },
+    #[error("an env salt is 16 bytes")]
+    EnvSalt,
     #[error("command and environment exceed {MAX_SPEC_BYTES} bytes")]
     TooLarge,
     #[error("a job must request some cpu (e.g. --cpu 0.1)")]
@@ -216,7 +218,70 @@ pub struct JobSpec {
     pub timeout_secs: Option<u64>,
 }
 
+/// A job's secret salt for its env commitments: random to others (the
+/// client derives it from its own secret key and the request id), so a
+/// commitment does not give away a guessable value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EnvSalt(pub [u8; 16]);
+
+impl std::fmt::Debug for EnvSalt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvSalt(..)")
+    }
+}
+
+impl Serialize for EnvSalt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvSalt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
+        Ok(Self(bytes.try_into().map_err(|_| {
+            serde::de::Error::custom("an env salt is 16 bytes")
+        })?))
+    }
+}
+
+impl TryFrom<&[u8]> for EnvSalt {
+    type Error = SpecError;
+
+    fn try_from(bytes: &[u8]) -> Result<Self, SpecError> {
+        Ok(Self(bytes.try_into().map_err(|_| SpecError::EnvSalt)?))
+    }
+}
+
+/// The commitment to one env value that stands in for it in the public
+/// record: `sha256:` and the hex SHA-256 of the salt, the name and the value.
+pub fn env_commitment(salt: &EnvSalt, key: &str, value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"coop/v1/env\0");
+    h.update(salt.0);
+    h.update((key.len() as u32).to_be_bytes());
+    h.update(key.as_bytes());
+    h.update(value.as_bytes());
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
 impl JobSpec {
+    /// The spec as the public record holds it: each env value replaced by
+    /// its commitment. What a member signs, what the decision log records,
+    /// and what anyone may see; the values themselves stay with the
+    /// member, the replicas' private state and the worker that runs the job.
+    pub fn committed(&self, salt: &EnvSalt) -> JobSpec {
+        let mut public = self.clone();
+        if let JobKind::Command { env, .. } = &mut public.kind {
+            for (key, value) in env.iter_mut() {
+                *value = env_commitment(salt, key, value);
+            }
+        }
+        public
+    }
+
     /// A command job with the given argv and resources, no retries.
     pub fn command(argv: Vec<String>, resources: Resources) -> Self {
         Self {
@@ -416,6 +481,11 @@ pub struct Job {
     pub member: MemberId,
     pub request_id: String,
     pub spec: JobSpec,
+    /// The salt of the spec's env commitments, when the spec holds the
+    /// values themselves (a replica's private state; never in the public
+    /// record, where `spec` holds the commitments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_salt: Option<EnvSalt>,
     /// Private: the pending queue is derived from it, so it changes only
     /// through `ClusterState::set_job_state`.
     state: JobState,
@@ -444,6 +514,7 @@ impl Job {
         member: MemberId,
         request_id: String,
         spec: JobSpec,
+        env_salt: Option<EnvSalt>,
         now_ms: u64,
     ) -> Self {
         let mut job = Job {
@@ -451,6 +522,7 @@ impl Job {
             member,
             request_id,
             spec,
+            env_salt,
             state: JobState::Pending,
             attempts: 0,
             alloc: None,
@@ -465,6 +537,14 @@ impl Job {
         };
         job.record(now_ms, "submitted".into());
         job
+    }
+
+    /// The spec as the public record holds it (env values as commitments).
+    pub fn public_spec(&self) -> JobSpec {
+        match &self.env_salt {
+            Some(salt) => self.spec.committed(salt),
+            None => self.spec.clone(),
+        }
     }
 
     pub fn state(&self) -> JobState {

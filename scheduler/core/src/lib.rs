@@ -49,7 +49,7 @@ pub use explain::{Explanation, PendingReason, WouldStart};
 pub use fairness::Fairness;
 pub use identity::{Auth, AuthError, MemberRequest, NodeReport, PublicKey, SecretKey, Signature};
 pub use ids::{AllocId, JobId, MemberId, NodeId};
-pub use job::{Artifact, EvalTask, Job, JobKind, JobSpec, JobState, SpecError};
+pub use job::{Artifact, EnvSalt, EvalTask, Job, JobKind, JobSpec, JobState, SpecError};
 pub use leaderboard::Leaderboard;
 pub use member::Member;
 pub use node::{GpuInfo, Node, NodeGrant, NodeState};

@@ -43,15 +43,26 @@ pub fn genesis(names: &[&str], policy: Policy, now_ms: u64) -> Command {
     }
 }
 
-/// A submit signed by `member`'s testkit key, issued at `now_ms`.
+/// The env salt a testkit member derives for a request (as the CLI does
+/// from its secret key).
+pub fn env_salt(member: &str, request_id: &str) -> crate::job::EnvSalt {
+    let h: [u8; 32] = Sha256::digest(format!("coop-testkit-salt:{member}:{request_id}")).into();
+    crate::job::EnvSalt(h[..16].try_into().expect("16 of 32 bytes"))
+}
+
+/// A submit signed by `member`'s testkit key, issued at `now_ms`; its env
+/// values travel privately, committed to in what the member signs.
 pub fn submit(member: &str, request_id: &str, spec: JobSpec, now_ms: u64) -> Command {
     let m = MemberId::new(member);
+    let salt = env_salt(member, request_id);
     let auth = secret(member).sign_request(
         CLUSTER,
         &m,
         request_id,
         now_ms,
-        &MemberRequest::Submit { spec: &spec },
+        &MemberRequest::Submit {
+            spec: &spec.committed(&salt),
+        },
     );
     Command::Submit {
         request_id: request_id.into(),
@@ -59,6 +70,7 @@ pub fn submit(member: &str, request_id: &str, spec: JobSpec, now_ms: u64) -> Com
         spec,
         auth,
         now_ms,
+        env_salt: Some(salt),
     }
 }
 

@@ -18,10 +18,11 @@ pub(super) fn submit(
     request_id: &str,
     member: &MemberId,
     spec: &JobSpec,
+    env_salt: Option<&crate::job::EnvSalt>,
     auth: &Auth,
     now: u64,
 ) -> Result<Outcome, CoreError> {
-    if let Some(job) = state.check_submit(request_id, member, spec, auth, now)? {
+    if let Some(job) = state.check_submit(request_id, member, spec, env_salt, auth, now)? {
         return Ok(Outcome::Submitted {
             job,
             existing: true,
@@ -36,6 +37,7 @@ pub(super) fn submit(
         member.clone(),
         request_id.to_string(),
         spec.clone(),
+        env_salt.copied(),
         now,
     ));
     Ok(Outcome::Submitted {

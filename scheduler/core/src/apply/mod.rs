@@ -30,8 +30,9 @@ impl ClusterState {
                 member,
                 spec,
                 auth,
+                env_salt,
                 ..
-            } => jobs::submit(self, request_id, member, spec, auth, now),
+            } => jobs::submit(self, request_id, member, spec, env_salt.as_ref(), auth, now),
             Command::Cancel {
                 job,
                 member,

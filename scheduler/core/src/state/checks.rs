@@ -5,7 +5,7 @@
 use crate::error::{CoreError, Impossible, MAX_REQUEST_ID_LEN};
 use crate::identity::{self, Auth, AuthError, MemberRequest, NodeReport, PublicKey};
 use crate::ids::{JobId, MemberId, NodeId};
-use crate::job::JobSpec;
+use crate::job::{EnvSalt, JobSpec};
 use crate::node::Node;
 
 use super::ClusterState;
@@ -183,36 +183,45 @@ impl ClusterState {
     /// Checks a submission against the state without applying it, so a
     /// server can reject bad input before it reaches the log. `Ok(Some(job))`
     /// is a retry of a request already made: nothing new would be created.
+    /// `spec` holds env values when `env_salt` is given (the receiving
+    /// replica and the live log), else their commitments (the public
+    /// record); the signature and every check in the log cover only what
+    /// the public record shows, so a replay of it agrees.
     pub fn check_submit(
         &self,
         request_id: &str,
         member: &MemberId,
         spec: &JobSpec,
+        env_salt: Option<&EnvSalt>,
         auth: &Auth,
         now_ms: u64,
     ) -> Result<Option<JobId>, CoreError> {
         if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
             return Err(CoreError::BadRequestId);
         }
+        let public = match env_salt {
+            Some(salt) => std::borrow::Cow::Owned(spec.committed(salt)),
+            None => std::borrow::Cow::Borrowed(spec),
+        };
         self.verify(
             member,
             request_id,
             auth,
-            &MemberRequest::Submit { spec },
+            &MemberRequest::Submit { spec: &public },
             now_ms,
         )?;
         if let Some(job) = self.request(member, request_id) {
             // A retry must be the same request; a reused id with another
             // spec is a client bug that would otherwise be silently merged.
             return match self.jobs.get(&job) {
-                Some(j) if j.spec != *spec => Err(CoreError::RequestIdReused {
+                Some(j) if j.public_spec() != *public => Err(CoreError::RequestIdReused {
                     request_id: request_id.to_string(),
                     job,
                 }),
                 _ => Ok(Some(job)),
             };
         }
-        spec.validate()?;
+        public.validate()?;
         let want = spec.resources;
         let version = self.policy.version;
         if let Some(max) = self.policy.max_job_gpus.filter(|max| want.gpus > *max) {

@@ -223,9 +223,20 @@ impl ClusterState {
         Ok(serde_json::from_slice(bytes)?)
     }
 
-    /// SHA-256 of the snapshot bytes, hex.
+    /// SHA-256 of the public state, hex: the snapshot bytes with every
+    /// job's env values as their commitments, so an auditor replaying the
+    /// public record reaches the digest the replicas report.
     pub fn digest(&self) -> String {
-        hex::encode(Sha256::digest(self.to_snapshot_bytes()))
+        if self.jobs.values().all(|j| j.env_salt.is_none()) {
+            return hex::encode(Sha256::digest(self.to_snapshot_bytes()));
+        }
+        let mut public = self.clone();
+        for job in public.jobs.values_mut() {
+            if let Some(salt) = job.env_salt.take() {
+                job.spec = job.spec.committed(&salt);
+            }
+        }
+        hex::encode(Sha256::digest(public.to_snapshot_bytes()))
     }
 
     /// Jobs placed and not yet ended (assigned or running).

@@ -432,6 +432,7 @@ fn forged_altered_and_stale_requests_are_refused() {
         spec: spec.clone(),
         auth,
         now_ms: 10,
+        env_salt: None,
     };
     assert_eq!(
         s.apply(&forged),
@@ -451,6 +452,7 @@ fn forged_altered_and_stale_requests_are_refused() {
         spec: bigger,
         auth,
         now_ms: 10,
+        env_salt: None,
     };
     assert!(matches!(
         s.apply(&altered),

@@ -138,6 +138,7 @@ fn reordering_dropping_or_forging_is_detected_and_the_entry_named() {
             spec,
             auth,
             now_ms,
+            env_salt,
         } => {
             let auth = testkit::secret("mallory").sign_request(
                 testkit::CLUSTER,
@@ -152,6 +153,7 @@ fn reordering_dropping_or_forging_is_detected_and_the_entry_named() {
                 spec,
                 auth,
                 now_ms,
+                env_salt,
             }
         }
         other => panic!("leaf 3 is {other:?}"),
@@ -180,4 +182,48 @@ fn reordering_dropping_or_forging_is_detected_and_the_entry_named() {
     let (_, honest_about_refusal) = r.state.clone().apply_logged(&forged_cmd);
     forged[3] = honest_about_refusal;
     assert!(detected(&forged, &root));
+}
+
+#[test]
+fn env_values_never_enter_the_public_record_and_the_replay_still_agrees() {
+    let mut live = ClusterState::new();
+    let mut leaves = Vec::new();
+    leaves.push(
+        live.apply_logged(&testkit::genesis(&["ana"], Policy::default(), 0))
+            .1,
+    );
+    let mut spec = JobSpec::command(vec!["true".into()], res(100));
+    if let JobKind::Command { env, .. } = &mut spec.kind {
+        env.insert("TOKEN".into(), "hunter2".into());
+    }
+    let (result, leaf) = live.apply_logged(&testkit::submit("ana", "s1", spec.clone(), 1));
+    result.unwrap();
+    leaves.push(leaf);
+    // The replica holds the value (the worker needs it)...
+    match &live.jobs()[&JobId(1)].spec.kind {
+        JobKind::Command { env, .. } => assert_eq!(env["TOKEN"], "hunter2"),
+        other => panic!("{other:?}"),
+    }
+    // ...the public record holds only its commitment...
+    for leaf in &leaves {
+        let text = String::from_utf8_lossy(leaf);
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    assert!(String::from_utf8_lossy(&leaves[1]).contains("sha256:"));
+    // ...and a replay of it reaches the same root and public digest.
+    let mut r = Replay::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        r.step(i as u64, leaf).unwrap();
+    }
+    assert_eq!(r.root(), live.log_root());
+    assert_eq!(r.state.digest(), live.digest());
+    // A retry of the same request is recognized as the same job.
+    let again = live.apply(&testkit::submit("ana", "s1", spec, 2)).unwrap();
+    assert_eq!(
+        again,
+        Outcome::Submitted {
+            job: JobId(1),
+            existing: true
+        }
+    );
 }

@@ -197,6 +197,7 @@ impl Scenario {
             spec,
             auth,
             now_ms: self.now_ms,
+            env_salt: None,
         };
         match self.apply(forged) {
             Ok(other) => format!("accepted: {other:?}"),
