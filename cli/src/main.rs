@@ -99,6 +99,11 @@ enum Cmd {
     /// Every proposal with its tally, outcome and (for an open policy
     /// proposal) its what-if.
     Proposals,
+    /// Recompute every decision from the decision log's journal.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
     /// List the pool's nodes.
     Nodes,
     /// Authorize a machine of yours to join the pool as your node.
@@ -190,6 +195,20 @@ enum ContextCmd {
 enum PolicyCmd {
     /// Print the policy document in force.
     Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Write the replica's journal (and what it claims: size, root, state
+    /// digest) to FILE.
+    Export { file: PathBuf },
+    /// Replay the journal from genesis (streamed from the replica, or
+    /// --journal FILE offline), check every signature, recompute every
+    /// decision, and compare the root and state digest with the claimed ones.
+    Verify {
+        #[arg(long)]
+        journal: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,6 +369,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd::governance::vote(&settings, fmt, proposal, &answer).await
         }
         Cmd::Proposals => cmd::governance::proposals(&addr, fmt).await,
+        Cmd::Audit { command } => match command {
+            AuditCmd::Export { file } => cmd::audit::export(&addr, fmt, &file).await,
+            AuditCmd::Verify { journal } => {
+                cmd::audit::verify(&addr, fmt, journal.as_deref()).await
+            }
+        },
         Cmd::Node {
             command: NodeCmd::Add { name, key, member },
         } => cmd::cluster::node_add(&settings, fmt, &name, &key, member).await,

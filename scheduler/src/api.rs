@@ -103,8 +103,65 @@ fn replicas_to_proto(
         .collect()
 }
 
+type JournalStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<JournalChunk, Status>> + Send>>;
+
+/// Leaves per exported chunk (each at most a few KiB).
+const JOURNAL_CHUNK: usize = 256;
+
 #[tonic::async_trait]
 impl Coop for CoopService {
+    type ExportJournalStream = JournalStream;
+
+    /// Served by the replica asked, from its own journal: any member can
+    /// compare what several replicas hold.
+    async fn export_journal(
+        &self,
+        request: Request<ExportJournalRequest>,
+    ) -> Result<Response<Self::ExportJournalStream>, Status> {
+        self.reader(&request)?;
+        let req = request.into_inner();
+        let to = if req.to == 0 { u64::MAX } else { req.to };
+        let sm = self.shared.node.state_machine().clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut from = req.from;
+            loop {
+                let sm = sm.clone();
+                let chunk =
+                    tokio::task::spawn_blocking(move || sm.journal().read(from, to, JOURNAL_CHUNK))
+                        .await;
+                let chunk = match chunk {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("journal: {e}"))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let Some(last) = chunk.last().map(|(i, _)| *i) else {
+                    return;
+                };
+                let entries = chunk
+                    .into_iter()
+                    .map(|(index, leaf)| JournalEntry { index, leaf })
+                    .collect();
+                if tx.send(Ok(JournalChunk { entries })).await.is_err() {
+                    return;
+                }
+                from = last + 1;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn why(&self, request: Request<WhyRequest>) -> Result<Response<Explanation>, Status> {
         via_leader!(self, request, why);
         self.reader(&request)?;

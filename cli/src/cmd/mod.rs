@@ -2,6 +2,7 @@
 //! jobs (submit, status, jobs, cancel, logs), fairness (why, share, policy),
 //! models (evals) and cluster (nodes, replicas).
 
+pub mod audit;
 pub mod cluster;
 pub mod fairness;
 pub mod governance;

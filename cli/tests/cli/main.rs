@@ -204,6 +204,46 @@ fn the_readme_commands_work_against_coop_dev() {
     std::fs::write(&pinned, genuine).unwrap();
     assert!(coop(&addr, &["jobs"]).status.success());
 
+    // Anyone can recompute every decision: online, and from an export.
+    let o = coop(&addr, &["audit", "verify"]);
+    assert!(
+        o.status.success() && stdout(&o).contains("match"),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let journal = dir.path().join("journal.bin");
+    let j = journal.display().to_string();
+    assert!(coop(&addr, &["audit", "export", &j]).status.success());
+    let o = coop(&addr, &["audit", "verify", "--journal", &j]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    // The last byte of the file is inside the last leaf's outcome digest.
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&journal, bytes).unwrap();
+    let o = coop(&addr, &["audit", "verify", "--journal", &j]);
+    assert!(
+        !o.status.success() && stdout(&o).contains("FAILED"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Governance: one member (coop dev founds it alone) proposes and votes.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "version = 2\nfloor = 0.6\n").unwrap();
+    let o = coop(&addr, &["propose", "policy", &policy.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = coop(&addr, &["vote", "1", "yes"]);
+    assert!(
+        stdout(&o).contains("adopted"),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(stdout(&coop(&addr, &["policy", "show"])).contains("floor = 0.6"));
+    assert!(stdout(&coop(&addr, &["proposals"])).contains("adopted"));
+
     // A real cluster's CA and replica certificates.
     let ca = dir.path().join("ca");
     let o = coop(

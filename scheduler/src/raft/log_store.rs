@@ -44,7 +44,8 @@ pub fn open_storage(dir: &Path) -> io::Result<(LogStore, StateMachine)> {
     txn.open_table(super::state_machine::SNAPSHOT)
         .map_err(io_err)?;
     txn.commit().map_err(io_err)?;
-    let sm = StateMachine::open(db.clone())?;
+    let journal = std::sync::Arc::new(super::Journal::open(dir)?);
+    let sm = StateMachine::open(db.clone(), journal)?;
     Ok((LogStore { db }, sm))
 }
 

@@ -8,6 +8,7 @@
 //! (`client_write_many`) that group many proposals under one fsync, and
 //! pinning exactly shields us from API breaks between alphas.
 
+mod journal;
 mod log_store;
 mod network;
 mod node;
@@ -19,6 +20,7 @@ use std::fmt;
 use coop_core::{Command, CoreError, Outcome};
 use serde::{Deserialize, Serialize};
 
+pub use journal::Journal;
 pub use log_store::{open_storage, LogStore};
 pub use network::Network;
 pub use node::{NodeRole, RaftNode, RaftStatus, RaftTiming, ReplicaInfo, WriteError};

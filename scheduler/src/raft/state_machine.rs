@@ -45,13 +45,15 @@ pub struct StateMachine {
     applied_tx: Arc<watch::Sender<u64>>,
     /// Sees every applied command's outcome (metrics); set once at start.
     observer: Arc<std::sync::OnceLock<Observer>>,
+    /// The decision log's leaves.
+    journal: Arc<super::Journal>,
 }
 
 /// Called with each applied command's outcome and the state after it.
 pub type Observer = Box<dyn Fn(&coop_core::Outcome, &ClusterState) + Send + Sync>;
 
 impl StateMachine {
-    pub(super) fn open(db: Arc<Database>) -> io::Result<Self> {
+    pub(super) fn open(db: Arc<Database>, journal: Arc<super::Journal>) -> io::Result<Self> {
         let mut applied = Applied {
             state: ClusterState::new(),
             last_applied: None,
@@ -70,7 +72,13 @@ impl StateMachine {
             db,
             applied_tx: Arc::new(applied_tx),
             observer: Arc::new(std::sync::OnceLock::new()),
+            journal,
         })
+    }
+
+    /// The journal of the decision log's leaves.
+    pub fn journal(&self) -> &super::Journal {
+        &self.journal
     }
 
     /// Installs the observer of applied outcomes (once; later calls are ignored).
@@ -151,10 +159,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             data,
         };
         let this = self.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || this.store_snapshot(&stored).map(|_| stored))
-                .await
-                .map_err(io_err)??;
+        // The journal holds every leaf up to the snapshot before the log
+        // before it can be purged (see `journal`).
+        let stored = tokio::task::spawn_blocking(move || {
+            this.journal.sync()?;
+            this.store_snapshot(&stored).map(|_| stored)
+        })
+        .await
+        .map_err(io_err)??;
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = stored.data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -177,6 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let mut last_index = None;
+        let mut leaves = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
                 let mut applied = self.inner.write().unwrap_or_else(|p| p.into_inner());
@@ -198,7 +211,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         // The command and its outcome become the next leaf
                         // of the decision log (its root is in the state).
-                        let (result, _leaf) = applied.state.apply_logged(&req.0);
+                        let index = applied.state.log_size();
+                        let (result, leaf) = applied.state.apply_logged(&req.0);
+                        leaves.push((index, leaf));
                         if let (Ok(outcome), Some(observe)) = (&result, self.observer.get()) {
                             observe(outcome, &applied.state);
                         }
@@ -211,6 +226,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(response);
             }
         }
+        self.journal.append(&leaves)?;
         if let Some(index) = last_index {
             self.applied_tx.send_replace(index);
         }
@@ -294,6 +310,7 @@ mod tests {
             db: db.clone(),
             applied_tx: Arc::new(watch::channel(0).0),
             observer: Arc::new(std::sync::OnceLock::new()),
+            journal: Arc::new(crate::raft::Journal::open(dir.path()).unwrap()),
         };
         sm.store_snapshot(&snapshot(20, "installed")).unwrap();
         sm.store_snapshot(&snapshot(10, "built late")).unwrap();
