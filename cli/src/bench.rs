@@ -15,9 +15,11 @@ use crate::local::LocalCluster;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: `submit` (acknowledged submits per second) or
-    /// `latency` (submit-to-start on an idle worker).
-    #[arg(value_parser = ["submit", "latency"])]
+    /// What to measure: `submit` (acknowledged submits per second),
+    /// `latency` (submit-to-start on an idle worker) or `audit` (replaying a
+    /// journal of --jobs entries from genesis, as `coop audit verify` does;
+    /// built in memory, no cluster).
+    #[arg(value_parser = ["submit", "latency", "audit"])]
     pub what: String,
     /// Start a local 3-replica cluster (and one worker for latency) instead of using --addr.
     #[arg(long)]
@@ -39,6 +41,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> Result<i32> {
+    if args.what == "audit" {
+        return tokio::task::spawn_blocking(move || audit(args.jobs)).await?;
+    }
     let tmp = tempfile::Builder::new().prefix("coop-bench-").tempdir()?;
     let mut cluster = None;
     let (addr, signer) = if args.local {
@@ -162,6 +167,203 @@ async fn latency(addr: &str, signer: &Signer, jobs: usize) -> Result<i32> {
         percentile(&starts, 0.99),
         percentile(&observed, 0.5),
         percentile(&observed, 0.99)
+    );
+    Ok(0)
+}
+
+/// Builds a journal of `entries` leaves with the core (signed submits,
+/// scheduling passes, node-signed started and finished reports, as a busy
+/// cluster logs them), then times its replay from genesis.
+fn audit(entries: usize) -> Result<i32> {
+    use coop_core::decision_log::Replay;
+    use coop_core::*;
+    const CLUSTER: &str = "bench-audit";
+    let members: Vec<(MemberId, SecretKey)> = (0..10)
+        .map(|i| Ok((MemberId::new(format!("m{i}")), crate::identity::generate_key()?)))
+        .collect::<Result<_>>()?;
+    let nodes: Vec<(NodeId, SecretKey)> = (0..10)
+        .map(|i| Ok((NodeId::new(format!("n{i}")), crate::identity::generate_key()?)))
+        .collect::<Result<_>>()?;
+    let mut live = ClusterState::new();
+    let mut leaves: Vec<Vec<u8>> = Vec::with_capacity(entries);
+    let mut now = 1_000u64;
+    let push = |live: &mut ClusterState, leaves: &mut Vec<Vec<u8>>, cmd: Command| {
+        let (_, leaf) = live.apply_logged(&cmd);
+        leaves.push(leaf);
+    };
+    let founders = members
+        .iter()
+        .map(|(m, k)| Founder {
+            name: m.clone(),
+            key: k.public_key(),
+        })
+        .collect();
+    push(
+        &mut live,
+        &mut leaves,
+        Command::Genesis {
+            cluster_id: CLUSTER.into(),
+            policy: Policy::default(),
+            members: founders,
+            now_ms: now,
+        },
+    );
+    for (i, (node, key)) in nodes.iter().enumerate() {
+        let (owner, owner_key) = &members[i];
+        let pk = key.public_key();
+        let rid = format!("add-{node}");
+        let auth = owner_key.sign_request(
+            CLUSTER,
+            owner,
+            &rid,
+            now,
+            &MemberRequest::AddNode { node, key: &pk },
+        );
+        push(
+            &mut live,
+            &mut leaves,
+            Command::AddNode {
+                node: node.clone(),
+                member: owner.clone(),
+                key: pk,
+                request_id: rid,
+                auth,
+                now_ms: now,
+            },
+        );
+        let capacity = Resources::new(64_000, 256 << 30, 0);
+        let addr = "10.0.0.1:7101".to_string();
+        let auth = key.sign_node_report(
+            CLUSTER,
+            node,
+            1,
+            now,
+            &NodeReport::Register {
+                owner,
+                capacity: &capacity,
+                addr: &addr,
+                gpus: &[],
+            },
+        );
+        push(
+            &mut live,
+            &mut leaves,
+            Command::RegisterNode {
+                node: node.clone(),
+                owner: owner.clone(),
+                capacity,
+                addr,
+                incarnation: 1,
+                now_ms: now,
+                gpus: vec![],
+                auth,
+            },
+        );
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    while leaves.len() < entries {
+        now += 10;
+        for _ in 0..50 {
+            let (member, key) = &members[(n % 10) as usize];
+            let spec = coop_core::JobSpec::command(
+                vec!["true".into()],
+                Resources::new(1000, 1 << 30, 0),
+            );
+            let rid = format!("r{n}");
+            let auth = key.sign_request(
+                CLUSTER,
+                member,
+                &rid,
+                now,
+                &MemberRequest::Submit { spec: &spec },
+            );
+            push(
+                &mut live,
+                &mut leaves,
+                Command::Submit {
+                    request_id: rid,
+                    member: member.clone(),
+                    spec,
+                    auth,
+                    now_ms: now,
+                    env_salt: None,
+                },
+            );
+            n += 1;
+        }
+        push(&mut live, &mut leaves, Command::Schedule { now_ms: now });
+        let allocs: Vec<(AllocId, NodeId)> = live
+            .allocs()
+            .values()
+            .map(|a| (a.id, a.node.clone()))
+            .collect();
+        for (alloc, node) in allocs {
+            let key = &nodes[node.as_str()[1..].parse::<usize>()?].1;
+            let auth = key.sign_node_report(CLUSTER, &node, 1, now, &NodeReport::Started { alloc });
+            push(
+                &mut live,
+                &mut leaves,
+                Command::AllocStarted {
+                    alloc,
+                    node: node.clone(),
+                    incarnation: 1,
+                    auth,
+                    now_ms: now,
+                },
+            );
+            let exit = ExitStatus {
+                code: Some(0),
+                signal: None,
+                error: String::new(),
+            };
+            let auth = key.sign_node_report(
+                CLUSTER,
+                &node,
+                1,
+                now,
+                &NodeReport::Finished {
+                    alloc,
+                    exit: &exit,
+                    result: None,
+                },
+            );
+            push(
+                &mut live,
+                &mut leaves,
+                Command::AllocFinished {
+                    alloc,
+                    node,
+                    exit,
+                    now_ms: now,
+                    result: None,
+                    incarnation: 1,
+                    auth,
+                },
+            );
+        }
+    }
+    let built = started.elapsed();
+    let bytes: usize = leaves.iter().map(Vec::len).sum();
+    let started = Instant::now();
+    let mut replay = Replay::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        if let Err(e) = replay.step(i as u64, leaf) {
+            bail!("the benchmark's own journal did not replay: {e}");
+        }
+    }
+    let took = started.elapsed();
+    if replay.root() != live.log_root() {
+        bail!("the replay reached another root");
+    }
+    println!(
+        "audit: replayed {} entries ({:.0} MiB, {} decisions) from genesis in {:.1} s = {:.0} entries/s (building the journal took {:.1} s)",
+        leaves.len(),
+        bytes as f64 / (1 << 20) as f64,
+        replay.decisions,
+        took.as_secs_f64(),
+        leaves.len() as f64 / took.as_secs_f64(),
+        built.as_secs_f64()
     );
     Ok(0)
 }
