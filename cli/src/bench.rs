@@ -179,10 +179,20 @@ fn audit(entries: usize) -> Result<i32> {
     use coop_core::*;
     const CLUSTER: &str = "bench-audit";
     let members: Vec<(MemberId, SecretKey)> = (0..10)
-        .map(|i| Ok((MemberId::new(format!("m{i}")), crate::identity::generate_key()?)))
+        .map(|i| {
+            Ok((
+                MemberId::new(format!("m{i}")),
+                crate::identity::generate_key()?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let nodes: Vec<(NodeId, SecretKey)> = (0..10)
-        .map(|i| Ok((NodeId::new(format!("n{i}")), crate::identity::generate_key()?)))
+        .map(|i| {
+            Ok((
+                NodeId::new(format!("n{i}")),
+                crate::identity::generate_key()?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let mut live = ClusterState::new();
     let mut leaves: Vec<Vec<u8>> = Vec::with_capacity(entries);
@@ -266,10 +276,8 @@ fn audit(entries: usize) -> Result<i32> {
         now += 10;
         for _ in 0..50 {
             let (member, key) = &members[(n % 10) as usize];
-            let spec = coop_core::JobSpec::command(
-                vec!["true".into()],
-                Resources::new(1000, 1 << 30, 0),
-            );
+            let spec =
+                coop_core::JobSpec::command(vec!["true".into()], Resources::new(1000, 1 << 30, 0));
             let rid = format!("r{n}");
             let auth = key.sign_request(
                 CLUSTER,

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use coop_proto::api::{
-    propose_request, ClusterStatusRequest, GetPolicyRequest, JobSpec, ListJobsRequest, LogsRequest,
-    ProposeRequest, Resources, VoteRequest,
+    propose_request, AppealChange, ClusterStatusRequest, GetPolicyRequest, JobSpec,
+    ListJobsRequest, LogsRequest, ProposeRequest, Resources, VoteRequest,
 };
 
 use crate::client::connect;
@@ -301,7 +301,7 @@ async fn governance_act(
         .into_inner()
         .proposal_id;
     println!("== coop proposals (with the what-if the core computes on the current state)");
-    crate::cmd::governance::proposals(addr, crate::output::Format::Table).await?;
+    crate::cmd::governance::proposals(addr, crate::output::Format::Table, false).await?;
     for who in ["ben", "ana"] {
         let request_id = new_request_id();
         let auth = members[who]
@@ -357,7 +357,105 @@ async fn governance_act(
         status.log_size,
         &status.log_root[..16]
     );
+    if appeal_act(client, addr, members).await? != 0 {
+        return Ok(1);
+    }
     audit_act(addr).await
+}
+
+/// Cam appeals the preemption of one of his burst jobs; ana and ben uphold
+/// it, and the policy's remedy (a usage credit) is applied and recorded.
+async fn appeal_act(client: &crate::client::Client, addr: &str, members: &Members) -> Result<i32> {
+    let jobs = client
+        .clone()
+        .list_jobs(ListJobsRequest {
+            member: "cam".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner()
+        .jobs;
+    // Lists are compact: the history comes with each job on its own.
+    let mut preempted = None;
+    for j in &jobs {
+        let full = client
+            .clone()
+            .get_job(coop_proto::api::GetJobRequest { job_id: j.id })
+            .await
+            .map_err(crate::client::explain)?
+            .into_inner();
+        if full.history.iter().any(|h| h.what.contains("preempted")) {
+            preempted = Some(full);
+            break;
+        }
+    }
+    let Some(job) = preempted else {
+        println!("   (no preempted job of cam's to appeal)");
+        return Ok(0);
+    };
+    println!();
+    println!(
+        "== cam appeals the preemption of his job {} (coop appeal {} --reason ...)",
+        job.id, job.id
+    );
+    let kind = coop_core::governance::ProposalKind::Appeal {
+        job: coop_core::JobId(job.id),
+        reason: "preempted mid-run; I ask for the lost time back".into(),
+    };
+    let request_id = new_request_id();
+    let auth = members["cam"]
+        .sign(
+            client,
+            &request_id,
+            &coop_core::MemberRequest::Propose { kind: &kind },
+        )
+        .await?;
+    let id = client
+        .clone()
+        .propose(ProposeRequest {
+            member: "cam".into(),
+            request_id,
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+            change: Some(propose_request::Change::Appeal(AppealChange {
+                job_id: job.id,
+                reason: "preempted mid-run; I ask for the lost time back".into(),
+            })),
+        })
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner()
+        .proposal_id;
+    for who in ["ana", "ben"] {
+        let request_id = new_request_id();
+        let auth = members[who]
+            .sign(
+                client,
+                &request_id,
+                &coop_core::MemberRequest::Vote {
+                    proposal: id,
+                    yes: true,
+                },
+            )
+            .await?;
+        client
+            .clone()
+            .vote(VoteRequest {
+                member: who.into(),
+                request_id,
+                proposal_id: id,
+                yes: true,
+                issued_at_ms: auth.issued_at_ms,
+                signature: auth.signature.0.to_vec(),
+            })
+            .await
+            .map_err(crate::client::explain)?;
+        println!("   {who} votes to uphold it");
+    }
+    println!("== coop appeals");
+    crate::cmd::governance::proposals(addr, crate::output::Format::Table, true).await?;
+    Ok(0)
 }
 
 /// Act five: anyone can recompute every decision. The journal is exported

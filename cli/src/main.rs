@@ -99,6 +99,15 @@ enum Cmd {
     /// Every proposal with its tally, outcome and (for an open policy
     /// proposal) its what-if.
     Proposals,
+    /// Contest a decision about one of your jobs (a preemption, a loss, a
+    /// wait): the members vote; upheld, the policy's remedy applies.
+    Appeal {
+        job: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The appeals, with their outcomes and remedies.
+    Appeals,
     /// Recompute every decision from the decision log's journal.
     Audit {
         #[command(subcommand)]
@@ -368,7 +377,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Vote { proposal, answer } => {
             cmd::governance::vote(&settings, fmt, proposal, &answer).await
         }
-        Cmd::Proposals => cmd::governance::proposals(&addr, fmt).await,
+        Cmd::Proposals => cmd::governance::proposals(&addr, fmt, false).await,
+        Cmd::Appeal { job, reason } => {
+            cmd::governance::propose(
+                &settings,
+                fmt,
+                cmd::governance::Change::Appeal { job, reason },
+            )
+            .await
+        }
+        Cmd::Appeals => cmd::governance::proposals(&addr, fmt, true).await,
         Cmd::Audit { command } => match command {
             AuditCmd::Export { file } => cmd::audit::export(&addr, fmt, &file).await,
             AuditCmd::Verify { journal } => {

@@ -853,6 +853,13 @@ impl Coop for CoopService {
                     what_if,
                     would_place,
                     would_preempt,
+                    kind: match p.kind {
+                        coop_core::governance::ProposalKind::Policy { .. } => "policy",
+                        coop_core::governance::ProposalKind::Admit { .. } => "admit",
+                        coop_core::governance::ProposalKind::Remove { .. } => "remove",
+                        coop_core::governance::ProposalKind::Appeal { .. } => "appeal",
+                    }
+                    .into(),
                 }
             })
             .collect();
@@ -874,6 +881,10 @@ fn proposal_kind(req: &ProposeRequest) -> Result<coop_core::governance::Proposal
         }),
         Some(propose_request::Change::Remove(name)) => Ok(ProposalKind::Remove {
             member: MemberId::new(name.clone()),
+        }),
+        Some(propose_request::Change::Appeal(a)) => Ok(ProposalKind::Appeal {
+            job: JobId(a.job_id),
+            reason: a.reason.clone(),
         }),
         None => Err(Status::invalid_argument(
             "say what to change: a policy, an admission or a removal",

@@ -19,6 +19,7 @@ pub enum Change {
     Policy(std::path::PathBuf),
     Admit { name: String, key: String },
     Remove(String),
+    Appeal { job: u64, reason: String },
 }
 
 pub async fn propose(settings: &Settings, fmt: Format, change: Change) -> Result<i32> {
@@ -48,6 +49,16 @@ pub async fn propose(settings: &Settings, fmt: Format, change: Change) -> Result
                 member: MemberId::new(name.clone()),
             },
             propose_request::Change::Remove(name),
+        ),
+        Change::Appeal { job, reason } => (
+            ProposalKind::Appeal {
+                job: coop_core::JobId(job),
+                reason: reason.clone(),
+            },
+            propose_request::Change::Appeal(AppealChange {
+                job_id: job,
+                reason,
+            }),
         ),
     };
     let signer = settings.signer(None)?;
@@ -122,18 +133,22 @@ pub async fn vote(settings: &Settings, fmt: Format, id: u64, answer: &str) -> Re
     Ok(0)
 }
 
-pub async fn proposals(addr: &str, fmt: Format) -> Result<i32> {
+/// Every proposal; `appeals_only` keeps the appeals.
+pub async fn proposals(addr: &str, fmt: Format, appeals_only: bool) -> Result<i32> {
     let client = connect(addr).await?;
-    let reply = call(&client, (), |mut c, ()| async move {
+    let mut reply = call(&client, (), |mut c, ()| async move {
         c.list_proposals(ListProposalsRequest {}).await
     })
     .await?;
+    if appeals_only {
+        reply.proposals.retain(|p| p.kind == "appeal");
+    }
     if fmt == Format::Json {
         let list: Vec<_> = reply
             .proposals
             .iter()
             .map(|p| {
-                json!({"id": p.id, "change": p.change, "proposer": p.proposer, "status": p.status,
+                json!({"id": p.id, "kind": p.kind, "change": p.change, "proposer": p.proposer, "status": p.status,
                        "outcome": p.outcome, "yes": p.yes, "no": p.no, "eligible": p.eligible,
                        "quorum": p.quorum, "deadline_ms": p.deadline_ms,
                        "votes": p.votes.iter().map(|v| json!({"member": v.member, "yes": v.yes})).collect::<Vec<_>>(),
@@ -146,7 +161,7 @@ pub async fn proposals(addr: &str, fmt: Format) -> Result<i32> {
         return Ok(0);
     }
     if reply.proposals.is_empty() {
-        println!("no proposals yet: coop propose policy|admit|remove");
+        println!("none yet: coop propose policy|admit|remove, coop appeal JOB --reason TEXT");
         return Ok(0);
     }
     let now = now_ms();

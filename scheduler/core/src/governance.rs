@@ -32,6 +32,12 @@ pub enum ProposalKind {
     /// Remove a member: its waiting jobs are cancelled, its running ones
     /// stopped after the grace, its nodes leave the pool; its history stays.
     Remove { member: MemberId },
+    /// A member contests a decision about its own job (a preemption, a
+    /// loss, a wait); upheld, it gets the remedy the policy defines.
+    Appeal {
+        job: crate::ids::JobId,
+        reason: String,
+    },
 }
 
 impl ProposalKind {
@@ -40,6 +46,7 @@ impl ProposalKind {
             Self::Policy { policy } => format!("adopt policy version {}", policy.version),
             Self::Admit { member, key } => format!("admit {member} (key {key})"),
             Self::Remove { member } => format!("remove {member}"),
+            Self::Appeal { job, reason } => format!("appeal for job {job}: {reason}"),
         }
     }
 }

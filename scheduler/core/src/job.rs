@@ -486,6 +486,10 @@ pub struct Job {
     /// record, where `spec` holds the commitments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_salt: Option<EnvSalt>,
+    /// Milliseconds of runs lost to preemption or to a lost node, not yet
+    /// credited back by an upheld appeal.
+    #[serde(default)]
+    pub lost_ms: u64,
     /// Private: the pending queue is derived from it, so it changes only
     /// through `ClusterState::set_job_state`.
     state: JobState,
@@ -523,6 +527,7 @@ impl Job {
             request_id,
             spec,
             env_salt,
+            lost_ms: 0,
             state: JobState::Pending,
             attempts: 0,
             alloc: None,

@@ -57,12 +57,23 @@ pub struct Policy {
     /// votes cast (0.5: a simple majority).
     #[serde(default = "defaults::vote_threshold")]
     pub vote_threshold: f64,
+    /// The remedy of an upheld appeal: credit the member's usage with the
+    /// resource-seconds the job lost to preemption or lost nodes.
+    #[serde(default = "defaults::yes")]
+    pub appeal_credit: bool,
+    /// The remedy of an upheld appeal: a job that failed because its runs
+    /// were lost goes back to the queue with its retries restored.
+    #[serde(default = "defaults::yes")]
+    pub appeal_requeue: bool,
     /// Governance: how long a proposal is open.
     #[serde(default = "defaults::voting_period_secs")]
     pub voting_period_secs: u64,
 }
 
 mod defaults {
+    pub fn yes() -> bool {
+        true
+    }
     pub fn vote_quorum() -> f64 {
         0.5
     }
@@ -116,6 +127,8 @@ impl Default for Policy {
             vote_quorum: defaults::vote_quorum(),
             vote_threshold: defaults::vote_threshold(),
             voting_period_secs: defaults::voting_period_secs(),
+            appeal_credit: true,
+            appeal_requeue: true,
         }
     }
 }

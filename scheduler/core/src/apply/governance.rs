@@ -36,8 +36,15 @@ fn conflict(state: &ClusterState, kind: &ProposalKind) -> Option<String> {
         ProposalKind::Remove { member } => {
             (!state.members().contains_key(member)).then(|| format!("{member} is not a member"))
         }
+        ProposalKind::Appeal { job, .. } => state
+            .job(*job)
+            .is_none()
+            .then(|| format!("job {job} is no longer in the record")),
     }
 }
+
+/// Longest appeal reason.
+const MAX_REASON: usize = 1000;
 
 fn check_propose(
     state: &ClusterState,
@@ -75,6 +82,21 @@ fn check_propose(
         ProposalKind::Policy { policy } => policy.validate()?,
         ProposalKind::Admit { member, .. } => validate_name("member", member.as_str())?,
         ProposalKind::Remove { .. } => {}
+        ProposalKind::Appeal { job, reason } => {
+            let j = state.job(*job).ok_or(CoreError::UnknownJob(*job))?;
+            // A member appeals decisions about its own jobs only.
+            if &j.member != member {
+                return Err(CoreError::NotOwner {
+                    job: *job,
+                    owner: j.member.clone(),
+                });
+            }
+            if reason.trim().is_empty() || reason.len() > MAX_REASON {
+                return Err(CoreError::BadProposal(format!(
+                    "give a reason of 1 to {MAX_REASON} bytes"
+                )));
+            }
+        }
     }
     if let Some(why) = conflict(state, kind) {
         return Err(CoreError::BadProposal(why));
@@ -243,8 +265,8 @@ fn settle(state: &mut ClusterState, id: ProposalId, now: u64, deadline: bool) ->
         if let Some(why) = conflict(state, &kind) {
             status = ProposalStatus::Void;
             outcome = format!("passed ({tally}) but void: {why}");
-        } else {
-            enact(state, &kind, now);
+        } else if let Some(remedy) = enact(state, &kind, id, now) {
+            outcome = format!("{outcome}; {remedy}");
         }
     }
     if let Some(p) = state.proposals_mut().get_mut(&id) {
@@ -255,11 +277,75 @@ fn settle(state: &mut ClusterState, id: ProposalId, now: u64, deadline: bool) ->
     status
 }
 
-fn enact(state: &mut ClusterState, kind: &ProposalKind, now: u64) {
+/// Makes an adopted proposal take effect; says what an appeal's remedy was.
+fn enact(
+    state: &mut ClusterState,
+    kind: &ProposalKind,
+    id: ProposalId,
+    now: u64,
+) -> Option<String> {
     match kind {
         ProposalKind::Policy { policy } => state.set_policy(policy.clone(), false),
         ProposalKind::Admit { member, key } => state.admit(member.clone(), *key, now),
         ProposalKind::Remove { member } => remove(state, member, now),
+        ProposalKind::Appeal { job, .. } => return Some(redress(state, *job, id, now)),
+    }
+    None
+}
+
+/// The remedy of an upheld appeal, as the policy defines it: the member's
+/// usage is credited with the resource-seconds the job lost, and a job that
+/// failed because its runs were lost goes back to the queue with its
+/// retries restored.
+fn redress(
+    state: &mut ClusterState,
+    job_id: crate::ids::JobId,
+    id: ProposalId,
+    now: u64,
+) -> String {
+    let policy = state.policy().clone();
+    let Some(job) = state.job(job_id) else {
+        return "no remedy: the job is gone".into();
+    };
+    let (member, resources, lost_ms, failed_lost) = (
+        job.member.clone(),
+        job.spec.resources,
+        job.lost_ms,
+        job.state() == JobState::Failed && job.lost_ms > 0,
+    );
+    let mut done = Vec::new();
+    if policy.appeal_credit && lost_ms > 0 {
+        let secs = lost_ms as f64 / 1000.0;
+        if let Some(m) = state.member_mut(&member, now) {
+            let mut credit = crate::ledger::Usage::default();
+            credit.add(&resources, secs);
+            m.usage.gpu = (m.usage.gpu - credit.gpu).max(0.0);
+            m.usage.cpu = (m.usage.cpu - credit.cpu).max(0.0);
+            m.usage.mem = (m.usage.mem - credit.mem).max(0.0);
+            done.push(format!(
+                "{member}'s usage credited with {secs:.1} s of the job's resources"
+            ));
+        }
+        if let Some(j) = state.job_mut(job_id) {
+            j.lost_ms = 0;
+        }
+    }
+    if policy.appeal_requeue && failed_lost {
+        if let Some(j) = state.set_job_state(job_id, JobState::Pending) {
+            j.attempts = 0;
+            j.finished_at_ms = None;
+            j.message = format!("requeued by upheld appeal {id}");
+            j.record(
+                now,
+                format!("requeued with its retries restored by upheld appeal {id}"),
+            );
+            done.push(format!("job {job_id} requeued with its retries restored"));
+        }
+    }
+    if done.is_empty() {
+        "the job lost no work, so there was nothing to credit".into()
+    } else {
+        done.join("; ")
     }
 }
 

@@ -107,6 +107,14 @@ pub(super) fn end_run(
     if job.alloc == Some(alloc_id) {
         job.alloc = None;
     }
+    // Work the job lost to the cooperative's decisions (a preemption) or
+    // to the pool (a lost node): what an upheld appeal credits back.
+    let lost_run = alloc.preempted || (exit.code.is_none() && exit.signal.is_none());
+    if lost_run && job.state() != JobState::Cancelled {
+        if let Some(start) = job.started_at_ms {
+            job.lost_ms = job.lost_ms.saturating_add(now.saturating_sub(start));
+        }
+    }
     let (next, line) = if job.state() == JobState::Cancelled {
         (
             JobState::Cancelled,

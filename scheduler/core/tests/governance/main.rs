@@ -288,3 +288,72 @@ fn two_policy_proposals_for_one_version_the_second_is_void() {
     assert_eq!(s.policy().floor, 0.6);
     assert!(s.proposals()[&b].outcome.contains("next version is 3"));
 }
+
+#[test]
+fn an_upheld_appeal_credits_the_lost_work_and_requeues_the_job() {
+    let mut s = founded();
+    s.apply(&testkit::add_node("bo", "box", 1)).unwrap();
+    s.apply(&testkit::register(
+        "box",
+        "bo",
+        Resources::new(2000, 1 << 30, 0),
+        1,
+        vec![],
+        2,
+    ))
+    .unwrap();
+    let spec = JobSpec::command(vec!["train".into()], Resources::new(2000, 1 << 20, 0));
+    s.apply(&testkit::submit("ana", "a1", spec, 3)).unwrap();
+    s.apply(&Command::Schedule { now_ms: 4 }).unwrap();
+    let alloc = *s.allocs().keys().next().unwrap();
+    s.apply(&testkit::started(alloc, &NodeId::new("box"), 1_000))
+        .unwrap();
+    // An hour into its run, its node is lost; it had no retries: failed.
+    s.apply(&Command::NodeLost {
+        node: NodeId::new("box"),
+        incarnation: 1,
+        now_ms: 3_601_000,
+    })
+    .unwrap();
+    let job = &s.jobs()[&JobId(1)];
+    assert_eq!(job.state(), JobState::Failed);
+    assert_eq!(job.lost_ms, 3_600_000);
+    // Only ana may appeal it.
+    let foreign = s.apply(&testkit::propose(
+        "bo",
+        "x",
+        ProposalKind::Appeal {
+            job: JobId(1),
+            reason: "not mine".into(),
+        },
+        3_601_001,
+    ));
+    assert!(
+        matches!(foreign, Err(CoreError::NotOwner { .. })),
+        "{foreign:?}"
+    );
+    let id = propose(
+        &mut s,
+        "ana",
+        ProposalKind::Appeal {
+            job: JobId(1),
+            reason: "an hour of training lost to a node that vanished".into(),
+        },
+        3_601_002,
+    );
+    let usage_before = s.members()[&MemberId::new("ana")].usage.cpu;
+    for m in ["bo", "cam", "dan"] {
+        vote(&mut s, m, id, true, 3_601_003);
+    }
+    assert_eq!(status(&s, id), ProposalStatus::Adopted);
+    assert_eq!(
+        s.proposals()[&id].outcome,
+        "adopted: 3 yes, 0 no of 5 members; ana's usage credited with 3600.0 s of the job's resources; job 1 requeued with its retries restored"
+    );
+    let job = &s.jobs()[&JobId(1)];
+    assert_eq!(job.state(), JobState::Pending);
+    assert_eq!((job.attempts, job.lost_ms), (0, 0));
+    // 2 cores for an hour, taken back (down to zero, never below).
+    assert!(s.members()[&MemberId::new("ana")].usage.cpu < usage_before);
+    assert!(s.members()[&MemberId::new("ana")].usage.cpu >= 0.0);
+}
