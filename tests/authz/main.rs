@@ -65,6 +65,9 @@ const MATRIX: &[(&str, &str)] = &[
     ("coop.api.v1.Coop/ListJobs", "AADDDD"),
     ("coop.api.v1.Coop/ListNodes", "AADDDD"),
     ("coop.api.v1.Coop/ListProposals", "AADDDD"),
+    // The public record: env values are commitments in it, so any member
+    // may replay it.
+    ("coop.api.v1.Coop/ExportJournal", "AADDDD"),
     // A job's logs are its member's alone.
     ("coop.api.v1.Coop/Logs", "ADDDDD"),
     // Members act in their own name only.
@@ -336,6 +339,13 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                     signature,
                 })
                 .await?;
+        }
+        "coop.api.v1.Coop/ExportJournal" => {
+            let mut s = coop()
+                .export_journal(read(who, ExportJournalRequest { from: 0, to: 5 }))
+                .await?
+                .into_inner();
+            s.message().await?;
         }
         "coop.api.v1.Coop/ListProposals" => {
             coop()
