@@ -218,6 +218,11 @@ enum AuditCmd {
         #[arg(long)]
         journal: Option<PathBuf>,
     },
+    /// The log's head as every replica reports it, checked for forks and
+    /// against the head this CLI verified last time (consistency proof).
+    Checkpoint,
+    /// The leaves recording a job's decisions, with inclusion proofs checked.
+    Prove { job: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -392,6 +397,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             AuditCmd::Verify { journal } => {
                 cmd::audit::verify(&addr, fmt, journal.as_deref()).await
             }
+            AuditCmd::Checkpoint => cmd::audit::checkpoint(&addr, fmt).await,
+            AuditCmd::Prove { job } => cmd::audit::prove(&addr, fmt, job).await,
         },
         Cmd::Node {
             command: NodeCmd::Add { name, key, member },

@@ -865,6 +865,85 @@ impl Coop for CoopService {
             .collect();
         Ok(Response::new(ListProposalsResponse { proposals }))
     }
+
+    async fn consistency_proof(
+        &self,
+        request: Request<ConsistencyProofRequest>,
+    ) -> Result<Response<ConsistencyProofResponse>, Status> {
+        self.reader(&request)?;
+        let req = request.into_inner();
+        let size = self.shared.node.state_machine().read().state.log_size();
+        if req.from_size > req.to_size || req.to_size > size {
+            return Err(Status::invalid_argument(format!(
+                "need 0 <= from_size <= to_size <= {size} (this replica's log)"
+            )));
+        }
+        let sm = self.shared.node.state_machine().clone();
+        let (from, to) = (req.from_size, req.to_size);
+        let reply = tokio::task::spawn_blocking(move || {
+            let leaves = sm.journal().leaf_hashes(to)?;
+            let from_root = coop_core::merkle::root_of(&leaves[..from as usize]);
+            let to_root = coop_core::merkle::root_of(&leaves);
+            let proof = coop_core::merkle::consistency_proof(&leaves, from as usize);
+            Ok::<_, std::io::Error>(ConsistencyProofResponse {
+                proof: proof.iter().map(|h| h.to_vec()).collect(),
+                from_root: from_root.to_vec(),
+                to_root: to_root.to_vec(),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(reply))
+    }
+
+    async fn prove_job(
+        &self,
+        request: Request<ProveJobRequest>,
+    ) -> Result<Response<ProveJobResponse>, Status> {
+        self.reader(&request)?;
+        let req = request.into_inner();
+        let (indices, size) = {
+            let applied = self.shared.node.state_machine().read();
+            let job = applied
+                .state
+                .job(JobId(req.job_id))
+                .ok_or_else(|| Status::not_found(format!("unknown job {}", req.job_id)))?;
+            (job.leaves.clone(), applied.state.log_size())
+        };
+        let tree_size = if req.tree_size == 0 {
+            size
+        } else {
+            req.tree_size
+        };
+        if tree_size > size {
+            return Err(Status::invalid_argument(format!(
+                "tree_size {tree_size} is beyond this replica's log ({size})"
+            )));
+        }
+        let sm = self.shared.node.state_machine().clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let hashes = sm.journal().leaf_hashes(tree_size)?;
+            let mut leaves = Vec::new();
+            for index in indices.into_iter().filter(|i| *i < tree_size) {
+                let leaf = sm.journal().leaf(index)?.unwrap_or_default();
+                let proof = coop_core::merkle::inclusion_proof(&hashes, index as usize);
+                leaves.push(ProvenLeaf {
+                    index,
+                    leaf,
+                    proof: proof.iter().map(|h| h.to_vec()).collect(),
+                });
+            }
+            Ok::<_, std::io::Error>(ProveJobResponse {
+                leaves,
+                root: coop_core::merkle::root_of(&hashes).to_vec(),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(reply))
+    }
 }
 
 /// The core change a proposal request names.

@@ -68,6 +68,8 @@ const MATRIX: &[(&str, &str)] = &[
     // The public record: env values are commitments in it, so any member
     // may replay it.
     ("coop.api.v1.Coop/ExportJournal", "AADDDD"),
+    ("coop.api.v1.Coop/ConsistencyProof", "AADDDD"),
+    ("coop.api.v1.Coop/ProveJob", "AADDDD"),
     // A job's logs are its member's alone.
     ("coop.api.v1.Coop/Logs", "ADDDDD"),
     // Members act in their own name only.
@@ -346,6 +348,28 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                 .await?
                 .into_inner();
             s.message().await?;
+        }
+        "coop.api.v1.Coop/ConsistencyProof" => {
+            coop()
+                .consistency_proof(read(
+                    who,
+                    ConsistencyProofRequest {
+                        from_size: 1,
+                        to_size: 2,
+                    },
+                ))
+                .await?;
+        }
+        "coop.api.v1.Coop/ProveJob" => {
+            coop()
+                .prove_job(read(
+                    who,
+                    ProveJobRequest {
+                        job_id: ctx.job,
+                        tree_size: 0,
+                    },
+                ))
+                .await?;
         }
         "coop.api.v1.Coop/ListProposals" => {
             coop()

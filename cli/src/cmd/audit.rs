@@ -268,3 +268,210 @@ fn report_failure(fmt: Format, why: &str) -> Result<i32> {
     }
     Ok(1)
 }
+
+/// What this CLI last verified of a cluster's log.
+#[derive(Serialize, Deserialize)]
+struct Seen {
+    size: u64,
+    root: String,
+}
+
+fn seen_path(cluster_id: &str) -> std::path::PathBuf {
+    crate::identity::config_dir()
+        .join("checkpoints")
+        .join(format!("{cluster_id}.json"))
+}
+
+fn hash(bytes: &[u8]) -> Result<coop_core::merkle::Hash> {
+    bytes
+        .try_into()
+        .map_err(|_| anyhow!("a hash is 32 bytes, got {}", bytes.len()))
+}
+
+/// `coop audit checkpoint`: the log's head as every replica reports it;
+/// replicas at one size must agree on the root, and the head must extend
+/// the one this CLI verified last time (an RFC 9162 consistency proof), so
+/// a rewritten history is noticed by any member who looked before.
+pub async fn checkpoint(addr: &str, fmt: Format) -> Result<i32> {
+    let client = connect(addr).await?;
+    let head = status(&client).await?;
+    let mut heads = Vec::new();
+    for r in &head.replicas {
+        let s = if r.id == head.answered_by {
+            Some(head.clone())
+        } else {
+            match connect(&r.addr).await {
+                Ok(c) => status(&c).await.ok(),
+                Err(_) => None,
+            }
+        };
+        heads.push((r.id, r.addr.clone(), s));
+    }
+    let mut problems = Vec::new();
+    let mut by_size: std::collections::BTreeMap<u64, (u64, String)> = Default::default();
+    for (id, _, s) in &heads {
+        let Some(s) = s else { continue };
+        if let Some((other, root)) = by_size.get(&s.log_size) {
+            if *root != s.log_root {
+                let evidence = crate::identity::config_dir()
+                    .join("evidence")
+                    .join(format!("{}-size-{}.json", head.cluster_id, s.log_size));
+                if let Some(dir) = evidence.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(
+                    &evidence,
+                    serde_json::to_vec_pretty(&json!({"size": s.log_size,
+                        "roots": [{"replica": other, "root": root}, {"replica": id, "root": s.log_root}]}))?,
+                )?;
+                problems.push(format!(
+                    "replicas {other} and {id} report different roots for size {}: a forked history (evidence kept in {})",
+                    s.log_size,
+                    evidence.display()
+                ));
+            }
+        } else {
+            by_size.insert(s.log_size, (*id, s.log_root.clone()));
+        }
+    }
+    let path = seen_path(&head.cluster_id);
+    let seen: Option<Seen> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut consistent = None;
+    if let Some(seen) = &seen {
+        if seen.size > head.log_size {
+            problems.push(format!(
+                "this CLI verified {} entries before, but replica {} now reports {}: its history was cut short, or it lags",
+                seen.size, head.answered_by, head.log_size
+            ));
+        } else {
+            let proof = call(
+                &client,
+                (seen.size, head.log_size),
+                |mut c, (from_size, to_size)| async move {
+                    c.consistency_proof(ConsistencyProofRequest { from_size, to_size })
+                        .await
+                },
+            )
+            .await?;
+            let old = hash(&hex::decode(&seen.root)?)?;
+            let new = hash(&hex::decode(&head.log_root)?)?;
+            let steps: Vec<coop_core::merkle::Hash> =
+                proof.proof.iter().map(|p| hash(p)).collect::<Result<_>>()?;
+            let ok =
+                coop_core::merkle::verify_consistency(seen.size, head.log_size, &old, &new, &steps);
+            if !ok {
+                problems.push(format!(
+                    "HISTORY REWRITTEN: the log of {} entries this CLI verified (root {}) is not a prefix of the one replica {} reports now",
+                    seen.size, seen.root, head.answered_by
+                ));
+            }
+            consistent = Some(ok);
+        }
+    }
+    if problems.is_empty() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&Seen {
+                size: head.log_size,
+                root: head.log_root.clone(),
+            })?,
+        )?;
+    }
+    match fmt {
+        Format::Json => print_json(&json!({
+            "cluster_id": head.cluster_id,
+            "replicas": heads.iter().map(|(id, a, s)| json!({"id": id, "addr": a,
+                "size": s.as_ref().map(|s| s.log_size), "root": s.as_ref().map(|s| s.log_root.clone())})).collect::<Vec<_>>(),
+            "previous": seen.as_ref().map(|s| json!({"size": s.size, "root": s.root})),
+            "consistent": consistent, "problems": problems})),
+        Format::Table => {
+            for (id, a, s) in &heads {
+                match s {
+                    Some(s) => println!(
+                        "replica {id} ({a}): {} entries, root {}",
+                        s.log_size, s.log_root
+                    ),
+                    None => println!("replica {id} ({a}): did not answer"),
+                }
+            }
+            match (&seen, consistent) {
+                (Some(s), Some(true)) => println!(
+                    "consistent with the {} entries this CLI verified before (RFC 9162 consistency proof checked)",
+                    s.size
+                ),
+                (None, _) => println!("first checkpoint this CLI has seen of {}: remembered", head.cluster_id),
+                _ => {}
+            }
+            for p in &problems {
+                println!("FAILED: {p}");
+            }
+        }
+    }
+    Ok(if problems.is_empty() { 0 } else { 1 })
+}
+
+/// `coop audit prove JOB`: the leaves that record the job's decisions, each
+/// with its inclusion proof checked against the replica's tree head.
+pub async fn prove(addr: &str, fmt: Format, job: u64) -> Result<i32> {
+    let client = connect(addr).await?;
+    let head = status(&client).await?;
+    let reply = call(
+        &client,
+        (job, head.log_size),
+        |mut c, (job_id, tree_size)| async move {
+            c.prove_job(ProveJobRequest { job_id, tree_size }).await
+        },
+    )
+    .await?;
+    let root = hash(&hex::decode(&head.log_root)?)?;
+    let mut rows = Vec::new();
+    let mut all = true;
+    for l in &reply.leaves {
+        let steps: Vec<coop_core::merkle::Hash> =
+            l.proof.iter().map(|p| hash(p)).collect::<Result<_>>()?;
+        let ok = coop_core::merkle::verify_inclusion(
+            &coop_core::merkle::leaf_hash(&l.leaf),
+            l.index,
+            head.log_size,
+            &steps,
+            &root,
+        );
+        all &= ok;
+        let what = coop_core::decision_log::parse_leaf(&l.leaf)
+            .ok()
+            .and_then(|p| serde_json::from_slice::<coop_core::Command>(p.command).ok())
+            .map(|c| c.name())
+            .unwrap_or("unreadable");
+        rows.push((l.index, what, ok));
+    }
+    match fmt {
+        Format::Json => print_json(
+            &json!({"job": job, "tree_size": head.log_size, "root": head.log_root,
+            "leaves": rows.iter().map(|(i, w, ok)| json!({"index": i, "command": w, "included": ok})).collect::<Vec<_>>()}),
+        ),
+        Format::Table => {
+            println!(
+                "job {job}: {} decisions in the log of {} entries (root {})",
+                rows.len(),
+                head.log_size,
+                head.log_root
+            );
+            for (i, w, ok) in &rows {
+                println!(
+                    "  entry {i:>8}  {w:<15} {}",
+                    if *ok {
+                        "included (proof checked)"
+                    } else {
+                        "PROOF FAILED"
+                    }
+                );
+            }
+        }
+    }
+    Ok(if all { 0 } else { 1 })
+}

@@ -229,6 +229,42 @@ fn the_readme_commands_work_against_coop_dev() {
         stdout(&o)
     );
 
+    // Checkpoints: remembered, then checked for consistency; a history
+    // that does not extend the remembered one is caught.
+    let o = coop(&addr, &["audit", "checkpoint"]);
+    assert!(o.status.success(), "{} {}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("remembered"), "{}", stdout(&o));
+    assert!(coop(&addr, &["submit", "--", "true"]).status.success());
+    let o = coop(&addr, &["audit", "checkpoint"]);
+    assert!(stdout(&o).contains("consistent with"), "{}", stdout(&o));
+    let seen = std::fs::read_dir(dir.path().join("config/coop/checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let genuine = std::fs::read_to_string(&seen).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&genuine).unwrap();
+    std::fs::write(
+        &seen,
+        serde_json::json!({"size": v["size"], "root": "00".repeat(32)}).to_string(),
+    )
+    .unwrap();
+    let o = coop(&addr, &["audit", "checkpoint"]);
+    assert!(
+        !o.status.success() && stdout(&o).contains("HISTORY REWRITTEN"),
+        "{}",
+        stdout(&o)
+    );
+    std::fs::write(&seen, genuine).unwrap();
+    let o = coop(&addr, &["audit", "prove", "1"]);
+    assert!(
+        o.status.success() && stdout(&o).contains("included (proof checked)"),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
+
     // Governance: one member (coop dev founds it alone) proposes and votes.
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "version = 2\nfloor = 0.6\n").unwrap();

@@ -73,8 +73,42 @@ impl ClusterState {
     pub fn apply_logged(&mut self, cmd: &Command) -> (Result<Outcome, CoreError>, Vec<u8>) {
         let result = self.apply(cmd);
         let leaf = leaf_data(cmd, &result);
+        let index = self.log_size();
         self.push_leaf(merkle::leaf_hash(&leaf));
+        if let Ok(outcome) = &result {
+            for job in jobs_in(outcome) {
+                if let Some(j) = self.job_mut(job) {
+                    j.note_leaf(index);
+                }
+            }
+        }
         (result, leaf)
+    }
+}
+
+/// The jobs an outcome decided something about.
+fn jobs_in(outcome: &Outcome) -> Vec<crate::ids::JobId> {
+    match outcome {
+        Outcome::Submitted {
+            job,
+            existing: false,
+        }
+        | Outcome::Cancelled { job, .. }
+        | Outcome::AllocStarted { job, .. }
+        | Outcome::AllocFinished { job, .. } => vec![*job],
+        Outcome::Scheduled {
+            placements,
+            preemptions,
+        } => placements
+            .iter()
+            .map(|p| p.job)
+            .chain(preemptions.iter().map(|p| p.job))
+            .collect(),
+        Outcome::NodeLost {
+            requeued, failed, ..
+        } => requeued.iter().chain(failed).copied().collect(),
+        Outcome::NodeRegistered { requeued, .. } => requeued.clone(),
+        _ => Vec::new(),
     }
 }
 

@@ -490,6 +490,11 @@ pub struct Job {
     /// credited back by an upheld appeal.
     #[serde(default)]
     pub lost_ms: u64,
+    /// The decision log's leaves that record this job's decisions (its
+    /// submit, placements, preemptions, reports, loss): the first and the
+    /// latest `JOB_LEAVES_KEPT - 1`. `coop audit prove` proves them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaves: Vec<u64>,
     /// Private: the pending queue is derived from it, so it changes only
     /// through `ClusterState::set_job_state`.
     state: JobState,
@@ -511,7 +516,20 @@ pub struct Job {
     pub history: Vec<JobEvent>,
 }
 
+/// Leaf indices kept per job.
+pub const JOB_LEAVES_KEPT: usize = 32;
+
 impl Job {
+    pub(crate) fn note_leaf(&mut self, index: u64) {
+        if self.leaves.last() == Some(&index) {
+            return;
+        }
+        if self.leaves.len() >= JOB_LEAVES_KEPT {
+            self.leaves.remove(1);
+        }
+        self.leaves.push(index);
+    }
+
     /// A job as submitted: pending, with one history line.
     pub(crate) fn new(
         id: JobId,
@@ -528,6 +546,7 @@ impl Job {
             spec,
             env_salt,
             lost_ms: 0,
+            leaves: Vec::new(),
             state: JobState::Pending,
             attempts: 0,
             alloc: None,

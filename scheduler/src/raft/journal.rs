@@ -70,6 +70,43 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// The leaf hashes of the first `size` leaves, for proofs. Fails when
+    /// the journal lacks one (a replica that joined from a snapshot).
+    pub fn leaf_hashes(&self, size: u64) -> io::Result<Vec<coop_core::merkle::Hash>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(LEAVES).map_err(io_err)?;
+        let mut out = Vec::with_capacity(size as usize);
+        for entry in table.range(0..size).map_err(io_err)? {
+            let (k, v) = entry.map_err(io_err)?;
+            if k.value() != out.len() as u64 {
+                return Err(io::Error::other(format!(
+                    "this replica's journal lacks entry {} (it joined from a snapshot): ask another replica",
+                    out.len()
+                )));
+            }
+            out.push(coop_core::merkle::leaf_hash(v.value()));
+        }
+        if out.len() as u64 != size {
+            return Err(io::Error::other(format!(
+                "this replica's journal has {} entries, not {size}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// One leaf.
+    pub fn leaf(&self, index: u64) -> io::Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(io_err)?;
+        let table = txn.open_table(LEAVES).map_err(io_err)?;
+        Ok(table
+            .get(index)
+            .map_err(io_err)?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
