@@ -37,6 +37,9 @@ pub struct SchedulerMetrics {
     cluster_pending: IntGauge,
     cluster_running: IntGauge,
     cluster_nodes: IntGaugeVec,
+    proposals: IntGaugeVec,
+    member_votes_cast: IntGaugeVec,
+    decision_log_entries: IntGauge,
     placements: IntCounterVec,
     preemptions: IntCounterVec,
     raft_is_leader: IntGauge,
@@ -127,6 +130,23 @@ impl SchedulerMetrics {
             cluster_utilization: gauge_vec(&r, "coop_cluster_utilization_ratio", "Allocated over capacity, per resource.", &["resource"]),
             cluster_pending: int_gauge(&r, "coop_cluster_pending_jobs", "Pending jobs."),
             cluster_running: int_gauge(&r, "coop_cluster_running_jobs", "Jobs with a live allocation."),
+            proposals: int_gauge_vec(
+                &r,
+                "coop_governance_proposals",
+                "Proposals by kind (policy, admit, remove, appeal) and status (open, adopted, rejected, expired, void).",
+                &["kind", "status"],
+            ),
+            member_votes_cast: int_gauge_vec(
+                &r,
+                "coop_governance_votes_cast",
+                "Votes a member has cast on all proposals.",
+                &["member"],
+            ),
+            decision_log_entries: int_gauge(
+                &r,
+                "coop_decision_log_entries",
+                "Leaves of the decision log (its tree size).",
+            ),
             cluster_nodes: int_gauge_vec(&r, "coop_cluster_nodes", "Nodes by state.", &["state"]),
             placements: counter_vec(&r, "coop_scheduler_placements_total", "Placements applied, by the policy rule that made them.", &["rule"]),
             preemptions: counter_vec(&r, "coop_scheduler_preemptions_total", "Preemptions applied, by the policy rule that made them.", &["rule"]),
@@ -279,6 +299,36 @@ impl SchedulerMetrics {
                     0.0
                 });
         }
+        // Every kind and status, zero included, so panels and alerts always
+        // have a series.
+        for kind in ["policy", "admit", "remove", "appeal"] {
+            for status in ["open", "adopted", "rejected", "expired", "void"] {
+                self.proposals.with_label_values(&[kind, status]).set(0);
+            }
+        }
+        let mut votes: std::collections::BTreeMap<&str, i64> =
+            state.members().keys().map(|m| (m.as_str(), 0)).collect();
+        for p in state.proposals().values() {
+            let kind = match p.kind {
+                coop_core::governance::ProposalKind::Policy { .. } => "policy",
+                coop_core::governance::ProposalKind::Admit { .. } => "admit",
+                coop_core::governance::ProposalKind::Remove { .. } => "remove",
+                coop_core::governance::ProposalKind::Appeal { .. } => "appeal",
+            };
+            self.proposals
+                .with_label_values(&[kind, p.status.as_str()])
+                .inc();
+            for m in p.votes.keys() {
+                if let Some(n) = votes.get_mut(m.as_str()) {
+                    *n += 1;
+                }
+            }
+        }
+        self.member_votes_cast.reset();
+        for (m, n) in votes {
+            self.member_votes_cast.with_label_values(&[m]).set(n);
+        }
+        self.decision_log_entries.set(state.log_size() as i64);
         self.cluster_pending.set(state.pending().len() as i64);
         self.cluster_running.set(state.running_jobs() as i64);
         self.cluster_nodes
