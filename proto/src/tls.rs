@@ -326,3 +326,125 @@ impl ServerCertVerifier for Recorder {
 pub fn from_replica<T>(request: &tonic::Request<T>) -> bool {
     request.peer_certs().is_some_and(|c| !c.is_empty())
 }
+
+/// The name in a node's self-signed certificate (which means nothing by
+/// itself: see `node_channel`).
+pub const NODE_NAME: &str = "coop-node";
+
+/// A node's TLS identity from its node key: a self-signed certificate for
+/// the worker's log service. What makes it the node is the key: replicas
+/// check the handshake signature against the key the node's owner
+/// authorized (`node_channel`), as with raw public keys (RFC 7250).
+pub fn node_identity(key: &coop_core::SecretKey) -> Result<Identity, TlsError> {
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(&key.to_bytes());
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der);
+    let pair = KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
+    let mut p = CertificateParams::new(vec![NODE_NAME.to_string()])?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, NODE_NAME);
+    p.distinguished_name = name;
+    let cert = p.self_signed(&pair)?;
+    Ok(Identity::from_pem(cert.pem(), pair.serialize_pem()))
+}
+
+/// PKCS#8 v1 for an Ed25519 seed (RFC 8410): this prefix, then the 32 bytes.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// SubjectPublicKeyInfo of an Ed25519 key (RFC 8410): this prefix, then the key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// A channel to a worker's log service over TLS 1.3 that only the holder
+/// of `node_key` can answer: the handshake's signature must verify against
+/// that key (the certificate itself is not trusted for anything).
+pub fn node_channel(addr: &str, node_key: [u8; 32]) -> Result<tonic::transport::Channel, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut spki = ED25519_SPKI_PREFIX.to_vec();
+    spki.extend_from_slice(&node_key);
+    let verifier = Arc::new(NodeKey {
+        spki,
+        provider: provider.clone(),
+    });
+    let fail = |e: String| TlsError::Probe {
+        addr: addr.to_string(),
+        message: e,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| fail(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let target = addr.to_string();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| fail(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2));
+    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
+        move |_: tonic::codegen::http::Uri| {
+            let (connector, target) = (connector.clone(), target.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(NODE_NAME).map_err(std::io::Error::other)?;
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        },
+    )))
+}
+
+/// Accepts any certificate and checks the handshake against the expected
+/// node key instead (TLS 1.3 only).
+#[derive(Debug)]
+struct NodeKey {
+    spki: Vec<u8>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for NodeKey {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.3 only".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        _cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &rustls::pki_types::SubjectPublicKeyInfoDer::from(self.spki.as_slice()),
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}

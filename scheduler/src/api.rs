@@ -426,17 +426,28 @@ impl Coop for CoopService {
                 .get(node)
                 .map(|n| n.addr.clone())
                 .ok_or_else(|| Status::not_found(format!("node {node} is unknown")))?;
+            let node_key = applied
+                .state
+                .node_grants()
+                .get(node)
+                .map(|g| g.key)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "node {node} is no longer authorized: its logs cannot be fetched"
+                    ))
+                })?;
             (
                 *alloc,
-                addr,
+                (addr, node_key),
                 job.state().is_terminal() && job.alloc.is_none(),
             )
         };
+        let (addr, node_key) = addr;
         // The worker checks the reader's own credential against the job's
         // member's key: a replica cannot read a member's logs by itself.
         let (member, auth) = coop_proto::read_auth::credential(request.metadata())
             .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
-        let channel = self.shared.worker_channel(&addr)?;
+        let channel = self.shared.worker_channel(&addr, &node_key)?;
         let reply = WorkerAgentClient::new(channel)
             .read_logs(ReadLogsRequest {
                 alloc_id: alloc.0,

@@ -81,9 +81,26 @@ impl Shared {
         self.cached_channel(addr, self.replica_tls.clone())
     }
 
-    /// A lazily connected channel to a worker's log service, reused.
-    pub fn worker_channel(&self, addr: &str) -> Result<Channel, Status> {
-        self.cached_channel(&format!("worker:{addr}"), None)
+    /// A lazily connected channel to a worker's log service, reused: TLS
+    /// that only the holder of the node's authorized key can answer
+    /// (plaintext only when the replicas themselves run without TLS).
+    pub fn worker_channel(
+        &self,
+        addr: &str,
+        node_key: &coop_core::PublicKey,
+    ) -> Result<Channel, Status> {
+        if self.replica_tls.is_none() {
+            return self.cached_channel(&format!("worker:{addr}"), None);
+        }
+        let key = format!("node:{addr}:{node_key}");
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(&key) {
+            return Ok(c.clone());
+        }
+        let channel = coop_proto::tls::node_channel(addr, node_key.0)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        channels.insert(key, channel.clone());
+        Ok(channel)
     }
 
     fn cached_channel(&self, key: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Status> {

@@ -528,9 +528,11 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                 }
                 None => (String::new(), 0, Vec::new()),
             };
-            let agent = Channel::from_shared(format!("http://{}", ctx.worker_addr))
-                .unwrap()
-                .connect_lazy();
+            let agent = coop_proto::tls::node_channel(
+                &ctx.worker_addr,
+                testkit::node_secret("ana-box").public_key().0,
+            )
+            .unwrap();
             WorkerAgentClient::new(agent)
                 .read_logs(ReadLogsRequest {
                     alloc_id: ctx.alloc,

@@ -152,13 +152,35 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
             signature: auth.signature.0.to_vec(),
         }
     };
+    // TLS that only w1's node key can answer.
+    let w1_key = coop_core::testkit::node_secret("w1").public_key().0;
     let agent = || {
         coop_proto::worker::worker_agent_client::WorkerAgentClient::new(
-            tonic::transport::Channel::from_shared(format!("http://{worker_addr}"))
-                .unwrap()
-                .connect_lazy(),
+            coop_proto::tls::node_channel(&worker_addr, w1_key).unwrap(),
         )
     };
+    // Someone expecting another node's key gets no connection: a worker
+    // cannot be impersonated to a replica, nor the other way round.
+    let impostor = coop_proto::tls::node_channel(
+        &worker_addr,
+        coop_core::testkit::node_secret("w2").public_key().0,
+    )
+    .unwrap();
+    let err = coop_proto::worker::worker_agent_client::WorkerAgentClient::new(impostor)
+        .read_logs(coop_proto::worker::ReadLogsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    // And plaintext gets nothing at all.
+    let plain = tonic::transport::Channel::from_shared(format!("http://{worker_addr}"))
+        .unwrap()
+        .connect_lazy();
+    assert!(
+        coop_proto::worker::worker_agent_client::WorkerAgentClient::new(plain)
+            .read_logs(coop_proto::worker::ReadLogsRequest::default())
+            .await
+            .is_err()
+    );
     for (req, code) in [
         (
             coop_proto::worker::ReadLogsRequest {

@@ -226,8 +226,18 @@ impl Worker {
             local: local.clone(),
             id: id.clone(),
         };
+        // Logs leave the node over TLS 1.3 under the node key: the replica
+        // checks the handshake against the key the owner authorized.
+        let mut builder = tonic::transport::Server::builder();
+        if !config.plaintext {
+            let identity = coop_proto::tls::node_identity(&id.key)
+                .map_err(|e| WorkerError::Config(format!("node TLS identity: {e}")))?;
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| WorkerError::Config(format!("node TLS: {e}")))?;
+        }
         tasks.push(tokio::spawn(async move {
-            let server = tonic::transport::Server::builder()
+            let server = builder
                 .add_service(WorkerAgentServer::new(logs))
                 .serve_with_incoming(TcpListenerStream::new(listener).map(|conn| {
                     conn.inspect(|s| {
