@@ -262,7 +262,22 @@ where
 }
 
 /// A status as a one-line error for people.
+/// Why this process has no read credential, when it has none.
+static NO_READER: OnceLock<String> = OnceLock::new();
+
+/// Records why reads cannot be signed (shown if a replica asks for them).
+pub fn no_reader(why: String) {
+    let _ = NO_READER.set(why);
+}
+
 pub fn explain(status: tonic::Status) -> anyhow::Error {
+    if status.code() == Code::Unauthenticated && READER.get().is_none() {
+        if let Some(why) = NO_READER.get() {
+            return anyhow!(
+                "this replica answers members only, and coop cannot sign as one: {why}"
+            );
+        }
+    }
     let what = match status.code() {
         Code::InvalidArgument => "rejected",
         Code::NotFound => "not found",

@@ -13,7 +13,7 @@ use crate::client::connect;
 use crate::cmd::jobs::{submit_one, wait_for};
 use crate::cmd::new_request_id;
 use crate::identity::{generate_key, load_key, write_key, Settings};
-use crate::local::{LocalCluster, Members, LOCAL_CLUSTER_ID};
+use crate::local::{LocalCluster, Members};
 use crate::output::job_state;
 
 /// `coop dev`: one replica and one worker, founded by you alone: your
@@ -64,7 +64,10 @@ pub async fn dev(settings: &Settings, data_dir: Option<PathBuf>, port: u16) -> R
         listen: addr.clone(),
         data_dir: dir.join("replica-1"),
         tls: Some(tls),
-        cluster_id: LOCAL_CLUSTER_ID.into(),
+        // Each new dev cluster is a new history: its own id, so that the
+        // head `coop audit checkpoint` remembers for one is never taken
+        // for another's (a restart on the same --data-dir keeps its id).
+        cluster_id: dev_cluster_id()?,
         members: vec![coop_core::Founder {
             name: coop_core::MemberId::new(member.clone()),
             key: key.public_key(),
@@ -109,6 +112,13 @@ pub async fn dev(settings: &Settings, data_dir: Option<PathBuf>, port: u16) -> R
     worker.stop();
     replica.stop().await;
     Ok(0)
+}
+
+/// `coop-dev-` and 8 random hex digits.
+fn dev_cluster_id() -> Result<String> {
+    let mut bytes = [0u8; 4];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("coop-dev-{}", hex::encode(bytes)))
 }
 
 fn demo_spec(member: &str, n: usize) -> JobSpec {

@@ -337,8 +337,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let addr = settings.addr.clone();
     // Reads are signed as you when you have a key; without one, a replica
     // answers only what needs no member (coop cluster status).
-    if let Ok(signer) = settings.signer(None) {
-        signer.read_as();
+    match settings.signer(None) {
+        Ok(signer) => signer.read_as(),
+        Err(e) => client::no_reader(format!("{e:#}")),
     }
     match cli.command {
         Cmd::Key { command } => match command {
