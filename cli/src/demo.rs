@@ -313,31 +313,8 @@ async fn governance_act(
     println!("== coop proposals (with the what-if the core computes on the current state)");
     crate::cmd::governance::proposals(addr, crate::output::Format::Table, false).await?;
     for who in ["ben", "ana"] {
-        let request_id = new_request_id();
-        let auth = members[who]
-            .sign(
-                client,
-                &request_id,
-                &coop_core::MemberRequest::Vote {
-                    proposal: id,
-                    yes: true,
-                },
-            )
-            .await?;
-        let reply = client
-            .clone()
-            .vote(VoteRequest {
-                member: who.into(),
-                request_id,
-                proposal_id: id,
-                yes: true,
-                issued_at_ms: auth.issued_at_ms,
-                signature: auth.signature.0.to_vec(),
-            })
-            .await
-            .map_err(crate::client::explain)?
-            .into_inner();
-        println!("   {who} votes yes: the proposal is {}", reply.status);
+        let status = vote_yes(client, members, who, id).await?;
+        println!("   {who} votes yes: the proposal is {status}");
     }
     let policy = client
         .clone()
@@ -438,34 +415,47 @@ async fn appeal_act(client: &crate::client::Client, addr: &str, members: &Member
         .into_inner()
         .proposal_id;
     for who in ["ana", "ben"] {
-        let request_id = new_request_id();
-        let auth = members[who]
-            .sign(
-                client,
-                &request_id,
-                &coop_core::MemberRequest::Vote {
-                    proposal: id,
-                    yes: true,
-                },
-            )
-            .await?;
-        client
-            .clone()
-            .vote(VoteRequest {
-                member: who.into(),
-                request_id,
-                proposal_id: id,
-                yes: true,
-                issued_at_ms: auth.issued_at_ms,
-                signature: auth.signature.0.to_vec(),
-            })
-            .await
-            .map_err(crate::client::explain)?;
+        vote_yes(client, members, who, id).await?;
         println!("   {who} votes to uphold it");
     }
     println!("== coop appeals");
     crate::cmd::governance::proposals(addr, crate::output::Format::Table, true).await?;
     Ok(0)
+}
+
+/// `who` votes yes on proposal `id`, signed with its key; the proposal's
+/// status after the vote.
+async fn vote_yes(
+    client: &crate::client::Client,
+    members: &Members,
+    who: &str,
+    id: u64,
+) -> Result<String> {
+    let request_id = new_request_id();
+    let auth = members[who]
+        .sign(
+            client,
+            &request_id,
+            &coop_core::MemberRequest::Vote {
+                proposal: id,
+                yes: true,
+            },
+        )
+        .await?;
+    Ok(client
+        .clone()
+        .vote(VoteRequest {
+            member: who.into(),
+            request_id,
+            proposal_id: id,
+            yes: true,
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        })
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner()
+        .status)
 }
 
 /// Act five: anyone can recompute every decision. The journal is exported

@@ -682,10 +682,6 @@ impl Coop for CoopService {
         let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let now = now_ms();
-        if req.request_id.is_empty() || req.request_id.len() > coop_core::error::MAX_REQUEST_ID_LEN
-        {
-            return Err(core_status(&coop_core::CoreError::BadRequestId));
-        }
         self.shared
             .node
             .state_machine()

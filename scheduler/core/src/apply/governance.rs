@@ -3,7 +3,7 @@
 //! counted, and the proposal decided as soon as its outcome is certain;
 //! `settle_due` decides the ones whose deadline passed.
 
-use crate::error::{CoreError, MAX_REQUEST_ID_LEN};
+use crate::error::CoreError;
 use crate::governance::{Proposal, ProposalId, ProposalKind, ProposalStatus};
 use crate::identity::{Auth, MemberRequest};
 use crate::ids::{validate_name, MemberId};
@@ -54,9 +54,6 @@ fn check_propose(
     auth: &Auth,
     now: u64,
 ) -> Result<Option<ProposalId>, CoreError> {
-    if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
-        return Err(CoreError::BadRequestId);
-    }
     state.verify(
         member,
         request_id,
@@ -127,9 +124,6 @@ impl ClusterState {
         auth: &Auth,
         now: u64,
     ) -> Result<(), CoreError> {
-        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
-            return Err(CoreError::BadRequestId);
-        }
         self.verify(
             member,
             request_id,

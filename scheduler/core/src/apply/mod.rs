@@ -89,9 +89,6 @@ impl ClusterState {
                 auth,
                 ..
             } => {
-                if request_id.is_empty() || request_id.len() > crate::error::MAX_REQUEST_ID_LEN {
-                    return Err(CoreError::BadRequestId);
-                }
                 self.verify(
                     member,
                     request_id,

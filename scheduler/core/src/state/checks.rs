@@ -21,6 +21,10 @@ impl ClusterState {
         request: &MemberRequest<'_>,
         now_ms: u64,
     ) -> Result<(), CoreError> {
+        // Every member request has a request id: the dedup key it signs.
+        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(CoreError::BadRequestId);
+        }
         identity::verify_request(
             self.member_key(member)?,
             &self.cluster_id,
@@ -112,9 +116,6 @@ impl ClusterState {
         auth: &Auth,
         now_ms: u64,
     ) -> Result<(), CoreError> {
-        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
-            return Err(CoreError::BadRequestId);
-        }
         crate::ids::validate_name("node", node.as_str())?;
         self.verify(
             member,
@@ -148,9 +149,6 @@ impl ClusterState {
         auth: &Auth,
         now_ms: u64,
     ) -> Result<(), CoreError> {
-        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
-            return Err(CoreError::BadRequestId);
-        }
         self.verify(
             member,
             request_id,
@@ -196,9 +194,6 @@ impl ClusterState {
         auth: &Auth,
         now_ms: u64,
     ) -> Result<Option<JobId>, CoreError> {
-        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
-            return Err(CoreError::BadRequestId);
-        }
         let public = match env_salt {
             Some(salt) => std::borrow::Cow::Owned(spec.committed(salt)),
             None => std::borrow::Cow::Borrowed(spec),
@@ -275,9 +270,6 @@ impl ClusterState {
         auth: &Auth,
         now_ms: u64,
     ) -> Result<(), CoreError> {
-        if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_LEN {
-            return Err(CoreError::BadRequestId);
-        }
         self.verify(
             member,
             request_id,
