@@ -186,6 +186,8 @@ fn a_burst_fills_the_idle_pool_then_yields_to_the_owners() {
             (JobState::Pending, 0),
             "requeued without spending a retry"
         );
+        // What the preemption cost it, for an appeal to credit back.
+        assert!(job.lost_ms > 0, "lost work recorded: {}", job.lost_ms);
     }
     // Within one grace period the owners have their share.
     let (placed, preempted) = schedule(&mut s, 3_000);
