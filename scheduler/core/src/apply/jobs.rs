@@ -37,7 +37,11 @@ pub(super) fn submit(
         member.clone(),
         request_id.to_string(),
         spec.clone(),
-        env_salt.copied(),
+        // A salt matters only to a job with env values; without any, the
+        // job is its public form already (and the digest needs no copy).
+        env_salt.copied().filter(
+            |_| matches!(&spec.kind, crate::job::JobKind::Command { env, .. } if !env.is_empty()),
+        ),
         now,
     ));
     Ok(Outcome::Submitted {
