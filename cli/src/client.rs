@@ -95,12 +95,12 @@ fn known_ca_path(addr: &str) -> PathBuf {
 
 /// The TLS settings for `addr` and, for a pinned CA, the file it is in.
 async fn tls_for(addr: &str) -> Result<(ClientTlsConfig, Option<PathBuf>)> {
-    let pem = match TRUST.get() {
+    let (pem, path) = match TRUST.get() {
         Some(Trust::Pem(pem)) => return Ok((coop_proto::tls::client(pem), None)),
         Some(Trust::File(path)) => {
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| anyhow!("cluster CA {}: {e}", path.display()))?;
-            return Ok((coop_proto::tls::client(&pem), Some(path.clone())));
+            (pem, path.clone())
         }
         None => {
             let path = known_ca_path(addr);
@@ -125,7 +125,7 @@ async fn tls_for(addr: &str) -> Result<(ClientTlsConfig, Option<PathBuf>)> {
             }
         }
     };
-    Ok((coop_proto::tls::client(&pem.0), Some(pem.1)))
+    Ok((coop_proto::tls::client(&pem), Some(path)))
 }
 
 /// Connects to `addr` (HOST:PORT), failing clearly if nothing answers.

@@ -289,27 +289,14 @@ async fn governance_act(
     let kind = ProposalKind::Policy {
         policy: coop_core::Policy::from_toml(text)?,
     };
-    let request_id = new_request_id();
-    let auth = members["ana"]
-        .sign(
-            client,
-            &request_id,
-            &coop_core::MemberRequest::Propose { kind: &kind },
-        )
-        .await?;
-    let id = client
-        .clone()
-        .propose(ProposeRequest {
-            member: "ana".into(),
-            request_id,
-            issued_at_ms: auth.issued_at_ms,
-            signature: auth.signature.0.to_vec(),
-            change: Some(propose_request::Change::PolicyToml(text.into())),
-        })
-        .await
-        .map_err(crate::client::explain)?
-        .into_inner()
-        .proposal_id;
+    let id = propose_as(
+        client,
+        members,
+        "ana",
+        &kind,
+        propose_request::Change::PolicyToml(text.into()),
+    )
+    .await?;
     println!("== coop proposals (with the what-if the core computes on the current state)");
     crate::cmd::governance::proposals(addr, crate::output::Format::Table, false).await?;
     for who in ["ben", "ana"] {
@@ -390,30 +377,17 @@ async fn appeal_act(client: &crate::client::Client, addr: &str, members: &Member
         job: coop_core::JobId(job.id),
         reason: "preempted mid-run; I ask for the lost time back".into(),
     };
-    let request_id = new_request_id();
-    let auth = members["cam"]
-        .sign(
-            client,
-            &request_id,
-            &coop_core::MemberRequest::Propose { kind: &kind },
-        )
-        .await?;
-    let id = client
-        .clone()
-        .propose(ProposeRequest {
-            member: "cam".into(),
-            request_id,
-            issued_at_ms: auth.issued_at_ms,
-            signature: auth.signature.0.to_vec(),
-            change: Some(propose_request::Change::Appeal(AppealChange {
-                job_id: job.id,
-                reason: "preempted mid-run; I ask for the lost time back".into(),
-            })),
-        })
-        .await
-        .map_err(crate::client::explain)?
-        .into_inner()
-        .proposal_id;
+    let id = propose_as(
+        client,
+        members,
+        "cam",
+        &kind,
+        propose_request::Change::Appeal(AppealChange {
+            job_id: job.id,
+            reason: "preempted mid-run; I ask for the lost time back".into(),
+        }),
+    )
+    .await?;
     for who in ["ana", "ben"] {
         vote_yes(client, members, who, id).await?;
         println!("   {who} votes to uphold it");
@@ -421,6 +395,38 @@ async fn appeal_act(client: &crate::client::Client, addr: &str, members: &Member
     println!("== coop appeals");
     crate::cmd::governance::proposals(addr, crate::output::Format::Table, true).await?;
     Ok(0)
+}
+
+/// `who` proposes `kind` (sent as `change`), signed with its key; the
+/// proposal's id.
+async fn propose_as(
+    client: &crate::client::Client,
+    members: &Members,
+    who: &str,
+    kind: &coop_core::governance::ProposalKind,
+    change: propose_request::Change,
+) -> Result<u64> {
+    let request_id = new_request_id();
+    let auth = members[who]
+        .sign(
+            client,
+            &request_id,
+            &coop_core::MemberRequest::Propose { kind },
+        )
+        .await?;
+    Ok(client
+        .clone()
+        .propose(ProposeRequest {
+            member: who.into(),
+            request_id,
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+            change: Some(change),
+        })
+        .await
+        .map_err(crate::client::explain)?
+        .into_inner()
+        .proposal_id)
 }
 
 /// `who` votes yes on proposal `id`, signed with its key; the proposal's

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::job_to_proto;
 use crate::error::core_status;
-use crate::shared::{forwarded, now_ms, Route, Shared, VerifiedCredentials};
+use crate::shared::{forwarded, now_ms, signed, Route, Shared, VerifiedCredentials};
 
 /// Largest log chunk one `Logs` call returns.
 const MAX_LOG_CHUNK: u32 = 1024 * 1024;
@@ -77,6 +77,12 @@ macro_rules! via_leader {
                 .map_err(crate::shared::forward_failed);
         }
     };
+}
+
+/// The replica group as this replica sees it now.
+fn current_replicas(shared: &Shared) -> Vec<Replica> {
+    let status = shared.node.status();
+    replicas_to_proto(&status, &shared.node.state_machine().read().state)
 }
 
 fn replicas_to_proto(
@@ -266,8 +272,7 @@ impl Coop for CoopService {
                     .map_err(|e| Status::invalid_argument(format!("invalid job: {e}")))
             })?;
         let member = MemberId::new(req.member.clone());
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let env_salt = match req.env_salt.as_slice() {
             [] => None,
             bytes => Some(
@@ -367,8 +372,7 @@ impl Coop for CoopService {
         via_leader!(self, request, cancel);
         let req = request.get_ref();
         let (job, member) = (JobId(req.job_id), MemberId::new(req.member.clone()));
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         // An unsigned, unknown, foreign or ended job is refused here, not in the log.
         self.shared
@@ -401,7 +405,7 @@ impl Coop for CoopService {
             return Err(Status::invalid_argument("stream must be stdout or stderr"));
         }
         self.shared.read_barrier().await?;
-        let (alloc, addr, terminal) = {
+        let (alloc, addr, node_key, terminal) = {
             let applied = self.shared.node.state_machine().read();
             let id = JobId(req.job_id);
             let job = applied
@@ -438,11 +442,11 @@ impl Coop for CoopService {
                 })?;
             (
                 *alloc,
-                (addr, node_key),
+                addr,
+                node_key,
                 job.state().is_terminal() && job.alloc.is_none(),
             )
         };
-        let (addr, node_key) = addr;
         // The worker checks the reader's own credential against the job's
         // member's key: a replica cannot read a member's logs by itself.
         let (member, auth) = coop_proto::read_auth::credential(request.metadata())
@@ -492,8 +496,7 @@ impl Coop for CoopService {
         );
         let key = PublicKey::parse(&req.key)
             .map_err(|e| Status::invalid_argument(format!("node key: {e}")))?;
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         self.shared
             .node
@@ -587,10 +590,7 @@ impl Coop for CoopService {
             .wait_for_leader(std::time::Duration::from_secs(10))
             .await;
         Ok(Response::new(InitClusterResponse {
-            replicas: replicas_to_proto(
-                &self.shared.node.status(),
-                &self.shared.node.state_machine().read().state,
-            ),
+            replicas: current_replicas(&self.shared),
         }))
     }
 
@@ -601,8 +601,7 @@ impl Coop for CoopService {
         via_leader!(self, request, add_replica);
         let req = request.get_ref();
         let member = MemberId::new(req.member.clone());
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         self.shared
             .node
@@ -665,10 +664,7 @@ impl Coop for CoopService {
             .await
             .map_err(|e| crate::error::write_status(&e))?;
         Ok(Response::new(AddReplicaResponse {
-            replicas: replicas_to_proto(
-                &self.shared.node.status(),
-                &self.shared.node.state_machine().read().state,
-            ),
+            replicas: current_replicas(&self.shared),
         }))
     }
 
@@ -679,21 +675,14 @@ impl Coop for CoopService {
         via_leader!(self, request, remove_replica);
         let req = request.get_ref();
         let member = MemberId::new(req.member.clone());
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         self.shared
             .node
             .state_machine()
             .read()
             .state
-            .verify(
-                &member,
-                &req.request_id,
-                &auth,
-                &coop_core::MemberRequest::RemoveReplica { id: req.id },
-                now,
-            )
+            .check_remove_replica(req.id, &member, &req.request_id, &auth, now)
             .map_err(|e| core_status(&e))?;
         let status = self.shared.node.status();
         let voters = status.replicas.iter().filter(|r| r.voter).count();
@@ -723,10 +712,7 @@ impl Coop for CoopService {
             .await
             .map_err(|e| crate::error::write_status(&e))?;
         Ok(Response::new(RemoveReplicaResponse {
-            replicas: replicas_to_proto(
-                &self.shared.node.status(),
-                &self.shared.node.state_machine().read().state,
-            ),
+            replicas: current_replicas(&self.shared),
         }))
     }
 
@@ -738,8 +724,7 @@ impl Coop for CoopService {
         let req = request.get_ref();
         let kind = proposal_kind(req)?;
         let member = MemberId::new(req.member.clone());
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         self.shared
             .node
@@ -768,8 +753,7 @@ impl Coop for CoopService {
         via_leader!(self, request, vote);
         let req = request.get_ref();
         let member = MemberId::new(req.member.clone());
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         self.shared
             .node
@@ -860,13 +844,7 @@ impl Coop for CoopService {
                     what_if,
                     would_place,
                     would_preempt,
-                    kind: match p.kind {
-                        coop_core::governance::ProposalKind::Policy { .. } => "policy",
-                        coop_core::governance::ProposalKind::Admit { .. } => "admit",
-                        coop_core::governance::ProposalKind::Remove { .. } => "remove",
-                        coop_core::governance::ProposalKind::Appeal { .. } => "appeal",
-                    }
-                    .into(),
+                    kind: p.kind.name().into(),
                 }
             })
             .collect();

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::assignment_to_proto;
 use crate::error::{core_status, not_leader};
-use crate::shared::{forwarded, now_ms, Route, Shared, VerifiedCredentials};
+use crate::shared::{forwarded, now_ms, signed, Route, Shared, VerifiedCredentials};
 
 pub struct GatewayService {
     shared: Arc<Shared>,
@@ -46,8 +46,7 @@ impl GatewayService {
         issued_at_ms: u64,
         signature: &[u8],
     ) -> Result<(), Status> {
-        let auth = coop_proto::convert::auth(issued_at_ms, signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(issued_at_ms, signature)?;
         let now = now_ms();
         let who = format!("{node}/{incarnation}");
         let applied = self.shared.node.state_machine().read();
@@ -142,8 +141,7 @@ impl WorkerGateway for GatewayService {
         let owner = MemberId::new(req.owner.clone());
         let capacity = coop_proto::convert::resources(req.capacity.as_ref());
         let gpus: Vec<coop_core::GpuInfo> = req.gpus.iter().map(coop_core::GpuInfo::from).collect();
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         self.shared
             .node
@@ -290,8 +288,7 @@ impl WorkerGateway for GatewayService {
         via_leader!(self, request, report_started);
         let req = request.get_ref();
         let (alloc, node) = (AllocId(req.alloc_id), NodeId::new(req.node_id.clone()));
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         self.check_report(
             &node,
             req.incarnation,
@@ -327,8 +324,7 @@ impl WorkerGateway for GatewayService {
             signal: req.signal,
             error: req.error.clone(),
         };
-        let auth = coop_proto::convert::auth(req.issued_at_ms, &req.signature)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let auth = signed(req.issued_at_ms, &req.signature)?;
         self.check_report(
             &node,
             req.incarnation,

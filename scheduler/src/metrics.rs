@@ -301,22 +301,18 @@ impl SchedulerMetrics {
         }
         // Every kind and status, zero included, so panels and alerts always
         // have a series.
-        for kind in ["policy", "admit", "remove", "appeal"] {
-            for status in ["open", "adopted", "rejected", "expired", "void"] {
-                self.proposals.with_label_values(&[kind, status]).set(0);
+        for kind in coop_core::governance::ProposalKind::NAMES {
+            for status in coop_core::governance::ProposalStatus::ALL {
+                self.proposals
+                    .with_label_values(&[kind, status.as_str()])
+                    .set(0);
             }
         }
         let mut votes: std::collections::BTreeMap<&str, i64> =
             state.members().keys().map(|m| (m.as_str(), 0)).collect();
         for p in state.proposals().values() {
-            let kind = match p.kind {
-                coop_core::governance::ProposalKind::Policy { .. } => "policy",
-                coop_core::governance::ProposalKind::Admit { .. } => "admit",
-                coop_core::governance::ProposalKind::Remove { .. } => "remove",
-                coop_core::governance::ProposalKind::Appeal { .. } => "appeal",
-            };
             self.proposals
-                .with_label_values(&[kind, p.status.as_str()])
+                .with_label_values(&[p.kind.name(), p.status.as_str()])
                 .inc();
             for m in p.votes.keys() {
                 if let Some(n) = votes.get_mut(m.as_str()) {

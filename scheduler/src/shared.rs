@@ -30,6 +30,13 @@ pub struct Shared {
     pub replica_tls: Option<ClientTlsConfig>,
 }
 
+/// A lazily connected channel to `addr` (with `tls`, if given).
+fn lazy_channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Status> {
+    Ok(endpoint(addr, tls)?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy())
+}
+
 /// An endpoint for `addr`: https with `tls`, else plain http.
 pub fn endpoint(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, Status> {
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -78,7 +85,9 @@ impl Shared {
 
     /// A lazily connected channel to another replica (mutual TLS), reused.
     pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        self.cached_channel(addr, self.replica_tls.clone())
+        self.cached_channel(addr.to_string(), || {
+            lazy_channel(addr, self.replica_tls.clone())
+        })
     }
 
     /// A lazily connected channel to a worker's log service, reused: TLS
@@ -90,29 +99,26 @@ impl Shared {
         node_key: &coop_core::PublicKey,
     ) -> Result<Channel, Status> {
         if self.replica_tls.is_none() {
-            return self.cached_channel(&format!("worker:{addr}"), None);
+            return self.cached_channel(format!("worker:{addr}"), || lazy_channel(addr, None));
         }
-        let key = format!("node:{addr}:{node_key}");
+        self.cached_channel(format!("node:{addr}:{node_key}"), || {
+            coop_proto::tls::node_channel(addr, node_key.0)
+                .map_err(|e| Status::internal(e.to_string()))
+        })
+    }
+
+    /// The channel cached under `key`, made by `make` the first time.
+    fn cached_channel(
+        &self,
+        key: String,
+        make: impl FnOnce() -> Result<Channel, Status>,
+    ) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
-        let channel = coop_proto::tls::node_channel(addr, node_key.0)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let channel = make()?;
         channels.insert(key, channel.clone());
-        Ok(channel)
-    }
-
-    fn cached_channel(&self, key: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(key) {
-            return Ok(c.clone());
-        }
-        let addr = key.strip_prefix("worker:").unwrap_or(key);
-        let channel = endpoint(addr, tls)?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
-        channels.insert(key.to_string(), channel.clone());
         Ok(channel)
     }
 
@@ -230,6 +236,13 @@ impl VerifiedCredentials {
         }
         seen.insert(auth.signature.0, (who.to_string(), key, auth.issued_at_ms));
     }
+}
+
+/// A request's signature and issued-at as the core takes them; a malformed
+/// signature is UNAUTHENTICATED.
+pub fn signed(issued_at_ms: u64, signature: &[u8]) -> Result<coop_core::Auth, Status> {
+    coop_proto::convert::auth(issued_at_ms, signature)
+        .map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
 /// Copies a request for forwarding, marked as forwarded.

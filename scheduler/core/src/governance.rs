@@ -41,6 +41,18 @@ pub enum ProposalKind {
 }
 
 impl ProposalKind {
+    /// Every kind's name, as `name` gives it.
+    pub const NAMES: [&'static str; 4] = ["policy", "admit", "remove", "appeal"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Policy { .. } => "policy",
+            Self::Admit { .. } => "admit",
+            Self::Remove { .. } => "remove",
+            Self::Appeal { .. } => "appeal",
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Policy { policy } => format!("adopt policy version {}", policy.version),
@@ -65,6 +77,14 @@ pub enum ProposalStatus {
 }
 
 impl ProposalStatus {
+    pub const ALL: [ProposalStatus; 5] = [
+        Self::Open,
+        Self::Adopted,
+        Self::Rejected,
+        Self::Expired,
+        Self::Void,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Open => "open",

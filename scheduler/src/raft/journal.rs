@@ -68,9 +68,7 @@ impl Journal {
         }
         Ok(out)
     }
-}
 
-impl Journal {
     /// The leaf hashes of the first `size` leaves, for proofs. Fails when
     /// the journal lacks one (a replica that joined from a snapshot).
     pub fn leaf_hashes(&self, size: u64) -> io::Result<Vec<coop_core::merkle::Hash>> {

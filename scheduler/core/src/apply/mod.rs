@@ -11,6 +11,7 @@ mod governance;
 mod jobs;
 pub mod nodes;
 mod policy;
+mod replicas;
 mod results;
 mod schedule;
 
@@ -70,17 +71,7 @@ impl ClusterState {
                 request_id,
                 auth,
                 ..
-            } => {
-                self.check_add_replica(*id, addr, member, request_id, auth, now)?;
-                self.record_replica(crate::state::ReplicaChange {
-                    id: *id,
-                    addr: addr.clone(),
-                    added: true,
-                    member: member.clone(),
-                    at_ms: now,
-                });
-                Ok(Outcome::ReplicaRecorded { id: *id })
-            }
+            } => replicas::add(self, *id, addr, member, request_id, auth, now),
             Command::RemoveReplica {
                 id,
                 addr,
@@ -88,23 +79,7 @@ impl ClusterState {
                 request_id,
                 auth,
                 ..
-            } => {
-                self.verify(
-                    member,
-                    request_id,
-                    auth,
-                    &crate::identity::MemberRequest::RemoveReplica { id: *id },
-                    now,
-                )?;
-                self.record_replica(crate::state::ReplicaChange {
-                    id: *id,
-                    addr: addr.clone(),
-                    added: false,
-                    member: member.clone(),
-                    at_ms: now,
-                });
-                Ok(Outcome::ReplicaRecorded { id: *id })
-            }
+            } => replicas::remove(self, *id, addr, member, request_id, auth, now),
             Command::RegisterNode {
                 node,
                 owner,

@@ -168,6 +168,24 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Checks a member's request to remove a replica: signed.
+    pub fn check_remove_replica(
+        &self,
+        id: u64,
+        member: &MemberId,
+        request_id: &str,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::RemoveReplica { id },
+            now_ms,
+        )
+    }
+
     /// A member's registered key; only members have one.
     fn member_key(&self, member: &MemberId) -> Result<&PublicKey, AuthError> {
         self.members
