@@ -93,19 +93,19 @@ fn known_ca_path(addr: &str) -> PathBuf {
         .join(format!("{name}.pem"))
 }
 
-/// The TLS settings for `addr` and, for a pinned CA, the file it is in.
-async fn tls_for(addr: &str) -> Result<(ClientTlsConfig, Option<PathBuf>)> {
-    let (pem, path) = match TRUST.get() {
-        Some(Trust::Pem(pem)) => return Ok((coop_proto::tls::client(pem), None)),
+/// The cluster CA trusted for `addr` and, for a pinned one, its file.
+async fn ca_for(addr: &str) -> Result<(String, Option<PathBuf>)> {
+    Ok(match TRUST.get() {
+        Some(Trust::Pem(pem)) => (pem.clone(), None),
         Some(Trust::File(path)) => {
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| anyhow!("cluster CA {}: {e}", path.display()))?;
-            (pem, path.clone())
+            (pem, Some(path.clone()))
         }
         None => {
             let path = known_ca_path(addr);
             match std::fs::read_to_string(&path) {
-                Ok(pem) => (pem, path),
+                Ok(pem) => (pem, Some(path)),
                 Err(_) => {
                     // Trust on first use: pin what the replica presents.
                     let pem = coop_proto::tls::probe_ca(addr).await?;
@@ -120,12 +120,41 @@ async fn tls_for(addr: &str) -> Result<(ClientTlsConfig, Option<PathBuf>)> {
                         coop_proto::tls::fingerprint(&pem)?,
                         path.display()
                     );
-                    (pem, path)
+                    (pem, Some(path))
                 }
             }
         }
-    };
-    Ok((coop_proto::tls::client(&pem), Some(path)))
+    })
+}
+
+/// The TLS settings for `addr` and, for a pinned CA, the file it is in.
+async fn tls_for(addr: &str) -> Result<(ClientTlsConfig, Option<PathBuf>)> {
+    let (pem, path) = ca_for(addr).await?;
+    Ok((coop_proto::tls::client(&pem), path))
+}
+
+/// The cluster CA this CLI trusts for `addr` (what vouches for replica
+/// signatures); `None` for a plaintext `http://` address.
+pub async fn trusted_ca(addr: &str) -> Result<Option<String>> {
+    if addr.starts_with("http://") {
+        return Ok(None);
+    }
+    let hostport = addr.strip_prefix("https://").unwrap_or(addr);
+    Ok(Some(ca_for(hostport).await?.0))
+}
+
+/// The CA given on the command line, by COOP_CA or a context, if any:
+/// what an offline audit checks signatures against.
+pub fn given_ca() -> Result<Option<String>> {
+    match TRUST.get() {
+        Some(Trust::Pem(pem)) => Ok(Some(pem.clone())),
+        Some(Trust::File(path)) => {
+            Ok(Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow!("cluster CA {}: {e}", path.display())
+            })?))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Connects to `addr` (HOST:PORT), failing clearly if nothing answers.

@@ -68,6 +68,8 @@ pub async fn dev(settings: &Settings, data_dir: Option<PathBuf>, port: u16) -> R
         // head `coop audit checkpoint` remembers for one is never taken
         // for another's (a restart on the same --data-dir keeps its id).
         cluster_id: dev_cluster_id()?,
+        // Checkpoints every second, so `coop audit` never waits long here.
+        checkpoint_interval_ms: 1000,
         members: vec![coop_core::Founder {
             name: coop_core::MemberId::new(member.clone()),
             key: key.public_key(),
@@ -475,7 +477,11 @@ async fn audit_act(addr: &str) -> Result<i32> {
     let file = dir.path().join("journal.bin");
     crate::cmd::audit::export(addr, Format::Table, &file).await?;
     println!("== coop audit verify --journal journal.bin");
-    if crate::cmd::audit::verify(addr, Format::Table, Some(&file)).await? != 0 {
+    let offline = |journal| crate::cmd::audit::VerifyOptions {
+        journal: Some(journal),
+        ..Default::default()
+    };
+    if crate::cmd::audit::verify(addr, Format::Table, offline(&file)).await? != 0 {
         println!("   FAILED: an honest journal did not verify");
         return Ok(1);
     }
@@ -497,7 +503,7 @@ async fn audit_act(addr: &str) -> Result<i32> {
         "== the same journal with one byte flipped (entry {}), verified again",
         entries.len() * 2 / 3
     );
-    if crate::cmd::audit::verify(addr, Format::Table, Some(&forged)).await? == 0 {
+    if crate::cmd::audit::verify(addr, Format::Table, offline(&forged)).await? == 0 {
         println!("   FAILED: a forged journal verified");
         return Ok(1);
     }

@@ -213,13 +213,21 @@ enum AuditCmd {
     Export { file: PathBuf },
     /// Replay the journal from genesis (streamed from the replica, or
     /// --journal FILE offline), check every signature, recompute every
-    /// decision, and compare the root and state digest with the claimed ones.
+    /// decision, and compare the root and state digest with a checkpoint a
+    /// majority of the replicas signed.
     Verify {
         #[arg(long)]
         journal: Option<PathBuf>,
+        /// Start from a state an earlier `--save-state` wrote (its
+        /// checkpoint is checked) instead of from genesis.
+        #[arg(long)]
+        from_state: Option<PathBuf>,
+        /// After verifying, save the state reached with its checkpoint.
+        #[arg(long)]
+        save_state: Option<PathBuf>,
     },
-    /// The log's head as every replica reports it, checked for forks and
-    /// against the head this CLI verified last time (consistency proof).
+    /// The latest checkpoint a majority of the replicas signed, checked for
+    /// forks and against the one this CLI verified last time (consistency proof).
     Checkpoint,
     /// The leaves recording a job's decisions, with inclusion proofs checked.
     Prove { job: u64 },
@@ -395,8 +403,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Appeals => cmd::governance::proposals(&addr, fmt, true).await,
         Cmd::Audit { command } => match command {
             AuditCmd::Export { file } => cmd::audit::export(&addr, fmt, &file).await,
-            AuditCmd::Verify { journal } => {
-                cmd::audit::verify(&addr, fmt, journal.as_deref()).await
+            AuditCmd::Verify {
+                journal,
+                from_state,
+                save_state,
+            } => {
+                let opts = cmd::audit::VerifyOptions {
+                    journal: journal.as_deref(),
+                    from_state: from_state.as_deref(),
+                    save_state: save_state.as_deref(),
+                };
+                cmd::audit::verify(&addr, fmt, opts).await
             }
             AuditCmd::Checkpoint => cmd::audit::checkpoint(&addr, fmt).await,
             AuditCmd::Prove { job } => cmd::audit::prove(&addr, fmt, job).await,

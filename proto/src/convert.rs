@@ -410,6 +410,55 @@ pub fn auth(issued_at_ms: u64, signature: &[u8]) -> Result<core::Auth, ConvertEr
     })
 }
 
+impl From<core::checkpoint::Signed> for api::SignedCheckpoint {
+    fn from(s: core::checkpoint::Signed) -> Self {
+        let h = s.head;
+        Self {
+            head: Some(api::CheckpointHead {
+                cluster_id: h.cluster_id,
+                size: h.size,
+                root: h.root,
+                state_digest: h.state_digest,
+                policy_version: h.policy_version,
+                at_ms: h.at_ms,
+            }),
+            replica: s.replica,
+            key: s.key.to_string(),
+            signature: s.signature.0.to_vec(),
+            cert_pem: s.cert_pem,
+        }
+    }
+}
+
+impl TryFrom<api::SignedCheckpoint> for core::checkpoint::Signed {
+    type Error = ConvertError;
+
+    fn try_from(s: api::SignedCheckpoint) -> Result<Self, ConvertError> {
+        let h = s.head.ok_or(ConvertError::Missing("head"))?;
+        let key =
+            core::PublicKey::parse(&s.key).map_err(|_| ConvertError::Missing("a valid key"))?;
+        let signature: [u8; 64] = s
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| ConvertError::BadSignature(s.signature.len()))?;
+        Ok(Self {
+            head: core::checkpoint::Head {
+                cluster_id: h.cluster_id,
+                size: h.size,
+                root: h.root,
+                state_digest: h.state_digest,
+                policy_version: h.policy_version,
+                at_ms: h.at_ms,
+            },
+            replica: s.replica,
+            key,
+            signature: core::Signature(signature),
+            cert_pem: s.cert_pem,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

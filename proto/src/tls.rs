@@ -127,9 +127,11 @@ impl ClusterCa {
     }
 
     /// A certificate for one replica (server and client authentication).
+    /// Its key is Ed25519: the same key signs the replica's checkpoints,
+    /// so the CA's certificate is what vouches for them.
     pub fn issue_replica(&self) -> Result<ReplicaIdentity, TlsError> {
         let issuer = Issuer::new(ca_params(), KeyPair::from_pem(&self.key_pem)?);
-        let key = KeyPair::generate()?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         let mut p = CertificateParams::new(vec![REPLICA_NAME.to_string()])?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, REPLICA_NAME);
@@ -186,6 +188,14 @@ impl ReplicaIdentity {
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(true)
             .timeout(HANDSHAKE_TIMEOUT)
+    }
+
+    /// The replica's key as an Ed25519 signing key (for checkpoints), or
+    /// `None` for a certificate of another kind (made before replica keys
+    /// were Ed25519: issue a new one with `coop cluster cert`).
+    pub fn signing_key(&self) -> Option<coop_core::SecretKey> {
+        let block = pem::parse(&self.key_pem).ok()?;
+        ed25519_seed(block.contents()).map(|seed| coop_core::SecretKey::from_bytes(&seed))
     }
 
     /// Calls to other replicas: mutual TLS with this replica's certificate.
@@ -353,6 +363,48 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
+/// The seed of an Ed25519 PKCS#8 key, v1 or v2 (RFC 8410, RFC 5958): the
+/// algorithm identifier and the octet string around it are fixed.
+fn ed25519_seed(der: &[u8]) -> Option<[u8; 32]> {
+    const ALGORITHM_AND_SEED: [u8; 11] = [
+        0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    if der.len() < 48 || der[0] != 0x30 || der[5..16] != ALGORITHM_AND_SEED {
+        return None;
+    }
+    der[16..48].try_into().ok()
+}
+
+/// Checks that `cert_pem` (a replica's chain, its own certificate first)
+/// is one the cluster CA `ca_pem` issued for a replica and that its key
+/// made `signature` over `message`: what vouches for a checkpoint.
+pub fn vouches(
+    ca_pem: &str,
+    cert_pem: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    let ca = pem::parse(ca_pem).map_err(|e| format!("the CA: {e}"))?;
+    let cert = pem::parse(cert_pem).map_err(|e| format!("the certificate: {e}"))?;
+    let ca_der = CertificateDer::from(ca.contents());
+    let anchor = webpki::anchor_from_trusted_cert(&ca_der).map_err(|e| format!("the CA: {e}"))?;
+    let cert_der = CertificateDer::from(cert.contents());
+    let ee =
+        webpki::EndEntityCert::try_from(&cert_der).map_err(|e| format!("the certificate: {e}"))?;
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| format!("the certificate is not the cluster CA's: {e}"))?;
+    ee.verify_signature(webpki::ring::ED25519, message, signature)
+        .map_err(|e| format!("the signature is not the certificate's key's: {e}"))
+}
+
 /// SubjectPublicKeyInfo of an Ed25519 key (RFC 8410): this prefix, then the key.
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
@@ -446,5 +498,66 @@ impl ServerCertVerifier for NodeKey {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_key_signs_what_its_ca_vouches_for() {
+        let ca = ClusterCa::generate().unwrap();
+        let replica = ca.issue_replica().unwrap();
+        let key = replica.signing_key().expect("replica keys are Ed25519");
+        let head = coop_core::checkpoint::Head {
+            cluster_id: "c".into(),
+            size: 7,
+            root: "aa".into(),
+            state_digest: "dd".into(),
+            policy_version: 1,
+            at_ms: 3,
+        };
+        let signed = coop_core::checkpoint::Signed::sign(head, 1, &key, replica.cert_pem.clone());
+        assert!(signed.verifies());
+        let message = signed.head.signing_bytes();
+        vouches(
+            &ca.cert_pem,
+            &replica.cert_pem,
+            &message,
+            &signed.signature.0,
+        )
+        .unwrap();
+        // Another CA does not vouch for it.
+        let other = ClusterCa::generate().unwrap();
+        let err = vouches(
+            &other.cert_pem,
+            &replica.cert_pem,
+            &message,
+            &signed.signature.0,
+        )
+        .unwrap_err();
+        assert!(err.contains("not the cluster CA's"), "{err}");
+        // Its key did not sign another head.
+        let mut changed = message.clone();
+        changed[30] ^= 1;
+        assert!(vouches(
+            &ca.cert_pem,
+            &replica.cert_pem,
+            &changed,
+            &signed.signature.0
+        )
+        .is_err());
+        // A certificate from the CA does not vouch for another key's signature.
+        let stranger = coop_core::SecretKey::from_bytes(&[9; 32]);
+        let forged =
+            coop_core::checkpoint::Signed::sign(signed.head.clone(), 1, &stranger, String::new());
+        assert!(vouches(
+            &ca.cert_pem,
+            &replica.cert_pem,
+            &message,
+            &forged.signature.0
+        )
+        .is_err());
     }
 }

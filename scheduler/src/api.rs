@@ -851,6 +851,30 @@ impl Coop for CoopService {
         Ok(Response::new(ListProposalsResponse { proposals }))
     }
 
+    /// Public, like the cluster's status: a checkpoint says only how big
+    /// the log is and what its root and state digest are, and any member's
+    /// CLI must be able to collect the signatures to check its history.
+    async fn checkpoints(
+        &self,
+        _request: Request<CheckpointsRequest>,
+    ) -> Result<Response<CheckpointsResponse>, Status> {
+        let status = self.shared.node.status();
+        let witness = &self.shared.witness;
+        Ok(Response::new(CheckpointsResponse {
+            signed: witness.signed().into_iter().map(Into::into).collect(),
+            conflicts: witness
+                .conflicts()
+                .into_iter()
+                .map(|c| CheckpointConflict {
+                    a: Some(c.a.into()),
+                    b: Some(c.b.into()),
+                })
+                .collect(),
+            voters: status.replicas.iter().filter(|r| r.voter).count() as u64,
+            answered_by: status.id,
+        }))
+    }
+
     async fn consistency_proof(
         &self,
         request: Request<ConsistencyProofRequest>,

@@ -30,6 +30,9 @@ pub struct Config {
     pub election_timeout_max_ms: u64,
     /// Snapshot and compact the log after this many entries.
     pub snapshot_every: u64,
+    /// How often the leader asks every replica to sign the log's head
+    /// (only when the log grew since the last checkpoint).
+    pub checkpoint_interval_ms: u64,
     /// Where to serve Prometheus metrics (`/metrics`); none when unset.
     pub metrics_listen: Option<String>,
     /// The genesis policy (a `[policy]` table); the built-in defaults when
@@ -75,6 +78,7 @@ impl Default for Config {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_every: 10_000,
+            checkpoint_interval_ms: 10_000,
             policy: None,
             metrics_listen: None,
             cluster_id: "coop".into(),
@@ -198,6 +202,11 @@ impl Config {
         if self.tls.is_none() && !self.plaintext {
             return Err(ConfigError::Invalid(
                 "tls: give the cluster CA and this replica's certificate ([tls] ca, cert, key; `coop cluster ca` makes them), or set plaintext = true for a local experiment".into(),
+            ));
+        }
+        if self.checkpoint_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "checkpoint_interval_ms must be at least 1".into(),
             ));
         }
         if self.snapshot_every == 0 {

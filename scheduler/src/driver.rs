@@ -29,6 +29,7 @@ pub async fn run(shared: Arc<Shared>) {
     let mut leader_since: Option<Instant> = None;
     let scheduling = Arc::new(AtomicBool::new(false));
     let mut last_pass = Instant::now();
+    let mut last_checkpoint = Instant::now();
     loop {
         tokio::select! {
             changed = applied_rx.changed() => if changed.is_err() { return },
@@ -44,7 +45,31 @@ pub async fn run(shared: Arc<Shared>) {
             last_pass = Instant::now();
         }
         detect_lost_nodes(&shared, since).await;
+        let interval = Duration::from_millis(shared.config.checkpoint_interval_ms);
+        if last_checkpoint.elapsed() >= interval {
+            last_checkpoint = Instant::now();
+            propose_checkpoint(&shared);
+        }
     }
+}
+
+/// Asks every replica to sign the log's head, unless nothing was logged
+/// since the last checkpoint (a quiet log needs no new signatures).
+fn propose_checkpoint(shared: &Arc<Shared>) {
+    let grew = {
+        let applied = shared.node.state_machine().read();
+        let size = applied.state.log_size();
+        size > 0 && shared.witness.latest_own_size() < size
+    };
+    if !grew {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = shared.write(Command::Checkpoint { now_ms: now_ms() }).await {
+            tracing::debug!(error = %e, "checkpoint proposal failed");
+        }
+    });
 }
 
 /// The first leader of a new cluster proposes the genesis policy from its

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod raft;
 pub mod replica;
 pub mod shared;
+pub mod witness;
 
 pub use config::Config;
 pub use replica::Replica;

@@ -40,6 +40,12 @@ pub struct SchedulerMetrics {
     proposals: IntGaugeVec,
     member_votes_cast: IntGaugeVec,
     decision_log_entries: IntGauge,
+    checkpoint_age: prometheus::Gauge,
+    checkpoint_size: IntGauge,
+    checkpoint_conflicts: IntGauge,
+    /// The log time of the latest valid checkpoint (or, before there is
+    /// one, when this replica started), in ms: its age is computed at scrape.
+    checkpoint_at_ms: std::sync::atomic::AtomicU64,
     placements: IntCounterVec,
     preemptions: IntCounterVec,
     raft_is_leader: IntGauge,
@@ -147,6 +153,18 @@ impl SchedulerMetrics {
                 "coop_decision_log_entries",
                 "Leaves of the decision log (its tree size).",
             ),
+            checkpoint_age: {
+                let g = prometheus::Gauge::new(
+                    "coop_checkpoint_age_seconds",
+                    "Time since the latest checkpoint a majority of replicas signed (since start when there is none).",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            checkpoint_size: int_gauge(&r, "coop_checkpoint_size", "Tree size of the latest checkpoint a majority of replicas signed."),
+            checkpoint_conflicts: int_gauge(&r, "coop_checkpoint_conflicts", "Pairs of validly signed checkpoints with different heads for one size (a forked history) this replica has seen."),
+            checkpoint_at_ms: std::sync::atomic::AtomicU64::new(crate::shared::now_ms()),
             cluster_nodes: int_gauge_vec(&r, "coop_cluster_nodes", "Nodes by state.", &["state"]),
             placements: counter_vec(&r, "coop_scheduler_placements_total", "Placements applied, by the policy rule that made them.", &["rule"]),
             preemptions: counter_vec(&r, "coop_scheduler_preemptions_total", "Preemptions applied, by the policy rule that made them.", &["rule"]),
@@ -325,6 +343,11 @@ impl SchedulerMetrics {
             self.member_votes_cast.with_label_values(&[m]).set(n);
         }
         self.decision_log_entries.set(state.log_size() as i64);
+        let at = self
+            .checkpoint_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.checkpoint_age
+            .set(crate::shared::now_ms().saturating_sub(at) as f64 / 1000.0);
         self.cluster_pending.set(state.pending().len() as i64);
         self.cluster_running.set(state.running_jobs() as i64);
         self.cluster_nodes
@@ -333,6 +356,21 @@ impl SchedulerMetrics {
         self.cluster_nodes
             .with_label_values(&["lost"])
             .set((state.nodes().len() - ready.len()) as i64);
+    }
+
+    /// Records what the witness knows: the latest valid checkpoint and how
+    /// many conflicts it has seen.
+    pub fn observe_checkpoints(
+        &self,
+        latest_valid: Option<&coop_core::checkpoint::Head>,
+        conflicts: usize,
+    ) {
+        if let Some(head) = latest_valid {
+            self.checkpoint_at_ms
+                .store(head.at_ms, std::sync::atomic::Ordering::Relaxed);
+            self.checkpoint_size.set(head.size as i64);
+        }
+        self.checkpoint_conflicts.set(conflicts as i64);
     }
 
     fn update_raft(&self, raft: &RaftStatus) {

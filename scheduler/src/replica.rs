@@ -54,6 +54,37 @@ pub struct Replica {
     stop_tx: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     driver: JoinHandle<()>,
+    witness_tasks: [JoinHandle<()>; 2],
+}
+
+/// The replica's witness: it signs checkpoints with the key of its
+/// certificate from the cluster CA, so the CA vouches for its signatures.
+/// Without TLS (or with a certificate that is not Ed25519) it signs with a
+/// key of its own in the data dir, which nothing vouches for.
+fn witness(
+    config: &Config,
+    identity: Option<&coop_proto::tls::ReplicaIdentity>,
+) -> Result<crate::witness::Witness, StartError> {
+    let vouched = identity.and_then(|i| i.signing_key().map(|k| (k, i)));
+    let (key, cert_pem, ca_pem) = match vouched {
+        Some((key, i)) => (key, i.cert_pem.clone(), Some(i.ca_pem.clone())),
+        None => {
+            if identity.is_some() {
+                tracing::warn!("this replica's certificate is not Ed25519: its checkpoint signatures are not vouched for by the cluster CA; issue a new one with `coop cluster cert`");
+            }
+            let path = config.data_dir.join("checkpoint.key");
+            let key = coop_proto::keyfile::load_or_create(&path)
+                .map_err(|e| StartError::Tls(format!("{}: {e}", path.display())))?;
+            (key, String::new(), identity.map(|i| i.ca_pem.clone()))
+        }
+    };
+    Ok(crate::witness::Witness::new(
+        config.id,
+        key,
+        cert_pem,
+        ca_pem,
+        &config.data_dir,
+    ))
 }
 
 impl Replica {
@@ -82,11 +113,17 @@ impl Replica {
         };
         let node = RaftNode::start(config.id, &config.data_dir, &timing, network).await?;
         let addr = config.advertise_addr().to_string();
+        let witness = Arc::new(witness(&config, identity.as_ref())?);
         let metrics = Arc::new(crate::metrics::SchedulerMetrics::new());
         let observer = metrics.clone();
+        let (heads_tx, heads_rx) = tokio::sync::mpsc::unbounded_channel();
         node.state_machine()
             .set_observer(Box::new(move |outcome, state| {
-                observer.observe(outcome, state)
+                observer.observe(outcome, state);
+                if let coop_core::Outcome::Checkpointed { .. } = outcome {
+                    // A copy: the digest is computed off the apply path.
+                    let _ = heads_tx.send(state.clone());
+                }
             }));
         let metrics_server = match &config.metrics_listen {
             Some(listen) => {
@@ -110,7 +147,17 @@ impl Replica {
             }
             None => None,
         };
-        let shared = Arc::new(Shared::new(node.clone(), config, metrics, replica_tls));
+        let shared = Arc::new(Shared::new(
+            node.clone(),
+            config,
+            metrics,
+            replica_tls,
+            witness.clone(),
+        ));
+        let witness_tasks = [
+            tokio::spawn(crate::witness::sign_heads(witness, heads_rx)),
+            tokio::spawn(crate::witness::collect(shared.clone())),
+        ];
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
         if let Some(identity) = &identity {
@@ -168,6 +215,7 @@ impl Replica {
             stop_tx: Some(stop_tx),
             server,
             driver,
+            witness_tasks,
         })
     }
 
@@ -187,6 +235,9 @@ impl Replica {
             let _ = tx.send(());
         }
         self.driver.abort();
+        for t in &self.witness_tasks {
+            t.abort();
+        }
         if let Some(t) = self.metrics_task.take() {
             t.abort();
         }

@@ -28,6 +28,8 @@ pub struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
     /// Mutual TLS to other replicas (none only in plaintext experiments).
     pub replica_tls: Option<ClientTlsConfig>,
+    /// This replica's checkpoint signatures and those it collected.
+    pub witness: std::sync::Arc<crate::witness::Witness>,
 }
 
 /// A lazily connected channel to `addr` (with `tls`, if given).
@@ -72,6 +74,7 @@ impl Shared {
         config: Config,
         metrics: std::sync::Arc<crate::metrics::SchedulerMetrics>,
         replica_tls: Option<ClientTlsConfig>,
+        witness: std::sync::Arc<crate::witness::Witness>,
     ) -> Self {
         Self {
             node,
@@ -80,6 +83,7 @@ impl Shared {
             heartbeats: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             replica_tls,
+            witness,
         }
     }
 

@@ -83,6 +83,9 @@ const MATRIX: &[(&str, &str)] = &[
     ("coop.api.v1.Coop/RemoveReplica", "AADDDD"),
     // Anyone: the cluster id and the Raft view, nothing private.
     ("coop.api.v1.Coop/ClusterStatus", "AAAAAA"),
+    // Anyone, like CT's signed tree heads: sizes, roots and digests say
+    // nothing private, and replicas collect each other's signatures.
+    ("coop.api.v1.Coop/Checkpoints", "AAAAAA"),
     // Anyone, and harmless: it forms the cluster once, from the replica's
     // own configured peers; afterwards it only says so.
     ("coop.api.v1.Coop/InitCluster", "AAAAAA"),
@@ -415,6 +418,9 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
         }
         "coop.api.v1.Coop/ClusterStatus" => {
             coop().cluster_status(ClusterStatusRequest {}).await?;
+        }
+        "coop.api.v1.Coop/Checkpoints" => {
+            coop().checkpoints(CheckpointsRequest {}).await?;
         }
         "coop.api.v1.Coop/InitCluster" => {
             coop().init_cluster(InitClusterRequest {}).await?;

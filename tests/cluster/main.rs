@@ -600,3 +600,70 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(out))
     }
 }
+
+/// Every replica signs the log's head at each checkpoint with the key of
+/// its certificate from the cluster CA; any one replica serves all three
+/// signatures over one head, and the replayed journal reaches that head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_signs_the_same_checkpoint_and_the_journal_reaches_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(tmp.path(), 3, |c| {
+        fast(c);
+        c.checkpoint_interval_ms = 300;
+    })
+    .await;
+    cluster.leader(LIMIT).await.unwrap();
+    let addrs = cluster.addrs();
+    for n in 0..5 {
+        submit(&addrs, "ana", &format!("c{n}"), &spec(&["true"], 100, 0)).await;
+    }
+    let ca = coop_e2e::test_ca().cert_pem.clone();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let (head, signed) = loop {
+        let reply = coop_e2e::client(&addrs[0])
+            .checkpoints(CheckpointsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.voters, 3);
+        assert!(reply.conflicts.is_empty());
+        let signed: Vec<coop_core::checkpoint::Signed> = reply
+            .signed
+            .into_iter()
+            .map(|s| s.try_into().unwrap())
+            .collect();
+        if let Some((head, who)) = coop_core::checkpoint::latest_valid(&signed, 3) {
+            if who.len() == 3 && head.size > 5 {
+                break (head, signed);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no head signed by all three"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for s in signed.iter().filter(|s| s.head == head) {
+        assert!(s.verifies());
+        coop_proto::tls::vouches(&ca, &s.cert_pem, &s.head.signing_bytes(), &s.signature.0)
+            .unwrap_or_else(|e| panic!("replica {}: {e}", s.replica));
+    }
+    // The journal replayed from genesis to that size gives its root and digest.
+    let mut replay = coop_core::decision_log::Replay::new();
+    let mut stream = coop_e2e::client(&addrs[1])
+        .export_journal(ExportJournalRequest {
+            from: 0,
+            to: head.size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        for e in chunk.entries {
+            replay.step(e.index, &e.leaf).unwrap();
+        }
+    }
+    assert_eq!(replay.state.log_size(), head.size);
+    assert_eq!(hex::encode(replay.root()), head.root);
+    assert_eq!(replay.state.digest(), head.state_digest);
+}

@@ -217,6 +217,48 @@ fn the_readme_commands_work_against_coop_dev() {
     assert!(coop(&addr, &["audit", "export", &j]).status.success());
     let o = coop(&addr, &["audit", "verify", "--journal", &j]);
     assert!(o.status.success(), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("signed by replicas [1] of 1"),
+        "{}",
+        stdout(&o)
+    );
+    // A later audit starts from the state an earlier one saved.
+    let saved = dir.path().join("audited.state").display().to_string();
+    let o = coop(&addr, &["audit", "verify", "--save-state", &saved]);
+    assert!(o.status.success(), "{} {}", stdout(&o), stderr(&o));
+    assert!(coop(&addr, &["submit", "--", "true"]).status.success());
+    let o = coop(&addr, &["audit", "verify", "--from-state", &saved]);
+    assert!(
+        o.status.success() && stdout(&o).contains("from the saved state at"),
+        "{} {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // A saved state whose bytes were changed is not the checkpoint's.
+    let mut bytes = std::fs::read(&saved).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] = b' ';
+    std::fs::write(&saved, bytes).unwrap();
+    let o = coop(&addr, &["audit", "verify", "--from-state", &saved]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    // A journal whose checkpoint was tampered with is refused.
+    let text = std::fs::read(&journal).unwrap();
+    let nl = text.iter().position(|b| *b == b'\n').unwrap();
+    let mut header: serde_json::Value = serde_json::from_slice(&text[..nl]).unwrap();
+    header["checkpoint"]["head"]["state_digest"] = serde_json::json!("00".repeat(32));
+    let mut forged = serde_json::to_vec(&header).unwrap();
+    forged.extend_from_slice(&text[nl..]);
+    let f = dir.path().join("forged-checkpoint.bin");
+    std::fs::write(&f, forged).unwrap();
+    let o = coop(
+        &addr,
+        &["audit", "verify", "--journal", &f.display().to_string()],
+    );
+    assert!(
+        !o.status.success() && stdout(&o).contains("did not sign this head"),
+        "{}",
+        stdout(&o)
+    );
     // The last byte of the file is inside the last leaf's outcome digest.
     let mut bytes = std::fs::read(&journal).unwrap();
     let last = bytes.len() - 1;

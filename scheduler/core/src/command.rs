@@ -162,6 +162,10 @@ pub enum Command {
     },
     /// Run the allocator over the pending queue.
     Schedule { now_ms: u64 },
+    /// Every replica signs the log's head once it has applied this (see
+    /// `checkpoint`), so their signatures cover one size; the leader
+    /// proposes one at an interval. It changes nothing but the log's time.
+    Checkpoint { now_ms: u64 },
     /// The worker started the allocation's process; signed by the node.
     AllocStarted {
         alloc: AllocId,
@@ -225,6 +229,7 @@ impl Command {
             | Self::RegisterNode { now_ms, .. }
             | Self::NodeLost { now_ms, .. }
             | Self::Schedule { now_ms }
+            | Self::Checkpoint { now_ms }
             | Self::Genesis { now_ms, .. }
             | Self::AllocStarted { now_ms, .. }
             | Self::AllocFinished { now_ms, .. } => *now_ms,
@@ -244,6 +249,7 @@ impl Command {
             Self::RegisterNode { .. } => "register_node",
             Self::NodeLost { .. } => "node_lost",
             Self::Schedule { .. } => "schedule",
+            Self::Checkpoint { .. } => "checkpoint",
             Self::Genesis { .. } => "genesis",
             Self::AllocStarted { .. } => "alloc_started",
             Self::AllocFinished { .. } => "alloc_finished",

@@ -14,6 +14,7 @@
 
 pub mod alloc;
 mod apply;
+pub mod checkpoint;
 pub mod command;
 pub mod decision;
 pub mod decision_log;

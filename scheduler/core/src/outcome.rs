@@ -77,6 +77,10 @@ pub enum Outcome {
     PolicyAdopted {
         version: u64,
     },
+    /// Replicas sign the log's head at `size` (this command's leaf included).
+    Checkpointed {
+        size: u64,
+    },
     AllocStarted {
         alloc: AllocId,
         job: JobId,

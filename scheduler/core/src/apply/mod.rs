@@ -106,6 +106,10 @@ impl ClusterState {
                 node, incarnation, ..
             } => nodes::lost(self, node, *incarnation, now),
             Command::Schedule { .. } => Ok(schedule::pass(self, now)),
+            // Its leaf is the next one: the head replicas sign is one past it.
+            Command::Checkpoint { .. } => Ok(Outcome::Checkpointed {
+                size: self.log_size() + 1,
+            }),
             Command::Genesis {
                 cluster_id,
                 policy,

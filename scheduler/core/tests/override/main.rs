@@ -27,6 +27,9 @@ enum Guard {
     /// none disappears, the node re-registers; it cannot place, cancel or
     /// record a result. docs/security.md lists it as trusted.
     FailureDetector,
+    /// A mark in the log (replicas sign the head there): unsigned, and
+    /// it changes nothing but the log's time.
+    Marker,
     /// Refused by every replica.
     Refused,
 }
@@ -45,6 +48,7 @@ fn guard(cmd: &Command) -> Guard {
         | Command::AllocFinished { .. } => Guard::Node,
         Command::Genesis { .. } => Guard::Once,
         Command::Schedule { .. } => Guard::Recomputable,
+        Command::Checkpoint { .. } => Guard::Marker,
         Command::NodeLost { .. } => Guard::FailureDetector,
         Command::Unknown => Guard::Refused,
     }
@@ -228,6 +232,7 @@ fn forge(cmd: &Command) -> Option<Command> {
         }
         Command::Genesis { .. }
         | Command::Schedule { .. }
+        | Command::Checkpoint { .. }
         | Command::NodeLost { .. }
         | Command::Unknown => return None,
     }
@@ -333,6 +338,7 @@ fn every_command(alloc: AllocId) -> Vec<Command> {
         testkit::finished(alloc, &NodeId::new("box"), ok, None, 10),
         testkit::genesis(&["mallory"], Policy::default(), 10),
         Command::Schedule { now_ms: 10 },
+        Command::Checkpoint { now_ms: 10 },
         Command::NodeLost {
             node: NodeId::new("box"),
             incarnation: 1,
@@ -368,6 +374,18 @@ fn no_command_changes_the_state_without_the_signature_its_rule_requires() {
                 let before = s.digest();
                 assert!(s.apply(&cmd).is_err(), "{}", cmd.name());
                 assert_eq!(s.digest(), before, "{} changed the state", cmd.name());
+            }
+            Guard::Marker => {
+                // At the state's own time, the state is exactly as before.
+                let mut s = state.clone();
+                assert_eq!(s.now_ms(), 10);
+                s.apply(&cmd).unwrap();
+                assert_eq!(
+                    s.digest(),
+                    state.digest(),
+                    "{} changed the state",
+                    cmd.name()
+                );
             }
             Guard::Recomputable => {
                 // Two replicas (or an auditor) reach the same state.
@@ -405,5 +423,5 @@ fn no_command_changes_the_state_without_the_signature_its_rule_requires() {
     let mut names: Vec<_> = guards.iter().map(|(n, _)| *n).collect();
     names.sort();
     names.dedup();
-    assert_eq!(names.len(), 14, "{names:?}");
+    assert_eq!(names.len(), 15, "{names:?}");
 }
