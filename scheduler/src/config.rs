@@ -33,6 +33,9 @@ pub struct Config {
     /// How often the leader asks every replica to sign the log's head
     /// (only when the log grew since the last checkpoint).
     pub checkpoint_interval_ms: u64,
+    /// Where journal segments go once a checkpoint a majority signed covers
+    /// them (say, a disk for cold data); they stay here when unset.
+    pub journal_archive_dir: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`); none when unset.
     pub metrics_listen: Option<String>,
     /// The genesis policy (a `[policy]` table); the built-in defaults when
@@ -79,6 +82,7 @@ impl Default for Config {
             election_timeout_max_ms: 1000,
             snapshot_every: 10_000,
             checkpoint_interval_ms: 10_000,
+            journal_archive_dir: None,
             policy: None,
             metrics_listen: None,
             cluster_id: "coop".into(),

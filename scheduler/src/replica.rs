@@ -114,6 +114,9 @@ impl Replica {
         let node = RaftNode::start(config.id, &config.data_dir, &timing, network).await?;
         let addr = config.advertise_addr().to_string();
         let witness = Arc::new(witness(&config, identity.as_ref())?);
+        if let Some(dir) = &config.journal_archive_dir {
+            node.state_machine().journal().set_archive(dir.clone());
+        }
         let metrics = Arc::new(crate::metrics::SchedulerMetrics::new());
         let observer = metrics.clone();
         let (heads_tx, heads_rx) = tokio::sync::mpsc::unbounded_channel();

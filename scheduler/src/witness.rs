@@ -243,10 +243,23 @@ pub async fn collect(shared: Arc<Shared>) {
             .iter()
             .filter(|r| r.voter)
             .count();
+        let valid = shared.witness.latest_valid(voters);
         shared.metrics.observe_checkpoints(
-            shared.witness.latest_valid(voters).as_ref().map(|(h, _)| h),
+            valid.as_ref().map(|(h, _)| h),
             shared.witness.conflicts().len(),
         );
+        // Sealed journal segments a valid checkpoint covers may go to the
+        // archive (when one is configured).
+        if let Some((head, _)) = valid {
+            let node = shared.node.clone();
+            let archived = tokio::task::spawn_blocking(move || {
+                node.state_machine().journal().archive_covered(head.size)
+            })
+            .await;
+            if let Ok(Err(e)) = archived {
+                tracing::warn!(error = %e, "archiving journal segments failed");
+            }
+        }
     }
 }
 
