@@ -118,9 +118,7 @@ pub async fn dev(settings: &Settings, data_dir: Option<PathBuf>, port: u16) -> R
 
 /// `coop-dev-` and 8 random hex digits.
 fn dev_cluster_id() -> Result<String> {
-    let mut bytes = [0u8; 4];
-    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    Ok(format!("coop-dev-{}", hex::encode(bytes)))
+    crate::local::fresh_cluster_id("coop-dev")
 }
 
 fn demo_spec(member: &str, n: usize) -> JobSpec {
@@ -471,6 +469,12 @@ async fn vote_yes(
 /// entry.
 async fn audit_act(addr: &str) -> Result<i32> {
     use crate::output::Format;
+    println!();
+    println!("== coop audit checkpoint: the log's head, signed by every replica");
+    if crate::cmd::audit::checkpoint(addr, Format::Table).await? != 0 {
+        println!("   FAILED: no valid checkpoint");
+        return Ok(1);
+    }
     println!();
     println!("== coop audit: export the journal, replay it from genesis offline");
     let dir = tempfile::tempdir()?;

@@ -24,7 +24,7 @@ pub struct LocalCluster {
     pub members: Members,
 }
 
-/// The id local clusters sign for.
+/// The prefix of a local cluster's id (a random suffix follows).
 pub const LOCAL_CLUSTER_ID: &str = "coop-local";
 
 /// Fresh keys for `names`, as founders (public halves) and signers.
@@ -67,12 +67,22 @@ pub async fn authorize_node(addr: &str, owner: &Signer, node: &str, work_dir: &P
     Ok(())
 }
 
+/// `prefix-` and 8 random hex digits: a new cluster's id.
+pub fn fresh_cluster_id(prefix: &str) -> Result<String> {
+    let mut bytes = [0u8; 4];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("{prefix}-{}", hex::encode(bytes)))
+}
+
 impl LocalCluster {
     /// `n` replicas founded by `names`, each with a fresh key.
     pub async fn start(dir: &Path, n: usize, names: &[&str]) -> Result<Self> {
         let (founders, members) = found(names)?;
+        // Each run is a new history: the checkpoint `coop audit` remembers
+        // for one is never taken for another's.
+        let cluster_id = fresh_cluster_id(LOCAL_CLUSTER_ID)?;
         let replicas = LocalReplicas::start(dir, n, |c| {
-            c.cluster_id = LOCAL_CLUSTER_ID.into();
+            c.cluster_id = cluster_id.clone();
             c.members = founders.clone();
         })
         .await?;
