@@ -89,14 +89,12 @@ impl GatewayService {
             .map_err(|e| core_status(&e))
     }
 
+    /// Heartbeats and assignments are served only by a leader a quorum
+    /// acknowledged within the election timeout (see `leads_with_quorum`):
+    /// a cut-off old leader turns its workers away, so they find the new
+    /// one before it declares them lost.
     fn require_leader(&self) -> Result<(), Status> {
-        if self.shared.node.is_leader() {
-            Ok(())
-        } else {
-            Err(not_leader(
-                self.shared.node.leader().map(|(_, a)| a).as_deref(),
-            ))
-        }
+        require_leader_with_quorum(&self.shared)
     }
 
     async fn report(&self, cmd: Command) -> Result<Response<ReportResponse>, Status> {
@@ -125,6 +123,19 @@ macro_rules! via_leader {
                 .map_err(crate::shared::forward_failed);
         }
     };
+}
+
+fn require_leader_with_quorum(shared: &Shared) -> Result<(), Status> {
+    let lease = Duration::from_millis(shared.config.election_timeout_min_ms);
+    if shared.node.leads_with_quorum(lease) {
+        Ok(())
+    } else if shared.node.is_leader() {
+        Err(Status::unavailable(
+            "this replica leads but has not heard from a quorum within the election timeout: it may be cut off; try another replica",
+        ))
+    } else {
+        Err(not_leader(shared.node.leader().map(|(_, a)| a).as_deref()))
+    }
 }
 
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<AssignmentSet, Status>> + Send>>;
@@ -225,6 +236,10 @@ impl WorkerGateway for GatewayService {
         let req = request.into_inner();
         let node = NodeId::new(req.node_id);
         self.session(&node, req.incarnation, req.issued_at_ms, &req.signature)?;
+        // A new leader may not have applied all it committed before it
+        // led: no set leaves before its state is at least that new, or it
+        // could send an older set than the last leader did.
+        self.shared.read_barrier().await?;
         let shared = self.shared.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -232,9 +247,8 @@ impl WorkerGateway for GatewayService {
             let mut applied_rx = sm.subscribe();
             let mut last_sent: Option<Vec<Assignment>> = None;
             loop {
-                if !shared.node.is_leader() {
-                    let leader = shared.node.leader().map(|(_, a)| a);
-                    let _ = tx.send(Err(not_leader(leader.as_deref()))).await;
+                if let Err(status) = require_leader_with_quorum(&shared) {
+                    let _ = tx.send(Err(status)).await;
                     return;
                 }
                 let view = {

@@ -667,3 +667,96 @@ async fn every_replica_signs_the_same_checkpoint_and_the_journal_reaches_it() {
     assert_eq!(hex::encode(replay.root()), head.root);
     assert_eq!(replay.state.digest(), head.state_digest);
 }
+
+/// A leader cut off from its followers still believes it leads (openraft
+/// steps down only on a higher term); it must turn workers away once no
+/// quorum has acknowledged it within the election timeout, so they look
+/// for the new leader instead of keeping jobs the rest will requeue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_without_its_quorum_turns_workers_away() {
+    use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
+    use coop_proto::worker::HeartbeatRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
+    let leader = cluster.leader(LIMIT).await.unwrap();
+    let addrs = cluster.addrs();
+    coop_e2e::add_node(&addrs, "ana", "box").await;
+    let leader_addr = addrs[leader].clone();
+    let capacity = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
+        gpus: 0,
+    };
+    WorkerGatewayClient::new(coop_e2e::channel(&leader_addr))
+        .register(coop_e2e::register_request("box", "box", "ana", capacity))
+        .await
+        .unwrap();
+    let heartbeat = || {
+        let auth = coop_core::testkit::node_secret("box").sign_node_session(
+            coop_core::testkit::CLUSTER,
+            &coop_core::NodeId::new("box"),
+            1,
+            coop_e2e::now_ms(),
+        );
+        HeartbeatRequest {
+            node_id: "box".into(),
+            incarnation: 1,
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        }
+    };
+    WorkerGatewayClient::new(coop_e2e::channel(&leader_addr))
+        .heartbeat(heartbeat())
+        .await
+        .expect("a leader with its quorum answers heartbeats");
+    for i in 0..3 {
+        if i != leader {
+            cluster.stop(i).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let err = loop {
+        match WorkerGatewayClient::new(coop_e2e::channel(&leader_addr))
+            .heartbeat(heartbeat())
+            .await
+        {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a leader alone kept answering heartbeats"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().contains("quorum"), "{err}");
+}
+
+/// A worker that reaches no leader with its quorum stops its allocations
+/// before the node timeout, when the cluster would start them elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_cut_off_from_every_replica_stops_its_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(tmp.path(), 3, fast).await;
+    cluster.leader(LIMIT).await.unwrap();
+    let addrs = cluster.addrs();
+    let _worker = spawn_worker("cut", &addrs, &tmp.path().join("w"), "1000").await;
+    let pid_file = tmp.path().join("job.pid");
+    let script = format!("echo $$ > {}; exec sleep 600", pid_file.display());
+    submit(&addrs, "ana", "long", &spec(&["sh", "-c", &script], 100, 0)).await;
+    wait_for("the job to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    assert!(alive(pid));
+    cluster.stop_all().await;
+    wait_for("the cut-off worker to stop its job", || !alive(pid)).await;
+}

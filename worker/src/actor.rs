@@ -2,7 +2,7 @@
 //! desired sets (from the leader) and process exits into actions, through
 //! the pure reconciler. One method per action.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +16,15 @@ use crate::model::{self, ModelJob};
 use crate::reconcile::{reconcile, Action, Desired, Local};
 
 pub enum Event {
-    Desired(Vec<Assignment>),
+    /// A leader's set of this node's allocations, at its applied index.
+    Desired(u64, Vec<Assignment>),
     Exited(u64, Exit),
+    /// No leader with its quorum answered for this long: stop everything.
+    CutOff(Duration),
 }
+
+/// Tombstones kept of forgotten allocations (ids only; oldest dropped first).
+const TOMBSTONES: usize = 65_536;
 
 struct Actor {
     id: Arc<Identity>,
@@ -28,6 +34,10 @@ struct Actor {
     pgids: BTreeMap<u64, u32>,
     specs: BTreeMap<u64, Assignment>,
     desired: BTreeMap<u64, Desired>,
+    /// The applied index of the newest set taken: an older one is ignored
+    /// (a replica behind the last leader would undo what it decided).
+    applied_index: u64,
+    tombstones: BTreeSet<u64>,
 }
 
 /// Owns the local table; turns desired sets and exits into actions.
@@ -46,10 +56,20 @@ pub async fn actor(
         pgids: BTreeMap::new(),
         specs: BTreeMap::new(),
         desired: BTreeMap::new(),
+        applied_index: 0,
+        tombstones: BTreeSet::new(),
     };
     while let Some(event) = events.recv().await {
         match event {
-            Event::Desired(set) => a.on_desired(set),
+            Event::Desired(index, set) => a.on_desired(index, set),
+            Event::CutOff(silent) => {
+                tracing::warn!(
+                    ?silent,
+                    "no leader with a quorum has answered: stopping every allocation here before the cluster runs them elsewhere"
+                );
+                // Nothing is wanted until a leader says so again.
+                a.desired.clear();
+            }
             Event::Exited(alloc, exit) => {
                 a.pgids.remove(&alloc);
                 executor::record_running(&a.id.work_dir, &a.pgids);
@@ -58,7 +78,7 @@ pub async fn actor(
         }
         let actions = {
             let table = a.local.lock().unwrap_or_else(|p| p.into_inner());
-            reconcile(&a.desired, &table)
+            reconcile(&a.desired, &table, &a.tombstones)
         };
         for action in actions {
             match action {
@@ -69,6 +89,10 @@ pub async fn actor(
                 }
                 Action::Forget(alloc) => {
                     a.table().remove(&alloc);
+                    a.tombstones.insert(alloc);
+                    if a.tombstones.len() > TOMBSTONES {
+                        a.tombstones.pop_first();
+                    }
                 }
             }
         }
@@ -80,7 +104,16 @@ impl Actor {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn on_desired(&mut self, set: Vec<Assignment>) {
+    fn on_desired(&mut self, index: u64, set: Vec<Assignment>) {
+        if index < self.applied_index {
+            tracing::info!(
+                index,
+                newest = self.applied_index,
+                "ignored an older assignment set"
+            );
+            return;
+        }
+        self.applied_index = index;
         let stopping = coop_proto::api::AllocState::Stopping as i32;
         self.desired = set
             .iter()

@@ -104,6 +104,9 @@ impl Identity {
 /// call never outlasts the time in which the node is declared lost.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(3);
 
+/// The node timeout assumed until a replica tells (the scheduler's default).
+const DEFAULT_NODE_TIMEOUT_MS: u64 = 5000;
+
 /// HTTP/2 keepalive interval and timeout on the connections to replicas.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
@@ -115,6 +118,10 @@ pub struct Schedulers {
     next: Mutex<usize>,
     leader: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// When a leader with its quorum last answered a leader-only call.
+    last_contact: Mutex<std::time::Instant>,
+    /// The cluster's node timeout, learnt at registration (ms).
+    node_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Schedulers {
@@ -125,7 +132,30 @@ impl Schedulers {
             next: Mutex::new(0),
             leader: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
+            last_contact: Mutex::new(std::time::Instant::now()),
+            node_timeout_ms: std::sync::atomic::AtomicU64::new(DEFAULT_NODE_TIMEOUT_MS),
         }
+    }
+
+    /// How long since a leader that has its quorum last answered.
+    pub fn since_contact(&self) -> Duration {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// How long this worker may go without reaching a leader that has its
+    /// quorum before it stops its allocations: three quarters of the node
+    /// timeout, so they are stopped before the cluster, having declared
+    /// the node lost, can start them elsewhere (Nomad's
+    /// `stop_after_client_disconnect`). A leader election takes about one
+    /// election timeout (0.5-1 s by default), well inside it.
+    pub fn stop_after(&self) -> Duration {
+        let timeout = self
+            .node_timeout_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(timeout * 3 / 4)
     }
 
     /// The leader if known, otherwise the next address in turn.
@@ -154,9 +184,16 @@ impl Schedulers {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = hint;
     }
 
-    /// Records that `addr` answered a leader-only call: it leads.
+    /// Records that `addr` answered a leader-only call: it leads, with its
+    /// quorum (replicas serve those calls only then).
     fn confirm(&self, addr: &str) {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
+        self.touch();
+    }
+
+    /// Records that the cluster's quorum answered.
+    fn touch(&self) {
+        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     }
 
     fn client(&self, addr: &str) -> Option<WorkerGatewayClient<Channel>> {
@@ -202,7 +239,7 @@ impl Schedulers {
 pub async fn connection_loop(
     id: Arc<Identity>,
     scheds: Arc<Schedulers>,
-    desired_tx: mpsc::Sender<Vec<Assignment>>,
+    desired_tx: mpsc::Sender<(u64, Vec<Assignment>)>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -266,9 +303,17 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
         })
         .await;
     match reply {
-        Ok(r) => Ok(Duration::from_millis(
-            r.into_inner().heartbeat_interval_ms.max(10),
-        )),
+        Ok(r) => {
+            let r = r.into_inner();
+            if r.heartbeat_timeout_ms > 0 {
+                scheds
+                    .node_timeout_ms
+                    .store(r.heartbeat_timeout_ms, std::sync::atomic::Ordering::Relaxed);
+            }
+            // A registration is a committed write: a quorum took it.
+            scheds.touch();
+            Ok(Duration::from_millis(r.heartbeat_interval_ms.max(10)))
+        }
         Err(status) => {
             scheds.observe(&status);
             if matches!(
@@ -330,7 +375,7 @@ async fn heartbeat_loop(id: &Identity, scheds: &Schedulers, interval: Duration) 
 async fn stream_loop(
     id: &Identity,
     scheds: &Schedulers,
-    desired_tx: &mpsc::Sender<Vec<Assignment>>,
+    desired_tx: &mpsc::Sender<(u64, Vec<Assignment>)>,
 ) {
     loop {
         let addr = scheds.target();
@@ -361,7 +406,11 @@ async fn stream_loop(
         loop {
             match stream.message().await {
                 Ok(Some(set)) => {
-                    if desired_tx.send(set.allocations).await.is_err() {
+                    if desired_tx
+                        .send((set.applied_index, set.allocations))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -168,8 +168,29 @@ impl Worker {
         let mut tasks = Vec::new();
         let forward_tx = events_tx.clone();
         tasks.push(tokio::spawn(async move {
-            while let Some(set) = desired_rx.recv().await {
-                if forward_tx.send(Event::Desired(set)).await.is_err() {
+            while let Some((index, set)) = desired_rx.recv().await {
+                if forward_tx.send(Event::Desired(index, set)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        // Cut off from every leader with a quorum for too long: stop what
+        // runs here before the cluster starts it elsewhere.
+        let (cutoff_tx, cutoff_scheds, cutoff_local) =
+            (events_tx.clone(), scheds.clone(), local.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let silent = cutoff_scheds.since_contact();
+                let running = cutoff_local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .any(|l| *l == reconcile::Local::Running);
+                if running
+                    && silent > cutoff_scheds.stop_after()
+                    && cutoff_tx.send(Event::CutOff(silent)).await.is_err()
+                {
                     return;
                 }
             }

@@ -1,8 +1,12 @@
 //! The pure reconciler: what the scheduler wants on this node (desired)
 //! against what this worker has (local), turned into actions. Running it
 //! again after its actions were carried out yields nothing.
+//!
+//! An allocation that ended here and was forgotten leaves a tombstone: a
+//! set that lists it again (an older view, from a replica that had not
+//! applied its end) never starts it a second time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the scheduler wants for one allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,9 +38,16 @@ pub enum Action {
     Forget(u64),
 }
 
-pub fn reconcile(desired: &BTreeMap<u64, Desired>, local: &BTreeMap<u64, Local>) -> Vec<Action> {
+pub fn reconcile(
+    desired: &BTreeMap<u64, Desired>,
+    local: &BTreeMap<u64, Local>,
+    tombstones: &BTreeSet<u64>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     for (&alloc, &want) in desired {
+        if tombstones.contains(&alloc) {
+            continue;
+        }
         match (want, local.get(&alloc)) {
             (Desired::Run, None) => actions.push(Action::Start(alloc)),
             (Desired::Stop, None) => actions.push(Action::ReportNeverStarted(alloc)),
@@ -100,7 +111,7 @@ mod tests {
             (5, Local::Ended),
             (6, Local::Running),
         ]);
-        let actions = reconcile(&desired, &local);
+        let actions = reconcile(&desired, &local, &BTreeSet::new());
         assert_eq!(
             actions,
             vec![
@@ -114,6 +125,20 @@ mod tests {
         // A finished allocation the scheduler still lists is not restarted.
         assert!(!actions.contains(&Action::Start(4)));
         // Running it on its own output changes nothing.
-        assert!(reconcile(&desired, &after(&local, &actions)).is_empty());
+        assert!(reconcile(&desired, &after(&local, &actions), &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_allocation_listed_again_is_not_started_twice() {
+        let tombstones = BTreeSet::from([7]);
+        let desired = BTreeMap::from([(7, Desired::Run), (8, Desired::Stop), (9, Desired::Run)]);
+        let actions = reconcile(&desired, &BTreeMap::new(), &tombstones);
+        assert_eq!(
+            actions,
+            vec![Action::ReportNeverStarted(8), Action::Start(9)]
+        );
+        // A stop for a tombstoned allocation is not reported again either.
+        let desired = BTreeMap::from([(7, Desired::Stop)]);
+        assert!(reconcile(&desired, &BTreeMap::new(), &tombstones).is_empty());
     }
 }

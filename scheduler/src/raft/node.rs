@@ -172,6 +172,27 @@ impl RaftNode {
         m.state == ServerState::Leader
     }
 
+    /// Whether this replica leads and a quorum acknowledged it within
+    /// `within`. openraft keeps a cut-off leader in the leader state until
+    /// it hears a higher term, so a leader partitioned from its followers
+    /// would go on answering workers while the others elect a new one and
+    /// requeue their jobs; what workers act on must come from a leader that
+    /// still has its quorum (a leader lease).
+    pub fn leads_with_quorum(&self, within: Duration) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return false;
+        }
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        if voters == [self.id] {
+            // Alone, it is its own quorum.
+            return true;
+        }
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|at| openraft::Instant::elapsed(&**at) <= within)
+    }
+
     /// The leader's id and address as this replica knows them.
     pub fn leader(&self) -> Option<(u64, String)> {
         let m = self.raft.metrics().borrow_watched().clone();
