@@ -146,12 +146,16 @@ pub fn client_as(addr: &str, member: Option<&str>) -> Client {
 pub const MEMBERS: &[&str] = &["ana", "ben", "bo", "cam", "dan", "olga", "pete"];
 
 /// `n` replicas under `dir`, founded by `MEMBERS`, with `tune` applied to
-/// each config, formed into a cluster with a leader; panics with the
-/// reason if that fails.
+/// each config (checkpoints hourly unless it says otherwise), formed into a
+/// cluster with a leader; panics with the reason if that fails.
 pub async fn replicas(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> LocalReplicas {
     LocalReplicas::start_with_ca(dir, n, test_ca(), |c| {
         c.cluster_id = coop_core::testkit::CLUSTER.into();
         c.members = coop_core::testkit::founders(MEMBERS);
+        // Tests that count log entries ("a refused request logs nothing")
+        // must not see the leader's periodic checkpoints; a test of
+        // checkpoints sets its own interval in `tune`.
+        c.checkpoint_interval_ms = 3_600_000;
         tune(c);
     })
     .await

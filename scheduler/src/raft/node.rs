@@ -299,16 +299,14 @@ impl RaftNode {
             .add_learner(id, BasicNode::new(addr), true)
             .await
             .map_err(map)?;
-        let voters: BTreeSet<u64> = {
-            let m = self.raft.metrics().borrow_watched().clone();
-            m.membership_config
-                .membership()
-                .voter_ids()
-                .chain([id])
-                .collect()
-        };
+        // A change relative to the membership openraft holds when it
+        // applies it, not a voter set computed from this replica's view:
+        // two concurrent additions cannot drop each other's voter.
         self.raft
-            .change_membership(voters, false)
+            .change_membership(
+                openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                false,
+            )
             .await
             .map_err(map)?;
         Ok(())
@@ -316,16 +314,11 @@ impl RaftNode {
 
     /// Removes a voter from the replica group.
     pub async fn remove_replica(&self, id: u64) -> Result<(), WriteError> {
-        let voters: BTreeSet<u64> = {
-            let m = self.raft.metrics().borrow_watched().clone();
-            m.membership_config
-                .membership()
-                .voter_ids()
-                .filter(|v| *v != id)
-                .collect()
-        };
         self.raft
-            .change_membership(voters, false)
+            .change_membership(
+                openraft::ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                false,
+            )
             .await
             .map_err(|e| match e.forward_to_leader() {
                 Some(f) => WriteError::NotLeader {
