@@ -470,7 +470,7 @@ async fn vote_yes(
 async fn audit_act(addr: &str) -> Result<i32> {
     use crate::output::Format;
     println!();
-    println!("== coop audit checkpoint: the log's head, signed by every replica");
+    println!("== coop audit checkpoint: the log's head, signed by the live replicas (a majority makes it valid)");
     if crate::cmd::audit::checkpoint(addr, Format::Table).await? != 0 {
         println!("   FAILED: no valid checkpoint");
         return Ok(1);
