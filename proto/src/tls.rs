@@ -405,6 +405,30 @@ pub fn vouches(
         .map_err(|e| format!("the signature is not the certificate's key's: {e}"))
 }
 
+/// One replica's checkpoint signature, checked: a head of `cluster_id`,
+/// a signature that verifies, and (with the cluster CA) a certificate from
+/// the CA that vouches for the key. What replicas and auditors both check.
+pub fn check_checkpoint(
+    s: &coop_core::checkpoint::Signed,
+    cluster_id: &str,
+    ca_pem: Option<&str>,
+) -> Result<(), String> {
+    if s.head.cluster_id != cluster_id {
+        return Err(format!(
+            "replica {} signed a head of cluster {:?}",
+            s.replica, s.head.cluster_id
+        ));
+    }
+    if !s.verifies() {
+        return Err(format!("replica {}'s signature does not verify", s.replica));
+    }
+    if let Some(ca) = ca_pem {
+        vouches(ca, &s.cert_pem, &s.head.signing_bytes(), &s.signature.0)
+            .map_err(|e| format!("replica {}: {e}", s.replica))?;
+    }
+    Ok(())
+}
+
 /// SubjectPublicKeyInfo of an Ed25519 key (RFC 8410): this prefix, then the key.
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,

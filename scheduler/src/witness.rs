@@ -80,20 +80,7 @@ impl Witness {
     /// one that does not verify, one for another cluster, and (with TLS)
     /// one whose key no certificate from the cluster CA vouches for.
     pub fn accept(&self, signed: Signed, cluster_id: &str) -> Result<(), String> {
-        if signed.head.cluster_id != cluster_id {
-            return Err(format!("a head of cluster {:?}", signed.head.cluster_id));
-        }
-        if !signed.verifies() {
-            return Err("the signature does not verify".into());
-        }
-        if let Some(ca) = &self.ca_pem {
-            coop_proto::tls::vouches(
-                ca,
-                &signed.cert_pem,
-                &signed.head.signing_bytes(),
-                &signed.signature.0,
-            )?;
-        }
+        coop_proto::tls::check_checkpoint(&signed, cluster_id, self.ca_pem.as_deref())?;
         self.record(signed);
         Ok(())
     }
@@ -108,20 +95,17 @@ impl Witness {
         {
             return;
         }
-        // One conflict per pair of distinct heads: a head already seen at
-        // this size was already set against the others.
-        let mut new_conflicts: Vec<Conflict> = Vec::new();
-        if !here.iter().any(|s| s.head == signed.head) {
-            for s in here.iter() {
-                if !new_conflicts.iter().any(|c| c.a.head == s.head) {
-                    new_conflicts.push(Conflict {
-                        a: s.clone(),
-                        b: signed.clone(),
-                    });
-                }
-            }
-        }
-        here.push(signed);
+        // A head already seen at this size was already set against the others.
+        let new_head = !here.iter().any(|s| s.head == signed.head);
+        here.push(signed.clone());
+        let new_conflicts: Vec<Conflict> = if new_head {
+            checkpoint::conflicts(here)
+                .into_iter()
+                .filter(|c| c.a.head == signed.head || c.b.head == signed.head)
+                .collect()
+        } else {
+            Vec::new()
+        };
         while book.by_size.len() > KEEP_SIZES {
             book.by_size.pop_first();
         }

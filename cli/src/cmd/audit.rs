@@ -75,7 +75,7 @@ impl Valid {
                     s.replica
                 ));
             }
-            check_one(s, &self.head.cluster_id, ca)?;
+            coop_proto::tls::check_checkpoint(s, &self.head.cluster_id, ca)?;
             ok.push(s.clone());
         }
         // A file cannot lower the bar below the signers it shows.
@@ -90,25 +90,6 @@ impl Valid {
             )),
         }
     }
-}
-
-/// One signature: it verifies, it is over a head of this cluster, and
-/// (with a CA) a certificate from the CA vouches for its key.
-fn check_one(s: &Signed, cluster_id: &str, ca: Option<&str>) -> Result<(), String> {
-    if s.head.cluster_id != cluster_id {
-        return Err(format!(
-            "replica {} signed a head of cluster {:?}",
-            s.replica, s.head.cluster_id
-        ));
-    }
-    if !s.verifies() {
-        return Err(format!("replica {}'s signature does not verify", s.replica));
-    }
-    if let Some(ca) = ca {
-        coop_proto::tls::vouches(ca, &s.cert_pem, &s.head.signing_bytes(), &s.signature.0)
-            .map_err(|e| format!("replica {}: {e}", s.replica))?;
-    }
-    Ok(())
 }
 
 /// What the replicas' signatures say, checked by this CLI.
@@ -151,7 +132,7 @@ async fn gather(client: &Client, s: &ClusterStatusResponse, ca: Option<&str>) ->
     for reply in replies {
         for w in reply.signed {
             match Signed::try_from(w) {
-                Ok(x) => match check_one(&x, &s.cluster_id, ca) {
+                Ok(x) => match coop_proto::tls::check_checkpoint(&x, &s.cluster_id, ca) {
                     Ok(()) => signed.push(x),
                     Err(e) => refused.push(e),
                 },
@@ -172,7 +153,7 @@ async fn gather(client: &Client, s: &ClusterStatusResponse, ca: Option<&str>) ->
     all.extend(
         reported
             .into_iter()
-            .filter(|x| check_one(x, &s.cluster_id, ca).is_ok()),
+            .filter(|x| coop_proto::tls::check_checkpoint(x, &s.cluster_id, ca).is_ok()),
     );
     let conflicts = coop_core::checkpoint::conflicts(&all);
     let valid = coop_core::checkpoint::latest_valid(&signed, voters as usize).map(|(head, _)| {
