@@ -293,12 +293,16 @@ impl<'a> Fill<'_, 'a> {
             let Some((job, i, gpus, after)) = placed else {
                 continue;
             };
-            let rule = if policy.owner_first && self.pass.rooms[i].node.owner == *member {
-                Rule::OwnerFirst
-            } else if dominant(&after) <= shares.members[member].entitlement + EPS {
-                Rule::FairShare
-            } else {
+            // Beyond its entitlement a member's job is a loan even on its own
+            // machine: reclaim must see it as one this very pass, or the next
+            // pass would preempt what this one placed.
+            let within = dominant(&after) <= shares.members[member].entitlement + EPS;
+            let rule = if !within {
                 Rule::WorkConserving
+            } else if policy.owner_first && self.pass.rooms[i].node.owner == *member {
+                Rule::OwnerFirst
+            } else {
+                Rule::FairShare
             };
             self.pass.place(job, i, gpus, rule);
             self.share_now.insert(member, after);
