@@ -1,8 +1,9 @@
 //! The leader driver: while this replica leads, it proposes `Schedule` when
 //! the core says a pass is due (demand or supply changed and something could
 //! move; `ClusterState::pass_due`, cheap) and on a slow tick while jobs wait
-//! (decayed usage and contribution move the shares with time alone), and
-//! `NodeLost` for nodes whose heartbeats stopped. Followers run it too but
+//! (decayed usage and contribution move the shares with time alone) or the
+//! log's time lags the leader's clock by more than a step, and `NodeLost`
+//! for nodes whose heartbeats stopped. Followers run it too but
 //! it does nothing until they lead.
 //!
 //! It only proposes; the decisions themselves are made in `apply`, so a
@@ -89,7 +90,13 @@ fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>, slow_tick: 
     let worth_it = {
         let applied = shared.node.state_machine().read();
         let state = &applied.state;
-        state.pass_due() || (slow_tick && !state.pending().is_empty() && state.ready_nodes() > 0)
+        // After a quiet spell the log's time lags (it moves at most
+        // MAX_STEP_MS per command): catch it up, so times shown and
+        // deadlines do not wait for the next member's request.
+        let lagging = now_ms().saturating_sub(state.now_ms()) > coop_core::MAX_STEP_MS;
+        state.pass_due()
+            || lagging
+            || (slow_tick && !state.pending().is_empty() && state.ready_nodes() > 0)
     };
     if !worth_it {
         return false;

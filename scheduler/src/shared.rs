@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use coop_core::{Command, CoreError, NodeId, Outcome};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -53,13 +53,7 @@ pub fn endpoint(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, St
     Ok(endpoint)
 }
 
-/// Milliseconds since the Unix epoch: the `now` the leader stamps into commands.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 pub enum Route {
     /// Serve it here: this replica leads.

@@ -43,6 +43,7 @@ pub mod view;
 
 pub use alloc::{AllocState, Allocation};
 pub use apply::nodes::Registration;
+pub use apply::MAX_STEP_MS;
 pub use command::{Command, ExitStatus, Founder};
 pub use decision::{Decision, DecisionKind, Rule};
 pub use error::{CoreError, Impossible, SnapshotError};

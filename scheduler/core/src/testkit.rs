@@ -255,3 +255,13 @@ pub fn vote(member: &str, request_id: &str, proposal: u64, yes: bool, now_ms: u6
         now_ms,
     }
 }
+
+/// Brings the log's time to `to_ms` the way a leader catches up after a
+/// quiet spell: one `Schedule` per `MAX_STEP_MS`.
+pub fn advance(state: &mut crate::ClusterState, to_ms: u64) {
+    while state.now_ms() < to_ms {
+        state
+            .apply(&Command::Schedule { now_ms: to_ms })
+            .expect("a pass is always taken");
+    }
+}

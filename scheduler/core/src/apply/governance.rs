@@ -3,6 +3,7 @@
 //! counted, and the proposal decided as soon as its outcome is certain;
 //! `settle_due` decides the ones whose deadline passed.
 
+use super::Time;
 use crate::error::CoreError;
 use crate::governance::{Proposal, ProposalId, ProposalKind, ProposalStatus};
 use crate::identity::{Auth, MemberRequest};
@@ -162,9 +163,10 @@ pub(super) fn propose(
     request_id: &str,
     kind: &ProposalKind,
     auth: &Auth,
-    now: u64,
+    at: Time,
 ) -> Result<Outcome, CoreError> {
-    if let Some(id) = check_propose(state, member, request_id, kind, auth, now)? {
+    let Time { stamp, now } = at;
+    if let Some(id) = check_propose(state, member, request_id, kind, auth, stamp)? {
         return Ok(Outcome::Proposed {
             proposal: id,
             existing: true,
@@ -200,9 +202,10 @@ pub(super) fn vote(
     proposal: ProposalId,
     yes: bool,
     auth: &Auth,
-    now: u64,
+    at: Time,
 ) -> Result<Outcome, CoreError> {
-    state.check_vote(member, request_id, proposal, yes, auth, now)?;
+    let Time { stamp, now } = at;
+    state.check_vote(member, request_id, proposal, yes, auth, stamp)?;
     if let Some(p) = state.proposals_mut().get_mut(&proposal) {
         p.votes.insert(member.clone(), yes);
     }

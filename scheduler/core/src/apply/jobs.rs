@@ -1,6 +1,7 @@
 //! Jobs entering and leaving the state: submit, cancel, and the expiry of
 //! ended jobs after the policy's retention.
 
+use super::Time;
 use crate::error::CoreError;
 use crate::identity::Auth;
 use crate::ids::{JobId, MemberId};
@@ -20,9 +21,10 @@ pub(super) fn submit(
     spec: &JobSpec,
     env_salt: Option<&crate::job::EnvSalt>,
     auth: &Auth,
-    now: u64,
+    at: Time,
 ) -> Result<Outcome, CoreError> {
-    if let Some(job) = state.check_submit(request_id, member, spec, env_salt, auth, now)? {
+    let Time { stamp, now } = at;
+    if let Some(job) = state.check_submit(request_id, member, spec, env_salt, auth, stamp)? {
         return Ok(Outcome::Submitted {
             job,
             existing: true,
@@ -56,9 +58,10 @@ pub(super) fn cancel(
     member: &MemberId,
     request_id: &str,
     auth: &Auth,
-    now: u64,
+    at: Time,
 ) -> Result<Outcome, CoreError> {
-    state.check_cancel(job_id, member, request_id, auth, now)?;
+    let Time { stamp, now } = at;
+    state.check_cancel(job_id, member, request_id, auth, stamp)?;
     let alloc = state.job(job_id).and_then(|j| j.alloc);
     if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
         a.state = crate::alloc::AllocState::Stopping;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use super::Time;
 use crate::command::ExitStatus;
 use crate::error::{CoreError, Impossible};
 use crate::identity::{Auth, NodeReport, PublicKey};
@@ -22,9 +23,9 @@ pub(super) fn add(
     key: &PublicKey,
     request_id: &str,
     auth: &Auth,
-    now: u64,
+    stamp: u64,
 ) -> Result<Outcome, CoreError> {
-    state.check_add_node(node, member, key, request_id, auth, now)?;
+    state.check_add_node(node, member, key, request_id, auth, stamp)?;
     let issued_at_ms = state
         .node_grants()
         .get(node)
@@ -129,9 +130,10 @@ fn check(state: &ClusterState, r: &Registration<'_>, now: u64) -> Result<(), Cor
 pub(super) fn register(
     state: &mut ClusterState,
     r: Registration<'_>,
-    now: u64,
+    at: Time,
 ) -> Result<Outcome, CoreError> {
-    check(state, &r, now)?;
+    let Time { stamp, now } = at;
+    check(state, &r, stamp)?;
     let existing = state
         .nodes()
         .get(r.node)

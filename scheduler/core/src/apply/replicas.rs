@@ -2,6 +2,7 @@
 //! the log (who, when, where) before the scheduler changes the Raft
 //! membership.
 
+use super::Time;
 use crate::error::CoreError;
 use crate::identity::Auth;
 use crate::ids::MemberId;
@@ -15,9 +16,10 @@ pub(super) fn add(
     member: &MemberId,
     request_id: &str,
     auth: &Auth,
-    now: u64,
+    at: Time,
 ) -> Result<Outcome, CoreError> {
-    state.check_add_replica(id, addr, member, request_id, auth, now)?;
+    let Time { stamp, now } = at;
+    state.check_add_replica(id, addr, member, request_id, auth, stamp)?;
     record(state, id, addr, true, member, now)
 }
 
@@ -28,9 +30,10 @@ pub(super) fn remove(
     member: &MemberId,
     request_id: &str,
     auth: &Auth,
-    now: u64,
+    at: Time,
 ) -> Result<Outcome, CoreError> {
-    state.check_remove_replica(id, member, request_id, auth, now)?;
+    let Time { stamp, now } = at;
+    state.check_remove_replica(id, member, request_id, auth, stamp)?;
     record(state, id, addr, false, member, now)
 }
 

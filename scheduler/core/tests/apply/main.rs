@@ -642,3 +642,85 @@ fn a_node_is_its_owners_alone_and_an_old_grant_cannot_come_back() {
         "{r:?}"
     );
 }
+
+/// A leader clock that jumps a month forward moves the log's time by one
+/// step only: the command does exactly what a command one step later does.
+/// A job that ended is not expired (its request id still names it), usage
+/// accrues for one step and not the month, and the member's retry, signed
+/// by a correct clock, is refused as stale rather than making a second job.
+#[test]
+fn a_leader_clock_jump_moves_the_logs_time_one_step() {
+    let mut s = new_state();
+    register(&mut s, "n1", res(1000, 1024, 0), 1).unwrap();
+    submit(&mut s, "r1", "ana", res(100, 64, 0)).unwrap();
+    submit(&mut s, "r2", "bo", res(100, 64, 0)).unwrap();
+    let p = placements(s.apply(&Command::Schedule { now_ms: 20 }).unwrap());
+    let node = NodeId::new("n1");
+    for pl in &p {
+        s.apply(&testkit::started(pl.alloc, &node, 21)).unwrap();
+    }
+    let ana = p.iter().find(|pl| pl.job == JobId(1)).unwrap().alloc;
+    let ok = ExitStatus {
+        code: Some(0),
+        signal: None,
+        error: String::new(),
+    };
+    s.apply(&testkit::finished(ana, &node, ok, None, 30))
+        .unwrap();
+    let month = 31 * 24 * 3600 * 1000;
+    assert!(month > s.policy().job_retention_secs * 1000);
+
+    let mut one_step = s.clone();
+    one_step
+        .apply(&Command::Schedule {
+            now_ms: 30 + MAX_STEP_MS,
+        })
+        .unwrap();
+    s.apply(&Command::Schedule { now_ms: 30 + month }).unwrap();
+    assert_eq!(s.now_ms(), 30 + MAX_STEP_MS);
+    assert_eq!(s, one_step);
+    assert_eq!(s.jobs()[&JobId(1)].state(), JobState::Succeeded);
+
+    let mut retry = testkit::submit(
+        "ana",
+        "r1",
+        JobSpec::command(vec!["true".into()], res(100, 64, 0)),
+        40,
+    );
+    if let Command::Submit { now_ms, .. } = &mut retry {
+        *now_ms = 30 + month + 1;
+    }
+    let before = s.digest();
+    assert!(matches!(
+        s.apply(&retry),
+        Err(CoreError::Auth(AuthError::Stale { .. }))
+    ));
+    assert_eq!(s.digest(), before);
+    assert_eq!(s.jobs().len(), 2);
+}
+
+/// After a quiet hour the log's time lags the leader's clock (it moves one
+/// step per command), yet a fresh request is taken: freshness is checked
+/// against the stamp, the clock the member had to agree with.
+#[test]
+fn after_a_quiet_hour_a_fresh_request_is_taken() {
+    let mut s = new_state();
+    submit(&mut s, "r1", "ana", res(100, 64, 0)).unwrap();
+    let hour = 3_600_000;
+    let fresh = testkit::submit(
+        "ana",
+        "r2",
+        JobSpec::command(vec!["true".into()], res(100, 64, 0)),
+        10 + hour,
+    );
+    assert_eq!(
+        s.apply(&fresh),
+        Ok(Outcome::Submitted {
+            job: JobId(2),
+            existing: false
+        })
+    );
+    assert_eq!(s.now_ms(), 10 + MAX_STEP_MS);
+    testkit::advance(&mut s, 10 + hour);
+    assert_eq!(s.now_ms(), 10 + hour);
+}

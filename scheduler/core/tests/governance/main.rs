@@ -74,10 +74,7 @@ fn without_the_quorum_a_proposal_expires_at_its_deadline() {
     vote(&mut s, "ana", id, true, 11);
     vote(&mut s, "bo", id, true, 12);
     // Any command after the deadline decides it, by the log's time.
-    s.apply(&Command::Schedule {
-        now_ms: 10 + 7 * DAY_MS,
-    })
-    .unwrap();
+    testkit::advance(&mut s, 10 + 7 * DAY_MS);
     assert_eq!(status(&s, id), ProposalStatus::Expired);
     assert_eq!(
         s.proposals()[&id].outcome,
@@ -95,10 +92,7 @@ fn a_tie_is_rejected_at_the_deadline_and_a_certain_loss_at_once() {
     vote(&mut s, "cam", id, false, 13);
     // 2 yes, 2 no: eve's yes would still pass it (3 of 5), so it waits.
     assert_eq!(vote(&mut s, "dan", id, false, 14), ProposalStatus::Open);
-    s.apply(&Command::Schedule {
-        now_ms: 10 + 7 * DAY_MS,
-    })
-    .unwrap();
+    testkit::advance(&mut s, 10 + 7 * DAY_MS);
     assert_eq!(status(&s, id), ProposalStatus::Rejected);
     // Three no of five: nothing can make it pass, so it ends at once.
     let id2 = propose(&mut s, "bo", policy_v2(0.6), 8 * DAY_MS);
@@ -309,6 +303,7 @@ fn an_upheld_appeal_credits_the_lost_work_and_requeues_the_job() {
     s.apply(&testkit::started(alloc, &NodeId::new("box"), 1_000))
         .unwrap();
     // An hour into its run, its node is lost; it had no retries: failed.
+    testkit::advance(&mut s, 3_601_000);
     s.apply(&Command::NodeLost {
         node: NodeId::new("box"),
         incarnation: 1,
