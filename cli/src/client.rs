@@ -34,12 +34,24 @@ pub struct ReadAuth {
     signed: Arc<std::sync::Mutex<Option<coop_core::Auth>>>,
 }
 
+/// How long one call may wait for its answer (for a stream, for the stream
+/// to start): a replica that accepted the connection and then went silent
+/// (its host paused, a black-holed leader) costs a retry, not a hang. Well
+/// above a loaded leader's latency, below the retry budget.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
 /// A read credential is re-signed once it is this old (replicas accept it
 /// for `coop_core::identity::MAX_CLOCK_SKEW_MS`, five minutes).
 const READ_CREDENTIAL_REUSE_MS: u64 = 60_000;
 
 impl tonic::service::Interceptor for ReadAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        // The replica learns the deadline too (and passes it on when it
+        // forwards the call to the leader), so it stops working for a
+        // caller that has given up.
+        if req.metadata().get("grpc-timeout").is_none() {
+            req.set_timeout(CALL_DEADLINE);
+        }
         if let Some((cluster, member, key)) = &self.reader {
             let now = crate::identity::now_ms();
             let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
@@ -180,6 +192,7 @@ pub async fn connect(addr: &str) -> Result<Client> {
     };
     let endpoint = endpoint
         .connect_timeout(Duration::from_secs(3))
+        .timeout(CALL_DEADLINE)
         .tcp_nodelay(true);
     let channel = endpoint.connect().await.map_err(|e| {
         let why = source_chain(&e);
@@ -248,8 +261,9 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Calls `f` until it succeeds, fails for good, or `budget` runs out.
-/// UNAVAILABLE (no leader yet, leader changed) is retried with backoff; a
-/// submit carries its request id, so a retry never makes a second job.
+/// UNAVAILABLE (no leader yet, leader changed) and DEADLINE_EXCEEDED are
+/// retried with backoff; a submit carries its request id, so a retry never
+/// makes a second job.
 pub async fn retry<T, F, Fut>(budget: Duration, mut f: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
@@ -260,8 +274,10 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
+            // A call past its deadline is retried like a lost leader: every
+            // write carries its request id, so a retry never acts twice.
             Err(s)
-                if s.code() == Code::Unavailable
+                if (s.code() == Code::Unavailable || timed_out(&s))
                     && tokio::time::Instant::now() + backoff < deadline =>
             {
                 tokio::time::sleep(backoff).await;
@@ -290,6 +306,13 @@ where
         .map_err(explain)
 }
 
+/// Whether a call ran past its deadline: the replica said so, or tonic
+/// gave up waiting (it reports that as CANCELLED "Timeout expired").
+fn timed_out(status: &tonic::Status) -> bool {
+    status.code() == Code::DeadlineExceeded
+        || (status.code() == Code::Cancelled && status.message().contains("Timeout expired"))
+}
+
 /// A status as a one-line error for people.
 /// Why this process has no read credential, when it has none.
 static NO_READER: OnceLock<String> = OnceLock::new();
@@ -306,6 +329,12 @@ pub fn explain(status: tonic::Status) -> anyhow::Error {
                 "this replica answers members only, and coop cannot sign as one: {why}"
             );
         }
+    }
+    if timed_out(&status) {
+        return anyhow!(
+            "no answer within {} s: the replica may be paused, overloaded or cut off from the leader; try again, or another replica (--addr)",
+            CALL_DEADLINE.as_secs()
+        );
     }
     let what = match status.code() {
         Code::InvalidArgument => "rejected",

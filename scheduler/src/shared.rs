@@ -36,8 +36,15 @@ pub struct Shared {
 fn lazy_channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Status> {
     Ok(endpoint(addr, tls)?
         .connect_timeout(Duration::from_secs(2))
+        .timeout(FORWARD_DEADLINE)
         .connect_lazy())
 }
+
+/// The longest a forwarded call waits for the leader (the client's own
+/// deadline, passed on in `grpc-timeout`, is shorter when it has one): a
+/// leader that died silently mid-call costs the client a retry, and this
+/// replica a task, not a hang.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 
 /// An endpoint for `addr`: https with `tls`, else plain http.
 pub fn endpoint(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, Status> {
@@ -267,5 +274,33 @@ pub fn forward_failed(status: Status) -> Status {
             ))
         }
         _ => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coop_proto::api::coop_client::CoopClient;
+    use coop_proto::api::ClusterStatusRequest;
+
+    /// A forwarded call to a leader that accepted the connection and went
+    /// silent ends with an error at the deadline instead of hanging.
+    #[tokio::test]
+    async fn a_forwarded_call_to_a_silent_leader_ends_at_its_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                held.push(conn);
+            }
+        });
+        let mut client = CoopClient::new(lazy_channel(&addr, None).unwrap());
+        let call = client.cluster_status(ClusterStatusRequest {});
+        // A watchdog far above the deadline: without one the call hangs.
+        let answer = tokio::time::timeout(FORWARD_DEADLINE * 6, call)
+            .await
+            .expect("the forwarded call hangs");
+        assert!(answer.is_err());
     }
 }

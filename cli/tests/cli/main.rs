@@ -357,3 +357,44 @@ fn the_readme_commands_work_against_coop_dev() {
     }
     assert!(tls.join("replica.pem").exists() && tls.join("ca.pem").exists());
 }
+
+/// A replica that accepts the connection and then says nothing (its host
+/// paused, a black-holed leader) costs the caller a clear error within the
+/// call deadline, not a hang.
+#[test]
+fn a_replica_that_never_answers_costs_an_error_not_a_hang() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let home = std::env::temp_dir().join(format!("coop-silent-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coop"))
+        .args(["share"])
+        .env("COOP_ADDR", &addr)
+        .env("HOME", &home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run coop");
+    // A watchdog far above the deadline: without one the call would hang
+    // forever, and so would this test.
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("coop share is still waiting for a replica that never answers");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no answer within"),
+        "{}",
+        stderr(&out)
+    );
+}
