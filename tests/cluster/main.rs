@@ -537,6 +537,65 @@ async fn a_restarted_worker_stops_what_its_crashed_predecessor_left_running() {
     cluster.stop_all().await;
 }
 
+/// A worker that crashed after a run ended and before it reported the end
+/// left the exit in its outbox; its successor reports it as the old
+/// incarnation before registering, so the job succeeds instead of being
+/// ended with the dead incarnation (and failed, with no retries left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_that_ended_just_before_its_worker_crashed_is_reported_by_the_successor() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A node timeout the restart cannot outlast.
+    let cluster = coop_e2e::replicas(tmp.path(), 3, |c| {
+        c.heartbeat_interval_ms = 100;
+        c.heartbeat_timeout_ms = 60_000;
+    })
+    .await;
+    let addrs = cluster.addrs();
+    let work = tmp.path().join("w1");
+    let mut w1 = spawn_worker("w1", &addrs, &work, "1").await;
+    // A run reported as usual leaves nothing behind.
+    let quick = submit(&addrs, "ana", "quick", &spec(&["true"], 1000, 0)).await;
+    coop_e2e::wait_job(&addrs, quick, |j| j.state_name() == "succeeded").await;
+    wait_for("the reported end to leave the outbox", || {
+        coop_worker::outbox::load(&work).is_empty()
+    })
+    .await;
+    let id = submit(&addrs, "ana", "ends", &spec(&["sleep", "600"], 1000, 0)).await;
+    let job = coop_e2e::wait_job(&addrs, id, |j| j.state_name() == "running").await;
+    // The worker dies the moment after it recorded the run's end (exit 0)
+    // and before any replica heard of it: what it leaves is this entry.
+    let _ = w1.0.kill();
+    let _ = w1.0.wait();
+    let incarnation: u64 = std::fs::read_to_string(work.join("incarnation"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let ok = coop_worker::executor::Exit {
+        code: Some(0),
+        signal: None,
+        error: String::new(),
+        result: None,
+    };
+    coop_worker::outbox::record(
+        &work,
+        &coop_worker::outbox::Entry::new(job.alloc_id, incarnation, &ok),
+    )
+    .unwrap();
+    let _w1 = spawn_worker("w1", &addrs, &work, "1").await;
+    let done = coop_e2e::wait_job(&addrs, id, |j| {
+        matches!(j.state_name(), "succeeded" | "failed")
+    })
+    .await;
+    assert_eq!(done.state_name(), "succeeded", "{:?}", done.history);
+    assert_eq!(done.exit_code, Some(0));
+    wait_for("the outbox to be emptied", || {
+        coop_worker::outbox::load(&work).is_empty()
+    })
+    .await;
+    cluster.stop_all().await;
+}
+
 /// Sends `body` as the request message of `path`, bytes as they are.
 async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(coop_e2e::channel(addr));

@@ -131,6 +131,11 @@ impl Actor {
 
     /// Records the end of an allocation and reports it.
     fn end(&self, alloc: u64, exit: Exit) {
+        // On disk before it is sent: a crash from here on loses nothing.
+        let entry = crate::outbox::Entry::new(alloc, self.id.incarnation, &exit);
+        if let Err(e) = crate::outbox::record(&self.id.work_dir, &entry) {
+            tracing::error!(alloc, error = %e, "cannot record the run's end in the outbox");
+        }
         self.table().insert(alloc, Local::Ended);
         let _ = self.reports.send(Report::Finished(alloc, exit));
     }

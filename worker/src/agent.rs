@@ -89,13 +89,52 @@ impl Identity {
 
     /// Signs a report with the node key, issued now.
     fn sign(&self, report: &coop_core::NodeReport<'_>) -> coop_core::Auth {
+        self.sign_as(self.incarnation, report)
+    }
+
+    /// Signs a report as `incarnation` (a predecessor's, for its outbox).
+    fn sign_as(&self, incarnation: u64, report: &coop_core::NodeReport<'_>) -> coop_core::Auth {
         self.key.sign_node_report(
             self.cluster(),
             &self.node(),
-            self.incarnation,
+            incarnation,
             wall_clock_ms(),
             report,
         )
+    }
+
+    /// The signed report of a run's end, as `incarnation`.
+    fn finished(&self, incarnation: u64, alloc: u64, exit: &Exit) -> ReportFinishedRequest {
+        let result = exit.result.as_ref().map(coop_proto::api::JobResult::from);
+        // Signed over what the scheduler will decode from the wire.
+        let decoded = result
+            .as_ref()
+            .and_then(|r| coop_core::JobResult::try_from(r).ok())
+            .or_else(|| exit.result.clone());
+        let status = coop_core::ExitStatus {
+            code: exit.code,
+            signal: exit.signal,
+            error: exit.error.clone(),
+        };
+        let auth = self.sign_as(
+            incarnation,
+            &coop_core::NodeReport::Finished {
+                alloc: coop_core::AllocId(alloc),
+                exit: &status,
+                result: decoded.as_ref(),
+            },
+        );
+        ReportFinishedRequest {
+            node_id: self.node_id.clone(),
+            alloc_id: alloc,
+            exit_code: exit.code,
+            signal: exit.signal,
+            error: exit.error.clone(),
+            result,
+            incarnation,
+            issued_at_ms: auth.issued_at_ms,
+            signature: auth.signature.0.to_vec(),
+        }
     }
 }
 
@@ -281,6 +320,7 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
         }
         let _ = id.cluster_id.set(status.cluster_id);
     }
+    send_predecessors_reports(id, &mut client).await?;
     let capacity = coop_proto::convert::resources(Some(&id.capacity));
     let gpus: Vec<coop_core::GpuInfo> = id.gpus.iter().map(coop_core::GpuInfo::from).collect();
     let owner = coop_core::MemberId::new(id.owner.clone());
@@ -329,6 +369,56 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
             Err(status)
         }
     }
+}
+
+/// Whether a failed report may succeed if sent again (re-signed): no
+/// leader, no answer, a broken connection, a clock outside the window.
+/// The rest is the scheduler's considered no to these very contents.
+fn transient(status: &tonic::Status) -> bool {
+    !matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::ResourceExhausted
+            | Code::OutOfRange
+            | Code::Unimplemented
+    )
+}
+
+/// Sends the ends of runs an earlier incarnation recorded but may not have
+/// reported (see `crate::outbox`), before this one registers and so ends
+/// that incarnation's allocations. A report the scheduler calls stale (the
+/// node was already declared lost) is dropped too.
+async fn send_predecessors_reports(
+    id: &Identity,
+    client: &mut WorkerGatewayClient<Channel>,
+) -> Result<(), tonic::Status> {
+    for entry in crate::outbox::load(&id.work_dir) {
+        if entry.incarnation >= id.incarnation {
+            continue;
+        }
+        let reply = client
+            .report_finished(id.finished(entry.incarnation, entry.alloc, &entry.exit()))
+            .await;
+        match reply {
+            Ok(r) => tracing::info!(
+                alloc = entry.alloc,
+                stale = r.get_ref().stale,
+                "reported a run that ended before this worker restarted"
+            ),
+            Err(status) if transient(&status) => return Err(status),
+            Err(status) => tracing::warn!(
+                alloc = entry.alloc,
+                error = %status,
+                "the scheduler refused a report of an earlier incarnation: dropped"
+            ),
+        }
+        crate::outbox::remove(&id.work_dir, entry.alloc);
+    }
+    Ok(())
 }
 
 /// A heartbeat that cannot finish within one interval is a missed one:
@@ -475,34 +565,8 @@ pub async fn reporter(
                     .await
             }
             Report::Finished(alloc, exit) => {
-                let result = exit.result.as_ref().map(coop_proto::api::JobResult::from);
-                // Signed over what the scheduler will decode from the wire.
-                let decoded = result
-                    .as_ref()
-                    .and_then(|r| coop_core::JobResult::try_from(r).ok())
-                    .or_else(|| exit.result.clone());
-                let status = coop_core::ExitStatus {
-                    code: exit.code,
-                    signal: exit.signal,
-                    error: exit.error.clone(),
-                };
-                let auth = id.sign(&coop_core::NodeReport::Finished {
-                    alloc: coop_core::AllocId(*alloc),
-                    exit: &status,
-                    result: decoded.as_ref(),
-                });
                 client
-                    .report_finished(ReportFinishedRequest {
-                        node_id: id.node_id.clone(),
-                        alloc_id: *alloc,
-                        exit_code: exit.code,
-                        signal: exit.signal,
-                        error: exit.error.clone(),
-                        result,
-                        incarnation: id.incarnation,
-                        issued_at_ms: auth.issued_at_ms,
-                        signature: auth.signature.0.to_vec(),
-                    })
+                    .report_finished(id.finished(id.incarnation, *alloc, exit))
                     .await
             }
         };
@@ -511,12 +575,25 @@ pub async fn reporter(
                 if r.get_ref().stale {
                     tracing::info!(?report, why = %r.get_ref().message, "report was stale");
                 }
+                if let Report::Finished(alloc, _) = report {
+                    crate::outbox::remove(&id.work_dir, alloc);
+                }
                 queue.pop_front();
             }
-            Err(status) => {
+            Err(status) if transient(&status) => {
                 scheds.observe(&status);
                 tracing::debug!(error = %status, "report failed; will retry");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Refused for good (a bad signature, an impossible result): the
+            // same bytes would be refused forever and hold up every later
+            // report, so it is dropped, loudly.
+            Err(status) => {
+                tracing::error!(?report, error = %status, "the scheduler refused a report: dropped");
+                if let Report::Finished(alloc, _) = report {
+                    crate::outbox::remove(&id.work_dir, alloc);
+                }
+                queue.pop_front();
             }
         }
     }

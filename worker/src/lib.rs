@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod reconcile;
 
 use crate::error::WorkerError;
