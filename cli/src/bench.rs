@@ -16,10 +16,11 @@ use crate::local::LocalCluster;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// What to measure: `submit` (acknowledged submits per second),
-    /// `latency` (submit-to-start on an idle worker) or `audit` (replaying a
-    /// journal of --jobs entries from genesis, as `coop audit verify` does;
-    /// built in memory, no cluster).
-    #[arg(value_parser = ["submit", "latency", "audit"])]
+    /// `latency` (submit-to-start on an idle worker), `failover` (from the
+    /// leader's loss to the next acknowledged submit, over --trials, on a
+    /// local cluster) or `audit` (replaying a journal of --jobs entries from
+    /// genesis, as `coop audit verify` does; built in memory, no cluster).
+    #[arg(value_parser = ["submit", "latency", "failover", "audit"])]
     pub what: String,
     /// Start a local 3-replica cluster (and one worker for latency) instead of using --addr.
     #[arg(long)]
@@ -30,6 +31,9 @@ pub struct BenchArgs {
     /// Jobs to submit in all.
     #[arg(long, default_value_t = 20000)]
     pub jobs: usize,
+    /// Leader losses to time (failover).
+    #[arg(long, default_value_t = 10)]
+    pub trials: usize,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -45,6 +49,9 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> Result<i32> {
         return tokio::task::spawn_blocking(move || audit(args.jobs)).await?;
     }
     let tmp = tempfile::Builder::new().prefix("coop-bench-").tempdir()?;
+    if args.what == "failover" {
+        return failover(tmp.path(), args.trials.max(1)).await;
+    }
     let mut cluster = None;
     let (addr, signer) = if args.local {
         let mut c = LocalCluster::start(tmp.path(), 3, &["bench"]).await?;
@@ -168,6 +175,53 @@ async fn latency(addr: &str, signer: &Signer, jobs: usize) -> Result<i32> {
         percentile(&observed, 0.5),
         percentile(&observed, 0.99)
     );
+    Ok(0)
+}
+
+/// Leader loss to writes accepted again, on a local 3-replica cluster with
+/// the default config: each trial stops the leader, then submits through a
+/// surviving replica with the CLI's own retries and backoff, timing from
+/// the stop to the acknowledgement; the stopped replica then rejoins.
+async fn failover(dir: &std::path::Path, trials: usize) -> Result<i32> {
+    let mut cluster = LocalCluster::start(dir, 3, &["bench"]).await?;
+    let signer = cluster.signer("bench")?;
+    signer.read_as();
+    let spec = bench_spec(&["true"]);
+    let run_id = crate::cmd::new_request_id();
+    // One write before the first trial: genesis and a settled leader.
+    let first = cluster.leader(Duration::from_secs(10)).await.unwrap_or(0);
+    let client = connect(&cluster.addr(first).unwrap_or_default()).await?;
+    submit_one(&client, &signer, &format!("{run_id}-warm"), &spec).await?;
+    let mut times = Vec::new();
+    for trial in 0..trials {
+        let Some(leader) = cluster.leader(Duration::from_secs(10)).await else {
+            bail!("trial {trial}: no leader");
+        };
+        let survivor = (leader + 1) % 3;
+        let client = connect(&cluster.addr(survivor).unwrap_or_default()).await?;
+        let t = Instant::now();
+        let killed = cluster.kill_leader().await?;
+        submit_one(&client, &signer, &format!("{run_id}-{trial}"), &spec).await?;
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "trial {:>2}: replica {} lost; writes accepted again after {took:.0} ms",
+            trial + 1,
+            killed + 1
+        );
+        times.push(took);
+        cluster.restart(killed).await?;
+        // Let it rejoin and catch up before the next loss.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "failover: {} trials, leader loss to the next acknowledged submit: median {:.0} ms, min {:.0} ms, max {:.0} ms",
+        times.len(),
+        percentile(&times, 0.5),
+        times[0],
+        times[times.len() - 1]
+    );
+    cluster.stop().await;
     Ok(0)
 }
 

@@ -270,18 +270,21 @@ where
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     let deadline = tokio::time::Instant::now() + budget;
-    let mut backoff = Duration::from_millis(20);
+    // Capped at 100 ms: a retry is one cheap refusal while there is no
+    // leader, and a longer wait would add up to its whole length to every
+    // failover a user sees (an election takes 0.5-1 s by default).
+    let mut backoff = Duration::from_millis(10);
     loop {
         match f().await {
             Ok(v) => return Ok(v),
             // A call past its deadline is retried like a lost leader: every
             // write carries its request id, so a retry never acts twice.
             Err(s)
-                if (s.code() == Code::Unavailable || timed_out(&s))
+                if (s.code() == Code::Unavailable || timed_out(&s) || broke(&s))
                     && tokio::time::Instant::now() + backoff < deadline =>
             {
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                backoff = (backoff * 2).min(Duration::from_millis(100));
             }
             Err(s) => return Err(s),
         }
@@ -304,6 +307,13 @@ where
         .await
         .map(tonic::Response::into_inner)
         .map_err(explain)
+}
+
+/// Whether the connection failed under the call (a reset stream, an h2
+/// protocol error as a replica died): tonic made the status from a
+/// transport error, so it has a source; one a replica sent has none.
+fn broke(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 /// Whether a call ran past its deadline: the replica said so, or tonic

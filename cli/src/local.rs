@@ -153,6 +153,11 @@ impl LocalCluster {
         Ok(self.replicas.kill_leader().await?)
     }
 
+    /// Starts replica `i` again from its data dir, on its old address.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        Ok(self.replicas.restart(i).await?)
+    }
+
     pub async fn stop(self) {
         for w in self.workers {
             w.stop();

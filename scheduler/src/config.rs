@@ -77,9 +77,15 @@ impl Default for Config {
             peers: Vec::new(),
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 5000,
-            raft_heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            // Failover takes about the election timeout's maximum (openraft's
+            // leader lease: followers refuse to vote until it has passed)
+            // plus a round: 400 ms keeps leader loss to writes accepted
+            // under a second (`coop bench failover`). The same lease keeps a
+            // briefly starved follower from deposing a live leader: the
+            // others refuse its vote while they still hear from the leader.
+            raft_heartbeat_ms: 50,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
             snapshot_every: 10_000,
             checkpoint_interval_ms: 10_000,
             journal_archive_dir: None,

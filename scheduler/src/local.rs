@@ -32,9 +32,6 @@ pub fn local_config(id: u64, listen: String, data_dir: PathBuf, peers: Vec<Strin
         peers,
         heartbeat_interval_ms: 200,
         heartbeat_timeout_ms: 2000,
-        raft_heartbeat_ms: 50,
-        election_timeout_min_ms: 300,
-        election_timeout_max_ms: 600,
         // A local cluster's audits should not wait long for a checkpoint.
         checkpoint_interval_ms: 1000,
         metrics_listen: Some("127.0.0.1:0".into()),

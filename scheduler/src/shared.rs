@@ -266,6 +266,10 @@ pub fn forwarded<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
 /// connection broke) is retryable for the client: its request carries what
 /// makes a retry safe (a submit's request id), and a new leader will answer.
 pub fn forward_failed(status: Status) -> Status {
+    // A status with a source was made here from a transport error (a reset
+    // stream, an h2 protocol error as the leader died), whatever its code;
+    // one the leader sent has none.
+    let transport = std::error::Error::source(&status).is_some();
     match status.code() {
         tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
             Status::unavailable(format!(
@@ -273,6 +277,10 @@ pub fn forward_failed(status: Status) -> Status {
                 status.message()
             ))
         }
+        _ if transport => Status::unavailable(format!(
+            "the connection to the leader broke ({}); retry",
+            status.message()
+        )),
         _ => status,
     }
 }
