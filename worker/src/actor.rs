@@ -296,3 +296,106 @@ fn collect_model_outcome(dir: &std::path::Path, exit: &mut Exit) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Report;
+
+    fn identity(work_dir: &std::path::Path) -> Arc<Identity> {
+        let capacity = coop_proto::api::Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            gpus: 0,
+        };
+        Arc::new(Identity {
+            node_id: "n1".into(),
+            owner: "ana".into(),
+            metrics: Arc::new(crate::metrics::WorkerMetrics::new(&capacity, &[])),
+            capacity,
+            gpus: Vec::new(),
+            addr: "127.0.0.1:1".into(),
+            incarnation: 1,
+            work_dir: work_dir.to_path_buf(),
+            stop_grace: Duration::from_millis(100),
+            runner: std::path::PathBuf::from("/nonexistent"),
+            cache_max_bytes: 0,
+            job_uids: None,
+            cgroups: None,
+            key: coop_core::SecretKey::from_bytes(&[1; 32]),
+            cluster_id: Default::default(),
+            session: Default::default(),
+        })
+    }
+
+    fn sleeper(alloc: u64) -> Assignment {
+        Assignment {
+            alloc_id: alloc,
+            job_id: alloc,
+            member: "ana".into(),
+            spec: Some(coop_proto::api::JobSpec {
+                argv: vec!["sleep".into(), "600".into()],
+                resources: Some(coop_proto::api::Resources {
+                    cpu_millis: 100,
+                    memory_bytes: 1 << 20,
+                    gpus: 0,
+                }),
+                ..Default::default()
+            }),
+            state: coop_proto::api::AllocState::Assigned as i32,
+            member_key: coop_core::SecretKey::from_bytes(&[2; 32])
+                .public_key()
+                .0
+                .to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Receives reports up to the end of `alloc`; returns those before it.
+    async fn until_finished(
+        reports: &mut mpsc::UnboundedReceiver<Report>,
+        alloc: u64,
+    ) -> Vec<Report> {
+        let mut before = Vec::new();
+        loop {
+            match reports.recv().await.expect("the actor runs") {
+                Report::Finished(a, _) if a == alloc => return before,
+                r => before.push(r),
+            }
+        }
+    }
+
+    /// A set read at an older applied index (a replica behind the leader
+    /// that decided the newer one) changes nothing: the allocation it no
+    /// longer lists keeps running. A newer set that drops it stops it.
+    #[tokio::test]
+    async fn an_older_assignment_set_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(Mutex::new(BTreeMap::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let (reports_tx, mut reports) = mpsc::unbounded_channel();
+        let task = tokio::spawn(actor(
+            identity(dir.path()),
+            local.clone(),
+            rx,
+            tx.clone(),
+            reports_tx,
+        ));
+        tx.send(Event::Desired(10, vec![sleeper(1)])).await.unwrap();
+        assert!(matches!(reports.recv().await, Some(Report::Started(1))));
+
+        tx.send(Event::Desired(5, Vec::new())).await.unwrap();
+        // The end of an allocation it never had: once it is reported, every
+        // event before it has been handled.
+        tx.send(Event::Exited(999, Exit::error("marker")))
+            .await
+            .unwrap();
+        let between = until_finished(&mut reports, 999).await;
+        assert!(between.is_empty(), "{between:?}");
+        assert_eq!(local.lock().unwrap().get(&1), Some(&Local::Running));
+
+        tx.send(Event::Desired(11, Vec::new())).await.unwrap();
+        until_finished(&mut reports, 1).await;
+        task.abort();
+    }
+}
