@@ -174,7 +174,17 @@ async fn submit(addrs: &[String], request_id: &str, spec: &JobSpec) -> Option<u6
         let call = c.submit(req.clone());
         match tokio::time::timeout(Duration::from_secs(3), call).await {
             Ok(Ok(r)) => return Some(r.into_inner().job_id),
-            Ok(Err(s)) if s.code() != tonic::Code::Unavailable => {
+            // Refused by a replica (not for want of a leader, nor a broken
+            // connection, which tonic reports with a source): a real error.
+            Ok(Err(s))
+                if !matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
+                ) && std::error::Error::source(&s).is_none() =>
+            {
                 panic!("submit {request_id}: {s}")
             }
             _ => {}
