@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::job_to_proto;
 use crate::error::core_status;
-use crate::shared::{forwarded, now_ms, signed, Route, Shared, VerifiedCredentials};
+use crate::shared::{forwarded, now_ms, signed, unexpected, Route, Shared, VerifiedCredentials};
 
 /// Largest log chunk one `Logs` call returns.
 const MAX_LOG_CHUNK: u32 = 1024 * 1024;
@@ -286,20 +286,16 @@ impl Coop for CoopService {
         // shows; the env values themselves are checked here).
         spec.validate()
             .map_err(|e| Status::invalid_argument(format!("invalid job: {e}")))?;
-        {
-            let applied = self.shared.node.state_machine().read();
-            applied
-                .state
-                .check_submit(
-                    &req.request_id,
-                    &member,
-                    &spec,
-                    env_salt.as_ref(),
-                    &auth,
-                    now,
-                )
-                .map_err(|e| core_status(&e))?;
-        }
+        self.shared.precheck(|state| {
+            state.check_submit(
+                &req.request_id,
+                &member,
+                &spec,
+                env_salt.as_ref(),
+                &auth,
+                now,
+            )
+        })?;
         let cmd = Command::Submit {
             request_id: req.request_id.clone(),
             member,
@@ -313,7 +309,7 @@ impl Coop for CoopService {
                 job_id: job.0,
                 existing,
             })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -376,12 +372,7 @@ impl Coop for CoopService {
         let now = now_ms();
         // An unsigned, unknown, foreign or ended job is refused here, not in the log.
         self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .check_cancel(job, &member, &req.request_id, &auth, now)
-            .map_err(|e| core_status(&e))?;
+            .precheck(|state| state.check_cancel(job, &member, &req.request_id, &auth, now))?;
         let cmd = Command::Cancel {
             job,
             member,
@@ -393,7 +384,7 @@ impl Coop for CoopService {
             Outcome::Cancelled { stopping, .. } => Ok(Response::new(CancelResponse {
                 stopping: stopping.is_some(),
             })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -498,13 +489,9 @@ impl Coop for CoopService {
             .map_err(|e| Status::invalid_argument(format!("node key: {e}")))?;
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
-        self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .check_add_node(&node, &member, &key, &req.request_id, &auth, now)
-            .map_err(|e| core_status(&e))?;
+        self.shared.precheck(|state| {
+            state.check_add_node(&node, &member, &key, &req.request_id, &auth, now)
+        })?;
         let cmd = Command::AddNode {
             node,
             member,
@@ -517,7 +504,7 @@ impl Coop for CoopService {
             Outcome::NodeAdded { owner, .. } => Ok(Response::new(AddNodeResponse {
                 owner: owner.to_string(),
             })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -603,13 +590,9 @@ impl Coop for CoopService {
         let member = MemberId::new(req.member.clone());
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
-        self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .check_add_replica(req.id, &req.addr, &member, &req.request_id, &auth, now)
-            .map_err(|e| core_status(&e))?;
+        self.shared.precheck(|state| {
+            state.check_add_replica(req.id, &req.addr, &member, &req.request_id, &auth, now)
+        })?;
         let status = self.shared.node.status();
         if let Some(r) = status.replicas.iter().find(|r| r.id == req.id) {
             return Err(Status::already_exists(format!(
@@ -677,13 +660,9 @@ impl Coop for CoopService {
         let member = MemberId::new(req.member.clone());
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
-        self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .check_remove_replica(req.id, &member, &req.request_id, &auth, now)
-            .map_err(|e| core_status(&e))?;
+        self.shared.precheck(|state| {
+            state.check_remove_replica(req.id, &member, &req.request_id, &auth, now)
+        })?;
         let status = self.shared.node.status();
         let voters = status.replicas.iter().filter(|r| r.voter).count();
         let Some(replica) = status.replicas.iter().find(|r| r.id == req.id && r.voter) else {
@@ -727,12 +706,7 @@ impl Coop for CoopService {
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
         self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .check_propose(&member, &req.request_id, &kind, &auth, now)
-            .map_err(|e| core_status(&e))?;
+            .precheck(|state| state.check_propose(&member, &req.request_id, &kind, &auth, now))?;
         let cmd = Command::Propose {
             member,
             request_id: req.request_id.clone(),
@@ -745,7 +719,7 @@ impl Coop for CoopService {
                 proposal_id: proposal,
                 existing,
             })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -755,12 +729,8 @@ impl Coop for CoopService {
         let member = MemberId::new(req.member.clone());
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
-        self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .check_vote(
+        self.shared.precheck(|state| {
+            state.check_vote(
                 &member,
                 &req.request_id,
                 req.proposal_id,
@@ -768,7 +738,7 @@ impl Coop for CoopService {
                 &auth,
                 now,
             )
-            .map_err(|e| core_status(&e))?;
+        })?;
         let cmd = Command::Vote {
             member,
             request_id: req.request_id.clone(),
@@ -781,7 +751,7 @@ impl Coop for CoopService {
             Outcome::Voted { status, .. } => Ok(Response::new(VoteResponse {
                 status: status.as_str().into(),
             })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 

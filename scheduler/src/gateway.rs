@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::assignment_to_proto;
 use crate::error::{core_status, not_leader};
-use crate::shared::{forwarded, now_ms, signed, Route, Shared, VerifiedCredentials};
+use crate::shared::{forwarded, now_ms, signed, unexpected, Route, Shared, VerifiedCredentials};
 
 pub struct GatewayService {
     shared: Arc<Shared>,
@@ -81,12 +81,7 @@ impl GatewayService {
         report: &coop_core::NodeReport<'_>,
     ) -> Result<(), Status> {
         self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .verify_node_report(node, incarnation, auth, report, now_ms())
-            .map_err(|e| core_status(&e))
+            .precheck(|state| state.verify_node_report(node, incarnation, auth, report, now_ms()))
     }
 
     /// Heartbeats and assignments are served only by a leader a quorum
@@ -154,12 +149,8 @@ impl WorkerGateway for GatewayService {
         let gpus: Vec<coop_core::GpuInfo> = req.gpus.iter().map(coop_core::GpuInfo::from).collect();
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = now_ms();
-        self.shared
-            .node
-            .state_machine()
-            .read()
-            .state
-            .check_register(
+        self.shared.precheck(|state| {
+            state.check_register(
                 &coop_core::Registration {
                     node: &node,
                     owner: &owner,
@@ -171,7 +162,7 @@ impl WorkerGateway for GatewayService {
                 },
                 now,
             )
-            .map_err(|e| core_status(&e))?;
+        })?;
         let cmd = Command::RegisterNode {
             node: node.clone(),
             owner,
@@ -197,7 +188,7 @@ impl WorkerGateway for GatewayService {
                     heartbeat_timeout_ms: self.shared.config.heartbeat_timeout_ms,
                 }))
             }
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 

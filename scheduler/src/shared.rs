@@ -146,6 +146,16 @@ impl Shared {
         }
     }
 
+    /// Runs a check against the applied state: what a handler refuses
+    /// before anything reaches the log (`apply` checks again on every
+    /// replica).
+    pub fn precheck<R, E: Into<CoreError>>(
+        &self,
+        check: impl FnOnce(&coop_core::ClusterState) -> Result<R, E>,
+    ) -> Result<R, Status> {
+        check(&self.node.state_machine().read().state).map_err(|e| core_status(&e.into()))
+    }
+
     /// Whether a call marked forwarded really came from a replica.
     fn forwarded_by_replica<T>(&self, request: &tonic::Request<T>) -> bool {
         self.replica_tls.is_none() || coop_proto::tls::from_replica(request)
@@ -260,6 +270,11 @@ pub fn forwarded<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
     }
     coop_proto::read_auth::copy(request.metadata(), r.metadata_mut());
     r
+}
+
+/// A write whose outcome is not the kind its command makes: a bug, said so.
+pub fn unexpected(outcome: Outcome) -> Status {
+    Status::internal(format!("unexpected outcome {outcome:?}"))
 }
 
 /// A forwarded call that failed on the way (the leader died mid-call, the
