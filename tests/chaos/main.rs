@@ -27,14 +27,6 @@ fn scheduler_bin() -> PathBuf {
     coop_e2e::worker_bin().with_file_name("coop-e2e-scheduler")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Replicas {
     dir: PathBuf,
     addrs: Vec<String>,
@@ -44,7 +36,7 @@ struct Replicas {
 impl Replicas {
     fn start(dir: &Path) -> Self {
         let addrs: Vec<String> = (0..3)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .map(|_| format!("127.0.0.1:{}", coop_e2e::free_port()))
             .collect();
         let mut r = Replicas {
             dir: dir.to_path_buf(),
@@ -54,12 +46,7 @@ impl Replicas {
         for i in 0..3 {
             let tls = dir.join(format!("tls-{i}"));
             std::fs::create_dir_all(&tls).unwrap();
-            coop_e2e::test_ca()
-                .issue_replica()
-                .unwrap()
-                .save(&tls)
-                .unwrap();
-            std::fs::write(tls.join("ca.pem"), &coop_e2e::test_ca().cert_pem).unwrap();
+            coop_scheduler::local::issue(coop_e2e::test_ca(), &tls).unwrap();
             r.spawn(i);
         }
         r
@@ -146,7 +133,7 @@ impl Lcg {
 
 /// A job that records its start and a heartbeat every 50 ms for about a
 /// second in `records/TAG`, then ends.
-fn job(records: &Path, tag: &str) -> JobSpec {
+fn recording_job(records: &Path, tag: &str) -> JobSpec {
     let script = format!(
         "f={}/{tag}; echo start $(date +%s%N) >> $f; i=0; while [ $i -lt 20 ]; do echo alive $(date +%s%N) >> $f; sleep 0.05; i=$((i+1)); done",
         records.display()
@@ -256,7 +243,7 @@ async fn the_invariants_hold_through_kills_and_pauses_of_the_real_binaries() {
             let mut acked = BTreeMap::new();
             for n in 0..120 {
                 let tag = format!("c{n}");
-                if let Some(id) = submit(&addrs, &tag, &job(&records, &tag)).await {
+                if let Some(id) = submit(&addrs, &tag, &recording_job(&records, &tag)).await {
                     acked.insert(tag, id);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -342,7 +329,7 @@ async fn the_invariants_hold_through_kills_and_pauses_of_the_real_binaries() {
         // No acknowledged submit is lost, and its request id still names it.
         assert_eq!(&job.request_id, tag, "job {id}");
         assert_eq!(
-            submit(&addrs, tag, &job_spec_of(&records, tag)).await,
+            submit(&addrs, tag, &recording_job(&records, tag)).await,
             Some(*id)
         );
         *outcomes.entry(job.state_name()).or_default() += 1;
@@ -388,11 +375,6 @@ async fn the_invariants_hold_through_kills_and_pauses_of_the_real_binaries() {
     }
     drop(workers);
     drop(replicas);
-}
-
-/// The spec a tag was submitted with (a retry must send the same one).
-fn job_spec_of(records: &Path, tag: &str) -> JobSpec {
-    job(records, tag)
 }
 
 /// The overlap check sees a run that started while another was alive.

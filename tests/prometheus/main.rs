@@ -81,14 +81,6 @@ fn query(prom: &str, expr: &str) -> usize {
     body["data"]["result"].as_array().map(Vec::len).unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_and_alert_expression_returns_data() {
     if !have("prometheus") || !have("promtool") {
@@ -180,7 +172,7 @@ async fn every_dashboard_and_alert_expression_returns_data() {
         .flatten()
         .map(|r| format!("\"{}\"", r.metrics_addr.clone().unwrap()))
         .collect();
-    let port = free_port();
+    let port = coop_e2e::free_port();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,

@@ -162,6 +162,15 @@ pub async fn replicas(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> Local
     .unwrap_or_else(|e| panic!("start {n} replicas: {e}"))
 }
 
+/// A loopback port free right now (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// The wall clock in milliseconds, as credentials are stamped.
 pub fn now_ms() -> u64 {
     wall_clock_ms()
