@@ -401,7 +401,7 @@ async fn send_predecessors_reports(
             continue;
         }
         let reply = client
-            .report_finished(id.finished(entry.incarnation, entry.alloc, &entry.exit()))
+            .report_finished(id.finished(entry.incarnation, entry.alloc, &entry.exit))
             .await;
         match reply {
             Ok(r) => tracing::info!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 /// How a run ended, as reported to the scheduler.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Exit {
     pub code: Option<i32>,
     pub signal: Option<i32>,

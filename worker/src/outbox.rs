@@ -22,10 +22,8 @@ pub struct Entry {
     pub alloc: u64,
     /// The incarnation the run belonged to: its report is signed as that one.
     pub incarnation: u64,
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub error: String,
-    pub result: Option<coop_core::JobResult>,
+    #[serde(flatten)]
+    pub exit: Exit,
 }
 
 impl Entry {
@@ -33,19 +31,7 @@ impl Entry {
         Self {
             alloc,
             incarnation,
-            code: exit.code,
-            signal: exit.signal,
-            error: exit.error.clone(),
-            result: exit.result.clone(),
-        }
-    }
-
-    pub fn exit(&self) -> Exit {
-        Exit {
-            code: self.code,
-            signal: self.signal,
-            error: self.error.clone(),
-            result: self.result.clone(),
+            exit: exit.clone(),
         }
     }
 }
@@ -128,7 +114,7 @@ mod tests {
             entries.iter().map(|e| e.alloc).collect::<Vec<_>>(),
             vec![5, 7]
         );
-        assert_eq!(entries[0].exit(), ok);
+        assert_eq!(entries[0].exit, ok);
         assert!(!dir.path().join("outbox/9.json").exists());
         remove(dir.path(), 5);
         assert_eq!(load(dir.path()).len(), 1);

@@ -350,6 +350,9 @@ fn an_upheld_appeal_credits_the_lost_work_and_requeues_the_job() {
     assert_eq!((job.attempts, job.lost_ms), (0, 0));
     // 2 cores for an hour, taken back: the credit (7,200 core-seconds) is
     // more than the usage left after decay, so it ends at zero, not below.
-    assert!(usage_before > 7_000.0 && usage_before < 7_200.0, "{usage_before}");
+    assert!(
+        usage_before > 7_000.0 && usage_before < 7_200.0,
+        "{usage_before}"
+    );
     assert_eq!(s.members()[&MemberId::new("ana")].usage.cpu, 0.0);
 }
