@@ -434,6 +434,13 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// The longest a replica waits for an answer from another process on a
+/// caller's behalf (the leader, for a forwarded call; a worker, for logs):
+/// a peer that accepted the connection and went silent costs the caller an
+/// error, not a hang. The caller's own deadline, in `grpc-timeout`, is
+/// shorter when it has one.
+pub const PEER_CALL_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A channel to a worker's log service over TLS 1.3 that only the holder
 /// of `node_key` can answer: the handshake's signature must verify against
 /// that key (the certificate itself is not trusted for anything).
@@ -460,7 +467,8 @@ pub fn node_channel(addr: &str, node_key: [u8; 32]) -> Result<tonic::transport::
     let target = addr.to_string();
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| fail(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2));
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(PEER_CALL_DEADLINE);
     Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
         move |_: tonic::codegen::http::Uri| {
             let (connector, target) = (connector.clone(), target.clone());

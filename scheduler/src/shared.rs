@@ -12,6 +12,7 @@ use tonic::Status;
 use crate::config::Config;
 use crate::error::{core_status, not_leader, write_status};
 use crate::raft::RaftNode;
+use coop_proto::tls::PEER_CALL_DEADLINE;
 
 /// Metadata marking a call one replica forwarded to another, so a
 /// forwarded call is never forwarded again (no ping-pong during elections).
@@ -36,15 +37,9 @@ pub struct Shared {
 fn lazy_channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Status> {
     Ok(endpoint(addr, tls)?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(FORWARD_DEADLINE)
+        .timeout(PEER_CALL_DEADLINE)
         .connect_lazy())
 }
-
-/// The longest a forwarded call waits for the leader (the client's own
-/// deadline, passed on in `grpc-timeout`, is shorter when it has one): a
-/// leader that died silently mid-call costs the client a retry, and this
-/// replica a task, not a hang.
-const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 
 /// An endpoint for `addr`: https with `tls`, else plain http.
 pub fn endpoint(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, Status> {
@@ -321,7 +316,7 @@ mod tests {
         let mut client = CoopClient::new(lazy_channel(&addr, None).unwrap());
         let call = client.cluster_status(ClusterStatusRequest {});
         // A watchdog far above the deadline: without one the call hangs.
-        let answer = tokio::time::timeout(FORWARD_DEADLINE * 6, call)
+        let answer = tokio::time::timeout(PEER_CALL_DEADLINE * 6, call)
             .await
             .expect("the forwarded call hangs");
         assert!(answer.is_err());
