@@ -9,6 +9,7 @@ use anyhow::{anyhow, Result};
 use coop_core::{MemberId, SecretKey};
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::{ClusterStatusRequest, ClusterStatusResponse};
+use coop_proto::status::{broke, timed_out};
 use std::path::PathBuf;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -307,20 +308,6 @@ where
         .await
         .map(tonic::Response::into_inner)
         .map_err(explain)
-}
-
-/// Whether the connection failed under the call (a reset stream, an h2
-/// protocol error as a replica died): tonic made the status from a
-/// transport error, so it has a source; one a replica sent has none.
-fn broke(status: &tonic::Status) -> bool {
-    std::error::Error::source(status).is_some()
-}
-
-/// Whether a call ran past its deadline: the replica said so, or tonic
-/// gave up waiting (it reports that as CANCELLED "Timeout expired").
-fn timed_out(status: &tonic::Status) -> bool {
-    status.code() == Code::DeadlineExceeded
-        || (status.code() == Code::Cancelled && status.message().contains("Timeout expired"))
 }
 
 /// A status as a one-line error for people.

@@ -30,6 +30,7 @@ pub mod convert;
 pub mod keyfile;
 pub mod metrics_http;
 pub mod read_auth;
+pub mod status;
 pub mod tls;
 
 /// Largest gRPC message any Coop service accepts or sends: big enough for a

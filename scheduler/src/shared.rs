@@ -276,10 +276,7 @@ pub fn unexpected(outcome: Outcome) -> Status {
 /// connection broke) is retryable for the client: its request carries what
 /// makes a retry safe (a submit's request id), and a new leader will answer.
 pub fn forward_failed(status: Status) -> Status {
-    // A status with a source was made here from a transport error (a reset
-    // stream, an h2 protocol error as the leader died), whatever its code;
-    // one the leader sent has none.
-    let transport = std::error::Error::source(&status).is_some();
+    let transport = coop_proto::status::broke(&status);
     match status.code() {
         tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
             Status::unavailable(format!(

@@ -162,15 +162,11 @@ async fn submit(addrs: &[String], request_id: &str, spec: &JobSpec) -> Option<u6
         match tokio::time::timeout(Duration::from_secs(3), call).await {
             Ok(Ok(r)) => return Some(r.into_inner().job_id),
             // Refused by a replica (not for want of a leader, nor a broken
-            // connection, which tonic reports with a source): a real error.
+            // connection or a deadline): a real error.
             Ok(Err(s))
-                if !matches!(
-                    s.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::Unknown
-                        | tonic::Code::Cancelled
-                        | tonic::Code::DeadlineExceeded
-                ) && std::error::Error::source(&s).is_none() =>
+                if s.code() != tonic::Code::Unavailable
+                    && !coop_proto::status::broke(&s)
+                    && !coop_proto::status::timed_out(&s) =>
             {
                 panic!("submit {request_id}: {s}")
             }
