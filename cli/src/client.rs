@@ -108,35 +108,37 @@ fn known_ca_path(addr: &str) -> PathBuf {
 
 /// The cluster CA trusted for `addr` and, for a pinned one, its file.
 async fn ca_for(addr: &str) -> Result<(String, Option<PathBuf>)> {
+    if let Some(given) = given_trust()? {
+        return Ok(given);
+    }
+    let path = known_ca_path(addr);
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        return Ok((pem, Some(path)));
+    }
+    // Trust on first use: pin what the replica presents.
+    let pem = coop_proto::tls::probe_ca(addr).await?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow!("create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&path, &pem).map_err(|e| anyhow!("write {}: {e}", path.display()))?;
+    eprintln!(
+        "coop: first contact with {addr}: trusting its cluster CA {} from now on (pinned in {})",
+        coop_proto::tls::fingerprint(&pem)?,
+        path.display()
+    );
+    Ok((pem, Some(path)))
+}
+
+/// The CA given by COOP_CA or a context (and its file, if it is one).
+fn given_trust() -> Result<Option<(String, Option<PathBuf>)>> {
     Ok(match TRUST.get() {
-        Some(Trust::Pem(pem)) => (pem.clone(), None),
+        Some(Trust::Pem(pem)) => Some((pem.clone(), None)),
         Some(Trust::File(path)) => {
             let pem = std::fs::read_to_string(path)
                 .map_err(|e| anyhow!("cluster CA {}: {e}", path.display()))?;
-            (pem, Some(path.clone()))
+            Some((pem, Some(path.clone())))
         }
-        None => {
-            let path = known_ca_path(addr);
-            match std::fs::read_to_string(&path) {
-                Ok(pem) => (pem, Some(path)),
-                Err(_) => {
-                    // Trust on first use: pin what the replica presents.
-                    let pem = coop_proto::tls::probe_ca(addr).await?;
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)
-                            .map_err(|e| anyhow!("create {}: {e}", dir.display()))?;
-                    }
-                    std::fs::write(&path, &pem)
-                        .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
-                    eprintln!(
-                        "coop: first contact with {addr}: trusting its cluster CA {} from now on (pinned in {})",
-                        coop_proto::tls::fingerprint(&pem)?,
-                        path.display()
-                    );
-                    (pem, Some(path))
-                }
-            }
-        }
+        None => None,
     })
 }
 
@@ -159,15 +161,7 @@ pub async fn trusted_ca(addr: &str) -> Result<Option<String>> {
 /// The CA given on the command line, by COOP_CA or a context, if any:
 /// what an offline audit checks signatures against.
 pub fn given_ca() -> Result<Option<String>> {
-    match TRUST.get() {
-        Some(Trust::Pem(pem)) => Ok(Some(pem.clone())),
-        Some(Trust::File(path)) => {
-            Ok(Some(std::fs::read_to_string(path).map_err(|e| {
-                anyhow!("cluster CA {}: {e}", path.display())
-            })?))
-        }
-        None => Ok(None),
-    }
+    Ok(given_trust()?.map(|(pem, _)| pem))
 }
 
 /// Connects to `addr` (HOST:PORT), failing clearly if nothing answers.
@@ -310,7 +304,6 @@ where
         .map_err(explain)
 }
 
-/// A status as a one-line error for people.
 /// Why this process has no read credential, when it has none.
 static NO_READER: OnceLock<String> = OnceLock::new();
 
@@ -319,6 +312,7 @@ pub fn no_reader(why: String) {
     let _ = NO_READER.set(why);
 }
 
+/// A status as a one-line error for people.
 pub fn explain(status: tonic::Status) -> anyhow::Error {
     if status.code() == Code::Unauthenticated && READER.get().is_none() {
         if let Some(why) = NO_READER.get() {

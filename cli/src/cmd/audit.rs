@@ -178,12 +178,12 @@ async fn gather(client: &Client, s: &ClusterStatusResponse, ca: Option<&str>) ->
     })
 }
 
-/// The latest valid checkpoint of the cluster at `addr`, or an error that
-/// says why there is none.
-/// A new cluster has none until the replicas sign their first (at the
-/// leader's checkpoint interval): wait this long for one.
+/// A new cluster has no checkpoint until the replicas sign their first (at
+/// the leader's checkpoint interval): wait this long for one.
 const FIRST_CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The latest valid checkpoint of the cluster at `addr`, or an error that
+/// says why there is none.
 async fn valid_checkpoint(addr: &str, client: &Client, s: &ClusterStatusResponse) -> Result<Valid> {
     let ca = crate::client::trusted_ca(addr).await?;
     let deadline = std::time::Instant::now() + FIRST_CHECKPOINT_WAIT;
@@ -422,7 +422,7 @@ pub async fn verify(addr: &str, fmt: Format, opts: VerifyOptions<'_>) -> Result<
                 .clone()
                 .or((!valid.ca_pem.is_empty()).then(|| valid.ca_pem.clone()));
             if let Err(e) = valid.check(ca.as_deref()) {
-                return report_failure(fmt, &format!("the journal's checkpoint: {e}"));
+                return report_problems(fmt, &[format!("the journal's checkpoint: {e}")]);
             }
             let vouched_by = match (&offline_ca, &ca) {
                 (Some(pem), _) => format!(
@@ -454,7 +454,7 @@ pub async fn verify(addr: &str, fmt: Format, opts: VerifyOptions<'_>) -> Result<
                     .map_err(|_| anyhow!("entry {index}: the file ends inside it"))?;
                 if let Err(e) = step(&mut replay, index, &leaf) {
                     progress.finish_and_clear();
-                    return report_failure(fmt, &e);
+                    return report_problems(fmt, &[e]);
                 }
                 progress.inc(1);
             }
@@ -490,7 +490,7 @@ pub async fn verify(addr: &str, fmt: Format, opts: VerifyOptions<'_>) -> Result<
             .await?;
             progress.finish_and_clear();
             if let Some(e) = failure {
-                return report_failure(fmt, &e);
+                return report_problems(fmt, &[e]);
             }
             (
                 valid,
@@ -567,14 +567,6 @@ pub async fn verify(addr: &str, fmt: Format, opts: VerifyOptions<'_>) -> Result<
         }
     }
     Ok(if ok { 0 } else { 1 })
-}
-
-fn report_failure(fmt: Format, why: &str) -> Result<i32> {
-    match fmt {
-        Format::Json => print_json(&json!({"ok": false, "problems": [why]})),
-        Format::Table => println!("FAILED: {why}"),
-    }
-    Ok(1)
 }
 
 /// What this CLI last verified of a cluster's log: a valid checkpoint.
