@@ -198,18 +198,6 @@ fn node_session(who: Who) -> (u64, Vec<u8>) {
     }
 }
 
-fn small_job() -> JobSpec {
-    JobSpec {
-        argv: vec!["true".into()],
-        resources: Some(Resources {
-            cpu_millis: 100,
-            memory_bytes: 1 << 20,
-            gpus: 0,
-        }),
-        ..Default::default()
-    }
-}
-
 fn raft_payload<T: serde::Serialize>(v: &T) -> RaftPayload {
     RaftPayload {
         data: serde_json::to_vec(v).unwrap(),
@@ -264,7 +252,7 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
             coop().logs(read(who, req)).await?;
         }
         "coop.api.v1.Coop/Submit" => {
-            let spec = small_job();
+            let spec = coop_e2e::small_job();
             let core = coop_core::JobSpec::try_from(&spec).unwrap();
             let (member, issued_at_ms, signature) =
                 signed(who, &unique, &MemberRequest::Submit { spec: &core });
@@ -625,7 +613,7 @@ async fn every_rpc_allows_exactly_whom_the_matrix_says() {
             .unwrap(),
     );
     let c = coop_e2e::client(&addrs[0]);
-    let mut spec = small_job();
+    let mut spec = coop_e2e::small_job();
     spec.argv = vec!["echo".into(), "ana's output".into()];
     let job = coop_e2e::submit(&c, coop_e2e::submit_request("ana", "j1", spec))
         .await

@@ -4,7 +4,7 @@
 
 use coop_e2e::StateName;
 
-use coop_proto::api::{ClusterStatusRequest, JobSpec, Resources};
+use coop_proto::api::{ClusterStatusRequest, Resources};
 use coop_proto::raft::raft_transport_client::RaftTransportClient;
 use coop_proto::raft::{RaftPayload, SnapshotChunk};
 use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
@@ -23,25 +23,13 @@ fn channel(addr: &str) -> Channel {
     coop_e2e::channel(addr)
 }
 
-fn small_job() -> JobSpec {
-    JobSpec {
-        argv: vec!["true".into()],
-        resources: Some(Resources {
-            cpu_millis: 100,
-            memory_bytes: 1 << 20,
-            gpus: 0,
-        }),
-        ..Default::default()
-    }
-}
-
 /// The cluster still commits a write through every replica.
 async fn still_serves(addrs: &[String], tag: &str) {
     for (i, addr) in addrs.iter().enumerate() {
         let c = coop_e2e::client(addr);
         let id = coop_e2e::submit(
             &c,
-            coop_e2e::submit_request("ana", &format!("{tag}-{i}"), small_job()),
+            coop_e2e::submit_request("ana", &format!("{tag}-{i}"), coop_e2e::small_job()),
         )
         .await
         .unwrap_or_else(|s| panic!("replica {addr} stopped serving after {tag}: {s}"));
@@ -193,15 +181,15 @@ async fn requests_not_signed_by_the_member_are_refused_before_the_log() {
     let c = coop_e2e::client(&addrs[1]);
     let before = coop_e2e::last_log_index(&addrs[0]).await;
     // Signed by bo, claimed as ana.
-    let mut forged = coop_e2e::submit_request("bo", "forged", small_job());
+    let mut forged = coop_e2e::submit_request("bo", "forged", coop_e2e::small_job());
     forged.member = "ana".into();
     // Signed by a key no member holds.
-    let outsider = coop_e2e::submit_request("mallory", "outsider", small_job());
+    let outsider = coop_e2e::submit_request("mallory", "outsider", coop_e2e::small_job());
     // No signature at all.
-    let mut unsigned = coop_e2e::submit_request("ana", "unsigned", small_job());
+    let mut unsigned = coop_e2e::submit_request("ana", "unsigned", coop_e2e::small_job());
     unsigned.signature.clear();
     // A genuine request whose spec was changed on the way.
-    let mut altered = coop_e2e::submit_request("ana", "altered", small_job());
+    let mut altered = coop_e2e::submit_request("ana", "altered", coop_e2e::small_job());
     altered.spec.as_mut().unwrap().argv = vec!["rm".into(), "-rf".into(), "/".into()];
     for req in [forged, outsider, unsigned, altered] {
         let err = c.clone().submit(req).await.unwrap_err();
@@ -231,7 +219,7 @@ async fn reads_are_authenticated_and_private_data_stays_private() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = coop_e2e::replicas(dir.path(), 3, |_| {}).await;
     let addrs = cluster.addrs();
-    let mut spec = small_job();
+    let mut spec = coop_e2e::small_job();
     spec.env.insert("API_TOKEN".into(), "s3cret".into());
     let id = coop_e2e::submit(
         &coop_e2e::client(&addrs[0]),
@@ -301,7 +289,7 @@ async fn a_verified_read_credential_cannot_be_claimed_by_another_member() {
     let addrs = cluster.addrs();
     let id = coop_e2e::submit(
         &coop_e2e::client(&addrs[0]),
-        coop_e2e::submit_request("ana", "mine", small_job()),
+        coop_e2e::submit_request("ana", "mine", coop_e2e::small_job()),
     )
     .await
     .unwrap();

@@ -162,6 +162,19 @@ pub async fn replicas(dir: &Path, n: usize, tune: impl Fn(&mut Config)) -> Local
     .unwrap_or_else(|e| panic!("start {n} replicas: {e}"))
 }
 
+/// A job that asks for little and does nothing (`true`).
+pub fn small_job() -> coop_proto::api::JobSpec {
+    coop_proto::api::JobSpec {
+        argv: vec!["true".into()],
+        resources: Some(coop_proto::api::Resources {
+            cpu_millis: 100,
+            memory_bytes: 1 << 20,
+            gpus: 0,
+        }),
+        ..Default::default()
+    }
+}
+
 /// A loopback port free right now (for a process that binds it itself).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -349,10 +349,7 @@ impl SecretKey {
             issued_at_ms,
             &request.hash(),
         );
-        Auth {
-            issued_at_ms,
-            signature: Signature(self.0.sign(&message).to_bytes()),
-        }
+        self.sign(&message, issued_at_ms)
     }
 }
 
@@ -393,10 +390,7 @@ impl SecretKey {
     /// Signs a read credential for `cluster_id`.
     pub fn sign_read(&self, cluster_id: &str, member: &MemberId, issued_at_ms: u64) -> Auth {
         let message = read_message(cluster_id, member, issued_at_ms);
-        Auth {
-            issued_at_ms,
-            signature: Signature(self.0.sign(&message).to_bytes()),
-        }
+        self.sign(&message, issued_at_ms)
     }
 }
 
