@@ -155,16 +155,11 @@ impl RaftNode {
     /// Waits until this replica's applied state reflects every write
     /// committed before the call (Raft §6.4 ReadIndex). Leader only.
     pub async fn linearizable_read(&self) -> Result<(), WriteError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
-            Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(WriteError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                }),
-                None => Err(WriteError::Fatal(e.to_string())),
-            },
-        }
+        self.raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -285,20 +280,10 @@ impl RaftNode {
     /// Adds a replica: as a learner first (it catches up, from a snapshot
     /// when the log is compacted), then as a voter.
     pub async fn add_replica(&self, id: u64, addr: &str) -> Result<(), WriteError> {
-        let map = |e: openraft::errors::RaftError<
-            super::TypeConfig,
-            ClientWriteError<super::TypeConfig>,
-        >| match e.forward_to_leader() {
-            Some(f) => WriteError::NotLeader {
-                leader_id: f.leader_id,
-                leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-            },
-            None => WriteError::Fatal(e.to_string()),
-        };
         self.raft
             .add_learner(id, BasicNode::new(addr), true)
             .await
-            .map_err(map)?;
+            .map_err(write_error)?;
         // A change relative to the membership openraft holds when it
         // applies it, not a voter set computed from this replica's view:
         // two concurrent additions cannot drop each other's voter.
@@ -308,7 +293,7 @@ impl RaftNode {
                 false,
             )
             .await
-            .map_err(map)?;
+            .map_err(write_error)?;
         Ok(())
     }
 
@@ -320,13 +305,7 @@ impl RaftNode {
                 false,
             )
             .await
-            .map_err(|e| match e.forward_to_leader() {
-                Some(f) => WriteError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                },
-                None => WriteError::Fatal(e.to_string()),
-            })?;
+            .map_err(write_error)?;
         Ok(())
     }
 
@@ -383,5 +362,20 @@ async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<(Command, Reply)>) {
                 }
             }
         }
+    }
+}
+
+/// An openraft error as a write error: "not the leader" (with where the
+/// leader is, when known) or fatal.
+fn write_error<E>(e: openraft::errors::RaftError<super::TypeConfig, E>) -> WriteError
+where
+    E: std::error::Error + openraft::TryAsRef<openraft::errors::ForwardToLeader<super::TypeConfig>>,
+{
+    match e.forward_to_leader() {
+        Some(f) => WriteError::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+        },
+        None => WriteError::Fatal(e.to_string()),
     }
 }
