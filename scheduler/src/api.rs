@@ -664,7 +664,7 @@ impl Coop for CoopService {
             state.check_remove_replica(req.id, &member, &req.request_id, &auth, now)
         })?;
         let status = self.shared.node.status();
-        let voters = status.replicas.iter().filter(|r| r.voter).count();
+        let voters = status.voters();
         let Some(replica) = status.replicas.iter().find(|r| r.id == req.id && r.voter) else {
             return Err(Status::not_found(format!(
                 "replica {} is not a voter of this group",
@@ -840,7 +840,7 @@ impl Coop for CoopService {
                     b: Some(c.b.into()),
                 })
                 .collect(),
-            voters: status.replicas.iter().filter(|r| r.voter).count() as u64,
+            voters: status.voters() as u64,
             answered_by: status.id,
         }))
     }

@@ -220,13 +220,7 @@ pub async fn collect(shared: Arc<Shared>) {
                 }
             }
         }
-        let voters = shared
-            .node
-            .status()
-            .replicas
-            .iter()
-            .filter(|r| r.voter)
-            .count();
+        let voters = shared.node.status().voters();
         let valid = shared.witness.latest_valid(voters);
         shared.metrics.observe_checkpoints(
             valid.as_ref().map(|(h, _)| h),

@@ -77,6 +77,13 @@ pub struct RaftStatus {
     pub replicas: Vec<ReplicaInfo>,
 }
 
+impl RaftStatus {
+    /// How many replicas vote: what a majority is counted of.
+    pub fn voters(&self) -> usize {
+        self.replicas.iter().filter(|r| r.voter).count()
+    }
+}
+
 type Reply = oneshot::Sender<Result<Result<Outcome, CoreError>, WriteError>>;
 
 #[derive(Clone)]
