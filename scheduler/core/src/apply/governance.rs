@@ -354,21 +354,17 @@ fn remove(state: &mut ClusterState, member: &MemberId, now: u64) {
         .jobs()
         .values()
         .filter(|j| &j.member == member && !j.state().is_terminal())
-        .map(|j| (j.id, j.alloc))
+        .map(|j| j.id)
         .collect();
-    for (id, alloc) in jobs {
-        if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
-            a.state = crate::alloc::AllocState::Stopping;
-            a.preempted = true;
-        }
-        if let Some(job) = state.set_job_state(id, JobState::Cancelled) {
-            job.finished_at_ms = Some(now);
-            job.message = format!("{member} was removed by member vote");
-            job.record(
-                now,
-                format!("cancelled: {member} was removed by member vote"),
-            );
-        }
+    for id in jobs {
+        super::jobs::end_cancelled(
+            state,
+            id,
+            now,
+            format!("{member} was removed by member vote"),
+            format!("cancelled: {member} was removed by member vote"),
+            true,
+        );
     }
     let nodes: Vec<_> = state
         .nodes()

@@ -62,19 +62,37 @@ pub(super) fn cancel(
 ) -> Result<Outcome, CoreError> {
     let Time { stamp, now } = at;
     state.check_cancel(job_id, member, request_id, auth, stamp)?;
-    let alloc = state.job(job_id).and_then(|j| j.alloc);
-    if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
-        a.state = crate::alloc::AllocState::Stopping;
-    }
-    if let Some(job) = state.set_job_state(job_id, JobState::Cancelled) {
-        job.finished_at_ms = Some(now);
-        job.message = format!("cancelled by {member}");
-        job.record(now, format!("cancelled by {member}"));
-    }
+    let why = format!("cancelled by {member}");
+    let alloc = end_cancelled(state, job_id, now, why.clone(), why, false);
     Ok(Outcome::Cancelled {
         job: job_id,
         stopping: alloc,
     })
+}
+
+/// Ends a job as cancelled, with `message` and the history line `line`; its
+/// allocation, if any, starts stopping (`preempted` when the job did
+/// nothing wrong, so a stop does not count against it). Returns that
+/// allocation.
+pub(super) fn end_cancelled(
+    state: &mut ClusterState,
+    job_id: JobId,
+    now: u64,
+    message: String,
+    line: String,
+    preempted: bool,
+) -> Option<crate::ids::AllocId> {
+    let alloc = state.job(job_id).and_then(|j| j.alloc);
+    if let Some(a) = alloc.and_then(|a| state.alloc_mut(a)) {
+        a.state = crate::alloc::AllocState::Stopping;
+        a.preempted |= preempted;
+    }
+    if let Some(job) = state.set_job_state(job_id, JobState::Cancelled) {
+        job.finished_at_ms = Some(now);
+        job.message = message;
+        job.record(now, line);
+    }
+    alloc
 }
 
 /// Removes jobs that ended more than the policy's retention ago, a bounded
