@@ -29,6 +29,7 @@ pub use coop::worker::v1 as worker;
 pub mod convert;
 pub mod keyfile;
 pub mod metrics_http;
+pub mod net;
 pub mod read_auth;
 pub mod status;
 pub mod tls;

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::job_to_proto;
 use crate::error::core_status;
-use crate::shared::{forwarded, now_ms, signed, unexpected, Route, Shared, VerifiedCredentials};
+use crate::shared::{forwarded, signed, unexpected, Route, Shared, VerifiedCredentials};
 
 /// Largest log chunk one `Logs` call returns.
 const MAX_LOG_CHUNK: u32 = 1024 * 1024;
@@ -42,7 +42,7 @@ impl CoopService {
                 "reads are for members: sign them with your key (coop does; see docs/security.md)",
             )
             })?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         let key = {
             let applied = self.shared.node.state_machine().read();
             let key = applied.state.members().get(&member).map(|m| m.public_key);
@@ -190,7 +190,7 @@ impl Coop for CoopService {
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
         // Accrued to the time of the read: display only, nothing is written.
-        let at_ms = now_ms().max(applied.state.now_ms());
+        let at_ms = self.shared.now_ms().max(applied.state.now_ms());
         let shares = applied.state.shares_at(at_ms);
         let fairness = coop_core::fairness::compute(&shares);
         let members = shares
@@ -280,7 +280,7 @@ impl Coop for CoopService {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             ),
         };
-        let now = now_ms();
+        let now = self.shared.now_ms();
         // Refuse bad input (and bad signatures) before it reaches the log;
         // apply checks again on every replica (what the public record
         // shows; the env values themselves are checked here).
@@ -369,7 +369,7 @@ impl Coop for CoopService {
         let req = request.get_ref();
         let (job, member) = (JobId(req.job_id), MemberId::new(req.member.clone()));
         let auth = signed(req.issued_at_ms, &req.signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         // An unsigned, unknown, foreign or ended job is refused here, not in the log.
         self.shared
             .precheck(|state| state.check_cancel(job, &member, &req.request_id, &auth, now))?;
@@ -488,7 +488,7 @@ impl Coop for CoopService {
         let key = PublicKey::parse(&req.key)
             .map_err(|e| Status::invalid_argument(format!("node key: {e}")))?;
         let auth = signed(req.issued_at_ms, &req.signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         self.shared.precheck(|state| {
             state.check_add_node(&node, &member, &key, &req.request_id, &auth, now)
         })?;
@@ -589,7 +589,7 @@ impl Coop for CoopService {
         let req = request.get_ref();
         let member = MemberId::new(req.member.clone());
         let auth = signed(req.issued_at_ms, &req.signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         self.shared.precheck(|state| {
             state.check_add_replica(req.id, &req.addr, &member, &req.request_id, &auth, now)
         })?;
@@ -659,7 +659,7 @@ impl Coop for CoopService {
         let req = request.get_ref();
         let member = MemberId::new(req.member.clone());
         let auth = signed(req.issued_at_ms, &req.signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         self.shared.precheck(|state| {
             state.check_remove_replica(req.id, &member, &req.request_id, &auth, now)
         })?;
@@ -704,7 +704,7 @@ impl Coop for CoopService {
         let kind = proposal_kind(req)?;
         let member = MemberId::new(req.member.clone());
         let auth = signed(req.issued_at_ms, &req.signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         self.shared
             .precheck(|state| state.check_propose(&member, &req.request_id, &kind, &auth, now))?;
         let cmd = Command::Propose {
@@ -728,7 +728,7 @@ impl Coop for CoopService {
         let req = request.get_ref();
         let member = MemberId::new(req.member.clone());
         let auth = signed(req.issued_at_ms, &req.signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         self.shared.precheck(|state| {
             state.check_vote(
                 &member,
@@ -764,7 +764,7 @@ impl Coop for CoopService {
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
         let state = &applied.state;
-        let at_ms = now_ms().max(state.now_ms());
+        let at_ms = self.shared.now_ms().max(state.now_ms());
         let proposals = state
             .proposals()
             .values()

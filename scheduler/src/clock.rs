@@ -9,8 +9,10 @@
 //! pace, the stamp is the system clock; after a step, it moves toward it
 //! and meets it after about as long as the step was. It never goes back.
 
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 /// Slowest and fastest pace, relative to real time, while catching up.
 const SLOWEST: (u64, u64) = (1, 2);
@@ -29,34 +31,65 @@ struct Slewed {
     at: Instant,
 }
 
-static CLOCK: Mutex<Option<Slewed>> = Mutex::new(None);
+/// Where the system time comes from, in microseconds since the Unix epoch.
+pub type SystemSource = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// One replica's clock: its system time source, slewed. Each replica owns
+/// one (not a process-wide static), so replicas sharing a process (a
+/// local cluster, the simulation) keep their own pace and skew.
+pub struct Clock {
+    system: SystemSource,
+    slewed: Mutex<Option<Slewed>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::from_source(Arc::new(system_us))
+    }
+
+    /// A clock reading another source (the simulation's, with its skews
+    /// and jumps); the monotonic pace is tokio's clock.
+    pub fn from_source(system: SystemSource) -> Self {
+        Self {
+            system,
+            slewed: Mutex::new(None),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch, slewed (see the module docs):
+    /// the `now` a replica stamps into commands.
+    pub fn now_ms(&self) -> u64 {
+        let system = (self.system)();
+        let now = Instant::now();
+        let mut clock = self.slewed.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = match clock.as_ref() {
+            None => system,
+            Some(c) => slew(
+                c.last_us,
+                now.duration_since(c.at).as_micros() as u64,
+                system,
+            ),
+        };
+        *clock = Some(Slewed {
+            last_us: stamp,
+            at: now,
+        });
+        stamp / 1000
+    }
+}
+
+/// The system clock in milliseconds, unslewed: for displays (metrics'
+/// ages), never for commands.
+pub fn system_ms() -> u64 {
+    system_us() / 1000
+}
 
 fn system_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch, slewed (see the module docs): the
-/// `now` a replica stamps into commands.
-pub fn now_ms() -> u64 {
-    let system = system_us();
-    let now = Instant::now();
-    let mut clock = CLOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let stamp = match clock.as_ref() {
-        None => system,
-        Some(c) => slew(
-            c.last_us,
-            now.duration_since(c.at).as_micros() as u64,
-            system,
-        ),
-    };
-    *clock = Some(Slewed {
-        last_us: stamp,
-        at: now,
-    });
-    stamp / 1000
 }
 
 #[cfg(test)]

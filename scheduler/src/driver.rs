@@ -12,11 +12,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use coop_core::{Command, NodeId};
 
-use crate::shared::{now_ms, Shared};
+use crate::shared::Shared;
 
 /// How often the driver looks even when nothing was applied.
 const TICK: Duration = Duration::from_millis(200);
@@ -67,7 +68,12 @@ fn propose_checkpoint(shared: &Arc<Shared>) {
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        if let Err(e) = shared.write(Command::Checkpoint { now_ms: now_ms() }).await {
+        if let Err(e) = shared
+            .write(Command::Checkpoint {
+                now_ms: shared.now_ms(),
+            })
+            .await
+        {
             tracing::debug!(error = %e, "checkpoint proposal failed");
         }
     });
@@ -93,7 +99,7 @@ fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>, slow_tick: 
         // After a quiet spell the log's time lags (it moves at most
         // MAX_STEP_MS per command): catch it up, so times shown and
         // deadlines do not wait for the next member's request.
-        let lagging = now_ms().saturating_sub(state.now_ms()) > coop_core::MAX_STEP_MS;
+        let lagging = shared.now_ms().saturating_sub(state.now_ms()) > coop_core::MAX_STEP_MS;
         state.pass_due()
             || lagging
             || (slow_tick && !state.pending().is_empty() && state.ready_nodes() > 0)
@@ -105,7 +111,12 @@ fn maybe_schedule(shared: &Arc<Shared>, in_flight: &Arc<AtomicBool>, slow_tick: 
     let shared = shared.clone();
     let in_flight = in_flight.clone();
     tokio::spawn(async move {
-        if let Err(e) = shared.write(Command::Schedule { now_ms: now_ms() }).await {
+        if let Err(e) = shared
+            .write(Command::Schedule {
+                now_ms: shared.now_ms(),
+            })
+            .await
+        {
             tracing::debug!(error = %e, "schedule proposal failed");
         }
         in_flight.store(false, Ordering::Release);
@@ -144,7 +155,7 @@ async fn detect_lost_nodes(shared: &Arc<Shared>, leader_since: Instant) {
         let cmd = Command::NodeLost {
             node,
             incarnation,
-            now_ms: now_ms(),
+            now_ms: shared.now_ms(),
         };
         if let Err(e) = shared.write(cmd).await {
             tracing::debug!(error = %e, "node lost proposal failed");

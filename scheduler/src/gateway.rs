@@ -10,7 +10,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use coop_core::{AllocId, Command, CoreError, ExitStatus, MemberId, NodeId, NodeState, Outcome};
 use coop_proto::worker::worker_gateway_client::WorkerGatewayClient;
@@ -23,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::assignment_to_proto;
 use crate::error::{core_status, not_leader};
-use crate::shared::{forwarded, now_ms, signed, unexpected, Route, Shared, VerifiedCredentials};
+use crate::shared::{forwarded, signed, unexpected, Route, Shared, VerifiedCredentials};
 
 pub struct GatewayService {
     shared: Arc<Shared>,
@@ -47,7 +48,7 @@ impl GatewayService {
         signature: &[u8],
     ) -> Result<(), Status> {
         let auth = signed(issued_at_ms, signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         let who = format!("{node}/{incarnation}");
         let applied = self.shared.node.state_machine().read();
         let key = applied
@@ -80,8 +81,9 @@ impl GatewayService {
         auth: &coop_core::Auth,
         report: &coop_core::NodeReport<'_>,
     ) -> Result<(), Status> {
-        self.shared
-            .precheck(|state| state.verify_node_report(node, incarnation, auth, report, now_ms()))
+        self.shared.precheck(|state| {
+            state.verify_node_report(node, incarnation, auth, report, self.shared.now_ms())
+        })
     }
 
     /// Heartbeats and assignments are served only by a leader a quorum
@@ -148,7 +150,7 @@ impl WorkerGateway for GatewayService {
         let capacity = coop_proto::convert::resources(req.capacity.as_ref());
         let gpus: Vec<coop_core::GpuInfo> = req.gpus.iter().map(coop_core::GpuInfo::from).collect();
         let auth = signed(req.issued_at_ms, &req.signature)?;
-        let now = now_ms();
+        let now = self.shared.now_ms();
         self.shared.precheck(|state| {
             state.check_register(
                 &coop_core::Registration {
@@ -305,7 +307,7 @@ impl WorkerGateway for GatewayService {
             node,
             incarnation: req.incarnation,
             auth,
-            now_ms: now_ms(),
+            now_ms: self.shared.now_ms(),
         })
         .await
     }
@@ -344,7 +346,7 @@ impl WorkerGateway for GatewayService {
             alloc,
             node,
             exit,
-            now_ms: now_ms(),
+            now_ms: self.shared.now_ms(),
             result,
             incarnation: req.incarnation,
             auth,

@@ -164,7 +164,7 @@ impl SchedulerMetrics {
             },
             checkpoint_size: int_gauge(&r, "coop_checkpoint_size", "Tree size of the latest checkpoint a majority of replicas signed."),
             checkpoint_conflicts: int_gauge(&r, "coop_checkpoint_conflicts", "Pairs of validly signed checkpoints with different heads for one size (a forked history) this replica has seen."),
-            checkpoint_at_ms: std::sync::atomic::AtomicU64::new(crate::shared::now_ms()),
+            checkpoint_at_ms: std::sync::atomic::AtomicU64::new(crate::clock::system_ms()),
             cluster_nodes: int_gauge_vec(&r, "coop_cluster_nodes", "Nodes by state.", &["state"]),
             placements: counter_vec(&r, "coop_scheduler_placements_total", "Placements applied, by the policy rule that made them.", &["rule"]),
             preemptions: counter_vec(&r, "coop_scheduler_preemptions_total", "Preemptions applied, by the policy rule that made them.", &["rule"]),
@@ -347,7 +347,7 @@ impl SchedulerMetrics {
             .checkpoint_at_ms
             .load(std::sync::atomic::Ordering::Relaxed);
         self.checkpoint_age
-            .set(crate::shared::now_ms().saturating_sub(at) as f64 / 1000.0);
+            .set(crate::clock::system_ms().saturating_sub(at) as f64 / 1000.0);
         self.cluster_pending.set(state.pending().len() as i64);
         self.cluster_running.set(state.running_jobs() as i64);
         self.cluster_nodes

@@ -10,8 +10,6 @@ use coop_proto::worker::worker_gateway_server::WorkerGatewayServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::api::CoopService;
 use crate::config::{prepare_data_dir, Config};
@@ -88,7 +86,20 @@ fn witness(
 }
 
 impl Replica {
-    pub async fn start(config: Config, listener: TcpListener) -> Result<Replica, StartError> {
+    pub async fn start(
+        config: Config,
+        listener: impl Into<coop_proto::net::Listener>,
+    ) -> Result<Replica, StartError> {
+        Self::start_with_clock(config, listener, crate::clock::Clock::system()).await
+    }
+
+    /// Like `start`, stamping commands with `clock` (the simulation's).
+    pub async fn start_with_clock(
+        config: Config,
+        listener: impl Into<coop_proto::net::Listener>,
+        clock: crate::clock::Clock,
+    ) -> Result<Replica, StartError> {
+        let listener = listener.into();
         config.validate()?;
         prepare_data_dir(&config.data_dir, config.id)?;
         let timing = RaftTiming {
@@ -156,6 +167,7 @@ impl Replica {
             metrics,
             replica_tls,
             witness.clone(),
+            clock,
         ));
         let witness_tasks = [
             tokio::spawn(crate::witness::sign_heads(witness, heads_rx)),
@@ -187,14 +199,7 @@ impl Replica {
                 .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
             );
-        // serve_with_incoming does not apply the builder's TCP_NODELAY to
-        // accepted sockets; without it Nagle and delayed ACKs add ~40-200 ms
-        // stalls to small request/response exchanges.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
+        let incoming = listener.incoming();
         let server = tokio::spawn(async move {
             let stop = async {
                 let _ = stop_rx.await;

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use coop_core::{Command, CoreError, NodeId, Outcome};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -31,14 +32,16 @@ pub struct Shared {
     pub replica_tls: Option<ClientTlsConfig>,
     /// This replica's checkpoint signatures and those it collected.
     pub witness: std::sync::Arc<crate::witness::Witness>,
+    clock: crate::clock::Clock,
 }
 
 /// A lazily connected channel to `addr` (with `tls`, if given).
 fn lazy_channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, Status> {
-    Ok(endpoint(addr, tls)?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(PEER_CALL_DEADLINE)
-        .connect_lazy())
+    Ok(coop_proto::net::lazy_channel(
+        endpoint(addr, tls)?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(PEER_CALL_DEADLINE),
+    ))
 }
 
 /// An endpoint for `addr`: https with `tls`, else plain http.
@@ -55,8 +58,6 @@ pub fn endpoint(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, St
     Ok(endpoint)
 }
 
-pub use crate::clock::now_ms;
-
 pub enum Route {
     /// Serve it here: this replica leads.
     Local,
@@ -71,8 +72,10 @@ impl Shared {
         metrics: std::sync::Arc<crate::metrics::SchedulerMetrics>,
         replica_tls: Option<ClientTlsConfig>,
         witness: std::sync::Arc<crate::witness::Witness>,
+        clock: crate::clock::Clock,
     ) -> Self {
         Self {
+            clock,
             node,
             config,
             metrics,
@@ -81,6 +84,11 @@ impl Shared {
             replica_tls,
             witness,
         }
+    }
+
+    /// This replica's time for the commands it stamps (see `clock`).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// A lazily connected channel to another replica (mutual TLS), reused.
@@ -166,7 +174,7 @@ impl Shared {
             cluster_id: self.config.cluster_id.clone(),
             policy: self.config.policy.clone().unwrap_or_default(),
             members: self.config.members.clone(),
-            now_ms: now_ms(),
+            now_ms: self.now_ms(),
         };
         match self.write_result(cmd).await? {
             // Adopted now, or by a concurrent proposal: either way it is in force.

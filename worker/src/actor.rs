@@ -137,6 +137,7 @@ impl Actor {
             tracing::error!(alloc, error = %e, "cannot record the run's end in the outbox");
         }
         self.table().insert(alloc, Local::Ended);
+        tracing::info!(alloc, node = %self.id.node_id, "ended");
         let _ = self.reports.send(Report::Finished(alloc, exit));
     }
 
@@ -204,7 +205,8 @@ impl Actor {
         }
         self.table().insert(alloc, Local::Running);
         let _ = self.reports.send(Report::Started(alloc));
-        tracing::info!(alloc, job = job_id, "started");
+        // The simulation reads these two events as each run's life.
+        tracing::info!(alloc, job = job_id, node = %self.id.node_id, "started");
         let tx = self.events_tx.clone();
         let timeout = spec.timeout_secs.map(Duration::from_secs);
         let grace = self.id.stop_grace;

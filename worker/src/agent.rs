@@ -158,7 +158,7 @@ pub struct Schedulers {
     leader: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// When a leader with its quorum last answered a leader-only call.
-    last_contact: Mutex<std::time::Instant>,
+    last_contact: Mutex<tokio::time::Instant>,
     /// The cluster's node timeout, learnt at registration (ms).
     node_timeout_ms: std::sync::atomic::AtomicU64,
 }
@@ -171,7 +171,7 @@ impl Schedulers {
             next: Mutex::new(0),
             leader: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
-            last_contact: Mutex::new(std::time::Instant::now()),
+            last_contact: Mutex::new(tokio::time::Instant::now()),
             node_timeout_ms: std::sync::atomic::AtomicU64::new(DEFAULT_NODE_TIMEOUT_MS),
         }
     }
@@ -232,7 +232,7 @@ impl Schedulers {
 
     /// Records that the cluster's quorum answered.
     fn touch(&self) {
-        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
     }
 
     fn client(&self, addr: &str) -> Option<WorkerGatewayClient<Channel>> {
@@ -245,17 +245,18 @@ impl Schedulers {
                 if let Some(tls) = &self.tls {
                     endpoint = endpoint.tls_config(tls.clone()).ok()?;
                 }
-                let c = endpoint
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(CALL_DEADLINE)
-                    // A leader that died silently (powered off, black-holed)
-                    // is noticed within two keepalives, the assignment
-                    // stream included, instead of hanging on it.
-                    .http2_keep_alive_interval(KEEPALIVE)
-                    .keep_alive_timeout(KEEPALIVE)
-                    .keep_alive_while_idle(true)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let c = coop_proto::net::lazy_channel(
+                    endpoint
+                        .connect_timeout(Duration::from_secs(1))
+                        .timeout(CALL_DEADLINE)
+                        // A leader that died silently (powered off, black-holed)
+                        // is noticed within two keepalives, the assignment
+                        // stream included, instead of hanging on it.
+                        .http2_keep_alive_interval(KEEPALIVE)
+                        .keep_alive_timeout(KEEPALIVE)
+                        .keep_alive_while_idle(true)
+                        .tcp_nodelay(true),
+                );
                 channels.insert(addr.to_string(), c.clone());
                 c
             }

@@ -26,8 +26,6 @@ use coop_proto::worker::worker_agent_server::WorkerAgentServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 pub use config::WorkerConfig;
 
@@ -45,7 +43,11 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker; `listener` serves logs to the schedulers.
-    pub async fn start(config: WorkerConfig, listener: TcpListener) -> Result<Worker, WorkerError> {
+    pub async fn start(
+        config: WorkerConfig,
+        listener: impl Into<coop_proto::net::Listener>,
+    ) -> Result<Worker, WorkerError> {
+        let listener = listener.into();
         config.validate()?;
         std::fs::create_dir_all(&config.work_dir).map_err(WorkerError::io(format!(
             "work dir {}",
@@ -61,10 +63,7 @@ impl Worker {
         let bound = listener
             .local_addr()
             .map_err(WorkerError::io("listener address"))?;
-        let addr = config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| bound.to_string());
+        let addr = config.advertise.clone().unwrap_or(bound);
         let gpus: Vec<coop_proto::api::GpuInfo> = match (&config.gpu_inventory, config.gpus) {
             (Some(list), _) => list
                 .iter()
@@ -261,11 +260,7 @@ impl Worker {
         tasks.push(tokio::spawn(async move {
             let server = builder
                 .add_service(WorkerAgentServer::new(logs))
-                .serve_with_incoming(TcpListenerStream::new(listener).map(|conn| {
-                    conn.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                }));
+                .serve_with_incoming(listener.incoming());
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "log server stopped");
             }

@@ -90,7 +90,7 @@ pub(crate) fn connect_lazy(
         .ok()?
         .connect_timeout(Duration::from_secs(1));
     Some(
-        RaftTransportClient::new(endpoint.connect_lazy())
+        RaftTransportClient::new(coop_proto::net::lazy_channel(endpoint))
             .max_decoding_message_size(coop_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(coop_proto::MAX_MESSAGE_BYTES),
     )

@@ -175,6 +175,38 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Applies a scheduling pass to a copy of the state and swaps it in.
+    /// A pass over a large queue takes long (hundreds of milliseconds at
+    /// 100k jobs); planning on a copy while readers keep the applied state
+    /// means a read waits for the swap, never for the pass. Only the apply
+    /// path writes, so the copy cannot go stale in between.
+    fn apply_pass(
+        &self,
+        cmd: &Command,
+        log_id: LogId,
+    ) -> (
+        u64,
+        Result<coop_core::Outcome, coop_core::CoreError>,
+        Vec<u8>,
+    ) {
+        let mut next = self.read().state.clone();
+        let index = next.log_size();
+        let (result, leaf) = next.apply_logged(cmd);
+        if let (Ok(outcome), Some(observe)) = (&result, self.observer.get()) {
+            observe(outcome, &next);
+        }
+        let previous = {
+            let mut applied = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            applied.last_applied = Some(log_id);
+            std::mem::replace(&mut applied.state, next)
+        };
+        // Freed outside the lock.
+        drop(previous);
+        (index, result, leaf)
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
@@ -191,6 +223,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last_index = None;
         let mut leaves = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
+            if let EntryPayload::Normal(req) = &entry.payload {
+                if matches!(req.0, Command::Schedule { .. }) {
+                    let (index, result, leaf) = self.apply_pass(&req.0, entry.log_id);
+                    leaves.push((index, leaf));
+                    last_index = Some(entry.log_id.index);
+                    if let Some(r) = responder {
+                        r.send(Response(Some(result)));
+                    }
+                    continue;
+                }
+            }
             let response = {
                 let mut applied = self.inner.write().unwrap_or_else(|p| p.into_inner());
                 applied.last_applied = Some(entry.log_id);
@@ -292,6 +335,47 @@ mod tests {
         }
     }
 
+    fn machine(dir: &std::path::Path, db: Arc<Database>) -> StateMachine {
+        StateMachine {
+            inner: Arc::new(RwLock::new(Applied {
+                state: ClusterState::new(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            })),
+            db,
+            applied_tx: Arc::new(watch::channel(0).0),
+            observer: Arc::new(std::sync::OnceLock::new()),
+            journal: Arc::new(crate::raft::Journal::open(dir).unwrap()),
+        }
+    }
+
+    /// A read during a scheduling pass does not wait for the pass: the
+    /// observer, called while the pass is being applied, can read the
+    /// applied state (the state before the pass) at once.
+    #[tokio::test]
+    async fn the_state_is_readable_while_a_pass_is_applied() {
+        use openraft::entry::RaftEntry;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("sm.redb")).unwrap());
+        let mut sm = machine(dir.path(), db);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (probe, record) = (sm.clone(), seen.clone());
+        sm.set_observer(Box::new(move |outcome, _| {
+            if let coop_core::Outcome::Scheduled { .. } = outcome {
+                let readable = probe.inner.try_read().is_ok();
+                record.lock().unwrap().push(readable);
+            }
+        }));
+        let entry = super::super::Entry::new_normal(
+            openraft::testing::log_id::<super::super::TypeConfig>(1, 1, 1),
+            super::super::Request(Command::Schedule { now_ms: 1_000 }),
+        );
+        let entries = futures::stream::iter(vec![Ok((entry, None))]);
+        sm.apply(entries).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![true]);
+        assert_eq!(sm.read().last_applied.map(|l| l.index), Some(1));
+    }
+
     #[test]
     fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -301,17 +385,7 @@ mod tests {
             txn.open_table(SNAPSHOT).unwrap();
             txn.commit().unwrap();
         }
-        let sm = StateMachine {
-            inner: Arc::new(RwLock::new(Applied {
-                state: ClusterState::new(),
-                last_applied: None,
-                membership: StoredMembership::default(),
-            })),
-            db: db.clone(),
-            applied_tx: Arc::new(watch::channel(0).0),
-            observer: Arc::new(std::sync::OnceLock::new()),
-            journal: Arc::new(crate::raft::Journal::open(dir.path()).unwrap()),
-        };
+        let sm = machine(dir.path(), db.clone());
         sm.store_snapshot(&snapshot(20, "installed")).unwrap();
         sm.store_snapshot(&snapshot(10, "built late")).unwrap();
         let kept = read_snapshot(&db).unwrap().unwrap();
