@@ -354,8 +354,8 @@ pub fn run(seed: u64) -> Result<History, String> {
                     .lock()
                     .unwrap()
                     .insert(REPLICAS[i].to_string(), replica.node.clone());
+                // Runs until the simulation crashes the host or ends.
                 std::future::pending::<()>().await;
-                drop(replica);
                 Ok(())
             }
         });
@@ -368,11 +368,10 @@ pub fn run(seed: u64) -> Result<History, String> {
             let config = config.clone();
             async move {
                 let listener = listener(WORKERS[i], WORKER_PORT).await?;
-                let worker = coop_worker::Worker::start(config, listener)
+                let _worker = coop_worker::Worker::start(config, listener)
                     .await
                     .map_err(|e| e.to_string())?;
                 std::future::pending::<()>().await;
-                drop(worker);
                 Ok(())
             }
         });
@@ -395,7 +394,6 @@ pub fn run(seed: u64) -> Result<History, String> {
     let mut schedule = schedule.into_iter().peekable();
     let mut undo: Option<(Duration, Undo)> = None;
     let mut load_done = false;
-    let wall = std::time::Instant::now();
     let mut last_sample = Duration::ZERO;
     let mut settled = None;
     let leader = |registry: &Registry| -> Option<String> {
@@ -503,9 +501,6 @@ pub fn run(seed: u64) -> Result<History, String> {
         }
         if faults_over && now > out.lock().unwrap().faults_ended + SETTLE_WITHIN {
             break;
-        }
-        if std::env::var_os("COOP_SIM_TRACE").is_some() && now.subsec_millis() < 10 {
-            eprintln!("sim {:?} real {:?}", now, wall.elapsed());
         }
         match sim.step() {
             Ok(done) => load_done = load_done || done,

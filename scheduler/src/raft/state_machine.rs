@@ -19,6 +19,13 @@ use super::{
     io_err, LogId, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 
+/// The size of a pass (pending jobs × ready nodes) from which it is
+/// planned on a copy (see `apply_pass`): a million pairs takes tens of
+/// milliseconds to plan; below that, cloning the state costs more than the
+/// reads would wait (a 20k-job queue with no nodes: cloning every pass cut
+/// acknowledged submits with 32 clients from ~2,700/s to ~2,300/s).
+const COPY_PASS_FROM: usize = 1_000_000;
+
 pub(super) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const SNAPSHOT_KEY: &str = "current";
 
@@ -47,6 +54,8 @@ pub struct StateMachine {
     observer: Arc<std::sync::OnceLock<Observer>>,
     /// The decision log's leaves.
     journal: Arc<super::Journal>,
+    /// `COPY_PASS_FROM`, but for tests.
+    copy_pass_from: usize,
 }
 
 /// Called with each applied command's outcome and the state after it.
@@ -73,6 +82,7 @@ impl StateMachine {
             applied_tx: Arc::new(applied_tx),
             observer: Arc::new(std::sync::OnceLock::new()),
             journal,
+            copy_pass_from: COPY_PASS_FROM,
         })
     }
 
@@ -176,9 +186,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl StateMachine {
+    /// Whether the next pass is large enough to plan on a copy.
+    fn long_pass(&self) -> bool {
+        let applied = self.read();
+        let state = &applied.state;
+        state.pending().len() * state.ready_nodes().max(1) >= self.copy_pass_from
+    }
+
     /// Applies a scheduling pass to a copy of the state and swaps it in.
     /// A pass over a large queue takes long (hundreds of milliseconds at
-    /// 100k jobs); planning on a copy while readers keep the applied state
+    /// 100k jobs × 10k nodes); planning on a copy while readers keep the applied state
     /// means a read waits for the swap, never for the pass. Only the apply
     /// path writes, so the copy cannot go stale in between.
     fn apply_pass(
@@ -224,7 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut leaves = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             if let EntryPayload::Normal(req) = &entry.payload {
-                if matches!(req.0, Command::Schedule { .. }) {
+                if matches!(req.0, Command::Schedule { .. }) && self.long_pass() {
                     let (index, result, leaf) = self.apply_pass(&req.0, entry.log_id);
                     leaves.push((index, leaf));
                     last_index = Some(entry.log_id.index);
@@ -346,6 +363,7 @@ mod tests {
             applied_tx: Arc::new(watch::channel(0).0),
             observer: Arc::new(std::sync::OnceLock::new()),
             journal: Arc::new(crate::raft::Journal::open(dir).unwrap()),
+            copy_pass_from: COPY_PASS_FROM,
         }
     }
 
@@ -358,6 +376,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Database::create(dir.path().join("sm.redb")).unwrap());
         let mut sm = machine(dir.path(), db);
+        // Every pass counts as long here (the state is tiny).
+        sm.copy_pass_from = 0;
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (probe, record) = (sm.clone(), seen.clone());
         sm.set_observer(Box::new(move |outcome, _| {
