@@ -27,6 +27,7 @@ pub use coop::raft::v1 as raft;
 pub use coop::worker::v1 as worker;
 
 pub mod convert;
+pub mod disk;
 pub mod keyfile;
 pub mod metrics_http;
 pub mod net;

@@ -110,8 +110,17 @@ pub fn set_dialer(dialer: Dialer) -> bool {
     DIALER.set(dialer).is_ok()
 }
 
+/// How long HTTP/2 remembers a stream this side reset (a call it gave up
+/// on), so that the peer's late frames for it are dropped quietly. h2's
+/// default is one second of wall-clock time; remembering by count alone
+/// (h2 keeps at most 50) bounds memory the same way, drops a late answer
+/// however late it comes, and keeps the wall clock out of what the
+/// simulation replays.
+const RESET_STREAM_MEMORY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A channel that connects on first use, over TCP or the installed dialer.
 pub fn lazy_channel(endpoint: Endpoint) -> Channel {
+    let endpoint = endpoint.http2_reset_stream_duration(RESET_STREAM_MEMORY);
     let Some(dialer) = DIALER.get().cloned() else {
         return endpoint.connect_lazy();
     };

@@ -37,6 +37,8 @@ pub struct Witness {
     /// The cluster CA; `None` on a cluster without TLS.
     ca_pem: Option<String>,
     evidence_dir: PathBuf,
+    /// The data directory, naming the disk to `coop_proto::disk`.
+    disk: String,
     book: Mutex<Book>,
 }
 
@@ -61,6 +63,7 @@ impl Witness {
             cert_pem,
             ca_pem,
             evidence_dir: data_dir.join("evidence"),
+            disk: data_dir.display().to_string(),
             book: Mutex::new(Book::default()),
         }
     }
@@ -165,10 +168,10 @@ impl Witness {
 /// right after a `Checkpoint`), computing the digest off the apply path.
 pub async fn sign_heads(witness: Arc<Witness>, mut states: mpsc::UnboundedReceiver<ClusterState>) {
     while let Some(state) = states.recv().await {
-        let witness = witness.clone();
-        let signed = tokio::task::spawn_blocking(move || {
+        let signer = witness.clone();
+        let signed = coop_proto::disk::blocking(&witness.disk, move || {
             let digest = state.digest();
-            witness.sign(Head::of(&state, digest))
+            Ok(signer.sign(Head::of(&state, digest)))
         })
         .await;
         if let Ok(s) = signed {
@@ -230,11 +233,11 @@ pub async fn collect(shared: Arc<Shared>) {
         // archive (when one is configured).
         if let Some((head, _)) = valid {
             let node = shared.node.clone();
-            let archived = tokio::task::spawn_blocking(move || {
+            let archived = coop_proto::disk::blocking(&shared.witness.disk, move || {
                 node.state_machine().journal().archive_covered(head.size)
             })
             .await;
-            if let Ok(Err(e)) = archived {
+            if let Err(e) = archived {
                 tracing::warn!(error = %e, "archiving journal segments failed");
             }
         }

@@ -159,3 +159,35 @@ pub fn jobs_by_request(state: &ClusterState) -> BTreeMap<(String, String), Vec<u
     }
     out
 }
+
+impl History {
+    /// Everything the run did, in one string: two runs of one seed must
+    /// give the same (the simulation is deterministic).
+    pub fn fingerprint(&self) -> String {
+        let mut out = String::new();
+        for f in &self.faults {
+            out += &format!("fault {f}\n");
+        }
+        for a in &self.acks {
+            out += &format!("ack {} {} {}\n", a.member, a.request_id, a.job);
+        }
+        for a in &self.repeats {
+            out += &format!("repeat {} {} {}\n", a.member, a.request_id, a.job);
+        }
+        out += &format!("cancelled {:?}\n", self.cancelled);
+        for r in &self.runs {
+            out += &format!(
+                "run {} {} {} {:?} {:?}\n",
+                r.alloc, r.job, r.node, r.start, r.end
+            );
+        }
+        for s in &self.samples {
+            out += &format!("sample {} {} {}\n", s.replica, s.applied, s.digest);
+        }
+        for f in &self.finals {
+            out += &format!("final {} {} {}\n", f.replica, f.applied, f.state.digest());
+        }
+        out += &format!("settled {:?} ended {:?}\n", self.settled, self.faults_ended);
+        out
+    }
+}

@@ -1,19 +1,23 @@
-//! A seeded simulation of the whole system: three replicas and two workers
-//! running the real scheduler and worker code (Raft on redb, TLS, gRPC,
-//! real job processes) over turmoil's simulated network and clock, under a
+//! A seeded, deterministic simulation of the whole system: three replicas
+//! and two workers running the real scheduler and worker code (Raft on
+//! redb, TLS, gRPC, the worker's actor) over turmoil's simulated network
+//! and clock, with simulated disks and job processes (`os.rs`), under a
 //! load of submits, retries and cancels, with crashes and restarts,
 //! partitions (the leader from the followers while workers still reach
 //! it; a worker from every replica; held segments are delivered when a
-//! partition heals, as TCP would), delayed messages, and replicas' clocks
-//! skewed and jumping. Each invariant is in its own file
-//! under `invariants/`.
+//! partition heals, as TCP would), delayed messages, slow disks, and
+//! clocks skewed and jumping. Each invariant is in its own file under
+//! `invariants/`.
 //!
 //! `cargo test` runs `COOP_SIM_SEEDS` seeds (200 unless set) from
-//! `COOP_SIM_FIRST` (0); `COOP_SIM_SEED=N` runs one. A failing seed prints
-//! the command that replays it.
+//! `COOP_SIM_FIRST` (0); `COOP_SIM_SEED=N` runs one and prints its
+//! fingerprint (`COOP_SIM_DUMP=DIR` writes the whole run there). A failing
+//! seed prints the command that replays it; a seed replays the same run on
+//! any machine.
 
 mod history;
 mod invariants;
+mod os;
 mod world;
 
 fn env(name: &str) -> Option<u64> {
@@ -34,7 +38,13 @@ fn judge(seed: u64) -> Result<(), String> {
         h.acks.len(), h.repeats.len(), h.cancelled.len(), h.runs.len(), h.faults_ended, h.settled, h.load_at
     );
     if std::env::var_os("COOP_SIM_SEED").is_some() {
-        println!("seed {seed}: {summary}");
+        use sha2::Digest;
+        let print = hex::encode(&sha2::Sha256::digest(h.fingerprint())[..8]);
+        println!("seed {seed}: {summary}, fingerprint {print}");
+        if let Some(dir) = std::env::var_os("COOP_SIM_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("seed-{seed}-{print}.txt"));
+            let _ = std::fs::write(path, h.fingerprint());
+        }
     }
     for (name, check) in invariants::ALL {
         check(&h).map_err(|e| {
@@ -103,6 +113,30 @@ fn run_seeds(half: u64) {
         failed.is_empty(),
         "seeds {failed:?} broke an invariant (replay commands above)"
     );
+}
+
+/// A seed replays the same run: the same faults, acknowledgements, runs
+/// (to the simulated millisecond), applied indices and state digests.
+#[test]
+fn a_seed_replays_the_same_run() {
+    subscribe();
+    let seed = env("COOP_SIM_SEED").unwrap_or(7);
+    let first = world::run(seed).expect("the first run").fingerprint();
+    let second = world::run(seed).expect("the second run").fingerprint();
+    if first != second {
+        if let Some(dir) = std::env::var_os("COOP_SIM_DUMP") {
+            let dir = std::path::PathBuf::from(dir);
+            let _ = std::fs::write(dir.join(format!("seed-{seed}-first.txt")), &first);
+            let _ = std::fs::write(dir.join(format!("seed-{seed}-second.txt")), &second);
+        }
+        let diff = first
+            .lines()
+            .zip(second.lines())
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("first run:  {a}\nsecond run: {b}"))
+            .unwrap_or_else(|| "one run went on longer".into());
+        panic!("seed {seed} ran differently the second time:\n{diff}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, UNIX_EPOCH};
 
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::net::{Conn, Incoming, Listener};
@@ -71,22 +71,35 @@ enum Fault {
     CrashWorker(usize),
     /// Every link delays messages by up to this long.
     Delay(Duration),
-    /// A replica's system clock is off by this many seconds (either way).
+    /// A host's system clock is off by this many seconds (either way):
+    /// a replica (0-2) or a worker (3-4).
     Skew(usize, i64),
     /// A replica's system clock jumps forward ten minutes.
     Jump(usize),
+    /// A replica's disk takes this long for every write.
+    SlowDisk(usize, Duration),
 }
 
 fn draw(rng: &mut Rng) -> Fault {
-    match rng.below(8) {
+    match rng.below(9) {
         0 => Fault::CrashReplica(rng.below(3) as usize),
         1 => Fault::IsolateLeader,
         2 => Fault::IsolateWorker(rng.below(2) as usize),
         3 => Fault::CrashWorker(rng.below(2) as usize),
         4 | 5 => Fault::Delay(rng.millis(20, 400)),
-        6 => Fault::Skew(rng.below(3) as usize, rng.below(61) as i64 - 30),
+        6 => Fault::Skew(rng.below(5) as usize, rng.below(61) as i64 - 30),
+        7 => Fault::SlowDisk(rng.below(3) as usize, rng.millis(20, 500)),
         _ => Fault::Jump(rng.below(3) as usize),
     }
+}
+
+/// The simulation's epoch: a fixed instant, so a seed replays the same
+/// times (2027-01-15).
+const EPOCH_SECS: u64 = 1_800_000_000;
+
+/// The simulated wall clock of the host running now, in milliseconds.
+fn sim_ms() -> u64 {
+    turmoil::since_epoch().unwrap_or_default().as_millis() as u64
 }
 
 /// What ends a fault, and when. A partition holds the segments on its
@@ -99,10 +112,11 @@ enum Undo {
     Bounce(String),
     Release(Vec<(String, String)>),
     Latency,
+    Disk(String),
 }
 
 type Registry = Arc<Mutex<BTreeMap<String, RaftNode>>>;
-type Skews = Arc<Mutex<[i64; 3]>>;
+type Skews = Arc<Mutex<[i64; 5]>>;
 
 /// Installs the simulated network as this process's transport (once).
 fn install_network() {
@@ -317,12 +331,16 @@ fn data_root() -> tempfile::TempDir {
 /// failed (a host's software returned an error).
 pub fn run(seed: u64) -> Result<History, String> {
     install_network();
+    crate::os::install();
+    coop_e2e::set_wall_clock(sim_ms);
+    // openraft's election timeouts, drawn on this thread.
+    coop_scheduler::raft::seed_thread(seed);
     history::RUNS.with(|r| r.borrow_mut().clear());
     let dir = data_root();
     let mut rng = Rng::new(seed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
-        .epoch(SystemTime::now())
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .tick_duration(Duration::from_millis(10))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(5))
@@ -364,11 +382,16 @@ pub fn run(seed: u64) -> Result<History, String> {
     for (i, name) in WORKERS.iter().enumerate() {
         let config = worker_config(i, dir.path());
         worker_dirs.push(config.work_dir.clone());
+        let skews = skews.clone();
         sim.host(*name, move || {
-            let config = config.clone();
+            let (config, skews) = (config.clone(), skews.clone());
             async move {
                 let listener = listener(WORKERS[i], WORKER_PORT).await?;
-                let _worker = coop_worker::Worker::start(config, listener)
+                let clock = Arc::new(move || {
+                    let skew = skews.lock().unwrap()[REPLICAS.len() + i];
+                    (sim_ms() as i64 + skew * 1000) as u64
+                });
+                let _worker = coop_worker::Worker::start_with_clock(config, listener, clock)
                     .await
                     .map_err(|e| e.to_string())?;
                 std::future::pending::<()>().await;
@@ -417,6 +440,7 @@ pub fn run(seed: u64) -> Result<History, String> {
                         }
                     }
                     Undo::Latency => sim.set_max_message_latency(Duration::from_millis(5)),
+                    Undo::Disk(host) => crate::os::slow_disk(&host, None),
                 }
             }
         }
@@ -469,11 +493,15 @@ pub fn run(seed: u64) -> Result<History, String> {
                 }
                 Fault::Skew(i, secs) => skews.lock().unwrap()[i] = secs,
                 Fault::Jump(i) => skews.lock().unwrap()[i] += 600,
+                Fault::SlowDisk(i, d) => {
+                    crate::os::slow_disk(REPLICAS[i], Some(d));
+                    undo = Some((until, Undo::Disk(REPLICAS[i].into())));
+                }
             }
         }
         if now >= FAULTS_FOR && undo.is_none() && out.lock().unwrap().faults_ended.is_zero() {
             // The operators fix the clocks too.
-            *skews.lock().unwrap() = [0; 3];
+            *skews.lock().unwrap() = [0; 5];
             out.lock().unwrap().faults_ended = now;
         }
         if now >= last_sample + Duration::from_millis(1000) {

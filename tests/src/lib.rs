@@ -189,7 +189,18 @@ pub fn now_ms() -> u64 {
     wall_clock_ms()
 }
 
+static WALL_CLOCK: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
+
+/// Makes every later credential in this test process stamped by `clock`
+/// (the simulation's); the first call wins.
+pub fn set_wall_clock(clock: fn() -> u64) -> bool {
+    WALL_CLOCK.set(clock).is_ok()
+}
+
 fn wall_clock_ms() -> u64 {
+    if let Some(clock) = WALL_CLOCK.get() {
+        return clock();
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -190,16 +190,22 @@ impl Actor {
                 (uid, uid)
             }),
         };
-        let (child, confinement) =
-            match executor::spawn(&self.id.work_dir, &launch, self.id.cgroups.as_deref()) {
-                Ok(started) => started,
-                Err(e) => {
-                    tracing::warn!(alloc, error = %e, "could not start");
-                    return self.end(alloc, Exit::error(e.to_string()));
-                }
-            };
-        tracing::info!(alloc, ?confinement, run_as = ?launch.run_as, "confined");
-        if let Some(pid) = child.id() {
+        let timeout = spec.timeout_secs.map(Duration::from_secs);
+        let grace = self.id.stop_grace;
+        let started = match executor::launcher().start(
+            &self.id.work_dir,
+            &launch,
+            self.id.cgroups.as_deref(),
+            timeout,
+            grace,
+        ) {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::warn!(alloc, error = %e, "could not start");
+                return self.end(alloc, Exit::error(e.to_string()));
+            }
+        };
+        if let Some(pid) = started.pgid {
             self.pgids.insert(alloc, pid);
             executor::record_running(&self.id.work_dir, &self.pgids);
         }
@@ -208,8 +214,6 @@ impl Actor {
         // The simulation reads these two events as each run's life.
         tracing::info!(alloc, job = job_id, node = %self.id.node_id, "started");
         let tx = self.events_tx.clone();
-        let timeout = spec.timeout_secs.map(Duration::from_secs);
-        let grace = self.id.stop_grace;
         let dir = executor::alloc_dir(&self.id.work_dir, alloc);
         let kind = match &model_job {
             Some(ModelJob::Inference { .. }) => "inference",
@@ -218,10 +222,9 @@ impl Actor {
         };
         let is_model = model_job.is_some();
         let metrics = self.id.metrics.clone();
-        let started = std::time::Instant::now();
+        let began = std::time::Instant::now();
         tokio::spawn(async move {
-            let mut exit = executor::wait_with_timeout(child, timeout, grace).await;
-            executor::release(&confinement);
+            let mut exit = started.exit.await;
             if is_model {
                 collect_model_outcome(&dir, &mut exit);
             }
@@ -232,7 +235,7 @@ impl Actor {
             } else {
                 "failed"
             };
-            metrics.job_ended(kind, outcome, started.elapsed());
+            metrics.job_ended(kind, outcome, began.elapsed());
             let _ = tx.send(Event::Exited(alloc, exit)).await;
         });
     }
@@ -248,7 +251,7 @@ impl Actor {
                 .map(|a| Duration::from_millis(a.stop_grace_ms))
                 .unwrap_or(self.id.stop_grace);
             tracing::info!(alloc, ?grace, "stopping");
-            tokio::spawn(executor::stop_group(pgid, grace));
+            tokio::spawn(executor::launcher().stop(pgid, grace));
         }
     }
 }
@@ -327,6 +330,7 @@ mod tests {
             key: coop_core::SecretKey::from_bytes(&[1; 32]),
             cluster_id: Default::default(),
             session: Default::default(),
+            clock: crate::system_clock(),
         })
     }
 

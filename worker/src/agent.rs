@@ -50,19 +50,19 @@ pub struct Identity {
     pub cluster_id: std::sync::OnceLock<String>,
     /// The session credential in use, re-signed every minute.
     pub session: Mutex<Option<coop_core::Auth>>,
+    /// The wall clock credentials are stamped with.
+    pub clock: crate::WallClock,
 }
 
 /// How long a session credential is reused before a new one is signed.
 const SESSION_REUSE_MS: u64 = 60_000;
 
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Identity {
+    /// The wall clock, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
     fn node(&self) -> coop_core::NodeId {
         coop_core::NodeId::new(self.node_id.clone())
     }
@@ -73,7 +73,7 @@ impl Identity {
 
     /// The session credential for heartbeats and the assignment stream.
     fn session(&self) -> coop_core::Auth {
-        let now = wall_clock_ms();
+        let now = self.now_ms();
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         match &*session {
             Some(auth) if now.saturating_sub(auth.issued_at_ms) < SESSION_REUSE_MS => auth.clone(),
@@ -98,7 +98,7 @@ impl Identity {
             self.cluster(),
             &self.node(),
             incarnation,
-            wall_clock_ms(),
+            self.now_ms(),
             report,
         )
     }
@@ -632,6 +632,7 @@ mod tests {
             key: coop_core::SecretKey::from_bytes(&[7; 32]),
             cluster_id: Default::default(),
             session: Default::default(),
+            clock: crate::system_clock(),
         };
         let interval = Duration::from_millis(200);
         let started = tokio::time::Instant::now();

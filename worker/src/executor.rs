@@ -5,7 +5,10 @@ use crate::error::WorkerError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tokio::process::{Child, Command};
 
@@ -220,6 +223,82 @@ pub fn spawn(
         None => Confinement::Rlimit,
     };
     Ok((child, confinement))
+}
+
+/// A job started by a [`Launcher`]: its process group, and its exit.
+pub struct Started {
+    /// Recorded so that a restarted worker can stop what its crashed
+    /// incarnation left running (see `kill_orphans`).
+    pub pgid: Option<u32>,
+    /// Resolves with the exit, once the job has ended or been stopped
+    /// after its timeout.
+    pub exit: BoxFuture<'static, Exit>,
+}
+
+/// How a worker starts and stops its jobs' processes: the operating
+/// system's, unless a simulation installed its own. A real process ends in
+/// real time, which a simulated clock cannot order against its own events,
+/// so the same seed would not replay the same run.
+pub trait Launcher: Send + Sync {
+    /// Starts the job. Its exit resolves when it ends, or after `timeout`
+    /// once it has been stopped (SIGTERM, SIGKILL after `grace`).
+    fn start(
+        &self,
+        work_dir: &Path,
+        launch: &Launch<'_>,
+        cgroups: Option<&Path>,
+        timeout: Option<Duration>,
+        grace: Duration,
+    ) -> Result<Started, WorkerError>;
+
+    /// Stops the process group `pgid`: SIGTERM, then SIGKILL after `grace`.
+    fn stop(&self, pgid: u32, grace: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// The operating system's processes (see `spawn`).
+pub struct Processes;
+
+impl Launcher for Processes {
+    fn start(
+        &self,
+        work_dir: &Path,
+        launch: &Launch<'_>,
+        cgroups: Option<&Path>,
+        timeout: Option<Duration>,
+        grace: Duration,
+    ) -> Result<Started, WorkerError> {
+        let (child, confinement) = spawn(work_dir, launch, cgroups)?;
+        tracing::info!(alloc = launch.alloc_id, ?confinement, run_as = ?launch.run_as, "confined");
+        Ok(Started {
+            pgid: child.id(),
+            exit: Box::pin(async move {
+                let exit = wait_with_timeout(child, timeout, grace).await;
+                release(&confinement);
+                exit
+            }),
+        })
+    }
+
+    fn stop(&self, pgid: u32, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(stop_group(pgid, grace))
+    }
+}
+
+static LAUNCHER: OnceLock<Arc<dyn Launcher>> = OnceLock::new();
+
+/// Installs the launcher every worker in this process starts its jobs
+/// with; the first call wins (a simulation installs one, nothing else
+/// does). Returns whether this one was installed.
+pub fn set_launcher(launcher: Arc<dyn Launcher>) -> bool {
+    LAUNCHER.set(launcher).is_ok()
+}
+
+/// The installed launcher, else the operating system's processes.
+pub fn launcher() -> &'static dyn Launcher {
+    match LAUNCHER.get() {
+        Some(l) => l.as_ref(),
+        None => &Processes,
+    }
 }
 
 /// Removes a finished job's cgroup.

@@ -41,11 +41,34 @@ pub struct Worker {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Where a worker reads the wall clock: milliseconds since the Unix epoch.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system's wall clock.
+pub fn system_clock() -> WallClock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
 impl Worker {
     /// Starts the worker; `listener` serves logs to the schedulers.
     pub async fn start(
         config: WorkerConfig,
         listener: impl Into<coop_proto::net::Listener>,
+    ) -> Result<Worker, WorkerError> {
+        Self::start_with_clock(config, listener, system_clock()).await
+    }
+
+    /// Like `start`, with another wall clock (the simulation's, with its
+    /// skews): what credentials are stamped with and incarnations start at.
+    pub async fn start_with_clock(
+        config: WorkerConfig,
+        listener: impl Into<coop_proto::net::Listener>,
+        clock: WallClock,
     ) -> Result<Worker, WorkerError> {
         let listener = listener.into();
         config.validate()?;
@@ -102,7 +125,7 @@ impl Worker {
         };
         // Increases with every start, so the scheduler can tell a restarted
         // worker (whose old processes are gone) from a reconnecting one.
-        let incarnation = next_incarnation(&config.work_dir)?;
+        let incarnation = next_incarnation(&config.work_dir, clock().saturating_mul(1000))?;
         for g in &gpus {
             tracing::info!(index = g.index, model = %g.model, memory_bytes = g.memory_bytes, uuid = %g.uuid, "gpu");
         }
@@ -132,6 +155,7 @@ impl Worker {
             key,
             cluster_id: Default::default(),
             session: Default::default(),
+            clock,
             runner: match &config.model_runner {
                 Some(p) => p.clone(),
                 None => std::env::current_exe().map_err(WorkerError::io("find own binary"))?,
@@ -369,16 +393,13 @@ async fn cluster_ca(config: &WorkerConfig) -> Result<String, WorkerError> {
 /// reinstalled machine still starts above its predecessor), written back
 /// before use. A clock stepped back cannot lock the node out: the stored
 /// counter keeps it increasing.
-pub fn next_incarnation(work_dir: &std::path::Path) -> Result<u64, WorkerError> {
+pub fn next_incarnation(work_dir: &std::path::Path, clock_us: u64) -> Result<u64, WorkerError> {
     let path = work_dir.join(INCARNATION_FILE);
     let last: u64 = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(0);
-    let clock = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
+    let clock = clock_us;
     let next = last.saturating_add(1).max(clock);
     let tmp = work_dir.join(format!("{INCARNATION_FILE}.tmp"));
     std::fs::write(&tmp, next.to_string())
@@ -391,6 +412,10 @@ pub fn next_incarnation(work_dir: &std::path::Path) -> Result<u64, WorkerError> 
 mod incarnation_tests {
     use super::*;
 
+    fn now_us() -> u64 {
+        system_clock()().saturating_mul(1000)
+    }
+
     /// A stored incarnation ahead of the clock (the clock was stepped back)
     /// still yields a larger one, every start.
     #[test]
@@ -398,11 +423,11 @@ mod incarnation_tests {
         let dir = tempfile::tempdir().unwrap();
         let ahead = u64::MAX / 2;
         std::fs::write(dir.path().join(INCARNATION_FILE), ahead.to_string()).unwrap();
-        let a = next_incarnation(dir.path()).unwrap();
-        let b = next_incarnation(dir.path()).unwrap();
+        let a = next_incarnation(dir.path(), now_us()).unwrap();
+        let b = next_incarnation(dir.path(), now_us()).unwrap();
         assert_eq!((a, b), (ahead + 1, ahead + 2));
         // A fresh work dir starts at the clock.
         let fresh = tempfile::tempdir().unwrap();
-        assert!(next_incarnation(fresh.path()).unwrap() > 1_600_000_000_000_000);
+        assert!(next_incarnation(fresh.path(), now_us()).unwrap() > 1_600_000_000_000_000);
     }
 }

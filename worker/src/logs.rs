@@ -18,13 +18,6 @@ pub struct LogService {
     pub id: Arc<crate::agent::Identity>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Largest chunk one call returns.
 const MAX_CHUNK: u64 = 1024 * 1024;
 
@@ -57,7 +50,7 @@ impl WorkerAgent for LogService {
             cluster,
             &coop_core::MemberId::new(member.clone()),
             &auth,
-            now_ms(),
+            self.id.now_ms(),
         )
         .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let file = match req.stream.as_str() {

@@ -29,6 +29,8 @@ const PURGED_KEY: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The data directory, naming the disk to `coop_proto::disk`.
+    disk: Arc<str>,
 }
 
 /// Opens (or creates) the replica's redb file and returns the log store and
@@ -45,8 +47,9 @@ pub fn open_storage(dir: &Path) -> io::Result<(LogStore, StateMachine)> {
         .map_err(io_err)?;
     txn.commit().map_err(io_err)?;
     let journal = std::sync::Arc::new(super::Journal::open(dir)?);
-    let sm = StateMachine::open(db.clone(), journal)?;
-    Ok((LogStore { db }, sm))
+    let disk: Arc<str> = dir.display().to_string().into();
+    let sm = StateMachine::open(db.clone(), journal, disk.clone())?;
+    Ok((LogStore { db, disk }, sm))
 }
 
 impl LogStore {
@@ -66,7 +69,7 @@ impl LogStore {
     ) -> io::Result<()> {
         let bytes = serde_json::to_vec(value).map_err(io_err)?;
         let db = self.db.clone();
-        blocking(move || {
+        coop_proto::disk::blocking(&self.disk, move || {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut table = txn.open_table(META).map_err(io_err)?;
@@ -76,13 +79,6 @@ impl LogStore {
         })
         .await
     }
-}
-
-/// Runs blocking redb work (which fsyncs) off the async worker threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
 
 fn decode_entry(bytes: &[u8]) -> io::Result<Entry> {
@@ -174,7 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<_, _>>()?;
         let db = self.db.clone();
-        let result = blocking(move || {
+        let result = coop_proto::disk::blocking(&self.disk, move || {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut table = txn.open_table(LOG).map_err(io_err)?;
@@ -200,7 +196,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         let db = self.db.clone();
-        blocking(move || {
+        coop_proto::disk::blocking(&self.disk, move || {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut table = txn.open_table(LOG).map_err(io_err)?;
@@ -215,7 +211,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(io_err)?;
         let upto = log_id.index();
         let db = self.db.clone();
-        blocking(move || {
+        coop_proto::disk::blocking(&self.disk, move || {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut meta = txn.open_table(META).map_err(io_err)?;

@@ -12,6 +12,7 @@ mod journal;
 mod log_store;
 mod network;
 mod node;
+mod runtime;
 mod state_machine;
 mod transport;
 
@@ -24,6 +25,7 @@ pub use journal::Journal;
 pub use log_store::{open_storage, LogStore};
 pub use network::Network;
 pub use node::{NodeRole, RaftNode, RaftStatus, RaftTiming, ReplicaInfo, WriteError};
+pub use runtime::seed_thread;
 pub use state_machine::{Applied, StateMachine};
 pub use transport::RaftTransportService;
 
@@ -47,6 +49,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
+        AsyncRuntime = runtime::Runtime,
 );
 
 pub type SnapshotData = std::io::Cursor<Vec<u8>>;

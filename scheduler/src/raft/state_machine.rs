@@ -56,13 +56,19 @@ pub struct StateMachine {
     journal: Arc<super::Journal>,
     /// `COPY_PASS_FROM`, but for tests.
     copy_pass_from: usize,
+    /// The data directory, naming the disk to `coop_proto::disk`.
+    disk: Arc<str>,
 }
 
 /// Called with each applied command's outcome and the state after it.
 pub type Observer = Box<dyn Fn(&coop_core::Outcome, &ClusterState) + Send + Sync>;
 
 impl StateMachine {
-    pub(super) fn open(db: Arc<Database>, journal: Arc<super::Journal>) -> io::Result<Self> {
+    pub(super) fn open(
+        db: Arc<Database>,
+        journal: Arc<super::Journal>,
+        disk: Arc<str>,
+    ) -> io::Result<Self> {
         let mut applied = Applied {
             state: ClusterState::new(),
             last_applied: None,
@@ -83,6 +89,7 @@ impl StateMachine {
             observer: Arc::new(std::sync::OnceLock::new()),
             journal,
             copy_pass_from: COPY_PASS_FROM,
+            disk,
         })
     }
 
@@ -171,12 +178,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let this = self.clone();
         // The journal holds every leaf up to the snapshot before the log
         // before it can be purged (see `journal`).
-        let stored = tokio::task::spawn_blocking(move || {
+        let stored = coop_proto::disk::blocking(&self.disk, move || {
             this.journal.sync()?;
             this.store_snapshot(&stored).map(|_| stored)
         })
-        .await
-        .map_err(io_err)??;
+        .await?;
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = stored.data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -309,9 +315,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data,
         };
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.store_snapshot(&stored))
-            .await
-            .map_err(io_err)??;
+        coop_proto::disk::blocking(&self.disk, move || this.store_snapshot(&stored)).await?;
         {
             let mut applied = self.inner.write().unwrap_or_else(|p| p.into_inner());
             applied.state = state;
@@ -326,9 +330,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let db = self.db.clone();
-        let snap = tokio::task::spawn_blocking(move || read_snapshot(&db))
-            .await
-            .map_err(io_err)??;
+        let snap = coop_proto::disk::blocking(&self.disk, move || read_snapshot(&db)).await?;
         Ok(snap.map(|s| Snapshot {
             meta: s.meta,
             snapshot: std::io::Cursor::new(s.data),
@@ -364,6 +366,7 @@ mod tests {
             observer: Arc::new(std::sync::OnceLock::new()),
             journal: Arc::new(crate::raft::Journal::open(dir).unwrap()),
             copy_pass_from: COPY_PASS_FROM,
+            disk: dir.display().to_string().into(),
         }
     }
 
