@@ -125,7 +125,7 @@ pub fn read_reader(work_dir: &Path, alloc_id: u64) -> Option<(String, coop_core:
 /// Starts the process. The child leads a new process group (pgid = pid), so
 /// stopping the job reaches everything it spawned. Its work dir is its
 /// own: with `run_as`, owned by that uid and closed to everyone else.
-pub fn spawn(
+fn spawn(
     work_dir: &Path,
     launch: &Launch<'_>,
     cgroups: Option<&Path>,
@@ -302,14 +302,14 @@ pub fn launcher() -> &'static dyn Launcher {
 }
 
 /// Removes a finished job's cgroup.
-pub fn release(confinement: &Confinement) {
+fn release(confinement: &Confinement) {
     if let Confinement::Cgroup(dir) = confinement {
         let _ = std::fs::remove_dir(dir);
     }
 }
 
 /// Waits for the process and then kills whatever is left of its group.
-pub async fn wait(mut child: Child) -> Exit {
+async fn wait(mut child: Child) -> Exit {
     let pgid = child.id();
     let status = child.wait().await;
     if let Some(pgid) = pgid {
@@ -330,7 +330,7 @@ pub async fn wait(mut child: Child) -> Exit {
 }
 
 /// Like `wait`, but stops the group once `timeout` has passed.
-pub async fn wait_with_timeout(child: Child, timeout: Option<Duration>, grace: Duration) -> Exit {
+async fn wait_with_timeout(child: Child, timeout: Option<Duration>, grace: Duration) -> Exit {
     let Some(timeout) = timeout else {
         return wait(child).await;
     };
@@ -361,7 +361,7 @@ fn describe(exit: &Exit) -> String {
 }
 
 /// SIGTERM to the group, then SIGKILL after `grace` if it is still there.
-pub async fn stop_group(pgid: u32, grace: Duration) {
+async fn stop_group(pgid: u32, grace: Duration) {
     signal_group(pgid, libc::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
     while tokio::time::Instant::now() < deadline {

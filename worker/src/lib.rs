@@ -399,8 +399,7 @@ pub fn next_incarnation(work_dir: &std::path::Path, clock_us: u64) -> Result<u64
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(0);
-    let clock = clock_us;
-    let next = last.saturating_add(1).max(clock);
+    let next = last.saturating_add(1).max(clock_us);
     let tmp = work_dir.join(format!("{INCARNATION_FILE}.tmp"));
     std::fs::write(&tmp, next.to_string())
         .and_then(|()| std::fs::rename(&tmp, &path))

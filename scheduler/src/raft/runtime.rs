@@ -4,14 +4,14 @@
 //! openraft draws from `AsyncRuntime::thread_rng()`. Tokio's runtime
 //! answers with the operating system's generator, so no two runs of the
 //! simulation elect the same leader at the same instant. Here each thread
-//! draws from its own SplitMix64 stream, seeded from the operating system
+//! draws from its own stream, seeded from the operating system
 //! unless [`seed_thread`] seeded it: the simulation runs every host on one
 //! thread and seeds it with the run's seed, so a seed replays the same
 //! elections. openraft's own `DeterministicRng` keeps its seed in a
 //! task-local and panics when it is read outside one; a thread-local with a
 //! fallback cannot panic on any path of a production replica.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::time::Duration;
@@ -20,27 +20,25 @@ use openraft::AsyncRuntime;
 use openraft::OptionalSend;
 use openraft_rt_tokio::TokioRuntime;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 thread_local! {
-    static SEED: Cell<Option<u64>> = const { Cell::new(None) };
+    /// This thread's stream; each draw seeds a generator from its next value.
+    static STREAM: RefCell<Option<SmallRng>> = const { RefCell::new(None) };
 }
 
 /// Seeds this thread's stream: every later draw on this thread follows
 /// from `seed` and the order of the draws.
 pub fn seed_thread(seed: u64) {
-    SEED.with(|s| s.set(Some(seed)));
+    STREAM.with(|s| *s.borrow_mut() = Some(SmallRng::seed_from_u64(seed)));
 }
 
-/// The next seed of this thread's stream (SplitMix64's step and mixer).
+/// The next value of this thread's stream, seeded from the OS on first use.
 fn next_seed() -> u64 {
-    SEED.with(|s| {
-        let state = s.get().unwrap_or_else(os_seed);
-        let next = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(Some(next));
-        let z = (next ^ (next >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    STREAM.with(|s| {
+        s.borrow_mut()
+            .get_or_insert_with(|| SmallRng::seed_from_u64(os_seed()))
+            .next_u64()
     })
 }
 
