@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use crate::decision::Rule;
-use crate::ids::MemberId;
+use crate::ids::{JobId, MemberId};
 use crate::job::Job;
 use crate::node::Node;
 use crate::nodefit::FitTree;
@@ -202,7 +202,12 @@ pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
 impl<'a> Fill<'_, 'a> {
     /// Owners first, on their own machines, up to their entitlement: a
     /// contributor never waits for its own idle machine, and never takes
-    /// more of it than its share while others wait.
+    /// more of it than its share while others wait. The owner's whole queue
+    /// is walked in order: a job that does not fit its machines, or would
+    /// take it past its entitlement or the cap, keeps its place for the DRF
+    /// stage, and the owner's later jobs still go first on its machines
+    /// (ending the turn there would let others fill an owner's idle machine
+    /// because its oldest job is too large for it; docs/policy.md §4).
     fn owner_first(&mut self) {
         let pool = self.shares.pool;
         for member in &self.by_key {
@@ -210,24 +215,36 @@ impl<'a> Fill<'_, 'a> {
                 continue;
             };
             let entitlement = self.shares.members[*member].entitlement;
-            let queue = &self.queues.jobs[member];
-            let pos = self.queues.cursor.get_mut(member).expect("queued");
-            while *pos < queue.len() {
-                let job = queue[*pos];
-                let after = add(
-                    &self.share_now[member],
-                    &share_of(&job.spec.resources, &pool),
-                );
-                if dominant(&after) > entitlement + EPS || over_cap(self.view.policy, &after) {
+            let queue = self.queues.jobs.get_mut(member).expect("queued");
+            let mut failed: Vec<Resources> = Vec::new();
+            let mut placed: BTreeSet<JobId> = BTreeSet::new();
+            for &job in queue.iter() {
+                if mine
+                    .iter()
+                    .all(|&i| self.pass.rooms[i].free.cpu_millis == 0)
+                {
                     break;
                 }
+                let want = job.spec.resources;
+                let after = add(&self.share_now[member], &share_of(&want, &pool));
+                if dominant(&after) > entitlement + EPS || over_cap(self.view.policy, &after) {
+                    continue;
+                }
+                let constrained = job.spec.has_gpu_constraints();
+                if !constrained && failed.iter().any(|f| f.fits_in(&want)) {
+                    continue;
+                }
                 let Some((i, gpus)) = self.pass.find_in(mine, job) else {
-                    break;
+                    if !constrained && failed.len() < MAX_FAILED_SHAPES {
+                        failed.push(want);
+                    }
+                    continue;
                 };
                 self.pass.place(job, i, gpus, Rule::OwnerFirst);
                 self.share_now.insert(member, after);
-                *pos += 1;
+                placed.insert(job.id);
             }
+            queue.retain(|j| !placed.contains(&j.id));
         }
     }
 

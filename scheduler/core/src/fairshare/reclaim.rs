@@ -19,8 +19,8 @@ use crate::view::View;
 
 use super::pass::{pick_gpus, Filled, Room};
 use super::{
-    add, dominant, over_cap, share_of, sub, Plan, PlannedPlacement, PlannedPreemption, Shares, EPS,
-    MAX_FAILED_SHAPES,
+    add, dominant, over_cap, share_of, sub, Key, Plan, PlannedPlacement, PlannedPreemption, Shares,
+    EPS, MAX_FAILED_SHAPES,
 };
 
 /// Something reclaim can take back: a running allocation (preempted), or a
@@ -49,6 +49,12 @@ struct Victim<'a> {
     /// When it was placed: the later, the less work a preemption loses
     /// (a loan of this pass has run not at all).
     placed_at_ms: u64,
+}
+
+impl Victim<'_> {
+    fn is_loan(&self) -> bool {
+        matches!(self.what, Taken::Loan(_))
+    }
 }
 
 /// Per node: what is already being freed, and what could be taken back.
@@ -91,6 +97,7 @@ impl Standing<'_, '_> {
 }
 
 /// A claim that found room on one node.
+#[derive(Clone)]
 struct Claim<'a> {
     node: usize,
     chosen: Vec<Taken>,
@@ -108,6 +115,18 @@ impl<'a> Claim<'a> {
         self.trial
             .insert(v.member, sub(&current, &share_of(&v.resources, pool)));
         self.chosen.push(v.what);
+    }
+
+    /// Undoes `take` for a victim the claim turned out not to need.
+    fn give_back(&mut self, v: &Victim<'a>, pool: &Resources) {
+        self.free = self.free.saturating_sub(&v.resources);
+        for g in v.gpu_indices {
+            self.free_gpus.remove(g);
+        }
+        if let Some(share) = self.trial.get_mut(v.member) {
+            *share = add(share, &share_of(&v.resources, pool));
+        }
+        self.chosen.retain(|t| *t != v.what);
     }
 }
 
@@ -274,9 +293,10 @@ fn node_views<'a>(
 /// Whether the job can be given room on this node by taking victims, and
 /// which. The fewest preemptions first: a loan of this pass (nothing runs
 /// yet) or a single allocation that frees enough on its own, the one that
-/// loses the least work (placed last); otherwise victims in order, loans
-/// first, then the members furthest above their entitlement (by the ratio
-/// share / entitlement), newest first, until the job fits.
+/// loses the least work (placed last); otherwise one victim at a time until
+/// the job fits, each time loans first, then the member furthest above its
+/// entitlement (by the ratio share / entitlement, counting this claim's
+/// takes), its newest allocation first.
 fn try_node<'a>(
     room: &Room<'_>,
     nv: &NodeView<'a>,
@@ -297,28 +317,14 @@ fn try_node<'a>(
         return Some(claim);
     }
     let shares = standing.shares;
-    let mut victims: Vec<(bool, f64, &Victim<'a>)> = nv
+    let victims: Vec<&Victim<'a>> = nv
         .candidates
         .iter()
         .filter(|c| c.member != member && standing.above(c.member))
-        .map(|c| {
-            let loan = matches!(c.what, Taken::Loan(_));
-            let ratio = dominant(&standing.now[c.member]) / shares.members[c.member].entitlement;
-            (loan, ratio, c)
-        })
         .collect();
-    victims.sort_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then(b.1.total_cmp(&a.1))
-            .then(match (b.2.what, a.2.what) {
-                (Taken::Alloc(x), Taken::Alloc(y)) => x.cmp(&y),
-                (Taken::Loan(x), Taken::Loan(y)) => x.cmp(&y),
-                _ => std::cmp::Ordering::Equal,
-            })
-    });
     let single = victims
         .iter()
-        .filter(|(_, _, v)| {
+        .filter(|v| {
             let free = claim.free.saturating_add(&v.resources);
             if !job.spec.resources.fits_in(&free) {
                 return false;
@@ -331,23 +337,49 @@ fn try_node<'a>(
             free_gpus.extend(v.gpu_indices.iter().copied());
             pick_gpus(room.node, job, &free, &free_gpus).is_some()
         })
-        .max_by_key(|(loan, _, v)| (*loan, v.placed_at_ms, v.what.order()));
-    if let Some((_, _, v)) = single {
+        .max_by_key(|v| (v.is_loan(), v.placed_at_ms, v.what.order()));
+    if let Some(v) = single {
         claim.take(v, standing.now[v.member], &shares.pool);
         return Some(claim);
     }
-    for (_, _, v) in victims {
-        let current = *claim.trial.get(v.member).unwrap_or(&standing.now[v.member]);
-        // Take only while the victim is still above its entitlement.
-        if dominant(&current) <= shares.members[v.member].entitlement + EPS {
-            continue;
-        }
-        claim.take(v, current, &shares.pool);
+    // Several victims: re-ranked after every take, so the room comes from
+    // whoever is furthest above its entitlement at that moment, not from
+    // whoever was before this claim began (docs/policy.md §6).
+    let mut rest = victims;
+    let mut taken: Vec<&Victim<'a>> = Vec::new();
+    loop {
+        let current =
+            |v: &Victim<'a>| *claim.trial.get(v.member).unwrap_or(&standing.now[v.member]);
+        let rank = |v: &Victim<'a>| {
+            let ratio = dominant(&current(v)) / shares.members[v.member].entitlement;
+            (v.is_loan(), Key(ratio), v.what.order().1)
+        };
+        // Taken only while its member is still above its entitlement
+        // before this take (docs/policy.md §6).
+        let next = rest
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| dominant(&current(v)) > shares.members[v.member].entitlement + EPS)
+            .max_by_key(|(_, v)| rank(v))
+            .map(|(k, _)| k)?;
+        let v = rest.swap_remove(next);
+        let now = current(v);
+        claim.take(v, now, &shares.pool);
+        taken.push(v);
         if fits(&claim) {
+            // A later, larger take can make an earlier one needless: give
+            // back every victim, first taken first, without which the job
+            // still fits, so no preemption frees more than it needs.
+            for v in taken.iter().rev().skip(1).rev() {
+                let mut without = claim.clone();
+                without.give_back(v, &shares.pool);
+                if fits(&without) {
+                    claim = without;
+                }
+            }
             return Some(claim);
         }
     }
-    None
 }
 
 /// Records a claim: its preemptions and revoked loans, the placement when

@@ -22,6 +22,7 @@
 //! why job=          the explanation `coop why` prints
 //! share             entitlement, its parts, and the share of each member with demand
 //! held              what each member holds, in GPUs, CPUs and memory
+//! keys              each member with demand's ordering key and its parts
 //! ```
 
 use coop_core::resources::{format_bytes, format_cpu, parse_bytes, parse_cpu};
@@ -86,6 +87,7 @@ impl Scenario {
             "why" => self.why(tc),
             "share" => self.share(),
             "held" => self.held(),
+            "keys" => self.keys(),
             other => panic!("unknown directive {other}"),
         };
         format!("{}\n", out.trim_end())
@@ -362,6 +364,30 @@ impl Scenario {
                     pct(m.dominant_share),
                     m.running,
                     m.pending
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            "no member has demand".into()
+        } else {
+            lines.join("\n")
+        }
+    }
+
+    fn keys(&self) -> String {
+        let shares = self.state.shares();
+        let lines: Vec<String> = shares
+            .members
+            .values()
+            .filter(|m| m.has_demand())
+            .map(|m| {
+                format!(
+                    "{}: key {:.3} = (dominant {} + usage_weight * usage share {}) / entitlement {}",
+                    m.member,
+                    m.key,
+                    pct(m.dominant_share),
+                    pct(m.usage_share),
+                    pct(m.entitlement),
                 )
             })
             .collect();

@@ -455,3 +455,55 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// No preemption frees more than needed: on a full node, the victims a
+    /// claim takes are irreducible (without any one of them the job would
+    /// not fit), and one victim is taken whenever one frees enough alone.
+    #[test]
+    fn no_preemption_frees_more_than_needed(
+        sizes in proptest::collection::vec(1..8u64, 1..12),
+        idle in 0..3u64,
+        ask in 1..16u64,
+    ) {
+        let mut s = founded(Policy { floor: 1.0, ..Policy::default() });
+        let held: u64 = sizes.iter().sum();
+        let cores = held + idle;
+        // Entitled to half the node: a claim within it.
+        let ask = ask.min(cores / 2).max(1);
+        s.apply(&testkit::add_node("landlord", "n", 0))
+            .and_then(|_| s.apply(&testkit::register("n", "landlord", Resources::new(cores * 1000, 1024 << 30, 0), 1, vec![], 0)))
+            .unwrap();
+        for (j, c) in sizes.iter().enumerate() {
+            let mut spec = JobSpec::command(vec!["x".into()], Resources::new(c * 1000, 1 << 30, 0));
+            spec.preemptible = true;
+            s.apply(&testkit::submit("b0", &format!("b{j}"), spec, 1)).unwrap();
+        }
+        s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
+        let spec = JobSpec::command(vec!["x".into()], Resources::new(ask * 1000, 1 << 30, 0));
+        s.apply(&testkit::submit("newcomer", "claim", spec, 3)).unwrap();
+        let Outcome::Scheduled { preemptions, .. } = s.apply(&Command::Schedule { now_ms: 4 }).unwrap() else {
+            panic!("a pass outcome");
+        };
+        let freed: Vec<u64> = preemptions
+            .iter()
+            .map(|p| s.allocs()[&p.alloc].resources.cpu_millis / 1000)
+            .collect();
+        let total: u64 = freed.iter().sum();
+        if !freed.is_empty() {
+            prop_assert!(idle + total >= ask, "victims {freed:?} and {idle} idle do not make {ask}");
+        }
+        for (k, f) in freed.iter().enumerate() {
+            prop_assert!(
+                idle + total - f < ask,
+                "victim {k} ({f} cores) of {freed:?} is needless: {idle} idle, {ask} asked"
+            );
+        }
+        let single = sizes.iter().any(|c| idle + c >= ask);
+        if single && !freed.is_empty() {
+            prop_assert_eq!(freed.len(), 1, "one victim frees enough alone, but {:?} were taken", freed);
+        }
+    }
+}
