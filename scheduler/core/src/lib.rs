@@ -8,7 +8,7 @@
 //!               node, member, alloc, decision (Rule), policy, ledger
 //!  log          command (Command in) ─▶ apply/* ─▶ outcome (Outcome out) | error
 //!  state        state (ClusterState: data + queries) ─ view (read-only window)
-//!  decisions    fairshare/{shares, pass, reclaim}, nodefit, explain
+//!  decisions    fairshare/{shares, reserve, pass, reclaim}, nodefit, explain
 //!  queries      fairness (Jain's index), leaderboard
 //! ```
 

@@ -21,6 +21,8 @@ pub struct View<'a> {
     pub allocs: &'a BTreeMap<AllocId, Allocation>,
     /// Pending jobs in submission order.
     pub pending: &'a BTreeSet<JobId>,
+    /// The log's time: when a job started now would end (reservations).
+    pub now_ms: u64,
 }
 
 impl<'a> View<'a> {

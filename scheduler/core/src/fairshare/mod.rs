@@ -21,16 +21,19 @@
 
 mod pass;
 mod reclaim;
+mod reserve;
 mod shares;
 
 use std::cmp::Ordering;
 
 use crate::decision::Rule;
 use crate::ids::{AllocId, JobId, NodeId};
+use crate::job::Job;
 use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::view::View;
 
+pub use reserve::{earliest_fit, reservations, Reservation, MAX_RESERVATIONS};
 pub use shares::{compute_shares, compute_shares_at, MemberShare, Shares};
 
 /// Slack for comparing shares computed in floating point.
@@ -40,6 +43,29 @@ pub const EPS: f64 = 1e-9;
 /// as large in every dimension is skipped without a node search. Bounded so
 /// the check stays cheap whatever the mix of shapes.
 pub(crate) const MAX_FAILED_SHAPES: usize = 64;
+
+/// A request that found no room in a pass. A job no smaller in any
+/// dimension that may run no shorter cannot find room either: free room
+/// only shrinks, and a reservation lets only shorter jobs through.
+#[derive(Clone, Copy)]
+pub(crate) struct Shape {
+    resources: Resources,
+    runs_secs: u64,
+}
+
+impl Shape {
+    pub fn of(job: &Job) -> Self {
+        Self {
+            resources: job.spec.resources,
+            runs_secs: job.spec.timeout_secs.unwrap_or(u64::MAX),
+        }
+    }
+
+    pub fn covers(&self, job: &Job) -> bool {
+        self.resources.fits_in(&job.spec.resources)
+            && job.spec.timeout_secs.unwrap_or(u64::MAX) >= self.runs_secs
+    }
+}
 
 /// One placement the pass wants, before an allocation id is given to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +103,8 @@ impl Plan {
 /// jobs, M members and N nodes when nodes are alike (see `nodefit`).
 pub fn plan(view: &View<'_>) -> Plan {
     let shares = compute_shares(view);
-    let filled = pass::fill(view, &shares);
+    let held = reservations(view, &shares);
+    let filled = pass::fill(view, &shares, held);
     reclaim::reclaim(view, &shares, filled)
 }
 

@@ -14,9 +14,10 @@ use crate::node::Node;
 use crate::nodefit::FitTree;
 use crate::view::View;
 
+use super::reserve::{allows, consume, Reservation};
 use super::{
-    add, dominant, over_cap, priority_key, share_of, Key, Plan, PlannedPlacement, Shares, EPS,
-    MAX_FAILED_SHAPES,
+    add, dominant, over_cap, priority_key, share_of, Key, Plan, PlannedPlacement, Shape, Shares,
+    EPS, MAX_FAILED_SHAPES,
 };
 use crate::resources::Resources;
 
@@ -66,6 +67,8 @@ pub(super) struct Filled<'a> {
     pub unplaced: BTreeMap<&'a MemberId, Vec<&'a Job>>,
     /// The rooms each member owns.
     pub owned: BTreeMap<&'a MemberId, Vec<usize>>,
+    /// Per room, the reservation holding it, with what is left of its spare.
+    pub held: Vec<Option<Reservation>>,
 }
 
 /// The rooms of one pass and the placements made in them so far.
@@ -73,10 +76,12 @@ struct Pass<'a> {
     rooms: Vec<Room<'a>>,
     tree: FitTree,
     out: Plan,
+    held: Vec<Option<Reservation>>,
+    now_ms: u64,
 }
 
 impl<'a> Pass<'a> {
-    fn new(view: &View<'a>) -> Self {
+    fn new(view: &View<'a>, reservations: Vec<Reservation>) -> Self {
         let rooms: Vec<Room<'a>> = view
             .ready_nodes()
             .map(|n| Room {
@@ -86,18 +91,37 @@ impl<'a> Pass<'a> {
             })
             .collect();
         let tree = FitTree::new(&rooms.iter().map(|r| r.free).collect::<Vec<_>>());
+        let mut held: Vec<Option<Reservation>> = rooms.iter().map(|_| None).collect();
+        for r in reservations {
+            if let Some(i) = rooms.iter().position(|room| room.node.id == r.node) {
+                held[i] = Some(r);
+            }
+        }
         Self {
             rooms,
             tree,
             out: Plan::default(),
+            held,
+            now_ms: view.now_ms,
         }
+    }
+
+    /// The GPUs the job would get in room `i`, if it fits there and does
+    /// not delay the room's reservation.
+    fn fit(&self, i: usize, job: &Job) -> Option<Vec<u32>> {
+        if let Some(r) = &self.held[i] {
+            if !allows(r, job, self.now_ms) {
+                return None;
+            }
+        }
+        self.rooms[i].pick_gpus(job)
     }
 
     /// The leftmost room the job fits in, with the GPUs it would get.
     fn find(&self, job: &Job) -> Option<(usize, Vec<u32>)> {
         let mut picked = None;
         let leaf = self.tree.find(&job.spec.resources, &mut |i| {
-            picked = self.rooms[i].pick_gpus(job);
+            picked = self.fit(i, job);
             picked.is_some()
         })?;
         picked.map(|g| (leaf, g))
@@ -105,11 +129,13 @@ impl<'a> Pass<'a> {
 
     /// The first of `mine` the job fits in.
     fn find_in(&self, mine: &[usize], job: &Job) -> Option<(usize, Vec<u32>)> {
-        mine.iter()
-            .find_map(|&i| self.rooms[i].pick_gpus(job).map(|g| (i, g)))
+        mine.iter().find_map(|&i| self.fit(i, job).map(|g| (i, g)))
     }
 
     fn place(&mut self, job: &Job, i: usize, gpus: Vec<u32>, rule: Rule) {
+        if let Some(r) = &mut self.held[i] {
+            consume(r, job, self.now_ms);
+        }
         let room = &mut self.rooms[i];
         room.free = room.free.saturating_sub(&job.spec.resources);
         for g in &gpus {
@@ -147,8 +173,8 @@ struct Fill<'v, 'a> {
 }
 
 /// Runs owner-first and the DRF fill; what is left goes to reclaim.
-pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
-    let pass = Pass::new(view);
+pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares, held: Vec<Reservation>) -> Filled<'a> {
+    let pass = Pass::new(view, held);
     let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
     for (i, r) in pass.rooms.iter().enumerate() {
         owned.entry(&r.node.owner).or_default().push(i);
@@ -196,6 +222,7 @@ pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
         share_now: f.share_now,
         unplaced,
         owned: f.owned,
+        held: f.pass.held,
     }
 }
 
@@ -216,7 +243,7 @@ impl<'a> Fill<'_, 'a> {
             };
             let entitlement = self.shares.members[*member].entitlement;
             let queue = self.queues.jobs.get_mut(member).expect("queued");
-            let mut failed: Vec<Resources> = Vec::new();
+            let mut failed: Vec<Shape> = Vec::new();
             let mut placed: BTreeSet<JobId> = BTreeSet::new();
             for &job in queue.iter() {
                 if mine
@@ -231,12 +258,12 @@ impl<'a> Fill<'_, 'a> {
                     continue;
                 }
                 let constrained = job.spec.has_gpu_constraints();
-                if !constrained && failed.iter().any(|f| f.fits_in(&want)) {
+                if !constrained && failed.iter().any(|f| f.covers(job)) {
                     continue;
                 }
                 let Some((i, gpus)) = self.pass.find_in(mine, job) else {
                     if !constrained && failed.len() < MAX_FAILED_SHAPES {
-                        failed.push(want);
+                        failed.push(Shape::of(job));
                     }
                     continue;
                 };
@@ -272,7 +299,7 @@ impl<'a> Fill<'_, 'a> {
             .collect();
         // Request shapes that found no room this pass: anything at least as
         // large in every dimension cannot fit either.
-        let mut failed: Vec<Resources> = Vec::new();
+        let mut failed: Vec<Shape> = Vec::new();
         let mut unplaced: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
         while let Some(Reverse((_, member))) = heap.pop() {
             let queue = &self.queues.jobs[member];
@@ -285,7 +312,7 @@ impl<'a> Fill<'_, 'a> {
                 let after = add(&self.share_now[member], &share_of(&want, &pool));
                 let constrained = job.spec.has_gpu_constraints();
                 if over_cap(policy, &after)
-                    || (!constrained && failed.iter().any(|f| f.fits_in(&want)))
+                    || (!constrained && failed.iter().any(|f| f.covers(job)))
                 {
                     unplaced.entry(member).or_default().push(job);
                     continue;
@@ -301,7 +328,7 @@ impl<'a> Fill<'_, 'a> {
                     }
                     None => {
                         if !constrained && failed.len() < MAX_FAILED_SHAPES {
-                            failed.push(want);
+                            failed.push(Shape::of(job));
                         }
                         unplaced.entry(member).or_default().push(job);
                     }

@@ -18,9 +18,10 @@ use crate::resources::Resources;
 use crate::view::View;
 
 use super::pass::{pick_gpus, Filled, Room};
+use super::reserve::{allows, consume};
 use super::{
-    add, dominant, over_cap, share_of, sub, Key, Plan, PlannedPlacement, PlannedPreemption, Shares,
-    EPS, MAX_FAILED_SHAPES,
+    add, dominant, over_cap, share_of, sub, Key, Plan, PlannedPlacement, PlannedPreemption, Shape,
+    Shares, EPS, MAX_FAILED_SHAPES,
 };
 
 /// Something reclaim can take back: a running allocation (preempted), or a
@@ -138,6 +139,7 @@ pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) 
         share_now,
         unplaced,
         owned,
+        mut held,
     } = filled;
     let mut standing = Standing {
         shares,
@@ -167,7 +169,7 @@ pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) 
     // Claims only get harder during the pass (victims fall toward their
     // entitlement, room gets reserved), so a shape that found no room
     // cannot find it later: do not scan every node for it again.
-    let mut failed: Vec<Resources> = Vec::new();
+    let mut failed: Vec<Shape> = Vec::new();
     for (member, jobs) in claimants {
         let entitlement = shares.members[member].entitlement;
         let mine: &[usize] = match owned.get(member) {
@@ -184,7 +186,7 @@ pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) 
                 continue;
             }
             let constrained = job.spec.has_gpu_constraints();
-            if !constrained && failed.iter().any(|f| f.fits_in(&job.spec.resources)) {
+            if !constrained && failed.iter().any(|f| f.covers(job)) {
                 continue;
             }
             let order = mine
@@ -193,14 +195,18 @@ pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) 
                 .chain((0..rooms.len()).filter(|i| !mine.contains(i)));
             let claim = order
                 .filter(|&i| job.spec.resources.fits_in(&views[i].potential))
+                .filter(|&i| held[i].as_ref().is_none_or(|r| allows(r, job, view.now_ms)))
                 .find_map(|i| try_node(&rooms[i], &views[i], i, job, member, &standing));
             let Some(claim) = claim else {
                 if !constrained && failed.len() < MAX_FAILED_SHAPES {
-                    failed.push(job.spec.resources);
+                    failed.push(Shape::of(job));
                 }
                 continue;
             };
             let room = &rooms[claim.node];
+            if let Some(r) = &mut held[claim.node] {
+                consume(r, job, view.now_ms);
+            }
             let rule = if view.policy.owner_first && room.node.owner == *member {
                 Rule::OwnerReclaim
             } else {

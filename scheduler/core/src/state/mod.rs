@@ -23,7 +23,7 @@ use crate::alloc::Allocation;
 use crate::decision::{Decision, DECISIONS_KEPT};
 use crate::error::SnapshotError;
 use crate::explain::{self, Explanation, PendingReason};
-use crate::fairshare::{self, Plan, Shares};
+use crate::fairshare::{self, Plan, Reservation, Shares};
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::{Job, JobState};
 use crate::leaderboard::{self, Leaderboard};
@@ -210,6 +210,7 @@ impl ClusterState {
             jobs: &self.jobs,
             allocs: &self.allocs,
             pending: &self.pending,
+            now_ms: self.now_ms,
         }
     }
 
@@ -284,6 +285,20 @@ impl ClusterState {
     /// shows. Nothing is written.
     pub fn shares_at(&self, at_ms: u64) -> Shares {
         fairshare::compute_shares_at(&self.view(), Some(at_ms.max(self.now_ms)))
+    }
+
+    /// The rooms a scheduling pass now holds for large jobs
+    /// (docs/policy.md §6), recomputed from the state as the pass does.
+    pub fn reservations(&self) -> Vec<Reservation> {
+        let view = self.view();
+        fairshare::reservations(&view, &fairshare::compute_shares(&view))
+    }
+
+    /// The earliest time a job could start on a node as the allocations
+    /// there end (by their timeouts); `None` if never or either is unknown.
+    pub fn earliest_fit(&self, job: JobId, node: &NodeId) -> Option<u64> {
+        let view = self.view();
+        fairshare::earliest_fit(&view, self.nodes.get(node)?, self.jobs.get(&job)?)
     }
 
     /// What one scheduling pass would do now (nothing is changed).

@@ -12,7 +12,7 @@
 //! genesis members=(ana,bea,...)   input: the genesis policy's TOML; founds the
 //!                   cluster with those members (testkit keys)
 //! node id= owner= [gpus=] [cpu=] [mem=] [gpu-model=] [gpu-mem=] [incarnation=]
-//! submit member= [n=] [gpus=] [cpu=] [mem=] [preemptible] [gpu-model=] [gpu-mem=]
+//! submit member= [n=] [gpus=] [cpu=] [mem=] [preemptible] [gpu-model=] [gpu-mem=] [timeout=SECS]
 //! schedule          one pass: every placement and preemption, with its rule
 //! start job=        the worker reports the job's allocation started
 //! finish job= [exit=]   ... and ended (exit code, 0 by default)
@@ -23,6 +23,7 @@
 //! share             entitlement, its parts, and the share of each member with demand
 //! held              what each member holds, in GPUs, CPUs and memory
 //! keys              each member with demand's ordering key and its parts
+//! reservations      the rooms a pass now holds for large jobs
 //! ```
 
 use coop_core::resources::{format_bytes, format_cpu, parse_bytes, parse_cpu};
@@ -88,6 +89,7 @@ impl Scenario {
             "share" => self.share(),
             "held" => self.held(),
             "keys" => self.keys(),
+            "reservations" => self.reservations(),
             other => panic!("unknown directive {other}"),
         };
         format!("{}\n", out.trim_end())
@@ -171,6 +173,7 @@ impl Scenario {
         for _ in 0..num(tc, "n", 1) {
             let mut spec = JobSpec::command(vec!["work".into()], resources);
             spec.preemptible = flag(tc, "preemptible");
+            spec.timeout_secs = arg(tc, "timeout").map(|_| num(tc, "timeout", 0));
             spec.gpu_model = arg(tc, "gpu-model");
             spec.gpu_min_memory_bytes = arg(tc, "gpu-mem").map(|_| bytes(tc, "gpu-mem", 0));
             self.requests += 1;
@@ -369,6 +372,29 @@ impl Scenario {
             .collect();
         if lines.is_empty() {
             "no member has demand".into()
+        } else {
+            lines.join("\n")
+        }
+    }
+
+    fn reservations(&self) -> String {
+        let lines: Vec<String> = self
+            .state
+            .reservations()
+            .iter()
+            .map(|r| {
+                format!(
+                    "job {} of {} on {} from {} s (spare {})",
+                    r.job,
+                    r.member,
+                    r.node,
+                    r.start_ms / 1000,
+                    r.spare
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            "none".into()
         } else {
             lines.join("\n")
         }

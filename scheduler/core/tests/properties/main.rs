@@ -38,6 +38,7 @@ enum Op {
         gpus: u8,
         retries: u8,
         preemptible: bool,
+        timeout: Option<u8>,
     },
     Schedule,
     Start {
@@ -78,19 +79,23 @@ fn op() -> impl Strategy<Value = Op> {
             1..4u8,
             0..2u8,
             0..2u8,
-            any::<bool>()
+            any::<bool>(),
+            proptest::option::of(1..4u8)
         )
-            .prop_map(|(member, request, cpu, mem, gpus, retries, preemptible)| {
-                Op::Submit {
-                    member,
-                    request,
-                    cpu,
-                    mem,
-                    gpus,
-                    retries,
-                    preemptible,
+            .prop_map(
+                |(member, request, cpu, mem, gpus, retries, preemptible, timeout)| {
+                    Op::Submit {
+                        member,
+                        request,
+                        cpu,
+                        mem,
+                        gpus,
+                        retries,
+                        preemptible,
+                        timeout,
+                    }
                 }
-            }),
+            ),
         Just(Op::Schedule),
         any::<u8>().prop_map(|pick| Op::Start { pick }),
         (any::<u8>(), any::<bool>()).prop_map(|(pick, ok)| Op::Finish { pick, ok }),
@@ -127,6 +132,7 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
             gpus,
             retries,
             preemptible,
+            timeout,
         } => {
             let mut spec = JobSpec::command(
                 vec!["true".into()],
@@ -134,6 +140,7 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
             );
             spec.max_retries = retries as u32;
             spec.preemptible = preemptible;
+            spec.timeout_secs = timeout.map(u64::from);
             testkit::submit(&format!("m{member}"), &format!("r{request}"), spec, now_ms)
         }
         Op::Schedule => Command::Schedule { now_ms },
@@ -314,11 +321,13 @@ proptest! {
         prop_assert_eq!(&state, &once);
         // Work conserving: after a pass no pending job fits in what is free
         // on a ready node, unless a rule holds the room: there is no cap in
-        // these policies, so the only one is a reclaim, which reserves the
-        // free room of a node where preempted allocations are stopping.
+        // these policies, so the only ones are a reclaim, which reserves the
+        // free room of a node where preempted allocations are stopping, and
+        // a reservation for a large job.
+        let held: BTreeSet<NodeId> = state.reservations().into_iter().map(|r| r.node).collect();
         for id in state.pending() {
             let want = state.jobs()[id].spec.resources;
-            let reserving = |n: &Node| n.allocs().iter().any(|a| state.allocs()[a].state == AllocState::Stopping);
+            let reserving = |n: &Node| held.contains(&n.id) || n.allocs().iter().any(|a| state.allocs()[a].state == AllocState::Stopping);
             for node in state.nodes().values().filter(|n| n.state == NodeState::Ready && !reserving(n)) {
                 let fits = want.fits_in(&node.free()) && state.free_gpu_indices(node).len() >= want.gpus as usize;
                 prop_assert!(!fits, "job {} waits though it fits on {}", id, node.id);
@@ -504,6 +513,136 @@ proptest! {
         let single = sizes.iter().any(|c| idle + c >= ask);
         if single && !freed.is_empty() {
             prop_assert_eq!(freed.len(), 1, "one victim frees enough alone, but {:?} were taken", freed);
+        }
+    }
+}
+
+/// A setting where reservations matter: `nodes` nodes of `cores` cores,
+/// filled by b0's non-preemptible jobs with the given timeouts (started at
+/// once), a newcomer whose `big` job cannot fit now, and more jobs of b0
+/// queued behind it. Returns the state just before the pass under test.
+fn reservation_setting(
+    nodes: usize,
+    cores: u64,
+    held: &[Option<u64>],
+    big: u64,
+    extra: &[(u64, Option<u64>)],
+) -> ClusterState {
+    let mut s = founded(Policy {
+        floor: 1.0,
+        ..Policy::default()
+    });
+    for n in 0..nodes {
+        let node = format!("n{n}");
+        s.apply(&testkit::add_node("landlord", &node, 0))
+            .and_then(|_| {
+                s.apply(&testkit::register(
+                    &node,
+                    "landlord",
+                    Resources::new(cores * 1000, 1024 << 30, 0),
+                    1,
+                    vec![],
+                    0,
+                ))
+            })
+            .unwrap();
+    }
+    let submit = |s: &mut ClusterState,
+                  member: &str,
+                  tag: String,
+                  cpu: u64,
+                  timeout: Option<u64>,
+                  now_ms: u64| {
+        let mut spec = JobSpec::command(vec!["x".into()], Resources::new(cpu * 1000, 1 << 30, 0));
+        spec.timeout_secs = timeout;
+        s.apply(&testkit::submit(member, &tag, spec, now_ms))
+            .unwrap();
+    };
+    for (j, timeout) in held.iter().enumerate() {
+        submit(&mut s, "b0", format!("h{j}"), 1, *timeout, 1_000);
+    }
+    s.apply(&Command::Schedule { now_ms: 1_000 }).unwrap();
+    let allocs: Vec<(AllocId, NodeId)> = s
+        .allocs()
+        .values()
+        .map(|a| (a.id, a.node.clone()))
+        .collect();
+    for (a, node) in allocs {
+        s.apply(&testkit::started(a, &node, 1_000)).unwrap();
+    }
+    submit(&mut s, "newcomer", "big".into(), big, None, 2_000);
+    for (j, (cpu, timeout)) in extra.iter().enumerate() {
+        submit(&mut s, "b0", format!("e{j}"), *cpu, *timeout, 3_000);
+    }
+    s
+}
+
+/// Nodes, cores per node, held jobs' timeouts, the big job's cores, and
+/// b0's queued jobs (cores, timeout).
+type Setting = (usize, u64, Vec<Option<u64>>, u64, Vec<(u64, Option<u64>)>);
+
+fn setting() -> impl Strategy<Value = Setting> {
+    (1..3usize, 2..8u64).prop_flat_map(|(nodes, cores)| {
+        (
+            Just(nodes),
+            Just(cores),
+            proptest::collection::vec(
+                proptest::option::weighted(0.8, 1..200u64),
+                1..(nodes * cores as usize + 1),
+            ),
+            1..(cores + 1),
+            proptest::collection::vec((1..3u64, proptest::option::weighted(0.8, 1..300u64)), 0..8),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Reservations never delay the reserved job: after a pass, a reserved
+    /// job still waiting fits on its node no later than its reservation said.
+    #[test]
+    fn reservations_never_delay_the_reserved_job((nodes, cores, held, big, extra) in setting()) {
+        let mut state = reservation_setting(nodes, cores, &held, big, &extra);
+        let reserved = state.reservations();
+        state.apply(&Command::Schedule { now_ms: state.now_ms() }).unwrap();
+        for r in &reserved {
+            if state.jobs()[&r.job].state() != JobState::Pending {
+                continue;
+            }
+            let start = state.earliest_fit(r.job, &r.node);
+            prop_assert!(
+                start.is_some_and(|t| t <= r.start_ms),
+                "job {} was held {} from {} ms, now fits there at {:?}", r.job, r.node, r.start_ms, start
+            );
+        }
+    }
+
+    /// Backfill never violates a reservation: every job the pass starts on a
+    /// held node (other than the one it is held for) ends by its timeout
+    /// before the reservation starts, or fits, with the others that do not,
+    /// in the room the reserved job leaves spare.
+    #[test]
+    fn backfill_never_violates_a_reservation((nodes, cores, held, big, extra) in setting()) {
+        let mut state = reservation_setting(nodes, cores, &held, big, &extra);
+        let reserved = state.reservations();
+        let now = state.now_ms();
+        let Outcome::Scheduled { placements, .. } = state.apply(&Command::Schedule { now_ms: now }).unwrap() else {
+            panic!("a pass outcome");
+        };
+        for r in &reserved {
+            let mut beside = Resources::ZERO;
+            for p in placements.iter().filter(|p| p.node == r.node && p.job != r.job) {
+                let job = &state.jobs()[&p.job];
+                let ends = job.spec.timeout_secs.map(|t| now + t * 1000);
+                if ends.is_none_or(|e| e > r.start_ms) {
+                    beside = beside.saturating_add(&job.spec.resources);
+                }
+            }
+            prop_assert!(
+                beside.fits_in(&r.spare),
+                "jobs running past {} ms on {} take {} beside job {}, spare {}", r.start_ms, r.node, beside, r.job, r.spare
+            );
         }
     }
 }

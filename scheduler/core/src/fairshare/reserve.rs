@@ -1,0 +1,185 @@
+//! Stage 1b: reservations for large jobs, with Slurm's backfill as the
+//! model. Without them every freed core goes to smaller queued jobs, and a
+//! member below its entitlement whose job needs a whole node waits for as
+//! long as others keep submitting non-preemptible work.
+//!
+//! ```text
+//!  for each member m below its entitlement, lowest key first:
+//!    J   = m's oldest waiting job, if it keeps m within its entitlement and
+//!          the cap and fits on no node now
+//!    T_n = the earliest time J fits on ready node n, counting what is free,
+//!          what is being stopped (now) and each allocation's expected end
+//!          (its start + its job's timeout; never, without a timeout)
+//!    reserve the node with the least finite T_n (ties by node id), one
+//!    reservation per node, at most MAX_RESERVATIONS per pass
+//!  another job K may start on a reserved node only if
+//!    now + timeout_K <= T  (it ends before J starts), or
+//!    K fits in spare = free_at(T) - J  (it does not delay J; spare shrinks)
+//! ```
+//!
+//! Reservations are recomputed from the state at every pass (nothing is
+//! stored), so `why` and `status` show exactly what the pass honours.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::alloc::AllocState;
+use crate::ids::{JobId, MemberId, NodeId};
+use crate::job::Job;
+use crate::node::Node;
+use crate::resources::Resources;
+use crate::view::View;
+
+use super::{add, dominant, over_cap, share_of, Shares, EPS};
+
+/// The most reservations one pass makes (Slurm bounds its backfill scan
+/// the same way): each costs a walk over the ready nodes.
+pub const MAX_RESERVATIONS: usize = 64;
+
+/// Room held on one node for a large job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub job: JobId,
+    pub member: MemberId,
+    pub node: NodeId,
+    /// When the job is expected to fit there (log time, ms).
+    pub start_ms: u64,
+    pub resources: Resources,
+    /// What the node will have free at `start_ms` beyond the job's needs:
+    /// room other jobs may use without delaying it.
+    pub spare: Resources,
+}
+
+/// When a job started now would end at the latest: `None` without a timeout.
+pub(crate) fn ends_by(job: &Job, now_ms: u64) -> Option<u64> {
+    job.spec
+        .timeout_secs
+        .map(|t| now_ms.saturating_add(t.saturating_mul(1000)))
+}
+
+/// Whether `job` may start on a node held by `r` without delaying it.
+pub(crate) fn allows(r: &Reservation, job: &Job, now_ms: u64) -> bool {
+    job.id == r.job
+        || ends_by(job, now_ms).is_some_and(|end| end <= r.start_ms)
+        || job.spec.resources.fits_in(&r.spare)
+}
+
+/// Records that `job` started on a node held by `r`.
+pub(crate) fn consume(r: &mut Reservation, job: &Job, now_ms: u64) {
+    if job.id != r.job && ends_by(job, now_ms).is_none_or(|end| end > r.start_ms) {
+        r.spare = r.spare.saturating_sub(&job.spec.resources);
+    }
+}
+
+/// This pass's reservations, in the order they were made.
+pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
+    let now = view.now_ms;
+    let mut oldest: BTreeMap<&MemberId, &Job> = BTreeMap::new();
+    for job in view.pending_jobs() {
+        oldest.entry(&job.member).or_insert(job);
+    }
+    let mut members: Vec<&MemberId> = oldest.keys().copied().collect();
+    members.sort_by(|a, b| {
+        shares.members[*a]
+            .key
+            .total_cmp(&shares.members[*b].key)
+            .then(a.cmp(b))
+    });
+    let ready: Vec<&Node> = view.ready_nodes().collect();
+    let mut taken: BTreeSet<&NodeId> = BTreeSet::new();
+    let mut out = Vec::new();
+    for member in members {
+        if out.len() == MAX_RESERVATIONS {
+            break;
+        }
+        let standing = &shares.members[member];
+        let job = oldest[member];
+        let after = add(
+            &standing.share,
+            &share_of(&job.spec.resources, &shares.pool),
+        );
+        if dominant(&standing.share) + EPS >= standing.entitlement
+            || dominant(&after) > standing.entitlement + EPS
+            || over_cap(view.policy, &after)
+        {
+            continue;
+        }
+        let times: Vec<(u64, &Node, Resources)> = ready
+            .iter()
+            .filter_map(|n| fits_at(view, n, job, now).map(|(t, free)| (t, *n, free)))
+            .collect();
+        // A job that fits somewhere now needs no reservation: it is placed
+        // in its member's turn (and a loan in its way is withdrawn).
+        if times.iter().any(|(t, _, _)| *t <= now) {
+            continue;
+        }
+        let best = times
+            .into_iter()
+            .filter(|(_, n, _)| !taken.contains(&n.id))
+            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+        if let Some((start_ms, node, free)) = best {
+            taken.insert(&node.id);
+            out.push(Reservation {
+                job: job.id,
+                member: member.clone(),
+                node: node.id.clone(),
+                start_ms,
+                resources: job.spec.resources,
+                spare: free.saturating_sub(&job.spec.resources),
+            });
+        }
+    }
+    out
+}
+
+/// The earliest time `job` could start on `node` as its allocations end
+/// (the log's time when it fits now); `None` if never.
+pub fn earliest_fit(view: &View<'_>, node: &Node, job: &Job) -> Option<u64> {
+    fits_at(view, node, job, view.now_ms).map(|(t, _)| t)
+}
+
+/// The earliest time `job` fits on `node` as its allocations end, and
+/// what is free then; `None` if it never does (allocations without a
+/// timeout are counted as never ending).
+fn fits_at(view: &View<'_>, node: &Node, job: &Job, now: u64) -> Option<(u64, Resources)> {
+    let want = job.spec.resources;
+    if !want.fits_in(&node.capacity) {
+        return None;
+    }
+    let model = job.spec.gpu_model.as_deref();
+    let min_mem = job.spec.gpu_min_memory_bytes;
+    let matching = |gpus: &[u32]| {
+        gpus.iter()
+            .filter(|&&i| node.gpu_matches(i, model, min_mem))
+            .count() as u32
+    };
+    let mut free = node.free();
+    let free_gpus: Vec<u32> = view.free_gpu_indices(node).into_iter().collect();
+    let mut gpus = matching(&free_gpus);
+    let fits = |free: &Resources, gpus: u32| want.fits_in(free) && gpus >= want.gpus;
+    if fits(&free, gpus) {
+        return Some((now, free));
+    }
+    let mut ends: Vec<(u64, u64, Resources, u32)> = view
+        .node_allocs(node)
+        .filter_map(|a| {
+            let end = if a.state == AllocState::Stopping {
+                now
+            } else {
+                let j = view.jobs.get(&a.job)?;
+                let started = j.started_at_ms.unwrap_or(now);
+                let end = started.saturating_add(j.spec.timeout_secs?.saturating_mul(1000));
+                end.max(now)
+            };
+            Some((end, a.id.0, a.resources, matching(&a.gpu_indices)))
+        })
+        .collect();
+    ends.sort_unstable_by_key(|e| (e.0, e.1));
+    for (end, _, resources, g) in ends {
+        free = free.saturating_add(&resources);
+        gpus += g;
+        if fits(&free, gpus) {
+            return Some((end, free));
+        }
+    }
+    None
+}
