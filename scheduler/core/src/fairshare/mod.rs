@@ -33,7 +33,7 @@ use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::view::View;
 
-pub use reserve::{earliest_fit, reservations, Reservation, MAX_RESERVATIONS};
+pub use reserve::{earliest_fit, reservations, Reservation, MAX_EXAMINED};
 pub use shares::{compute_shares, compute_shares_at, MemberShare, Shares};
 
 /// Slack for comparing shares computed in floating point.

@@ -11,7 +11,7 @@
 //!          what is being stopped (now) and each allocation's expected end
 //!          (its start + its job's timeout; never, without a timeout)
 //!    reserve the node with the least finite T_n (ties by node id), one
-//!    reservation per node, at most MAX_RESERVATIONS per pass
+//!    reservation per node; at most MAX_EXAMINED jobs examined per pass
 //!  another job K may start on a reserved node only if
 //!    now + timeout_K <= T  (it ends before J starts), or
 //!    K fits in spare = free_at(T) - J  (it does not delay J; spare shrinks)
@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::alloc::AllocState;
-use crate::ids::{JobId, MemberId, NodeId};
+use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::Job;
 use crate::node::Node;
 use crate::resources::Resources;
@@ -31,9 +31,10 @@ use crate::view::View;
 
 use super::{add, dominant, over_cap, share_of, Shares, EPS};
 
-/// The most reservations one pass makes (Slurm bounds its backfill scan
-/// the same way): each costs a walk over the ready nodes.
-pub const MAX_RESERVATIONS: usize = 64;
+/// The most jobs one pass examines for a reservation (Slurm bounds its
+/// backfill scan the same way, `bf_max_job_test`): each costs a walk over
+/// the ready nodes.
+pub const MAX_EXAMINED: usize = 64;
 
 /// Room held on one node for a large job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,11 +85,12 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
             .total_cmp(&shares.members[*b].key)
             .then(a.cmp(b))
     });
-    let ready: Vec<&Node> = view.ready_nodes().collect();
+    let mut timelines: Option<Vec<Timeline<'_>>> = None;
     let mut taken: BTreeSet<&NodeId> = BTreeSet::new();
     let mut out = Vec::new();
+    let mut examined = 0;
     for member in members {
-        if out.len() == MAX_RESERVATIONS {
+        if examined == MAX_EXAMINED {
             break;
         }
         let standing = &shares.members[member];
@@ -103,9 +105,15 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
         {
             continue;
         }
-        let times: Vec<(u64, &Node, Resources)> = ready
+        examined += 1;
+        let timelines = timelines.get_or_insert_with(|| {
+            view.ready_nodes()
+                .map(|n| Timeline::of(view, n, now))
+                .collect()
+        });
+        let times: Vec<(u64, &Node, Resources)> = timelines
             .iter()
-            .filter_map(|n| fits_at(view, n, job, now).map(|(t, free)| (t, *n, free)))
+            .filter_map(|tl| fits_at(view, tl, job, now).map(|(t, free)| (t, tl.node, free)))
             .collect();
         // A job that fits somewhere now needs no reservation: it is placed
         // in its member's turn (and a loan in its way is withdrawn).
@@ -131,16 +139,46 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
     out
 }
 
+/// What ends on a node, and when: allocations being stopped (now) and
+/// those whose job has a timeout (its start + the timeout), soonest first.
+/// Built once per pass; allocations without a timeout never end here.
+struct Timeline<'a> {
+    node: &'a Node,
+    ends: Vec<(u64, AllocId, Resources, &'a [u32])>,
+}
+
+impl<'a> Timeline<'a> {
+    fn of(view: &View<'a>, node: &'a Node, now: u64) -> Self {
+        let mut ends: Vec<(u64, AllocId, Resources, &'a [u32])> = view
+            .node_allocs(node)
+            .filter_map(|a| {
+                let end = if a.state == AllocState::Stopping {
+                    now
+                } else {
+                    let j = view.jobs.get(&a.job)?;
+                    let started = j.started_at_ms.unwrap_or(now);
+                    let end = started.saturating_add(j.spec.timeout_secs?.saturating_mul(1000));
+                    end.max(now)
+                };
+                Some((end, a.id, a.resources, a.gpu_indices.as_slice()))
+            })
+            .collect();
+        ends.sort_unstable_by_key(|e| (e.0, e.1));
+        Self { node, ends }
+    }
+}
+
 /// The earliest time `job` could start on `node` as its allocations end
 /// (the log's time when it fits now); `None` if never.
 pub fn earliest_fit(view: &View<'_>, node: &Node, job: &Job) -> Option<u64> {
-    fits_at(view, node, job, view.now_ms).map(|(t, _)| t)
+    let now = view.now_ms;
+    fits_at(view, &Timeline::of(view, node, now), job, now).map(|(t, _)| t)
 }
 
-/// The earliest time `job` fits on `node` as its allocations end, and
-/// what is free then; `None` if it never does (allocations without a
-/// timeout are counted as never ending).
-fn fits_at(view: &View<'_>, node: &Node, job: &Job, now: u64) -> Option<(u64, Resources)> {
+/// The earliest time `job` fits on the timeline's node, and what is free
+/// then; `None` if it never does.
+fn fits_at(view: &View<'_>, tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u64, Resources)> {
+    let node = tl.node;
     let want = job.spec.resources;
     if !want.fits_in(&node.capacity) {
         return None;
@@ -153,30 +191,22 @@ fn fits_at(view: &View<'_>, node: &Node, job: &Job, now: u64) -> Option<(u64, Re
             .count() as u32
     };
     let mut free = node.free();
-    let free_gpus: Vec<u32> = view.free_gpu_indices(node).into_iter().collect();
-    let mut gpus = matching(&free_gpus);
+    // Free GPUs are only looked up for a job that asks for some.
+    let mut gpus = if want.gpus == 0 {
+        0
+    } else {
+        let free_gpus: Vec<u32> = view.free_gpu_indices(node).into_iter().collect();
+        matching(&free_gpus)
+    };
     let fits = |free: &Resources, gpus: u32| want.fits_in(free) && gpus >= want.gpus;
     if fits(&free, gpus) {
         return Some((now, free));
     }
-    let mut ends: Vec<(u64, u64, Resources, u32)> = view
-        .node_allocs(node)
-        .filter_map(|a| {
-            let end = if a.state == AllocState::Stopping {
-                now
-            } else {
-                let j = view.jobs.get(&a.job)?;
-                let started = j.started_at_ms.unwrap_or(now);
-                let end = started.saturating_add(j.spec.timeout_secs?.saturating_mul(1000));
-                end.max(now)
-            };
-            Some((end, a.id.0, a.resources, matching(&a.gpu_indices)))
-        })
-        .collect();
-    ends.sort_unstable_by_key(|e| (e.0, e.1));
-    for (end, _, resources, g) in ends {
+    for &(end, _, resources, held) in &tl.ends {
         free = free.saturating_add(&resources);
-        gpus += g;
+        if want.gpus > 0 {
+            gpus += matching(held);
+        }
         if fits(&free, gpus) {
             return Some((end, free));
         }
