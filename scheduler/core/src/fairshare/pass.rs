@@ -242,6 +242,10 @@ impl<'a> Fill<'_, 'a> {
                 continue;
             };
             let entitlement = self.shares.members[*member].entitlement;
+            // Every job takes some cpu: a member at its entitlement places none.
+            if dominant(&self.share_now[member]) + EPS >= entitlement {
+                continue;
+            }
             let queue = self.queues.jobs.get_mut(member).expect("queued");
             let mut failed: Vec<Shape> = Vec::new();
             let mut placed: BTreeSet<JobId> = BTreeSet::new();

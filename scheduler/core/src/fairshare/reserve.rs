@@ -26,9 +26,11 @@ use crate::alloc::AllocState;
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::Job;
 use crate::node::Node;
+use crate::nodefit::FitTree;
 use crate::resources::Resources;
 use crate::view::View;
 
+use super::pass::pick_gpus;
 use super::{add, dominant, over_cap, share_of, Shares, EPS};
 
 /// The most jobs one pass examines for a reservation (Slurm bounds its
@@ -85,7 +87,7 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
             .total_cmp(&shares.members[*b].key)
             .then(a.cmp(b))
     });
-    let mut timelines: Option<Vec<Timeline<'_>>> = None;
+    let mut pool: Option<Pool<'_>> = None;
     let mut taken: BTreeSet<&NodeId> = BTreeSet::new();
     let mut out = Vec::new();
     let mut examined = 0;
@@ -106,23 +108,18 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
             continue;
         }
         examined += 1;
-        let timelines = timelines.get_or_insert_with(|| {
-            view.ready_nodes()
-                .map(|n| Timeline::of(view, n, now))
-                .collect()
-        });
-        let times: Vec<(u64, &Node, Resources)> = timelines
-            .iter()
-            .filter_map(|tl| fits_at(view, tl, job, now).map(|(t, free)| (t, tl.node, free)))
-            .collect();
+        let pool = pool.get_or_insert_with(|| Pool::of(view, now));
         // A job that fits somewhere now needs no reservation: it is placed
         // in its member's turn (and a loan in its way is withdrawn).
-        if times.iter().any(|(t, _, _)| *t <= now) {
+        if pool.fits_now(view, job) {
             continue;
         }
-        let best = times
-            .into_iter()
-            .filter(|(_, n, _)| !taken.contains(&n.id))
+        // Only a node where something ends can hold it later.
+        let best = pool
+            .timed
+            .iter()
+            .filter(|tl| !taken.contains(&tl.node.id))
+            .filter_map(|tl| fits_at(view, tl, job, now).map(|(t, free)| (t, tl.node, free)))
             .min_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
         if let Some((start_ms, node, free)) = best {
             taken.insert(&node.id);
@@ -137,6 +134,38 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
         }
     }
     out
+}
+
+/// The ready nodes as a pass begins: a search tree over their free room
+/// (does a job fit anywhere now?) and the timelines of those where
+/// something is due to end. Built once per pass, and only when some job
+/// is examined.
+struct Pool<'a> {
+    nodes: Vec<&'a Node>,
+    tree: FitTree,
+    timed: Vec<Timeline<'a>>,
+}
+
+impl<'a> Pool<'a> {
+    fn of(view: &View<'a>, now: u64) -> Self {
+        let nodes: Vec<&Node> = view.ready_nodes().collect();
+        let tree = FitTree::new(&nodes.iter().map(|n| n.free()).collect::<Vec<_>>());
+        let timed = nodes
+            .iter()
+            .map(|n| Timeline::of(view, n, now))
+            .filter(|tl| !tl.ends.is_empty())
+            .collect();
+        Self { nodes, tree, timed }
+    }
+
+    fn fits_now(&self, view: &View<'_>, job: &Job) -> bool {
+        self.tree
+            .find(&job.spec.resources, &mut |i| {
+                let node = self.nodes[i];
+                pick_gpus(node, job, &node.free(), &view.free_gpu_indices(node)).is_some()
+            })
+            .is_some()
+    }
 }
 
 /// What ends on a node, and when: allocations being stopped (now) and
