@@ -189,12 +189,7 @@ pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares, held: Vec<Reservation>)
         .map(|m| (*m, shares.members[*m].share))
         .collect();
     let mut by_key: Vec<&MemberId> = jobs.keys().copied().collect();
-    by_key.sort_by(|a, b| {
-        shares.members[*a]
-            .key
-            .total_cmp(&shares.members[*b].key)
-            .then(a.cmp(b))
-    });
+    shares.sort_by_key(&mut by_key);
     let mut f = Fill {
         view,
         shares,

@@ -81,12 +81,7 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
         oldest.entry(&job.member).or_insert(job);
     }
     let mut members: Vec<&MemberId> = oldest.keys().copied().collect();
-    members.sort_by(|a, b| {
-        shares.members[*a]
-            .key
-            .total_cmp(&shares.members[*b].key)
-            .then(a.cmp(b))
-    });
+    shares.sort_by_key(&mut members);
     let mut pool: Option<Pool<'_>> = None;
     let mut taken: BTreeSet<&NodeId> = BTreeSet::new();
     let mut out = Vec::new();

@@ -45,6 +45,18 @@ pub struct Shares {
     pub members: BTreeMap<MemberId, MemberShare>,
 }
 
+impl Shares {
+    /// Lowest key first, ties by name: the order every stage serves members in.
+    pub(crate) fn sort_by_key(&self, members: &mut [&MemberId]) {
+        members.sort_by(|a, b| {
+            self.members[*a]
+                .key
+                .total_cmp(&self.members[*b].key)
+                .then(a.cmp(b))
+        });
+    }
+}
+
 /// Counts each member's pending jobs and live allocations.
 fn demand<'a>(view: &View<'a>) -> (BTreeMap<&'a MemberId, usize>, BTreeMap<&'a MemberId, usize>) {
     let mut pending: BTreeMap<&MemberId, usize> = BTreeMap::new();
