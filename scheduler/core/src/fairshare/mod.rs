@@ -33,7 +33,7 @@ use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::view::View;
 
-pub use reserve::{earliest_fit, reservations, Reservation, MAX_EXAMINED};
+pub use reserve::{earliest_fit, Reservation, MAX_EXAMINED};
 pub use shares::{compute_shares, compute_shares_at, MemberShare, Shares};
 
 /// Slack for comparing shares computed in floating point.
@@ -62,8 +62,8 @@ impl Shape {
     }
 
     pub fn covers(&self, job: &Job) -> bool {
-        self.resources.fits_in(&job.spec.resources)
-            && job.spec.timeout_secs.unwrap_or(u64::MAX) >= self.runs_secs
+        let other = Shape::of(job);
+        self.resources.fits_in(&other.resources) && other.runs_secs >= self.runs_secs
     }
 }
 
@@ -99,12 +99,16 @@ impl Plan {
     }
 }
 
+/// The rooms a pass would now hold for large jobs (docs/policy.md §6).
+pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
+    pass::reservations(view, shares)
+}
+
 /// Plans one scheduling pass. Cost: O(P log M + P log N) for P pending
 /// jobs, M members and N nodes when nodes are alike (see `nodefit`).
 pub fn plan(view: &View<'_>) -> Plan {
     let shares = compute_shares(view);
-    let held = reservations(view, &shares);
-    let filled = pass::fill(view, &shares, held);
+    let filled = pass::fill(view, &shares);
     reclaim::reclaim(view, &shares, filled)
 }
 

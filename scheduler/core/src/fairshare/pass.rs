@@ -14,7 +14,7 @@ use crate::node::Node;
 use crate::nodefit::FitTree;
 use crate::view::View;
 
-use super::reserve::{allows, consume, Reservation};
+use super::reserve::{self, allows, consume, Reservation};
 use super::{
     add, dominant, over_cap, priority_key, share_of, Key, Plan, PlannedPlacement, Shape, Shares,
     EPS, MAX_FAILED_SHAPES,
@@ -81,7 +81,7 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(view: &View<'a>, reservations: Vec<Reservation>) -> Self {
+    fn new(view: &View<'a>) -> Self {
         let rooms: Vec<Room<'a>> = view
             .ready_nodes()
             .map(|n| Room {
@@ -91,18 +91,23 @@ impl<'a> Pass<'a> {
             })
             .collect();
         let tree = FitTree::new(&rooms.iter().map(|r| r.free).collect::<Vec<_>>());
-        let mut held: Vec<Option<Reservation>> = rooms.iter().map(|_| None).collect();
-        for r in reservations {
-            if let Some(i) = rooms.iter().position(|room| room.node.id == r.node) {
-                held[i] = Some(r);
-            }
-        }
+        let held = rooms.iter().map(|_| None).collect();
         Self {
             rooms,
             tree,
             out: Plan::default(),
             held,
             now_ms: view.now_ms,
+        }
+    }
+
+    /// This pass's reservations, made before anything is placed (whether a
+    /// job fits anywhere now is this pass's own search), and held.
+    fn reserve(&mut self, view: &View<'a>, shares: &Shares) {
+        for r in reserve::plan(view, shares, |job| self.find(job).is_some()) {
+            if let Some(i) = self.rooms.iter().position(|room| room.node.id == r.node) {
+                self.held[i] = Some(r);
+            }
         }
     }
 
@@ -172,9 +177,16 @@ struct Fill<'v, 'a> {
     share_now: BTreeMap<&'a MemberId, [f64; 3]>,
 }
 
+/// The reservations a pass would make now (display and tests).
+pub(super) fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
+    let pass = Pass::new(view);
+    reserve::plan(view, shares, |job| pass.find(job).is_some())
+}
+
 /// Runs owner-first and the DRF fill; what is left goes to reclaim.
-pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares, held: Vec<Reservation>) -> Filled<'a> {
-    let pass = Pass::new(view, held);
+pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
+    let mut pass = Pass::new(view);
+    pass.reserve(view, shares);
     let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
     for (i, r) in pass.rooms.iter().enumerate() {
         owned.entry(&r.node.owner).or_default().push(i);

@@ -26,11 +26,9 @@ use crate::alloc::AllocState;
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::Job;
 use crate::node::Node;
-use crate::nodefit::FitTree;
 use crate::resources::Resources;
 use crate::view::View;
 
-use super::pass::pick_gpus;
 use super::{add, dominant, over_cap, share_of, Shares, EPS};
 
 /// The most jobs one pass examines for a reservation (Slurm bounds its
@@ -53,28 +51,37 @@ pub struct Reservation {
 }
 
 /// When a job started now would end at the latest: `None` without a timeout.
-pub(crate) fn ends_by(job: &Job, now_ms: u64) -> Option<u64> {
+fn ends_by(job: &Job, now_ms: u64) -> Option<u64> {
     job.spec
         .timeout_secs
         .map(|t| now_ms.saturating_add(t.saturating_mul(1000)))
 }
 
+/// Whether `job`, started now on a node held by `r`, leaves before the
+/// reserved job needs the room (or is that job).
+fn out_of_the_way(r: &Reservation, job: &Job, now_ms: u64) -> bool {
+    job.id == r.job || ends_by(job, now_ms).is_some_and(|end| end <= r.start_ms)
+}
+
 /// Whether `job` may start on a node held by `r` without delaying it.
 pub(crate) fn allows(r: &Reservation, job: &Job, now_ms: u64) -> bool {
-    job.id == r.job
-        || ends_by(job, now_ms).is_some_and(|end| end <= r.start_ms)
-        || job.spec.resources.fits_in(&r.spare)
+    out_of_the_way(r, job, now_ms) || job.spec.resources.fits_in(&r.spare)
 }
 
 /// Records that `job` started on a node held by `r`.
 pub(crate) fn consume(r: &mut Reservation, job: &Job, now_ms: u64) {
-    if job.id != r.job && ends_by(job, now_ms).is_none_or(|end| end > r.start_ms) {
+    if !out_of_the_way(r, job, now_ms) {
         r.spare = r.spare.saturating_sub(&job.spec.resources);
     }
 }
 
-/// This pass's reservations, in the order they were made.
-pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
+/// This pass's reservations, in the order they were made. `fits_now`
+/// answers whether a job fits on some ready node as the pass begins.
+pub(super) fn plan(
+    view: &View<'_>,
+    shares: &Shares,
+    fits_now: impl Fn(&Job) -> bool,
+) -> Vec<Reservation> {
     let now = view.now_ms;
     let mut oldest: BTreeMap<&MemberId, &Job> = BTreeMap::new();
     for job in view.pending_jobs() {
@@ -82,7 +89,9 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
     }
     let mut members: Vec<&MemberId> = oldest.keys().copied().collect();
     shares.sort_by_key(&mut members);
-    let mut pool: Option<Pool<'_>> = None;
+    // Only nodes where something is due to end can hold a job later; their
+    // timelines are built once, when the first job is examined.
+    let mut timed: Option<Vec<Timeline<'_>>> = None;
     let mut taken: BTreeSet<&NodeId> = BTreeSet::new();
     let mut out = Vec::new();
     let mut examined = 0;
@@ -103,15 +112,18 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
             continue;
         }
         examined += 1;
-        let pool = pool.get_or_insert_with(|| Pool::of(view, now));
         // A job that fits somewhere now needs no reservation: it is placed
         // in its member's turn (and a loan in its way is withdrawn).
-        if pool.fits_now(view, job) {
+        if fits_now(job) {
             continue;
         }
-        // Only a node where something ends can hold it later.
-        let best = pool
-            .timed
+        let timed = timed.get_or_insert_with(|| {
+            view.ready_nodes()
+                .map(|n| Timeline::of(view, n, now))
+                .filter(|tl| !tl.ends.is_empty())
+                .collect()
+        });
+        let best = timed
             .iter()
             .filter(|tl| !taken.contains(&tl.node.id))
             .filter_map(|tl| fits_at(view, tl, job, now).map(|(t, free)| (t, tl.node, free)))
@@ -129,38 +141,6 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
         }
     }
     out
-}
-
-/// The ready nodes as a pass begins: a search tree over their free room
-/// (does a job fit anywhere now?) and the timelines of those where
-/// something is due to end. Built once per pass, and only when some job
-/// is examined.
-struct Pool<'a> {
-    nodes: Vec<&'a Node>,
-    tree: FitTree,
-    timed: Vec<Timeline<'a>>,
-}
-
-impl<'a> Pool<'a> {
-    fn of(view: &View<'a>, now: u64) -> Self {
-        let nodes: Vec<&Node> = view.ready_nodes().collect();
-        let tree = FitTree::new(&nodes.iter().map(|n| n.free()).collect::<Vec<_>>());
-        let timed = nodes
-            .iter()
-            .map(|n| Timeline::of(view, n, now))
-            .filter(|tl| !tl.ends.is_empty())
-            .collect();
-        Self { nodes, tree, timed }
-    }
-
-    fn fits_now(&self, view: &View<'_>, job: &Job) -> bool {
-        self.tree
-            .find(&job.spec.resources, &mut |i| {
-                let node = self.nodes[i];
-                pick_gpus(node, job, &node.free(), &view.free_gpu_indices(node)).is_some()
-            })
-            .is_some()
-    }
 }
 
 /// What ends on a node, and when: allocations being stopped (now) and
@@ -209,9 +189,8 @@ fn fits_at(view: &View<'_>, tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u
     }
     let model = job.spec.gpu_model.as_deref();
     let min_mem = job.spec.gpu_min_memory_bytes;
-    let matching = |gpus: &[u32]| {
-        gpus.iter()
-            .filter(|&&i| node.gpu_matches(i, model, min_mem))
+    let matching = |gpus: &mut dyn Iterator<Item = &u32>| {
+        gpus.filter(|&&i| node.gpu_matches(i, model, min_mem))
             .count() as u32
     };
     let mut free = node.free();
@@ -219,8 +198,7 @@ fn fits_at(view: &View<'_>, tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u
     let mut gpus = if want.gpus == 0 {
         0
     } else {
-        let free_gpus: Vec<u32> = view.free_gpu_indices(node).into_iter().collect();
-        matching(&free_gpus)
+        matching(&mut view.free_gpu_indices(node).iter())
     };
     let fits = |free: &Resources, gpus: u32| want.fits_in(free) && gpus >= want.gpus;
     if fits(&free, gpus) {
@@ -229,7 +207,7 @@ fn fits_at(view: &View<'_>, tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u
     for &(end, _, resources, held) in &tl.ends {
         free = free.saturating_add(&resources);
         if want.gpus > 0 {
-            gpus += matching(held);
+            gpus += matching(&mut held.iter());
         }
         if fits(&free, gpus) {
             return Some((end, free));

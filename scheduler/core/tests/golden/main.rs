@@ -351,30 +351,31 @@ impl Scenario {
         out.join("\n")
     }
 
-    fn share(&self) -> String {
+    /// One line per member with demand.
+    fn per_member(&self, line: impl Fn(&coop_core::fairshare::MemberShare) -> String) -> String {
         let shares = self.state.shares();
         let lines: Vec<String> = shares
             .members
             .values()
             .filter(|m| m.has_demand())
-            .map(|m| {
-                format!(
-                    "{}: entitled {} (floor {} + contribution {}), dominant share {}, running {}, pending {}",
-                    m.member,
-                    pct(m.entitlement),
-                    pct(m.floor_part),
-                    pct(m.contribution_part),
-                    pct(m.dominant_share),
-                    m.running,
-                    m.pending
-                )
-            })
+            .map(line)
             .collect();
-        if lines.is_empty() {
-            "no member has demand".into()
-        } else {
-            lines.join("\n")
-        }
+        listing(lines, "no member has demand")
+    }
+
+    fn share(&self) -> String {
+        self.per_member(|m| {
+            format!(
+                "{}: entitled {} (floor {} + contribution {}), dominant share {}, running {}, pending {}",
+                m.member,
+                pct(m.entitlement),
+                pct(m.floor_part),
+                pct(m.contribution_part),
+                pct(m.dominant_share),
+                m.running,
+                m.pending
+            )
+        })
     }
 
     fn reservations(&self) -> String {
@@ -393,35 +394,20 @@ impl Scenario {
                 )
             })
             .collect();
-        if lines.is_empty() {
-            "none".into()
-        } else {
-            lines.join("\n")
-        }
+        listing(lines, "none")
     }
 
     fn keys(&self) -> String {
-        let shares = self.state.shares();
-        let lines: Vec<String> = shares
-            .members
-            .values()
-            .filter(|m| m.has_demand())
-            .map(|m| {
-                format!(
-                    "{}: key {:.3} = (dominant {} + usage_weight * usage share {}) / entitlement {}",
-                    m.member,
-                    m.key,
-                    pct(m.dominant_share),
-                    pct(m.usage_share),
-                    pct(m.entitlement),
-                )
-            })
-            .collect();
-        if lines.is_empty() {
-            "no member has demand".into()
-        } else {
-            lines.join("\n")
-        }
+        self.per_member(|m| {
+            format!(
+                "{}: key {:.3} = (dominant {} + usage_weight * usage share {}) / entitlement {}",
+                m.member,
+                m.key,
+                pct(m.dominant_share),
+                pct(m.usage_share),
+                pct(m.entitlement),
+            )
+        })
     }
 
     fn held(&self) -> String {
@@ -440,6 +426,15 @@ impl Scenario {
                 )
             })
             .collect();
+        lines.join("\n")
+    }
+}
+
+/// The lines, or what to say when there are none.
+fn listing(lines: Vec<String>, none: &str) -> String {
+    if lines.is_empty() {
+        none.into()
+    } else {
         lines.join("\n")
     }
 }

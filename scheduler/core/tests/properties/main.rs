@@ -21,6 +21,14 @@ fn founded(policy: Policy) -> ClusterState {
     s
 }
 
+/// A ready node of `capacity`, authorized and registered by "landlord", a
+/// member without demand.
+fn landlord_node(s: &mut ClusterState, node: &str, capacity: Resources) {
+    s.apply(&testkit::add_node("landlord", node, 0)).unwrap();
+    s.apply(&testkit::register(node, "landlord", capacity, 1, vec![], 0))
+        .unwrap();
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Register {
@@ -345,18 +353,7 @@ fn drf_setting(shapes: &[(u64, u64)]) -> ClusterState {
         usage_weight: 0.0,
         ..Policy::default()
     });
-    s.apply(&testkit::add_node("landlord", "big", 0))
-        .and_then(|_| {
-            s.apply(&testkit::register(
-                "big",
-                "landlord",
-                Resources::new(64_000, 256 << 30, 0),
-                1,
-                vec![],
-                0,
-            ))
-        })
-        .unwrap();
+    landlord_node(&mut s, "big", Resources::new(64_000, 256 << 30, 0));
     for (m, (cpu, mem_gib)) in shapes.iter().enumerate() {
         for j in 0..200 {
             let spec = JobSpec::command(
@@ -424,9 +421,7 @@ proptest! {
     #[test]
     fn floor_comes_back_within_one_grace_period(floor in 0.2f64..1.0, borrowers in 1..4usize, cores in 8..32u64) {
         let mut s = founded(Policy { floor, ..Policy::default() });
-        s.apply(&testkit::add_node("landlord", "n", 0))
-        .and_then(|_| s.apply(&testkit::register("n", "landlord", Resources::new(cores * 1000, 1024 << 30, 0), 1, vec![], 0)))
-        .unwrap();
+        landlord_node(&mut s, "n", Resources::new(cores * 1000, 1024 << 30, 0));
         let submit = |s: &mut ClusterState, member: &str, n: u64, preemptible: bool, now_ms: u64| {
             for j in 0..n {
                 let mut spec = JobSpec::command(vec!["x".into()], Resources::new(1000, 1 << 30, 0));
@@ -482,9 +477,7 @@ proptest! {
         let cores = held + idle;
         // Entitled to half the node: a claim within it.
         let ask = ask.min(cores / 2).max(1);
-        s.apply(&testkit::add_node("landlord", "n", 0))
-            .and_then(|_| s.apply(&testkit::register("n", "landlord", Resources::new(cores * 1000, 1024 << 30, 0), 1, vec![], 0)))
-            .unwrap();
+        landlord_node(&mut s, "n", Resources::new(cores * 1000, 1024 << 30, 0));
         for (j, c) in sizes.iter().enumerate() {
             let mut spec = JobSpec::command(vec!["x".into()], Resources::new(c * 1000, 1 << 30, 0));
             spec.preemptible = true;
@@ -534,18 +527,7 @@ fn reservation_setting(
     });
     for n in 0..nodes {
         let node = format!("n{n}");
-        s.apply(&testkit::add_node("landlord", &node, 0))
-            .and_then(|_| {
-                s.apply(&testkit::register(
-                    &node,
-                    "landlord",
-                    Resources::new(cores * 1000, 1024 << 30, 0),
-                    1,
-                    vec![],
-                    0,
-                ))
-            })
-            .unwrap();
+        landlord_node(&mut s, &node, Resources::new(cores * 1000, 1024 << 30, 0));
     }
     let submit = |s: &mut ClusterState,
                   member: &str,
