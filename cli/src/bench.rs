@@ -153,7 +153,7 @@ async fn latency(addr: &str, signer: &Signer, jobs: usize) -> Result<i32> {
         // Poll until the worker has reported the process started.
         let deadline = Instant::now() + Duration::from_secs(30);
         let job = loop {
-            let job = get_job(&client, reply.job_id).await?;
+            let job = get_job(&client, reply.job_id, true).await?;
             if job.started_at_ms > 0 {
                 break job;
             }

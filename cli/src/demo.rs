@@ -355,7 +355,10 @@ async fn appeal_act(client: &crate::client::Client, addr: &str, members: &Member
     for j in &jobs {
         let full = client
             .clone()
-            .get_job(coop_proto::api::GetJobRequest { job_id: j.id })
+            .get_job(coop_proto::api::GetJobRequest {
+                job_id: j.id,
+                brief: false,
+            })
             .await
             .map_err(crate::client::explain)?
             .into_inner();
@@ -701,7 +704,7 @@ async fn wait_state(
     let deadline = Instant::now() + limit;
     for id in jobs {
         loop {
-            let j = crate::cmd::jobs::get_job(client, *id).await?;
+            let j = crate::cmd::jobs::get_job(client, *id, true).await?;
             let now = job_state(j.state);
             if now == state || (state == "running" && now == "succeeded") {
                 break;

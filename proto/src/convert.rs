@@ -369,6 +369,15 @@ impl From<&core::Explanation> for api::Explanation {
             entitlement: e.entitlement,
             would_start: e.would_start.iter().map(ToString::to_string).collect(),
             policy_version: e.policy_version,
+            usage_share: e.usage_share,
+            key: if e.key.is_finite() { e.key } else { f64::MAX },
+            reserved_node: e
+                .reserved
+                .as_ref()
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_default(),
+            reserved_start_ms: e.reserved.as_ref().map(|(_, t)| *t).unwrap_or(0),
+            at_ms: e.at_ms,
         }
     }
 }

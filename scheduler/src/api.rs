@@ -323,10 +323,12 @@ impl Coop for CoopService {
             .state
             .job(id)
             .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
+        let detail = !request.get_ref().brief;
         Ok(Response::new(job_to_proto(
             &applied.state,
             job,
             Some(&reader),
+            detail,
         )))
     }
 
@@ -356,7 +358,7 @@ impl Coop for CoopService {
             .filter(|j| state_filter.is_none_or(|s| j.state() == s))
             .filter(|j| req.member.is_empty() || j.member.as_str() == req.member)
             .take(limit)
-            .map(|j| job_to_proto(&applied.state, j, None))
+            .map(|j| job_to_proto(&applied.state, j, None, false))
             .collect();
         Ok(Response::new(ListJobsResponse { jobs }))
     }

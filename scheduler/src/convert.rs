@@ -7,10 +7,14 @@ use coop_proto::convert::wire;
 use coop_proto::{api, worker};
 
 /// A job as `viewer` may see it: with detail (reasons, history, decisions)
-/// when one asks for this job; env values only for the job's own member,
-/// never in lists (`viewer` is `None` there).
-pub fn job_to_proto(state: &ClusterState, job: &Job, viewer: Option<&MemberId>) -> api::Job {
-    let with_detail = viewer.is_some();
+/// when asked for; env values only for the job's own member, never in
+/// lists (`viewer` is `None` there).
+pub fn job_to_proto(
+    state: &ClusterState,
+    job: &Job,
+    viewer: Option<&MemberId>,
+    with_detail: bool,
+) -> api::Job {
     let mut spec = api::JobSpec::from(&job.spec);
     if viewer != Some(&job.member) {
         spec.env.clear();

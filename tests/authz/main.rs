@@ -231,7 +231,13 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
         }
         "coop.api.v1.Coop/GetJob" => {
             coop()
-                .get_job(read(who, GetJobRequest { job_id: ctx.job }))
+                .get_job(read(
+                    who,
+                    GetJobRequest {
+                        job_id: ctx.job,
+                        brief: false,
+                    },
+                ))
                 .await?;
         }
         "coop.api.v1.Coop/ListJobs" => {

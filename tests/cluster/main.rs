@@ -244,7 +244,13 @@ async fn a_job_runs_to_completion_and_its_logs_are_served() {
         .await
         .unwrap_err();
     assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage}");
-    let unknown = c.get_job(GetJobRequest { job_id: 999 }).await.unwrap_err();
+    let unknown = c
+        .get_job(GetJobRequest {
+            job_id: 999,
+            brief: false,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     let again = c.init_cluster(InitClusterRequest {}).await.unwrap_err();
     assert!(again.message().contains("already initialized"), "{again}");

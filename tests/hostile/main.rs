@@ -161,7 +161,10 @@ async fn cancels_of_unknown_or_foreign_jobs_write_nothing() {
     );
     let job = c
         .clone()
-        .get_job(coop_proto::api::GetJobRequest { job_id: 1 })
+        .get_job(coop_proto::api::GetJobRequest {
+            job_id: 1,
+            brief: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -227,7 +230,10 @@ async fn reads_are_authenticated_and_private_data_stays_private() {
     )
     .await
     .unwrap();
-    let get = coop_proto::api::GetJobRequest { job_id: id };
+    let get = coop_proto::api::GetJobRequest {
+        job_id: id,
+        brief: false,
+    };
     for anonymous in [
         coop_e2e::client_as(&addrs[1], None),
         coop_e2e::client_as(&addrs[1], Some("mallory")),
@@ -304,7 +310,10 @@ async fn a_verified_read_credential_cannot_be_claimed_by_another_member() {
         .as_millis() as u64;
     let auth = coop_core::testkit::read("ana", now);
     let ask = |member: &str| {
-        let mut req = tonic::Request::new(coop_proto::api::GetJobRequest { job_id: id });
+        let mut req = tonic::Request::new(coop_proto::api::GetJobRequest {
+            job_id: id,
+            brief: false,
+        });
         coop_proto::read_auth::attach(req.metadata_mut(), &coop_core::MemberId::new(member), &auth);
         let mut c = plain.clone();
         async move { c.get_job(req).await }

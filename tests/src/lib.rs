@@ -435,7 +435,10 @@ pub async fn job(addrs: &[String], id: u64) -> coop_proto::api::Job {
     let mut i = 0;
     loop {
         match client(&addrs[i % addrs.len()])
-            .get_job(coop_proto::api::GetJobRequest { job_id: id })
+            .get_job(coop_proto::api::GetJobRequest {
+                job_id: id,
+                brief: false,
+            })
             .await
         {
             Ok(r) => return r.into_inner(),

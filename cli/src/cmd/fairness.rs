@@ -20,6 +20,11 @@ pub async fn why(addr: &str, fmt: Format, job: u64) -> Result<i32> {
             "reasons": e.reasons.iter().map(|r| json!({"code": r.code, "text": r.text})).collect::<Vec<_>>(),
             "queue_position": e.queue_position, "queue_length": e.queue_length,
             "dominant_share": e.dominant_share, "entitlement": e.entitlement,
+            "usage_share": e.usage_share, "key": e.key,
+            "reserved": (!e.reserved_node.is_empty()).then(|| json!({
+                "node": e.reserved_node,
+                "expected_start_in_ms": e.reserved_start_ms.saturating_sub(e.at_ms),
+            })),
             "would_start": e.would_start, "policy_version": e.policy_version,
         }));
         return Ok(0);
@@ -42,17 +47,29 @@ pub async fn why(addr: &str, fmt: Format, job: u64) -> Result<i32> {
         e.queue_position, e.queue_length, e.member
     );
     println!(
-        "  share      {} has {} of the pool (dominant share); entitled to {}",
+        "  share      {} has {} of the pool (dominant share); entitled to {}; decayed usage {}; key {:.3} (lower is served first)",
         e.member,
         pct(e.dominant_share),
-        pct(e.entitlement)
+        pct(e.entitlement),
+        pct(e.usage_share),
+        e.key
     );
+    if !e.reserved_node.is_empty() {
+        println!(
+            "  reserved   room on {} is held for it; expected to start in {} s",
+            e.reserved_node,
+            e.reserved_start_ms.saturating_sub(e.at_ms).div_ceil(1000)
+        );
+    }
     println!("  because:");
     for r in &e.reasons {
         println!("    - {}", r.text);
     }
-    if !e.would_start.is_empty() {
-        println!("  it starts when:");
+    let next_pass = e.reasons.iter().any(|r| r.code == "room_free_now");
+    if e.would_start.is_empty() && !next_pass {
+        println!("  it starts when: no single change to the running jobs lets the next pass place it (see the reasons)");
+    } else if !e.would_start.is_empty() {
+        println!("  it starts when (any one of these; each checked by running the scheduling pass with it):");
         for w in &e.would_start {
             println!("    - {w}");
         }

@@ -27,9 +27,11 @@ pub async fn submit_one(
     call(client, req, |mut c, req| async move { c.submit(req).await }).await
 }
 
-pub async fn get_job(client: &Client, job: u64) -> Result<Job> {
+/// A job; `brief` leaves out the reasons, history and decisions (for
+/// polling: the reasons run the allocator's pass on the leader).
+pub async fn get_job(client: &Client, job: u64, brief: bool) -> Result<Job> {
     call(client, (), |mut c, ()| async move {
-        c.get_job(GetJobRequest { job_id: job }).await
+        c.get_job(GetJobRequest { job_id: job, brief }).await
     })
     .await
 }
@@ -83,15 +85,20 @@ pub async fn wait_for(client: &Client, job_id: u64, show: bool) -> Result<Job> {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    // The reasons run the allocator's pass on the leader: the spinner asks
+    // for them every 20th poll (2 s), not every 100 ms.
+    let mut reason = String::new();
+    let mut poll = 0u64;
     loop {
-        let job = get_job(client, job_id).await?;
+        let brief = !(show && poll.is_multiple_of(20));
+        poll += 1;
+        let job = get_job(client, job_id, brief).await?;
         let state = job_state(job.state);
+        if let Some(r) = job.pending_reasons.first() {
+            reason = r.text.clone();
+        }
         let detail = match state {
-            "pending" => job
-                .pending_reasons
-                .first()
-                .map(|r| r.text.clone())
-                .unwrap_or_default(),
+            "pending" => reason.clone(),
             "assigned" | "running" => format!("on {}", job.node),
             _ => String::new(),
         };
@@ -106,7 +113,7 @@ pub async fn wait_for(client: &Client, job_id: u64, show: bool) -> Result<Job> {
 
 pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
     let client = connect(addr).await?;
-    let j = get_job(&client, job).await?;
+    let j = get_job(&client, job, false).await?;
     if fmt == Format::Json {
         print_json(&job_json(&j));
         return Ok(0);

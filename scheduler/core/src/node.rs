@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Impossible;
 use crate::ids::{AllocId, MemberId, NodeId};
+use crate::job::JobSpec;
 use crate::resources::Resources;
 
 /// The most one node may offer: 4,096 cores, 64 TiB and 256 GPUs. A
@@ -155,4 +157,32 @@ impl Node {
             .filter(|g| g.matches(model, min_memory))
             .count()
     }
+}
+
+/// Why none of `nodes` can ever hold a job of this spec, even idle; `None`
+/// if one can. Every constraint must hold on one node: a node with the
+/// GPUs and another with the cores do not make a place the job can run.
+pub fn never_fits<'a>(
+    spec: &JobSpec,
+    nodes: impl Iterator<Item = &'a Node> + Clone,
+) -> Option<Impossible> {
+    let want = spec.resources;
+    let model = spec.gpu_model.as_deref();
+    let min_mem = spec.gpu_min_memory_bytes;
+    let gpus_match = |n: &Node| n.matching_gpus(model, min_mem) >= want.gpus as usize;
+    let mut all = nodes.clone();
+    if all.any(|n| want.fits_in(&n.capacity) && gpus_match(n)) {
+        return None;
+    }
+    if spec.has_gpu_constraints() && !nodes.clone().any(gpus_match) {
+        return Some(Impossible::NoMatchingGpus { gpus: want.gpus });
+    }
+    if spec.has_gpu_constraints() && nodes.clone().any(|n| want.fits_in(&n.capacity)) {
+        return Some(Impossible::NoNodeHasAll { want });
+    }
+    let largest = nodes
+        .map(|n| n.capacity)
+        .max_by_key(|c| (c.gpus, c.cpu_millis, c.memory_bytes))
+        .unwrap_or_default();
+    Some(Impossible::NoNodeLargeEnough { want, largest })
 }

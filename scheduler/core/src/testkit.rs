@@ -190,10 +190,22 @@ pub fn finished(
     result: Option<JobResult>,
     now_ms: u64,
 ) -> Command {
+    finished_in(alloc, node, 1, exit, result, now_ms)
+}
+
+/// The same from the node's given incarnation.
+pub fn finished_in(
+    alloc: AllocId,
+    node: &NodeId,
+    incarnation: u64,
+    exit: ExitStatus,
+    result: Option<JobResult>,
+    now_ms: u64,
+) -> Command {
     let auth = node_secret(node.as_str()).sign_node_report(
         CLUSTER,
         node,
-        1,
+        incarnation,
         now_ms,
         &NodeReport::Finished {
             alloc,
@@ -207,7 +219,7 @@ pub fn finished(
         exit,
         now_ms,
         result,
-        incarnation: 1,
+        incarnation,
         auth,
     }
 }

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::alloc::AllocState;
+use crate::alloc::{AllocState, Allocation};
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::Job;
 use crate::node::Node;
@@ -143,6 +143,18 @@ pub(super) fn plan(
     out
 }
 
+/// When an allocation is expected to end at the latest: now if it is being
+/// stopped, else its start plus its job's timeout; `None` without one.
+pub(crate) fn expected_end(view: &View<'_>, a: &Allocation, now: u64) -> Option<u64> {
+    if a.state == AllocState::Stopping {
+        return Some(now);
+    }
+    let j = view.jobs.get(&a.job)?;
+    let started = j.started_at_ms.unwrap_or(now);
+    let end = started.saturating_add(j.spec.timeout_secs?.saturating_mul(1000));
+    Some(end.max(now))
+}
+
 /// What ends on a node, and when: allocations being stopped (now) and
 /// those whose job has a timeout (its start + the timeout), soonest first.
 /// Built once per pass; allocations without a timeout never end here.
@@ -156,14 +168,7 @@ impl<'a> Timeline<'a> {
         let mut ends: Vec<(u64, AllocId, Resources, &'a [u32])> = view
             .node_allocs(node)
             .filter_map(|a| {
-                let end = if a.state == AllocState::Stopping {
-                    now
-                } else {
-                    let j = view.jobs.get(&a.job)?;
-                    let started = j.started_at_ms.unwrap_or(now);
-                    let end = started.saturating_add(j.spec.timeout_secs?.saturating_mul(1000));
-                    end.max(now)
-                };
+                let end = expected_end(view, a, now)?;
                 Some((end, a.id, a.resources, a.gpu_indices.as_slice()))
             })
             .collect();

@@ -6,7 +6,6 @@ use crate::error::{CoreError, Impossible, MAX_REQUEST_ID_LEN};
 use crate::identity::{self, Auth, AuthError, MemberRequest, NodeReport, PublicKey};
 use crate::ids::{JobId, MemberId, NodeId};
 use crate::job::{EnvSalt, JobSpec};
-use crate::node::Node;
 
 use super::ClusterState;
 
@@ -251,31 +250,10 @@ impl ClusterState {
         if self.nodes.is_empty() {
             return Ok(None);
         }
-        // Every constraint must hold on one node: a node with the GPUs and
-        // another with the cores do not make a place the job can run.
-        let model = spec.gpu_model.as_deref();
-        let min_mem = spec.gpu_min_memory_bytes;
-        let gpus_match = |n: &Node| n.matching_gpus(model, min_mem) >= want.gpus as usize;
-        if self
-            .nodes
-            .values()
-            .any(|n| want.fits_in(&n.capacity) && gpus_match(n))
-        {
-            return Ok(None);
+        match crate::node::never_fits(spec, self.nodes.values()) {
+            Some(why) => Err(why.into()),
+            None => Ok(None),
         }
-        if spec.has_gpu_constraints() && !self.nodes.values().any(gpus_match) {
-            return Err(Impossible::NoMatchingGpus { gpus: want.gpus }.into());
-        }
-        if spec.has_gpu_constraints() && self.nodes.values().any(|n| want.fits_in(&n.capacity)) {
-            return Err(Impossible::NoNodeHasAll { want }.into());
-        }
-        let largest = self
-            .nodes
-            .values()
-            .map(|n| n.capacity)
-            .max_by_key(|c| (c.gpus, c.cpu_millis, c.memory_bytes))
-            .unwrap_or_default();
-        Err(Impossible::NoNodeLargeEnough { want, largest }.into())
     }
 
     /// Checks a cancel without applying it: the job exists, is the member's

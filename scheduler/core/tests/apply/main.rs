@@ -154,8 +154,11 @@ fn drf_serves_the_member_with_the_lower_dominant_share_first() {
     );
     assert_eq!(s.jobs()[&JobId(2)].state(), JobState::Pending);
     let reasons = s.pending_reasons(JobId(2));
+    // ana already holds the whole GPU share: this job would take it past
+    // its entitlement, and both nodes are full.
     assert!(
-        matches!(reasons[0], PendingReason::NodesBusy { .. }),
+        matches!(reasons[0], PendingReason::AboveEntitlement { .. })
+            && matches!(reasons[1], PendingReason::NodesBusy { .. }),
         "{reasons:?}"
     );
     // Nothing changes on a second pass.

@@ -195,8 +195,13 @@ fn to_command(state: &ClusterState, op: &Op, now_ms: u64) -> Command {
 /// Applies the ops, checking the invariants after every step; returns the
 /// commands it applied so the run can be replayed.
 fn run(ops: &[Op]) -> (ClusterState, Vec<Command>) {
+    run_under(Policy::default(), ops)
+}
+
+/// The same under `policy`.
+fn run_under(policy: Policy, ops: &[Op]) -> (ClusterState, Vec<Command>) {
     let mut state = ClusterState::new();
-    let genesis = testkit::genesis(MEMBERS, Policy::default(), 0);
+    let genesis = testkit::genesis(MEMBERS, policy, 0);
     state.apply(&genesis).unwrap();
     let mut log = vec![genesis];
     // Every node the ops can name is authorized by its owner up front.
@@ -625,6 +630,190 @@ proptest! {
                 beside.fits_in(&r.spare),
                 "jobs running past {} ms on {} take {} beside job {}, spare {}", r.start_ms, r.node, beside, r.job, r.spare
             );
+        }
+    }
+}
+
+/// Makes a `why` change through real commands: each ended allocation's
+/// node reports it ended (a success, or a preempted job's stop), and a
+/// joining node is authorized by its member and registers.
+fn make(s: &mut ClusterState, change: &WouldStart) {
+    let now = s.now_ms();
+    for id in change.ended() {
+        let a = s.allocs()[id].clone();
+        let incarnation = s.nodes()[&a.node].incarnation;
+        let exit = ExitStatus {
+            code: Some(0),
+            signal: None,
+            error: String::new(),
+        };
+        s.apply(&testkit::finished_in(
+            a.id,
+            &a.node,
+            incarnation,
+            exit,
+            None,
+            now,
+        ))
+        .unwrap();
+    }
+    if let WouldStart::NodeJoins { member, ask } = change {
+        // The name `why` gives the joining node (node order is by id).
+        let node = "a-new-node";
+        let gpus = (0..ask.resources.gpus)
+            .map(|index| GpuInfo {
+                index,
+                model: ask.gpu_model.clone().unwrap_or_default(),
+                memory_bytes: ask.gpu_min_memory_bytes.unwrap_or(0),
+                ..GpuInfo::default()
+            })
+            .collect();
+        s.apply(&testkit::add_node(member.as_str(), node, now))
+            .unwrap();
+        s.apply(&testkit::register(
+            node,
+            member.as_str(),
+            ask.resources,
+            1,
+            gpus,
+            now,
+        ))
+        .unwrap();
+    }
+}
+
+/// Whether a scheduling pass applied now places the job.
+fn placed_next_pass(s: &ClusterState, job: JobId) -> bool {
+    let mut s = s.clone();
+    let now_ms = s.now_ms();
+    match s.apply(&Command::Schedule { now_ms }) {
+        Ok(Outcome::Scheduled { placements, .. }) => placements.iter().any(|p| p.job == job),
+        _ => false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// `why` is computed, not guessed: each "it starts when" change, made
+    /// through real commands, lets the allocator's pass place the job, and
+    /// "placed at the next pass" is said only of a job the pass places.
+    #[test]
+    fn every_would_start_change_places_the_job(
+        ops in proptest::collection::vec(op(), 1..100),
+        capped in any::<bool>(),
+    ) {
+        let policy = Policy {
+            member_cap: capped.then_some(0.5),
+            ..Policy::default()
+        };
+        let (state, _) = run_under(policy, &ops);
+        for job in state.pending().iter().copied().take(8) {
+            let e = state.explain(job).unwrap();
+            let next_pass = e.reasons.iter().any(|r| matches!(r, PendingReason::PlacedNextPass { .. }));
+            prop_assert_eq!(next_pass, placed_next_pass(&state, job), "{:?}", e);
+            for change in &e.would_start {
+                let mut s = state.clone();
+                make(&mut s, change);
+                prop_assert!(placed_next_pass(&s, job), "{} does not place job {}: {:?}", change, job, e);
+            }
+        }
+    }
+}
+
+/// A job of `cpu` cores for `member` in the contention setting.
+type Ask = (u8, u64, bool, Option<u64>);
+
+/// Landlord nodes filled by b0 and b1 (jobs of 1-4 cores, some
+/// preemptible, some with timeouts), then later demand from b0, b1 and
+/// newcomer, and one pass (reclaim may preempt: its victims are left
+/// stopping). Under a cap of one half when `capped`.
+fn contention_setting(
+    nodes: usize,
+    cores: u64,
+    fill: &[Ask],
+    late: &[Ask],
+    capped: bool,
+) -> ClusterState {
+    let mut s = founded(Policy {
+        floor: 0.5,
+        member_cap: capped.then_some(0.5),
+        ..Policy::default()
+    });
+    for n in 0..nodes {
+        landlord_node(
+            &mut s,
+            &format!("n{n}"),
+            Resources::new(cores * 1000, 1024 << 30, 0),
+        );
+    }
+    let who = ["b0", "b1", "newcomer"];
+    let submit =
+        |s: &mut ClusterState, tag: String, (m, cpu, preemptible, timeout): Ask, now_ms: u64| {
+            let mut spec =
+                JobSpec::command(vec!["x".into()], Resources::new(cpu * 1000, 1 << 30, 0));
+            spec.preemptible = preemptible;
+            spec.timeout_secs = timeout;
+            // An ask the pool refuses (too large) is simply not queued.
+            let _ = s.apply(&testkit::submit(who[m as usize % 3], &tag, spec, now_ms));
+        };
+    for (j, ask) in fill.iter().enumerate() {
+        submit(
+            &mut s,
+            format!("f{j}"),
+            (ask.0 % 2, ask.1, ask.2, ask.3),
+            1_000,
+        );
+    }
+    s.apply(&Command::Schedule { now_ms: 1_000 }).unwrap();
+    let allocs: Vec<(AllocId, NodeId)> = s
+        .allocs()
+        .values()
+        .map(|a| (a.id, a.node.clone()))
+        .collect();
+    for (a, node) in allocs {
+        s.apply(&testkit::started(a, &node, 1_000)).unwrap();
+    }
+    for (j, ask) in late.iter().enumerate() {
+        submit(&mut s, format!("l{j}"), *ask, 2_000);
+    }
+    s.apply(&Command::Schedule { now_ms: 2_000 }).unwrap();
+    s
+}
+
+fn contention_ask() -> impl Strategy<Value = Ask> {
+    (
+        0..3u8,
+        1..5u64,
+        any::<bool>(),
+        proptest::option::weighted(0.5, 1..300u64),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The same under contention, where reclaim, reservations, the cap and
+    /// the members' order all decide: every "it starts when" change, made
+    /// through real commands, lets the allocator's pass place the job.
+    #[test]
+    fn why_changes_place_the_job_under_contention(
+        nodes in 1..3usize,
+        cores in 2..8u64,
+        fill in proptest::collection::vec(contention_ask(), 1..16),
+        late in proptest::collection::vec(contention_ask(), 1..10),
+        capped in any::<bool>(),
+    ) {
+        let state = contention_setting(nodes, cores, &fill, &late, capped);
+        for job in state.pending().iter().copied() {
+            let e = state.explain(job).unwrap();
+            let next_pass = e.reasons.iter().any(|r| matches!(r, PendingReason::PlacedNextPass { .. }));
+            prop_assert_eq!(next_pass, placed_next_pass(&state, job), "{:?}", e);
+            for change in &e.would_start {
+                let mut s = state.clone();
+                make(&mut s, change);
+                prop_assert!(placed_next_pass(&s, job), "{} does not place job {}: {:?}", change, job, e);
+            }
         }
     }
 }
