@@ -32,6 +32,24 @@ impl CoopService {
         }
     }
 
+    /// Runs a query that runs the allocator's pass (`why`, a job's
+    /// reasons). On a state large enough that a pass takes long it runs on
+    /// a copy, off the async threads, so the apply path (and the Raft
+    /// heartbeats behind it) never waits for it.
+    async fn on_state<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&coop_core::ClusterState) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let sm = self.shared.node.state_machine();
+        if !sm.long_pass() {
+            return Ok(query(&sm.read().state));
+        }
+        let state = sm.read().state.clone();
+        tokio::task::spawn_blocking(move || query(&state))
+            .await
+            .map_err(|e| Status::internal(format!("query: {e}")))
+    }
+
     /// The member a read is from: its credential must verify against the
     /// member's key. What makes the pool transparent any member may read;
     /// a job's env, logs and outputs only its own member.
@@ -173,10 +191,9 @@ impl Coop for CoopService {
         self.reader(&request)?;
         self.shared.read_barrier().await?;
         let id = JobId(request.get_ref().job_id);
-        let applied = self.shared.node.state_machine().read();
-        let e = applied
-            .state
-            .explain(id)
+        let e = self
+            .on_state(move |state| state.explain(id))
+            .await?
             .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
         Ok(Response::new(Explanation::from(&e)))
     }
@@ -318,18 +335,24 @@ impl Coop for CoopService {
         let reader = self.reader(&request)?;
         self.shared.read_barrier().await?;
         let id = JobId(request.get_ref().job_id);
-        let applied = self.shared.node.state_machine().read();
-        let job = applied
-            .state
-            .job(id)
-            .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
         let detail = !request.get_ref().brief;
-        Ok(Response::new(job_to_proto(
-            &applied.state,
-            job,
-            Some(&reader),
-            detail,
-        )))
+        let job = if detail {
+            // The reasons run the allocator's pass.
+            self.on_state(move |state| {
+                state
+                    .job(id)
+                    .map(|job| job_to_proto(state, job, Some(&reader), true))
+            })
+            .await?
+        } else {
+            let applied = self.shared.node.state_machine().read();
+            let state = &applied.state;
+            state
+                .job(id)
+                .map(|job| job_to_proto(state, job, Some(&reader), false))
+        };
+        job.map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("unknown job {id}")))
     }
 
     async fn list_jobs(

@@ -105,6 +105,18 @@ fn bench(c: &mut Criterion) {
     group.bench_function("plan: 100k pending on a full pool", |b| {
         b.iter(|| applied.plan())
     });
+    // `coop why` for the oldest waiting job on the full pool: the pass it
+    // reads its reasons off, plus one pass per change it tries.
+    let oldest = *applied.pending().first().expect("jobs still wait");
+    let e = applied.explain(oldest).expect("a known job");
+    println!(
+        "why job {oldest}: {} reasons, {} changes that place it",
+        e.reasons.len(),
+        e.would_start.len()
+    );
+    group.bench_function("why: the oldest waiting job on a full pool", |b| {
+        b.iter(|| applied.explain(oldest))
+    });
     for pending in [25_000usize, 50_000] {
         let smaller = cluster(10_000, 1_000, pending);
         group.bench_function(

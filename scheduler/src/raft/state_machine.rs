@@ -192,8 +192,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl StateMachine {
-    /// Whether the next pass is large enough to plan on a copy.
-    fn long_pass(&self) -> bool {
+    /// Whether the next pass is large enough to plan on a copy (queries
+    /// that run the allocator, such as `why`, use the same measure).
+    pub fn long_pass(&self) -> bool {
         let applied = self.read();
         let state = &applied.state;
         state.pending().len() * state.ready_nodes().max(1) >= self.copy_pass_from
