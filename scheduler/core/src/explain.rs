@@ -74,6 +74,20 @@ impl Ask {
     }
 }
 
+impl Ask {
+    /// The GPUs of a node made to hold this ask: its model and memory.
+    pub fn gpu_inventory(&self) -> Vec<GpuInfo> {
+        (0..self.resources.gpus)
+            .map(|index| GpuInfo {
+                index,
+                model: self.gpu_model.clone().unwrap_or_default(),
+                memory_bytes: self.gpu_min_memory_bytes.unwrap_or(0),
+                ..GpuInfo::default()
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for Ask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.resources)?;
@@ -755,16 +769,12 @@ impl<'a> Case<'_, 'a> {
         let view = self.view;
         let mut allocs: Vec<&Allocation> = view.node_allocs(node).collect();
         self.by_end(&mut allocs);
-        let model = self.job.spec.gpu_model.as_deref();
-        let min_mem = self.job.spec.gpu_min_memory_bytes;
         let want = self.job.spec.resources;
         let mut free = node.free();
         let mut gpus = view
             .free_gpu_indices(node)
             .iter()
-            .filter(|i| {
-                node.gpu_matches(**i, model, min_mem) || !self.job.spec.has_gpu_constraints()
-            })
+            .filter(|i| usable_gpu(node, self.job, **i))
             .count();
         let mut out = Vec::new();
         for a in allocs {
@@ -775,9 +785,7 @@ impl<'a> Case<'_, 'a> {
             gpus += a
                 .gpu_indices
                 .iter()
-                .filter(|i| {
-                    node.gpu_matches(**i, model, min_mem) || !self.job.spec.has_gpu_constraints()
-                })
+                .filter(|i| usable_gpu(node, self.job, **i))
                 .count();
             out.push(a);
         }
@@ -880,15 +888,25 @@ fn can_hold(node: &Node, job: &Job) -> bool {
             >= want.gpus as usize
 }
 
+/// Whether GPU `index` of the node may be given to the job (as the pass
+/// picks them: any GPU for a job without constraints).
+fn usable_gpu(node: &Node, job: &Job, index: u32) -> bool {
+    !job.spec.has_gpu_constraints()
+        || node.gpu_matches(
+            index,
+            job.spec.gpu_model.as_deref(),
+            job.spec.gpu_min_memory_bytes,
+        )
+}
+
 /// Whether the job fits in what is free on the node now.
 fn fits_free(view: &View<'_>, node: &Node, job: &Job) -> bool {
     let want = job.spec.resources;
-    let (model, min_mem) = (job.spec.gpu_model.as_deref(), job.spec.gpu_min_memory_bytes);
     want.fits_in(&node.free())
         && view
             .free_gpu_indices(node)
             .iter()
-            .filter(|i| node.gpu_matches(**i, model, min_mem) || !job.spec.has_gpu_constraints())
+            .filter(|i| usable_gpu(node, job, **i))
             .count()
             >= want.gpus as usize
 }
@@ -943,14 +961,7 @@ impl Changed {
                 0,
                 view.now_ms,
             );
-            node.gpus = (0..ask.resources.gpus)
-                .map(|index| GpuInfo {
-                    index,
-                    model: ask.gpu_model.clone().unwrap_or_default(),
-                    memory_bytes: ask.gpu_min_memory_bytes.unwrap_or(0),
-                    ..GpuInfo::default()
-                })
-                .collect();
+            node.gpus = ask.gpu_inventory();
             c.nodes.insert(id, node);
         }
         c

@@ -660,14 +660,7 @@ fn make(s: &mut ClusterState, change: &WouldStart) {
     if let WouldStart::NodeJoins { member, ask } = change {
         // The name `why` gives the joining node (node order is by id).
         let node = "a-new-node";
-        let gpus = (0..ask.resources.gpus)
-            .map(|index| GpuInfo {
-                index,
-                model: ask.gpu_model.clone().unwrap_or_default(),
-                memory_bytes: ask.gpu_min_memory_bytes.unwrap_or(0),
-                ..GpuInfo::default()
-            })
-            .collect();
+        let gpus = ask.gpu_inventory();
         s.apply(&testkit::add_node(member.as_str(), node, now))
             .unwrap();
         s.apply(&testkit::register(
