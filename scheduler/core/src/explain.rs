@@ -561,7 +561,8 @@ impl<'a> Case<'_, 'a> {
         let pool = self.shares.pool;
         let job_share = share_of(&job.spec.resources, &pool);
         let after = add(&self.me.share, &job_share);
-        if over_cap(view.policy, &after) {
+        let capped = over_cap(view.policy, &after);
+        if capped {
             e.reasons.push(PendingReason::MemberCap {
                 member: job.member.clone(),
                 dominant_share: self.me.dominant_share,
@@ -586,7 +587,11 @@ impl<'a> Case<'_, 'a> {
                 in_secs: secs_until(view.now_ms, r.start_ms),
             });
         }
-        let holders: Vec<&'a Node> = ready.iter().copied().filter(|n| can_hold(n, job)).collect();
+        let holders: Vec<&'a Node> = ready
+            .iter()
+            .copied()
+            .filter(|n| n.can_ever_hold(&job.spec))
+            .collect();
         let fits_now: Vec<&Node> = holders
             .iter()
             .copied()
@@ -621,7 +626,7 @@ impl<'a> Case<'_, 'a> {
         if fits_now.is_empty() {
             self.node_frees(&holders, e);
         }
-        if !within || over_cap(view.policy, &after) || !fits_now.is_empty() {
+        if !within || capped || !fits_now.is_empty() {
             self.share_falls(e);
         }
     }
@@ -769,27 +774,21 @@ impl<'a> Case<'_, 'a> {
         let view = self.view;
         let mut allocs: Vec<&Allocation> = view.node_allocs(node).collect();
         self.by_end(&mut allocs);
-        let want = self.job.spec.resources;
         let mut free = node.free();
-        let mut gpus = view
-            .free_gpu_indices(node)
-            .iter()
-            .filter(|i| usable_gpu(node, self.job, **i))
-            .count();
+        let mut free_gpus = view.free_gpu_indices(node);
+        let fits = |free: &Resources, gpus: &BTreeSet<u32>| {
+            fairshare::pick_gpus(node, self.job, free, gpus).is_some()
+        };
         let mut out = Vec::new();
         for a in allocs {
-            if want.fits_in(&free) && gpus >= want.gpus as usize {
+            if fits(&free, &free_gpus) {
                 break;
             }
             free = free.saturating_add(&a.resources);
-            gpus += a
-                .gpu_indices
-                .iter()
-                .filter(|i| usable_gpu(node, self.job, **i))
-                .count();
+            free_gpus.extend(a.gpu_indices.iter().copied());
             out.push(a);
         }
-        (want.fits_in(&free) && gpus >= want.gpus as usize).then_some(out)
+        fits(&free, &free_gpus).then_some(out)
     }
 
     /// Orders allocations by when they are expected to end (soonest
@@ -880,35 +879,10 @@ impl<'a> Case<'_, 'a> {
     }
 }
 
-/// Whether the node could hold the job when idle.
-fn can_hold(node: &Node, job: &Job) -> bool {
-    let want = job.spec.resources;
-    want.fits_in(&node.capacity)
-        && node.matching_gpus(job.spec.gpu_model.as_deref(), job.spec.gpu_min_memory_bytes)
-            >= want.gpus as usize
-}
-
-/// Whether GPU `index` of the node may be given to the job (as the pass
-/// picks them: any GPU for a job without constraints).
-fn usable_gpu(node: &Node, job: &Job, index: u32) -> bool {
-    !job.spec.has_gpu_constraints()
-        || node.gpu_matches(
-            index,
-            job.spec.gpu_model.as_deref(),
-            job.spec.gpu_min_memory_bytes,
-        )
-}
-
-/// Whether the job fits in what is free on the node now.
+/// Whether the job fits in what is free on the node now, GPUs picked as
+/// the pass picks them.
 fn fits_free(view: &View<'_>, node: &Node, job: &Job) -> bool {
-    let want = job.spec.resources;
-    want.fits_in(&node.free())
-        && view
-            .free_gpu_indices(node)
-            .iter()
-            .filter(|i| usable_gpu(node, job, **i))
-            .count()
-            >= want.gpus as usize
+    fairshare::pick_gpus(node, job, &node.free(), &view.free_gpu_indices(node)).is_some()
 }
 
 fn secs_until(now: u64, t: u64) -> u64 {

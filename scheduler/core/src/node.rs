@@ -150,6 +150,15 @@ impl Node {
             .is_some_and(|g| g.matches(model, min_memory))
     }
 
+    /// Whether this node, idle, could hold a job of this spec: every
+    /// constraint on this one node.
+    pub fn can_ever_hold(&self, spec: &JobSpec) -> bool {
+        let want = spec.resources;
+        want.fits_in(&self.capacity)
+            && self.matching_gpus(spec.gpu_model.as_deref(), spec.gpu_min_memory_bytes)
+                >= want.gpus as usize
+    }
+
     /// How many of this node's GPUs meet a job's constraints.
     pub fn matching_gpus(&self, model: Option<&str>, min_memory: Option<u64>) -> usize {
         self.gpus
@@ -170,8 +179,7 @@ pub fn never_fits<'a>(
     let model = spec.gpu_model.as_deref();
     let min_mem = spec.gpu_min_memory_bytes;
     let gpus_match = |n: &Node| n.matching_gpus(model, min_mem) >= want.gpus as usize;
-    let mut all = nodes.clone();
-    if all.any(|n| want.fits_in(&n.capacity) && gpus_match(n)) {
+    if nodes.clone().any(|n| n.can_ever_hold(spec)) {
         return None;
     }
     if spec.has_gpu_constraints() && !nodes.clone().any(gpus_match) {

@@ -33,6 +33,7 @@ use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::view::View;
 
+pub(crate) use pass::pick_gpus;
 pub(crate) use reserve::{allows as reservation_allows, expected_end};
 pub use reserve::{earliest_fit, Reservation, MAX_EXAMINED};
 pub use shares::{compute_shares, compute_shares_at, MemberShare, Shares};

@@ -36,7 +36,7 @@ impl Room<'_> {
 }
 
 /// The GPU indices a job would get on `node` given what is free there.
-pub(super) fn pick_gpus(
+pub(crate) fn pick_gpus(
     node: &Node,
     job: &Job,
     free: &Resources,

@@ -685,6 +685,30 @@ fn placed_next_pass(s: &ClusterState, job: JobId) -> bool {
     }
 }
 
+/// `why`'s claims about a pending job hold: "placed at the next pass"
+/// exactly when a pass applied now places it, and each change, made
+/// through real commands, lets a pass place it.
+fn why_holds(state: &ClusterState, job: JobId) -> Result<(), TestCaseError> {
+    let e = state.explain(job).unwrap();
+    let next_pass = e
+        .reasons
+        .iter()
+        .any(|r| matches!(r, PendingReason::PlacedNextPass { .. }));
+    prop_assert_eq!(next_pass, placed_next_pass(state, job), "{:?}", e);
+    for change in &e.would_start {
+        let mut s = state.clone();
+        make(&mut s, change);
+        prop_assert!(
+            placed_next_pass(&s, job),
+            "{} does not place job {}: {:?}",
+            change,
+            job,
+            e
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
@@ -702,14 +726,7 @@ proptest! {
         };
         let (state, _) = run_under(policy, &ops);
         for job in state.pending().iter().copied().take(8) {
-            let e = state.explain(job).unwrap();
-            let next_pass = e.reasons.iter().any(|r| matches!(r, PendingReason::PlacedNextPass { .. }));
-            prop_assert_eq!(next_pass, placed_next_pass(&state, job), "{:?}", e);
-            for change in &e.would_start {
-                let mut s = state.clone();
-                make(&mut s, change);
-                prop_assert!(placed_next_pass(&s, job), "{} does not place job {}: {:?}", change, job, e);
-            }
+            why_holds(&state, job)?;
         }
     }
 }
@@ -799,14 +816,7 @@ proptest! {
     ) {
         let state = contention_setting(nodes, cores, &fill, &late, capped);
         for job in state.pending().iter().copied() {
-            let e = state.explain(job).unwrap();
-            let next_pass = e.reasons.iter().any(|r| matches!(r, PendingReason::PlacedNextPass { .. }));
-            prop_assert_eq!(next_pass, placed_next_pass(&state, job), "{:?}", e);
-            for change in &e.would_start {
-                let mut s = state.clone();
-                make(&mut s, change);
-                prop_assert!(placed_next_pass(&s, job), "{} does not place job {}: {:?}", change, job, e);
-            }
+            why_holds(&state, job)?;
         }
     }
 }
