@@ -882,7 +882,10 @@ impl<'a> Case<'_, 'a> {
 /// Whether the job fits in what is free on the node now, GPUs picked as
 /// the pass picks them.
 fn fits_free(view: &View<'_>, node: &Node, job: &Job) -> bool {
-    fairshare::pick_gpus(node, job, &node.free(), &view.free_gpu_indices(node)).is_some()
+    // Free GPUs are only looked up where the rest fits.
+    let free = node.free();
+    job.spec.resources.fits_in(&free)
+        && fairshare::pick_gpus(node, job, &free, &view.free_gpu_indices(node)).is_some()
 }
 
 fn secs_until(now: u64, t: u64) -> u64 {
