@@ -10,63 +10,9 @@ use coop_core::testkit;
 use coop_core::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-const GIB: u64 = 1 << 30;
-
-/// A deterministic mixed cluster: every 4th node has 8 GPUs; jobs ask for
-/// 1-8 cores, 2-32 GiB, and one in five for 1-2 GPUs.
-fn cluster(nodes: usize, members: usize, jobs: usize) -> ClusterState {
-    let names: Vec<String> = (0..members).map(|m| format!("member-{m:04}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut s = ClusterState::new();
-    s.apply(&testkit::genesis(&names, Policy::default(), 0))
-        .unwrap();
-    for n in 0..nodes {
-        let gpus = if n % 4 == 0 { 8 } else { 0 };
-        s.apply(&testkit::add_node(
-            &format!("member-{:04}", n % members),
-            &format!("node-{n:05}"),
-            0,
-        ))
-        .and_then(|_| {
-            s.apply(&testkit::register(
-                &format!("node-{n:05}"),
-                &format!("member-{:04}", n % members),
-                Resources::new(64_000, 256 * GIB, gpus),
-                1,
-                vec![],
-                0,
-            ))
-        })
-        .unwrap();
-    }
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for j in 0..jobs {
-        // xorshift: a fixed, reproducible mix.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let cpu = 1000 * (1 + x % 8);
-        let mem = GIB * (2 + (x >> 8) % 31);
-        let gpus = if (x >> 16).is_multiple_of(5) {
-            1 + ((x >> 20) % 2) as u32
-        } else {
-            0
-        };
-        let mut spec = JobSpec::command(
-            vec!["python".into(), "eval.py".into()],
-            Resources::new(cpu, mem, gpus),
-        );
-        spec.preemptible = (x >> 24).is_multiple_of(2);
-        let member = format!("member-{:04}", (x >> 32) as usize % members);
-        s.apply(&testkit::submit(&member, &format!("r{j}"), spec, 1_000))
-            .unwrap();
-    }
-    s
-}
-
 fn bench(c: &mut Criterion) {
     let built = Instant::now();
-    let state = cluster(10_000, 1_000, 100_000);
+    let state = testkit::bench_cluster(10_000, 1_000, 100_000);
     let snapshot = state.to_snapshot_bytes();
     println!(
         "setup: {} nodes, {} members, {} pending jobs in {:.1} s; snapshot {} bytes = {} bytes per pending job",
@@ -118,7 +64,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| applied.explain(oldest))
     });
     for pending in [25_000usize, 50_000] {
-        let smaller = cluster(10_000, 1_000, pending);
+        let smaller = testkit::bench_cluster(10_000, 1_000, pending);
         group.bench_function(
             format!("plan: {}k pending, 10k nodes, 1k members", pending / 1000),
             |b| b.iter(|| smaller.plan()),

@@ -37,15 +37,33 @@ impl FitTree {
     /// The leftmost leaf whose free covers `want` and for which `accept`
     /// (extra constraints, e.g. GPU model) holds.
     pub fn find(&self, want: &Resources, accept: &mut impl FnMut(usize) -> bool) -> Option<usize> {
-        self.descend(1, want, accept)
+        self.find_from(0, want, accept)
     }
 
-    fn descend(
+    /// The same, among the leaves from `start` on: a caller that knows no
+    /// leaf left of `start` can take the request skips their subtrees.
+    pub fn find_from(
         &self,
-        i: usize,
+        start: usize,
         want: &Resources,
         accept: &mut impl FnMut(usize) -> bool,
     ) -> Option<usize> {
+        self.descend(1, 0, self.size, start, want, accept)
+    }
+
+    /// Searches tree node `i`, which covers leaves `lo..hi`.
+    fn descend(
+        &self,
+        i: usize,
+        lo: usize,
+        hi: usize,
+        start: usize,
+        want: &Resources,
+        accept: &mut impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        if hi <= start {
+            return None;
+        }
         let (c, m, g) = self.max[i];
         if c < want.cpu_millis || m < want.memory_bytes || g < want.gpus {
             return None;
@@ -54,8 +72,9 @@ impl FitTree {
             let leaf = i - self.size;
             return accept(leaf).then_some(leaf);
         }
-        self.descend(2 * i, want, accept)
-            .or_else(|| self.descend(2 * i + 1, want, accept))
+        let mid = lo + (hi - lo) / 2;
+        self.descend(2 * i, lo, mid, start, want, accept)
+            .or_else(|| self.descend(2 * i + 1, mid, hi, start, want, accept))
     }
 }
 
@@ -85,6 +104,14 @@ mod tests {
             Some(1)
         );
         assert_eq!(t.find(&Resources::new(5000, 10, 0), &mut |_| true), None);
+        assert_eq!(
+            t.find_from(2, &Resources::new(500, 10, 0), &mut |_| true),
+            Some(2)
+        );
+        assert_eq!(
+            t.find_from(3, &Resources::new(500, 10, 0), &mut |_| true),
+            None
+        );
         t.update(2, Resources::ZERO);
         assert_eq!(t.find(&Resources::new(2000, 100, 0), &mut |_| true), None);
     }

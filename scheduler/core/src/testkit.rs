@@ -277,3 +277,55 @@ pub fn advance(state: &mut crate::ClusterState, to_ms: u64) {
             .expect("a pass is always taken");
     }
 }
+
+/// The benchmarks' cluster: `nodes` nodes of 64 cores and 256 GiB (every
+/// 4th with 8 GPUs) owned round-robin by `members` members, and `jobs`
+/// pending jobs of 1-8 cores, 2-32 GiB, one in five asking for 1-2 GPUs,
+/// half preemptible, from a fixed xorshift mix (the same state every run).
+pub fn bench_cluster(nodes: usize, members: usize, jobs: usize) -> crate::ClusterState {
+    const GIB: u64 = 1 << 30;
+    let names: Vec<String> = (0..members).map(|m| format!("member-{m:04}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut s = crate::ClusterState::new();
+    s.apply(&genesis(&names, Policy::default(), 0))
+        .expect("genesis applies");
+    for n in 0..nodes {
+        let gpus = if n % 4 == 0 { 8 } else { 0 };
+        let owner = format!("member-{:04}", n % members);
+        let node = format!("node-{n:05}");
+        s.apply(&add_node(&owner, &node, 0))
+            .and_then(|_| {
+                s.apply(&register(
+                    &node,
+                    &owner,
+                    Resources::new(64_000, 256 * GIB, gpus),
+                    1,
+                    vec![],
+                    0,
+                ))
+            })
+            .expect("a node joins");
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for j in 0..jobs {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let cpu = 1000 * (1 + x % 8);
+        let mem = GIB * (2 + (x >> 8) % 31);
+        let gpus = if (x >> 16).is_multiple_of(5) {
+            1 + ((x >> 20) % 2) as u32
+        } else {
+            0
+        };
+        let mut spec = JobSpec::command(
+            vec!["python".into(), "eval.py".into()],
+            Resources::new(cpu, mem, gpus),
+        );
+        spec.preemptible = (x >> 24).is_multiple_of(2);
+        let member = format!("member-{:04}", (x >> 32) as usize % members);
+        s.apply(&submit(&member, &format!("r{j}"), spec, 1_000))
+            .expect("a submit applies");
+    }
+    s
+}

@@ -77,8 +77,20 @@ struct Pass<'a> {
     tree: FitTree,
     out: Plan,
     held: Vec<Option<Reservation>>,
+    /// The jobs the reservations are for.
+    reserved: BTreeSet<JobId>,
+    /// Per request shape, the leftmost room a job of that shape could
+    /// still take: free room only shrinks in a pass and a reservation only
+    /// gets stricter, so the rooms left of the last fit never take that
+    /// shape again, and the next search starts there. The result is the
+    /// same leftmost fit, found without re-descending into full rooms.
+    starts: BTreeMap<ShapeKey, usize>,
     now_ms: u64,
 }
+
+/// What decides whether a room takes a job without GPU constraints: its
+/// request and how long it may run (reservations let shorter jobs in).
+type ShapeKey = (u64, u64, u32, Option<u64>);
 
 impl<'a> Pass<'a> {
     fn new(view: &View<'a>) -> Self {
@@ -97,6 +109,8 @@ impl<'a> Pass<'a> {
             tree,
             out: Plan::default(),
             held,
+            reserved: BTreeSet::new(),
+            starts: BTreeMap::new(),
             now_ms: view.now_ms,
         }
     }
@@ -106,6 +120,7 @@ impl<'a> Pass<'a> {
     fn reserve(&mut self, view: &View<'a>, shares: &Shares) {
         for r in reserve::plan(view, shares, |job| self.find(job).is_some()) {
             if let Some(i) = self.rooms.iter().position(|room| room.node.id == r.node) {
+                self.reserved.insert(r.job);
                 self.held[i] = Some(r);
             }
         }
@@ -123,13 +138,32 @@ impl<'a> Pass<'a> {
     }
 
     /// The leftmost room the job fits in, with the GPUs it would get.
-    fn find(&self, job: &Job) -> Option<(usize, Vec<u32>)> {
+    fn find(&mut self, job: &Job) -> Option<(usize, Vec<u32>)> {
+        // A GPU model or memory, or a reservation of its own, makes a job
+        // unlike others of its shape: it searches from the left.
+        let key =
+            (!job.spec.has_gpu_constraints() && !self.reserved.contains(&job.id)).then(|| {
+                let r = job.spec.resources;
+                (r.cpu_millis, r.memory_bytes, r.gpus, job.spec.timeout_secs)
+            });
+        let start = key.and_then(|k| self.starts.get(&k).copied()).unwrap_or(0);
         let mut picked = None;
-        let leaf = self.tree.find(&job.spec.resources, &mut |i| {
+        let leaf = self.tree.find_from(start, &job.spec.resources, &mut |i| {
             picked = self.fit(i, job);
             picked.is_some()
-        })?;
-        picked.map(|g| (leaf, g))
+        });
+        // Every test run in debug checks the shortcut against the search
+        // from the left.
+        debug_assert_eq!(
+            leaf,
+            self.tree
+                .find(&job.spec.resources, &mut |i| self.fit(i, job).is_some()),
+            "a search from a remembered start finds the leftmost fit"
+        );
+        if let Some(k) = key {
+            self.starts.insert(k, leaf.unwrap_or(self.rooms.len()));
+        }
+        picked.map(|g| (leaf.expect("picked in a leaf"), g))
     }
 
     /// The first of `mine` the job fits in.
@@ -179,7 +213,7 @@ struct Fill<'v, 'a> {
 
 /// The reservations a pass would make now (display and tests).
 pub(super) fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
-    let pass = Pass::new(view);
+    let mut pass = Pass::new(view);
     reserve::plan(view, shares, |job| pass.find(job).is_some())
 }
 

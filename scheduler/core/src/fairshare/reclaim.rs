@@ -276,11 +276,11 @@ fn node_views<'a>(
         .enumerate()
         .map(|(i, r)| (&r.node.id, i))
         .collect();
-    for p in planned {
+    for p in planned.iter().filter(|p| p.rule == Rule::WorkConserving) {
         let (Some(&i), Some(j)) = (node_index.get(&p.node), view.jobs.get(&p.job)) else {
             continue;
         };
-        if p.rule == Rule::WorkConserving && standing.above(&j.member) {
+        if standing.above(&j.member) {
             views[i].candidates.push(Victim {
                 what: Taken::Loan(p.job),
                 resources: p.resources,

@@ -80,7 +80,7 @@ pub(crate) fn consume(r: &mut Reservation, job: &Job, now_ms: u64) {
 pub(super) fn plan(
     view: &View<'_>,
     shares: &Shares,
-    fits_now: impl Fn(&Job) -> bool,
+    mut fits_now: impl FnMut(&Job) -> bool,
 ) -> Vec<Reservation> {
     let now = view.now_ms;
     let mut oldest: BTreeMap<&MemberId, &Job> = BTreeMap::new();
