@@ -103,14 +103,15 @@ impl Plan {
 
 /// The rooms a pass would now hold for large jobs (docs/policy.md §6).
 pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
-    pass::reservations(view, shares)
+    pass::reservations(view, shares, &shares::queues(view))
 }
 
 /// Plans one scheduling pass. Cost: O(P log M + P log N) for P pending
 /// jobs, M members and N nodes when nodes are alike (see `nodefit`).
 pub fn plan(view: &View<'_>) -> Plan {
-    let shares = compute_shares(view);
-    let filled = pass::fill(view, &shares);
+    let queues = shares::queues(view);
+    let shares = shares::for_pass(view, &queues);
+    let filled = pass::fill(view, &shares, queues);
     reclaim::reclaim(view, &shares, filled)
 }
 

@@ -15,6 +15,7 @@ use crate::nodefit::FitTree;
 use crate::view::View;
 
 use super::reserve::{self, allows, consume, Reservation};
+use super::shares::Queues;
 use super::{
     add, dominant, over_cap, priority_key, share_of, Key, Plan, PlannedPlacement, Shape, Shares,
     EPS, MAX_FAILED_SHAPES,
@@ -117,8 +118,8 @@ impl<'a> Pass<'a> {
 
     /// This pass's reservations, made before anything is placed (whether a
     /// job fits anywhere now is this pass's own search), and held.
-    fn reserve(&mut self, view: &View<'a>, shares: &Shares) {
-        for r in reserve::plan(view, shares, |job| self.find(job).is_some()) {
+    fn reserve(&mut self, view: &View<'a>, shares: &Shares, queues: &Queues<'a>) {
+        for r in reserve::plan(view, shares, queues, |job| self.find(job).is_some()) {
             if let Some(i) = self.rooms.iter().position(|room| room.node.id == r.node) {
                 self.reserved.insert(r.job);
                 self.held[i] = Some(r);
@@ -192,8 +193,8 @@ impl<'a> Pass<'a> {
 }
 
 /// Each member's pending jobs in submission order, and how far the pass got.
-struct Queues<'a> {
-    jobs: BTreeMap<&'a MemberId, Vec<&'a Job>>,
+struct Walk<'a> {
+    jobs: Queues<'a>,
     cursor: BTreeMap<&'a MemberId, usize>,
 }
 
@@ -205,29 +206,29 @@ struct Fill<'v, 'a> {
     by_key: Vec<&'a MemberId>,
     /// The rooms each member owns.
     owned: BTreeMap<&'a MemberId, Vec<usize>>,
-    queues: Queues<'a>,
+    queues: Walk<'a>,
     pass: Pass<'a>,
     /// Each member's share as placements are made.
     share_now: BTreeMap<&'a MemberId, [f64; 3]>,
 }
 
 /// The reservations a pass would make now (display and tests).
-pub(super) fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
+pub(super) fn reservations(
+    view: &View<'_>,
+    shares: &Shares,
+    queues: &Queues<'_>,
+) -> Vec<Reservation> {
     let mut pass = Pass::new(view);
-    reserve::plan(view, shares, |job| pass.find(job).is_some())
+    reserve::plan(view, shares, queues, |job| pass.find(job).is_some())
 }
 
 /// Runs owner-first and the DRF fill; what is left goes to reclaim.
-pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
+pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares, jobs: Queues<'a>) -> Filled<'a> {
     let mut pass = Pass::new(view);
-    pass.reserve(view, shares);
+    pass.reserve(view, shares, &jobs);
     let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
     for (i, r) in pass.rooms.iter().enumerate() {
         owned.entry(&r.node.owner).or_default().push(i);
-    }
-    let mut jobs: BTreeMap<&MemberId, Vec<&Job>> = BTreeMap::new();
-    for job in view.pending_jobs() {
-        jobs.entry(&job.member).or_default().push(job);
     }
     let cursor = jobs.keys().map(|m| (*m, 0)).collect();
     let share_now = jobs
@@ -241,7 +242,7 @@ pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares) -> Filled<'a> {
         shares,
         by_key,
         owned,
-        queues: Queues { jobs, cursor },
+        queues: Walk { jobs, cursor },
         pass,
         share_now,
     };

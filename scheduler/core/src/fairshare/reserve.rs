@@ -20,7 +20,7 @@
 //! Reservations are recomputed from the state at every pass (nothing is
 //! stored), so `why` and `status` show exactly what the pass honours.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::alloc::{AllocState, Allocation};
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
@@ -29,6 +29,7 @@ use crate::node::Node;
 use crate::resources::Resources;
 use crate::view::View;
 
+use super::shares::Queues;
 use super::{add, dominant, over_cap, share_of, Shares, EPS};
 
 /// The most jobs one pass examines for a reservation (Slurm bounds its
@@ -80,14 +81,11 @@ pub(crate) fn consume(r: &mut Reservation, job: &Job, now_ms: u64) {
 pub(super) fn plan(
     view: &View<'_>,
     shares: &Shares,
+    queues: &Queues<'_>,
     mut fits_now: impl FnMut(&Job) -> bool,
 ) -> Vec<Reservation> {
     let now = view.now_ms;
-    let mut oldest: BTreeMap<&MemberId, &Job> = BTreeMap::new();
-    for job in view.pending_jobs() {
-        oldest.entry(&job.member).or_insert(job);
-    }
-    let mut members: Vec<&MemberId> = oldest.keys().copied().collect();
+    let mut members: Vec<&MemberId> = queues.keys().copied().collect();
     shares.sort_by_key(&mut members);
     // Only nodes where something is due to end can hold a job later; their
     // timelines are built once, when the first job is examined.
@@ -100,7 +98,9 @@ pub(super) fn plan(
             break;
         }
         let standing = &shares.members[member];
-        let job = oldest[member];
+        let Some(&job) = queues[member].first() else {
+            continue;
+        };
         let after = add(
             &standing.share,
             &share_of(&job.spec.resources, &shares.pool),
