@@ -25,10 +25,13 @@ mod reserve;
 mod shares;
 
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 
+use crate::alloc::Allocation;
 use crate::decision::Rule;
 use crate::ids::{AllocId, JobId, NodeId};
 use crate::job::Job;
+use crate::node::Node;
 use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::view::View;
@@ -103,7 +106,42 @@ impl Plan {
 
 /// The rooms a pass would now hold for large jobs (docs/policy.md §6).
 pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
-    pass::reservations(view, shares, &shares::queues(view))
+    pass::reservations(view, shares, &shares::queues(view), &occupancy(view))
+}
+
+/// A ready node with its live allocations and their jobs, looked up once
+/// per pass: the fill, the reservations and reclaim each used to look them
+/// up again, which cost more than the rest of a pass on a full pool.
+pub(crate) struct Occupied<'a> {
+    pub node: &'a Node,
+    pub allocs: Vec<(&'a Allocation, Option<&'a Job>)>,
+    /// GPU indices no live allocation holds.
+    pub free_gpus: BTreeSet<u32>,
+}
+
+impl<'a> Occupied<'a> {
+    pub fn of(view: &View<'a>, node: &'a Node) -> Self {
+        let allocs: Vec<(&Allocation, Option<&Job>)> = view
+            .node_allocs(node)
+            .map(|a| (a, view.jobs.get(&a.job)))
+            .collect();
+        let mut free_gpus: BTreeSet<u32> = (0..node.capacity.gpus).collect();
+        for (a, _) in &allocs {
+            for g in &a.gpu_indices {
+                free_gpus.remove(g);
+            }
+        }
+        Self {
+            node,
+            allocs,
+            free_gpus,
+        }
+    }
+}
+
+/// Every ready node's occupancy, in id order.
+pub(crate) fn occupancy<'a>(view: &View<'a>) -> Vec<Occupied<'a>> {
+    view.ready_nodes().map(|n| Occupied::of(view, n)).collect()
 }
 
 /// Plans one scheduling pass. Cost: O(P log M + P log N) for P pending
@@ -111,8 +149,9 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
 pub fn plan(view: &View<'_>) -> Plan {
     let queues = shares::queues(view);
     let shares = shares::for_pass(view, &queues);
-    let filled = pass::fill(view, &shares, queues);
-    reclaim::reclaim(view, &shares, filled)
+    let occupied = occupancy(view);
+    let filled = pass::fill(view, &shares, queues, &occupied);
+    reclaim::reclaim(view, &shares, filled, &occupied)
 }
 
 /// The share a request is of the pool, per dimension (gpu, cpu, memory).

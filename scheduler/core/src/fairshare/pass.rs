@@ -16,6 +16,7 @@ use crate::view::View;
 
 use super::reserve::{self, allows, consume, Reservation};
 use super::shares::Queues;
+use super::Occupied;
 use super::{
     add, dominant, over_cap, priority_key, share_of, Key, Plan, PlannedPlacement, Shape, Shares,
     EPS, MAX_FAILED_SHAPES,
@@ -94,13 +95,13 @@ struct Pass<'a> {
 type ShapeKey = (u64, u64, u32, Option<u64>);
 
 impl<'a> Pass<'a> {
-    fn new(view: &View<'a>) -> Self {
-        let rooms: Vec<Room<'a>> = view
-            .ready_nodes()
-            .map(|n| Room {
-                node: n,
-                free: n.free(),
-                free_gpus: view.free_gpu_indices(n),
+    fn new(view: &View<'a>, occupied: &[Occupied<'a>]) -> Self {
+        let rooms: Vec<Room<'a>> = occupied
+            .iter()
+            .map(|o| Room {
+                node: o.node,
+                free: o.node.free(),
+                free_gpus: o.free_gpus.clone(),
             })
             .collect();
         let tree = FitTree::new(&rooms.iter().map(|r| r.free).collect::<Vec<_>>());
@@ -118,8 +119,16 @@ impl<'a> Pass<'a> {
 
     /// This pass's reservations, made before anything is placed (whether a
     /// job fits anywhere now is this pass's own search), and held.
-    fn reserve(&mut self, view: &View<'a>, shares: &Shares, queues: &Queues<'a>) {
-        for r in reserve::plan(view, shares, queues, |job| self.find(job).is_some()) {
+    fn reserve(
+        &mut self,
+        view: &View<'a>,
+        shares: &Shares,
+        queues: &Queues<'a>,
+        occupied: &[Occupied<'a>],
+    ) {
+        for r in reserve::plan(view, shares, queues, occupied, |job| {
+            self.find(job).is_some()
+        }) {
             if let Some(i) = self.rooms.iter().position(|room| room.node.id == r.node) {
                 self.reserved.insert(r.job);
                 self.held[i] = Some(r);
@@ -217,15 +226,23 @@ pub(super) fn reservations(
     view: &View<'_>,
     shares: &Shares,
     queues: &Queues<'_>,
+    occupied: &[Occupied<'_>],
 ) -> Vec<Reservation> {
-    let mut pass = Pass::new(view);
-    reserve::plan(view, shares, queues, |job| pass.find(job).is_some())
+    let mut pass = Pass::new(view, occupied);
+    reserve::plan(view, shares, queues, occupied, |job| {
+        pass.find(job).is_some()
+    })
 }
 
 /// Runs owner-first and the DRF fill; what is left goes to reclaim.
-pub(super) fn fill<'a>(view: &View<'a>, shares: &Shares, jobs: Queues<'a>) -> Filled<'a> {
-    let mut pass = Pass::new(view);
-    pass.reserve(view, shares, &jobs);
+pub(super) fn fill<'a>(
+    view: &View<'a>,
+    shares: &Shares,
+    jobs: Queues<'a>,
+    occupied: &[Occupied<'a>],
+) -> Filled<'a> {
+    let mut pass = Pass::new(view, occupied);
+    pass.reserve(view, shares, &jobs, occupied);
     let mut owned: BTreeMap<&MemberId, Vec<usize>> = BTreeMap::new();
     for (i, r) in pass.rooms.iter().enumerate() {
         owned.entry(&r.node.owner).or_default().push(i);

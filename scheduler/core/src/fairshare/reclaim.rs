@@ -19,6 +19,7 @@ use crate::view::View;
 
 use super::pass::{pick_gpus, Filled, Room};
 use super::reserve::{allows, consume};
+use super::Occupied;
 use super::{
     add, dominant, over_cap, share_of, sub, Key, Plan, PlannedPlacement, PlannedPreemption, Shape,
     Shares, EPS, MAX_FAILED_SHAPES,
@@ -132,7 +133,12 @@ impl<'a> Claim<'a> {
 }
 
 /// Runs reclaim over what the filling stages left and returns the final plan.
-pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) -> Plan {
+pub(super) fn reclaim<'a>(
+    view: &View<'a>,
+    shares: &Shares,
+    filled: Filled<'a>,
+    occupied: &[Occupied<'a>],
+) -> Plan {
     let Filled {
         rooms,
         mut plan,
@@ -163,7 +169,7 @@ pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) 
             .then(a.0.cmp(b.0))
     });
     let planned = plan.placements.clone();
-    let mut views = node_views(view, &rooms, &planned, &standing);
+    let mut views = node_views(view, &rooms, occupied, &planned, &standing);
     let loans: BTreeMap<JobId, Resources> = planned.iter().map(|p| (p.job, p.resources)).collect();
     let mut revoked: BTreeSet<JobId> = BTreeSet::new();
     // Claims only get harder during the pass (victims fall toward their
@@ -239,6 +245,7 @@ pub(super) fn reclaim<'a>(view: &View<'a>, shares: &Shares, filled: Filled<'a>) 
 fn node_views<'a>(
     view: &View<'a>,
     rooms: &[Room<'a>],
+    occupied: &[Occupied<'a>],
     planned: &'a [PlannedPlacement],
     standing: &Standing<'_, '_>,
 ) -> Vec<NodeView<'a>> {
@@ -252,13 +259,12 @@ fn node_views<'a>(
             free_now: room.free,
         })
         .collect();
-    for (i, room) in rooms.iter().enumerate() {
-        for a in view.node_allocs(room.node) {
-            let v = &mut views[i];
+    for (v, o) in views.iter_mut().zip(occupied) {
+        for &(a, job) in &o.allocs {
             if a.state == AllocState::Stopping {
                 v.incoming = v.incoming.saturating_add(&a.resources);
                 v.incoming_gpus.extend(a.gpu_indices.iter().copied());
-            } else if let Some(j) = view.jobs.get(&a.job) {
+            } else if let Some(j) = job {
                 if j.spec.preemptible && standing.above(&j.member) {
                     v.candidates.push(Victim {
                         what: Taken::Alloc(a.id),

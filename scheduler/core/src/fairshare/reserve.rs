@@ -30,6 +30,7 @@ use crate::resources::Resources;
 use crate::view::View;
 
 use super::shares::Queues;
+use super::Occupied;
 use super::{add, dominant, over_cap, share_of, Shares, EPS};
 
 /// The most jobs one pass examines for a reservation (Slurm bounds its
@@ -82,6 +83,7 @@ pub(super) fn plan(
     view: &View<'_>,
     shares: &Shares,
     queues: &Queues<'_>,
+    occupied: &[Occupied<'_>],
     mut fits_now: impl FnMut(&Job) -> bool,
 ) -> Vec<Reservation> {
     let now = view.now_ms;
@@ -118,15 +120,16 @@ pub(super) fn plan(
             continue;
         }
         let timed = timed.get_or_insert_with(|| {
-            view.ready_nodes()
-                .map(|n| Timeline::of(view, n, now))
+            occupied
+                .iter()
+                .map(|o| Timeline::of(o, now))
                 .filter(|tl| !tl.ends.is_empty())
                 .collect()
         });
         let best = timed
             .iter()
             .filter(|tl| !taken.contains(&tl.node.id))
-            .filter_map(|tl| fits_at(view, tl, job, now).map(|(t, free)| (t, tl.node, free)))
+            .filter_map(|tl| fits_at(tl, job, now).map(|(t, free)| (t, tl.node, free)))
             .min_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
         if let Some((start_ms, node, free)) = best {
             taken.insert(&node.id);
@@ -146,10 +149,14 @@ pub(super) fn plan(
 /// When an allocation is expected to end at the latest: now if it is being
 /// stopped, else its start plus its job's timeout; `None` without one.
 pub(crate) fn expected_end(view: &View<'_>, a: &Allocation, now: u64) -> Option<u64> {
+    ends(a, view.jobs.get(&a.job), now)
+}
+
+fn ends(a: &Allocation, job: Option<&Job>, now: u64) -> Option<u64> {
     if a.state == AllocState::Stopping {
         return Some(now);
     }
-    let j = view.jobs.get(&a.job)?;
+    let j = job?;
     let started = j.started_at_ms.unwrap_or(now);
     let end = started.saturating_add(j.spec.timeout_secs?.saturating_mul(1000));
     Some(end.max(now))
@@ -160,20 +167,26 @@ pub(crate) fn expected_end(view: &View<'_>, a: &Allocation, now: u64) -> Option<
 /// Built once per pass; allocations without a timeout never end here.
 struct Timeline<'a> {
     node: &'a Node,
+    free_gpus: &'a BTreeSet<u32>,
     ends: Vec<(u64, AllocId, Resources, &'a [u32])>,
 }
 
 impl<'a> Timeline<'a> {
-    fn of(view: &View<'a>, node: &'a Node, now: u64) -> Self {
-        let mut ends: Vec<(u64, AllocId, Resources, &'a [u32])> = view
-            .node_allocs(node)
-            .filter_map(|a| {
-                let end = expected_end(view, a, now)?;
+    fn of(occupied: &'a Occupied<'_>, now: u64) -> Self {
+        let mut ends: Vec<(u64, AllocId, Resources, &'a [u32])> = occupied
+            .allocs
+            .iter()
+            .filter_map(|(a, job)| {
+                let end = ends(a, *job, now)?;
                 Some((end, a.id, a.resources, a.gpu_indices.as_slice()))
             })
             .collect();
         ends.sort_unstable_by_key(|e| (e.0, e.1));
-        Self { node, ends }
+        Self {
+            node: occupied.node,
+            free_gpus: &occupied.free_gpus,
+            ends,
+        }
     }
 }
 
@@ -181,12 +194,13 @@ impl<'a> Timeline<'a> {
 /// (the log's time when it fits now); `None` if never.
 pub fn earliest_fit(view: &View<'_>, node: &Node, job: &Job) -> Option<u64> {
     let now = view.now_ms;
-    fits_at(view, &Timeline::of(view, node, now), job, now).map(|(t, _)| t)
+    let occupied = Occupied::of(view, node);
+    fits_at(&Timeline::of(&occupied, now), job, now).map(|(t, _)| t)
 }
 
 /// The earliest time `job` fits on the timeline's node, and what is free
 /// then; `None` if it never does.
-fn fits_at(view: &View<'_>, tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u64, Resources)> {
+fn fits_at(tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u64, Resources)> {
     let node = tl.node;
     let want = job.spec.resources;
     if !want.fits_in(&node.capacity) {
@@ -203,7 +217,7 @@ fn fits_at(view: &View<'_>, tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u
     let mut gpus = if want.gpus == 0 {
         0
     } else {
-        matching(&mut view.free_gpu_indices(node).iter())
+        matching(&mut tl.free_gpus.iter())
     };
     let fits = |free: &Resources, gpus: u32| want.fits_in(free) && gpus >= want.gpus;
     if fits(&free, gpus) {
