@@ -114,6 +114,7 @@ pub fn reservations(view: &View<'_>, shares: &Shares) -> Vec<Reservation> {
 /// up again, which cost more than the rest of a pass on a full pool.
 pub(crate) struct Occupied<'a> {
     pub node: &'a Node,
+    /// With the job of each that has a timeout (when it ends).
     pub allocs: Vec<(&'a Allocation, Option<&'a Job>)>,
     /// GPU indices no live allocation holds.
     pub free_gpus: BTreeSet<u32>,
@@ -123,7 +124,10 @@ impl<'a> Occupied<'a> {
     pub fn of(view: &View<'a>, node: &'a Node) -> Self {
         let allocs: Vec<(&Allocation, Option<&Job>)> = view
             .node_allocs(node)
-            .map(|a| (a, view.jobs.get(&a.job)))
+            .map(|a| {
+                let timed = a.facts.timeout_secs.is_some();
+                (a, timed.then(|| view.jobs.get(&a.job)).flatten())
+            })
             .collect();
         let mut free_gpus: BTreeSet<u32> = (0..node.capacity.gpus).collect();
         for (a, _) in &allocs {

@@ -89,8 +89,13 @@ struct Standing<'s, 'a> {
 }
 
 impl Standing<'_, '_> {
+    /// Whether a member is above its entitlement (a former member, whose
+    /// allocations may outlive its membership, has none).
     fn above(&self, m: &MemberId) -> bool {
-        dominant(&self.now[m]) > self.shares.members[m].entitlement + EPS
+        match (self.now.get(m), self.shares.members.get(m)) {
+            (Some(now), Some(s)) => dominant(now) > s.entitlement + EPS,
+            _ => false,
+        }
     }
 
     fn below(&self, m: &MemberId) -> bool {
@@ -260,20 +265,18 @@ fn node_views<'a>(
         })
         .collect();
     for (v, o) in views.iter_mut().zip(occupied) {
-        for &(a, job) in &o.allocs {
+        for &(a, _) in &o.allocs {
             if a.state == AllocState::Stopping {
                 v.incoming = v.incoming.saturating_add(&a.resources);
                 v.incoming_gpus.extend(a.gpu_indices.iter().copied());
-            } else if let Some(j) = job {
-                if j.spec.preemptible && standing.above(&j.member) {
-                    v.candidates.push(Victim {
-                        what: Taken::Alloc(a.id),
-                        resources: a.resources,
-                        gpu_indices: &a.gpu_indices,
-                        member: &j.member,
-                        placed_at_ms: a.created_at_ms,
-                    });
-                }
+            } else if a.facts.preemptible && standing.above(&a.facts.member) {
+                v.candidates.push(Victim {
+                    what: Taken::Alloc(a.id),
+                    resources: a.resources,
+                    gpu_indices: &a.gpu_indices,
+                    member: &a.facts.member,
+                    placed_at_ms: a.created_at_ms,
+                });
             }
         }
     }

@@ -74,9 +74,7 @@ pub(crate) fn queues<'a>(view: &View<'a>) -> Queues<'a> {
 fn running<'a>(view: &View<'a>) -> BTreeMap<&'a MemberId, usize> {
     let mut running: BTreeMap<&MemberId, usize> = BTreeMap::new();
     for alloc in view.allocs.values() {
-        if let Some(job) = view.jobs.get(&alloc.job) {
-            *running.entry(&job.member).or_default() += 1;
-        }
+        *running.entry(&alloc.facts.member).or_default() += 1;
     }
     running
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::alloc::Allocation;
+use crate::alloc::{Allocation, JobFacts};
 use crate::decision::{Decision, DECISIONS_KEPT};
 use crate::error::SnapshotError;
 use crate::explain::{self, Explanation, PendingReason};
@@ -221,7 +221,14 @@ impl ClusterState {
     }
 
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        Ok(serde_json::from_slice(bytes)?)
+        let mut state: Self = serde_json::from_slice(bytes)?;
+        let jobs = &state.jobs;
+        for a in state.allocs.values_mut() {
+            if let Some(job) = jobs.get(&a.job) {
+                a.facts = JobFacts::of(job);
+            }
+        }
+        Ok(state)
     }
 
     /// SHA-256 of the public state, hex: the snapshot bytes with every
@@ -433,7 +440,10 @@ impl ClusterState {
     }
 
     /// Adds a live allocation and charges it to its node and member.
-    pub(crate) fn insert_alloc(&mut self, alloc: Allocation, member: &MemberId, now_ms: u64) {
+    pub(crate) fn insert_alloc(&mut self, mut alloc: Allocation, member: &MemberId, now_ms: u64) {
+        if let Some(job) = self.jobs.get(&alloc.job) {
+            alloc.facts = JobFacts::of(job);
+        }
         if let Some(node) = self.nodes.get_mut(&alloc.node) {
             node.attach(alloc.id, &alloc.resources);
         }
