@@ -173,7 +173,13 @@ pub(super) fn reclaim<'a>(
             .total_cmp(&shares.members[b.0].key)
             .then(a.0.cmp(b.0))
     });
-    let planned = plan.placements.clone();
+    // Only this pass's loans can be taken back among its placements.
+    let planned: Vec<PlannedPlacement> = plan
+        .placements
+        .iter()
+        .filter(|p| p.rule == Rule::WorkConserving)
+        .cloned()
+        .collect();
     let mut views = node_views(view, &rooms, occupied, &planned, &standing);
     let loans: BTreeMap<JobId, Resources> = planned.iter().map(|p| (p.job, p.resources)).collect();
     let mut revoked: BTreeSet<JobId> = BTreeSet::new();
