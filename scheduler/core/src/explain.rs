@@ -900,6 +900,7 @@ struct Changed {
     nodes: BTreeMap<NodeId, Node>,
     allocs: BTreeMap<AllocId, Allocation>,
     pending: BTreeSet<JobId>,
+    queued: BTreeMap<MemberId, BTreeSet<JobId>>,
 }
 
 impl Changed {
@@ -909,6 +910,7 @@ impl Changed {
             nodes: view.nodes.clone(),
             allocs: view.allocs.clone(),
             pending: view.pending.clone(),
+            queued: view.queued.clone(),
         };
         for id in change.ended() {
             let Some(a) = c.allocs.remove(id) else {
@@ -924,8 +926,11 @@ impl Changed {
             {
                 m.detach(&a.resources);
             }
-            if a.preempted {
-                c.pending.insert(a.job);
+            if a.preempted && c.pending.insert(a.job) {
+                c.queued
+                    .entry(a.facts.member.clone())
+                    .or_default()
+                    .insert(a.job);
             }
         }
         if let WouldStart::NodeJoins { member, ask } = change {
@@ -950,6 +955,7 @@ impl Changed {
             nodes: &self.nodes,
             allocs: &self.allocs,
             pending: &self.pending,
+            queued: &self.queued,
             ..*base
         }
     }

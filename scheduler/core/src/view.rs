@@ -21,6 +21,8 @@ pub struct View<'a> {
     pub allocs: &'a BTreeMap<AllocId, Allocation>,
     /// Pending jobs in submission order.
     pub pending: &'a BTreeSet<JobId>,
+    /// The same jobs by member, each in submission order.
+    pub queued: &'a BTreeMap<MemberId, BTreeSet<JobId>>,
     /// The log's time: when a job started now would end (reservations).
     pub now_ms: u64,
 }

@@ -63,11 +63,11 @@ impl Shares {
 pub(crate) type Queues<'a> = BTreeMap<&'a MemberId, Vec<&'a Job>>;
 
 pub(crate) fn queues<'a>(view: &View<'a>) -> Queues<'a> {
-    let mut queues: Queues<'a> = BTreeMap::new();
-    for job in view.pending_jobs() {
-        queues.entry(&job.member).or_default().push(job);
-    }
-    queues
+    view.queued
+        .iter()
+        .map(|(m, ids)| (m, ids.iter().filter_map(|id| view.jobs.get(id)).collect()))
+        .filter(|(_, q): &(_, Vec<&Job>)| !q.is_empty())
+        .collect()
 }
 
 /// Each member's live allocations (a walk over them all: display only).

@@ -65,6 +65,11 @@ pub struct ClusterState {
     allocs: BTreeMap<AllocId, Allocation>,
     /// Pending jobs in submission order: the queue the allocator walks.
     pending: BTreeSet<JobId>,
+    /// The same queue by member (derived: kept in step with `pending`, not
+    /// in snapshots, rebuilt when one loads), so a pass takes each member's
+    /// queue without reading every waiting job's member.
+    #[serde(skip)]
+    queued: BTreeMap<MemberId, BTreeSet<JobId>>,
     /// Dedup table: member -> client request id -> the job it created.
     requests: BTreeMap<MemberId, BTreeMap<String, JobId>>,
     /// The rules in force.
@@ -82,6 +87,17 @@ pub struct ClusterState {
     /// Demand or supply changed since the last scheduling pass.
     #[serde(default)]
     pass_due: bool,
+}
+
+/// Takes a job out of its member's queue, and the member out of the
+/// index when its queue empties.
+fn dequeue(queued: &mut BTreeMap<MemberId, BTreeSet<JobId>>, member: &MemberId, id: JobId) {
+    if let Some(queue) = queued.get_mut(member) {
+        queue.remove(&id);
+        if queue.is_empty() {
+            queued.remove(member);
+        }
+    }
 }
 
 /// A change of the replica group a member asked for.
@@ -210,6 +226,7 @@ impl ClusterState {
             jobs: &self.jobs,
             allocs: &self.allocs,
             pending: &self.pending,
+            queued: &self.queued,
             now_ms: self.now_ms,
         }
     }
@@ -222,6 +239,15 @@ impl ClusterState {
 
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut state: Self = serde_json::from_slice(bytes)?;
+        for id in &state.pending {
+            if let Some(job) = state.jobs.get(id) {
+                state
+                    .queued
+                    .entry(job.member.clone())
+                    .or_default()
+                    .insert(*id);
+            }
+        }
         let jobs = &state.jobs;
         for a in state.allocs.values_mut() {
             if let Some(job) = jobs.get(&a.job) {
@@ -395,6 +421,10 @@ impl ClusterState {
         let id = job.id;
         if job.state() == JobState::Pending {
             self.pending.insert(id);
+            self.queued
+                .entry(job.member.clone())
+                .or_default()
+                .insert(id);
         }
         self.requests
             .entry(job.member.clone())
@@ -407,7 +437,9 @@ impl ClusterState {
     /// Forgets an ended job and its request id.
     pub(crate) fn remove_job(&mut self, id: JobId) -> Option<Job> {
         let job = self.jobs.remove(&id)?;
-        self.pending.remove(&id);
+        if self.pending.remove(&id) {
+            dequeue(&mut self.queued, &job.member, id);
+        }
         if let Some(requests) = self.requests.get_mut(&job.member) {
             requests.remove(&job.request_id);
             if requests.is_empty() {
@@ -422,10 +454,15 @@ impl ClusterState {
         let job = self.jobs.get_mut(&id)?;
         job.set_state(state);
         if state == JobState::Pending {
-            self.pending.insert(id);
+            if self.pending.insert(id) {
+                self.queued
+                    .entry(job.member.clone())
+                    .or_default()
+                    .insert(id);
+            }
             self.pass_due = true;
-        } else {
-            self.pending.remove(&id);
+        } else if self.pending.remove(&id) {
+            dequeue(&mut self.queued, &job.member, id);
         }
         Some(job)
     }

@@ -292,6 +292,10 @@ fn snapshot_round_trips() {
     register(&mut s, "a", res(1000, 1024, 2), 1).unwrap();
     submit(&mut s, "1", "ana", res(500, 512, 1)).unwrap();
     s.apply(&Command::Schedule { now_ms: 2 }).unwrap();
+    // One placed, one still waiting: the derived caches (an allocation's
+    // job facts, the queue by member) must come back from the snapshot too.
+    submit(&mut s, "2", "ana", res(1000, 1024, 2)).unwrap();
+    assert_eq!(s.pending().len(), 1);
     let bytes = s.to_snapshot_bytes();
     let back = ClusterState::from_snapshot_bytes(&bytes).unwrap();
     assert_eq!(back, s);
