@@ -28,6 +28,7 @@ use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::{Job, JobState};
 use crate::member::Member;
 use crate::node::{never_fits, GpuInfo, Node};
+use crate::policy::Policy;
 use crate::resources::{format_bytes, Resources};
 use crate::view::View;
 
@@ -223,6 +224,13 @@ pub enum WouldStart {
     },
     /// The member adds a node that can hold the job.
     NodeJoins { member: MemberId, ask: Ask },
+    /// A policy the members vote for raises the member cap from `from` to
+    /// `to`, the least under which this job passes it.
+    CapRaised {
+        from: f64,
+        to: f64,
+        policy_version: u64,
+    },
 }
 
 impl WouldStart {
@@ -232,7 +240,7 @@ impl WouldStart {
             Self::NodeFrees { allocs, .. }
             | Self::ShareFalls { allocs, .. }
             | Self::ReclaimCompletes { allocs, .. } => allocs,
-            Self::NodeJoins { .. } => &[],
+            Self::NodeJoins { .. } | Self::CapRaised { .. } => &[],
         }
     }
 }
@@ -415,6 +423,16 @@ impl fmt::Display for WouldStart {
             Self::NodeJoins { member, ask } => {
                 write!(f, "{member} adds a node that can hold {ask}")
             }
+            Self::CapRaised {
+                from,
+                to,
+                policy_version,
+            } => write!(
+                f,
+                "the members vote a policy raising the member cap from {} to {} (policy v{policy_version} in force)",
+                pct(*from),
+                pct(*to)
+            ),
         }
     }
 }
@@ -628,6 +646,16 @@ impl<'a> Case<'_, 'a> {
         }
         if !within || capped || !fits_now.is_empty() {
             self.share_falls(e);
+        }
+        if capped {
+            // The least cap under which the job passes: its member's share
+            // with the job placed.
+            let change = WouldStart::CapRaised {
+                from: view.policy.member_cap.unwrap_or(1.0),
+                to: dominant(&after),
+                policy_version: view.policy.version,
+            };
+            self.confirm(change, e);
         }
     }
 
@@ -901,6 +929,8 @@ struct Changed {
     allocs: BTreeMap<AllocId, Allocation>,
     pending: BTreeSet<JobId>,
     queued: BTreeMap<MemberId, BTreeSet<JobId>>,
+    /// The policy, where the change is one.
+    policy: Option<Policy>,
 }
 
 impl Changed {
@@ -911,6 +941,7 @@ impl Changed {
             allocs: view.allocs.clone(),
             pending: view.pending.clone(),
             queued: view.queued.clone(),
+            policy: None,
         };
         for id in change.ended() {
             let Some(a) = c.allocs.remove(id) else {
@@ -946,6 +977,12 @@ impl Changed {
             node.gpus = ask.gpu_inventory();
             c.nodes.insert(id, node);
         }
+        if let WouldStart::CapRaised { to, .. } = change {
+            c.policy = Some(Policy {
+                member_cap: Some(*to),
+                ..view.policy.clone()
+            });
+        }
         c
     }
 
@@ -956,6 +993,7 @@ impl Changed {
             allocs: &self.allocs,
             pending: &self.pending,
             queued: &self.queued,
+            policy: self.policy.as_ref().unwrap_or(base.policy),
             ..*base
         }
     }

@@ -657,6 +657,35 @@ fn make(s: &mut ClusterState, change: &WouldStart) {
         ))
         .unwrap();
     }
+    if let WouldStart::CapRaised { to, .. } = change {
+        // The members vote the policy in, one vote each until adopted.
+        let policy = Policy {
+            version: s.policy().version + 1,
+            member_cap: Some(*to),
+            ..s.policy().clone()
+        };
+        let members: Vec<String> = s.members().keys().map(|m| m.as_str().to_string()).collect();
+        let Ok(Outcome::Proposed { proposal, .. }) = s.apply(&testkit::propose(
+            &members[0],
+            "raise-the-cap",
+            governance::ProposalKind::Policy { policy },
+            now,
+        )) else {
+            panic!("a proposal to raise the cap is accepted");
+        };
+        for m in &members {
+            if s.policy().member_cap == Some(*to) {
+                break;
+            }
+            s.apply(&testkit::vote(m, &format!("cap-{m}"), proposal, true, now))
+                .unwrap();
+        }
+        assert_eq!(
+            s.policy().member_cap,
+            Some(*to),
+            "the members adopt the cap"
+        );
+    }
     if let WouldStart::NodeJoins { member, ask } = change {
         // The name `why` gives the joining node (node order is by id).
         let node = "a-new-node";
