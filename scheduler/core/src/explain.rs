@@ -30,7 +30,7 @@ use crate::member::Member;
 use crate::node::{never_fits, GpuInfo, Node};
 use crate::policy::Policy;
 use crate::resources::{format_bytes, Resources};
-use crate::view::View;
+use crate::view::{enqueue, QueueByMember, View};
 
 /// A member named in a reason, with everything that orders it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -928,7 +928,7 @@ struct Changed {
     nodes: BTreeMap<NodeId, Node>,
     allocs: BTreeMap<AllocId, Allocation>,
     pending: BTreeSet<JobId>,
-    queued: BTreeMap<MemberId, BTreeSet<JobId>>,
+    queued: QueueByMember,
     /// The policy, where the change is one.
     policy: Option<Policy>,
 }
@@ -958,10 +958,7 @@ impl Changed {
                 m.detach(&a.resources);
             }
             if a.preempted && c.pending.insert(a.job) {
-                c.queued
-                    .entry(a.facts.member.clone())
-                    .or_default()
-                    .insert(a.job);
+                enqueue(&mut c.queued, &a.facts.member, a.job);
             }
         }
         if let WouldStart::NodeJoins { member, ask } = change {

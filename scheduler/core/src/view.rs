@@ -22,7 +22,7 @@ pub struct View<'a> {
     /// Pending jobs in submission order.
     pub pending: &'a BTreeSet<JobId>,
     /// The same jobs by member, each in submission order.
-    pub queued: &'a BTreeMap<MemberId, BTreeSet<JobId>>,
+    pub queued: &'a QueueByMember,
     /// The log's time: when a job started now would end (reservations).
     pub now_ms: u64,
 }
@@ -53,12 +53,40 @@ impl<'a> View<'a> {
 
     /// GPU indices on a node not held by a live allocation.
     pub fn free_gpu_indices(&self, node: &Node) -> BTreeSet<u32> {
-        let mut free: BTreeSet<u32> = (0..node.capacity.gpus).collect();
-        for a in node.allocs().iter().filter_map(|a| self.allocs.get(a)) {
-            for g in &a.gpu_indices {
-                free.remove(g);
-            }
+        gpus_free(node, self.node_allocs(node))
+    }
+}
+
+/// GPU indices on `node` that none of `allocs` (its live allocations) holds.
+pub(crate) fn gpus_free<'x>(
+    node: &Node,
+    allocs: impl IntoIterator<Item = &'x Allocation>,
+) -> BTreeSet<u32> {
+    let mut free: BTreeSet<u32> = (0..node.capacity.gpus).collect();
+    for a in allocs {
+        for g in &a.gpu_indices {
+            free.remove(g);
         }
-        free
+    }
+    free
+}
+
+/// The pending queue by member, each in submission order (derived from the
+/// pending queue; see `ClusterState`).
+pub type QueueByMember = BTreeMap<MemberId, BTreeSet<JobId>>;
+
+/// Puts a pending job in its member's queue.
+pub(crate) fn enqueue(queued: &mut QueueByMember, member: &MemberId, id: JobId) {
+    queued.entry(member.clone()).or_default().insert(id);
+}
+
+/// Takes a job out of its member's queue, and the member out of the index
+/// when its queue empties.
+pub(crate) fn dequeue(queued: &mut QueueByMember, member: &MemberId, id: JobId) {
+    if let Some(queue) = queued.get_mut(member) {
+        queue.remove(&id);
+        if queue.is_empty() {
+            queued.remove(member);
+        }
     }
 }

@@ -34,7 +34,7 @@ use crate::job::Job;
 use crate::node::Node;
 use crate::policy::Policy;
 use crate::resources::Resources;
-use crate::view::View;
+use crate::view::{gpus_free, View};
 
 pub(crate) use pass::pick_gpus;
 pub(crate) use reserve::{allows as reservation_allows, expected_end};
@@ -129,12 +129,7 @@ impl<'a> Occupied<'a> {
                 (a, timed.then(|| view.jobs.get(&a.job)).flatten())
             })
             .collect();
-        let mut free_gpus: BTreeSet<u32> = (0..node.capacity.gpus).collect();
-        for (a, _) in &allocs {
-            for g in &a.gpu_indices {
-                free_gpus.remove(g);
-            }
-        }
+        let free_gpus = gpus_free(node, allocs.iter().map(|(a, _)| *a));
         Self {
             node,
             allocs,

@@ -99,7 +99,7 @@ pub fn compute_shares_at(view: &View<'_>, at_ms: Option<u64>) -> Shares {
 
 /// The shares a pass works with. It needs no count of running jobs, only
 /// whether a member holds anything (`running` is left 0): counting them
-/// cost a lookup per live allocation, a fifth of a pass on a full pool.
+/// costs a member lookup per live allocation, which a pass need not pay.
 pub(crate) fn for_pass(view: &View<'_>, queues: &Queues<'_>) -> Shares {
     compute(view, None, queues)
 }

@@ -32,7 +32,7 @@ use crate::member::Member;
 use crate::node::{Node, NodeGrant};
 use crate::policy::Policy;
 use crate::resources::Resources;
-use crate::view::View;
+use crate::view::{dequeue, enqueue, QueueByMember, View};
 
 mod checks;
 
@@ -69,7 +69,7 @@ pub struct ClusterState {
     /// in snapshots, rebuilt when one loads), so a pass takes each member's
     /// queue without reading every waiting job's member.
     #[serde(skip)]
-    queued: BTreeMap<MemberId, BTreeSet<JobId>>,
+    queued: QueueByMember,
     /// Dedup table: member -> client request id -> the job it created.
     requests: BTreeMap<MemberId, BTreeMap<String, JobId>>,
     /// The rules in force.
@@ -87,17 +87,6 @@ pub struct ClusterState {
     /// Demand or supply changed since the last scheduling pass.
     #[serde(default)]
     pass_due: bool,
-}
-
-/// Takes a job out of its member's queue, and the member out of the
-/// index when its queue empties.
-fn dequeue(queued: &mut BTreeMap<MemberId, BTreeSet<JobId>>, member: &MemberId, id: JobId) {
-    if let Some(queue) = queued.get_mut(member) {
-        queue.remove(&id);
-        if queue.is_empty() {
-            queued.remove(member);
-        }
-    }
 }
 
 /// A change of the replica group a member asked for.
@@ -241,11 +230,7 @@ impl ClusterState {
         let mut state: Self = serde_json::from_slice(bytes)?;
         for id in &state.pending {
             if let Some(job) = state.jobs.get(id) {
-                state
-                    .queued
-                    .entry(job.member.clone())
-                    .or_default()
-                    .insert(*id);
+                enqueue(&mut state.queued, &job.member, *id);
             }
         }
         let jobs = &state.jobs;
@@ -421,10 +406,7 @@ impl ClusterState {
         let id = job.id;
         if job.state() == JobState::Pending {
             self.pending.insert(id);
-            self.queued
-                .entry(job.member.clone())
-                .or_default()
-                .insert(id);
+            enqueue(&mut self.queued, &job.member, id);
         }
         self.requests
             .entry(job.member.clone())
@@ -455,10 +437,7 @@ impl ClusterState {
         job.set_state(state);
         if state == JobState::Pending {
             if self.pending.insert(id) {
-                self.queued
-                    .entry(job.member.clone())
-                    .or_default()
-                    .insert(id);
+                enqueue(&mut self.queued, &job.member, id);
             }
             self.pass_due = true;
         } else if self.pending.remove(&id) {
