@@ -549,6 +549,7 @@ async fn evaluation_act(
             label_column: "label".into(),
             task: coop_proto::api::EvalTask::Classification as i32,
             metrics: vec![],
+            options: None,
         }),
         ..Default::default()
     };

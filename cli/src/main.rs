@@ -307,11 +307,8 @@ fn main() {
     // In-process workers (`coop dev`, `coop demo`) run model jobs as child
     // processes of this binary: `coop run-model DIR CACHE`.
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("run-model") && args.len() == 4 {
-        std::process::exit(coop_worker::model::child_main(
-            std::path::Path::new(&args[2]),
-            std::path::Path::new(&args[3]),
-        ));
+    if let Some(code) = coop_worker::model::child_dispatch(&args) {
+        std::process::exit(code);
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -60,6 +60,31 @@ enum_table!(core::Rule, api::Rule, "rule",
     Reclaim <=> Reclaim, OwnerReclaim <=> OwnerReclaim);
 enum_table!(core::EvalTask, api::EvalTask, "task",
     Classification <=> Classification, Regression <=> Regression);
+enum_table!(core::Engine, api::Engine, "engine",
+    Auto <=> Auto, Tract <=> Tract, Onnxruntime <=> Onnxruntime);
+
+impl From<&core::ModelOptions> for api::ModelOptions {
+    fn from(o: &core::ModelOptions) -> Self {
+        Self {
+            engine: wire::<api::Engine, _>(o.engine),
+            output_name: o.output_name.clone(),
+            features: o.features.clone(),
+            drop: o.drop.clone(),
+        }
+    }
+}
+
+fn model_options(o: Option<&api::ModelOptions>) -> Result<core::ModelOptions, ConvertError> {
+    let Some(o) = o else {
+        return Ok(core::ModelOptions::default());
+    };
+    Ok(core::ModelOptions {
+        engine: core::Engine::from_wire(o.engine)?,
+        output_name: o.output_name.clone(),
+        features: o.features.clone(),
+        drop: o.drop.clone(),
+    })
+}
 
 /// A core enum as its wire number.
 pub fn wire<W: Into<i32>, C: Into<W>>(c: C) -> i32 {
@@ -150,11 +175,13 @@ impl From<&core::JobSpec> for api::JobSpec {
                 model,
                 input,
                 output,
+                options,
             } => {
                 out.inference = Some(api::InferenceSpec {
                     model: Some(model.into()),
                     input: Some(input.into()),
                     output: output.clone(),
+                    options: (!options.is_default()).then(|| options.into()),
                 });
             }
             core::JobKind::Evaluation {
@@ -163,6 +190,7 @@ impl From<&core::JobSpec> for api::JobSpec {
                 label_column,
                 task,
                 metrics,
+                options,
             } => {
                 out.evaluation = Some(api::EvaluationSpec {
                     models: models.iter().map(api::Artifact::from).collect(),
@@ -170,6 +198,7 @@ impl From<&core::JobSpec> for api::JobSpec {
                     label_column: label_column.clone(),
                     task: wire::<api::EvalTask, _>(*task),
                     metrics: metrics.clone(),
+                    options: (!options.is_default()).then(|| options.into()),
                 });
             }
         }
@@ -191,6 +220,7 @@ impl TryFrom<&api::JobSpec> for core::JobSpec {
                 model: artifact(i.model.as_ref()),
                 input: artifact(i.input.as_ref()),
                 output: i.output.clone(),
+                options: model_options(i.options.as_ref())?,
             },
             (None, Some(e)) => {
                 let task = core::EvalTask::from_wire(e.task)?;
@@ -204,6 +234,7 @@ impl TryFrom<&api::JobSpec> for core::JobSpec {
                     } else {
                         e.metrics.clone()
                     },
+                    options: model_options(e.options.as_ref())?,
                 }
             }
             (None, None) => core::JobKind::Command {
@@ -234,6 +265,8 @@ impl From<&core::ModelScore> for api::ModelScore {
             model: s.model.clone(),
             sha256: s.sha256.clone(),
             metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            error: s.error.clone(),
+            seconds: s.seconds,
         }
     }
 }
@@ -244,6 +277,28 @@ impl From<&api::ModelScore> for core::ModelScore {
             model: s.model.clone(),
             sha256: s.sha256.clone(),
             metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            error: s.error.clone(),
+            seconds: s.seconds,
+        }
+    }
+}
+
+impl From<&core::OutputFile> for api::OutputFile {
+    fn from(o: &core::OutputFile) -> Self {
+        Self {
+            name: o.name.clone(),
+            path: o.path.clone(),
+            sha256: o.sha256.clone(),
+        }
+    }
+}
+
+impl From<&api::OutputFile> for core::OutputFile {
+    fn from(o: &api::OutputFile) -> Self {
+        Self {
+            name: o.name.clone(),
+            path: o.path.clone(),
+            sha256: o.sha256.clone(),
         }
     }
 }
@@ -258,12 +313,16 @@ impl From<&core::JobResult> for api::JobResult {
                 output,
                 output_sha256,
                 model_sha256,
+                engine,
+                outputs,
             } => Kind::Inference(api::InferenceResult {
                 rows: *rows,
                 seconds: *seconds,
                 output: output.clone(),
                 output_sha256: output_sha256.clone(),
                 model_sha256: model_sha256.clone(),
+                engine: engine.clone(),
+                outputs: outputs.iter().map(api::OutputFile::from).collect(),
             }),
             core::JobResult::Evaluation {
                 dataset,
@@ -272,7 +331,9 @@ impl From<&core::JobResult> for api::JobResult {
                 task,
                 scores,
                 ensemble,
+                engine,
             } => Kind::Evaluation(api::EvaluationResult {
+                engine: engine.clone(),
                 dataset: dataset.clone(),
                 dataset_sha256: dataset_sha256.clone(),
                 rows: *rows,
@@ -302,6 +363,8 @@ impl TryFrom<&api::JobResult> for core::JobResult {
                     output: i.output.clone(),
                     output_sha256: i.output_sha256.clone(),
                     model_sha256: i.model_sha256.clone(),
+                    engine: i.engine.clone(),
+                    outputs: i.outputs.iter().map(core::OutputFile::from).collect(),
                 },
                 Kind::Evaluation(e) => core::JobResult::Evaluation {
                     dataset: e.dataset.clone(),
@@ -310,6 +373,7 @@ impl TryFrom<&api::JobResult> for core::JobResult {
                     task: core::EvalTask::from_wire(e.task)?,
                     scores: e.scores.iter().map(core::ModelScore::from).collect(),
                     ensemble: e.ensemble.as_ref().map(core::ModelScore::from),
+                    engine: e.engine.clone(),
                 },
             },
         )

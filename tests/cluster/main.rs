@@ -582,6 +582,7 @@ async fn a_run_that_ended_just_before_its_worker_crashed_is_reported_by_the_succ
         signal: None,
         error: String::new(),
         result: None,
+        oom_killed: false,
     };
     coop_worker::outbox::record(
         &work,

@@ -1,6 +1,8 @@
 //! Model jobs: the runner on its own (known answers, metrics, ensembles,
 //! clear failures) and end to end through a cluster and a worker process.
 
+mod sklearn;
+
 use coop_e2e::Proc;
 use coop_e2e::StateName;
 
@@ -31,6 +33,7 @@ fn eval_job(
         label_column: "label".into(),
         task: EvalTask::parse(task).expect("a task"),
         metrics: metrics.iter().map(|m| m.to_string()).collect(),
+        options: Default::default(),
     }
 }
 
@@ -52,6 +55,7 @@ fn inference_output_matches_the_known_answer() {
         model: art(&models[0]),
         input: art(&input),
         output: "out/scores.npy".into(),
+        options: Default::default(),
     };
     let result = model::run(&job, dir.path(), &dir.path().join("cache")).unwrap();
     // by_x scores (2x, 2y, 1).
@@ -77,6 +81,7 @@ fn inference_output_matches_the_known_answer() {
         model: art(&models[2]),
         input: art(&rows),
         output: "scores.jsonl".into(),
+        options: Default::default(),
     };
     model::run(&job, dir.path(), &dir.path().join("cache")).unwrap();
     let text = std::fs::read_to_string(dir.path().join("scores.jsonl")).unwrap();
@@ -179,7 +184,7 @@ fn bad_inputs_fail_with_a_clear_reason() {
     .unwrap_err();
     assert!(
         err.to_string()
-            .contains("does not accept input of shape [1, 3]"),
+            .contains("takes 2 features per row; the dataset has 3 (x, y, z)"),
         "{err}"
     );
 }
@@ -235,6 +240,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
                 label_column: "label".into(),
                 task: coop_proto::api::EvalTask::Classification as i32,
                 metrics: vec![],
+                options: Default::default(),
             }),
         ),
         "bad",
@@ -256,6 +262,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
                 label_column: "label".into(),
                 task: coop_proto::api::EvalTask::Classification as i32,
                 metrics: vec![],
+                options: Default::default(),
             }),
         ),
         "good",
@@ -279,6 +286,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
                 model: Some(artifact(&models[0])),
                 input: Some(artifact(&rows)),
                 output: "pred.jsonl".into(),
+                options: None,
             }),
             None,
         ),
@@ -369,6 +377,7 @@ fn http_artifacts_are_checked_and_cached() {
         label_column: "label".into(),
         task: EvalTask::Classification,
         metrics: vec!["accuracy".into()],
+        options: Default::default(),
     };
     let first = model::run(&job(Some(sha.clone())), dir.path(), &cache).unwrap();
     let JobResult::Evaluation { scores, .. } = first else {
@@ -396,6 +405,7 @@ fn http_artifacts_are_checked_and_cached() {
         label_column: "label".into(),
         task: EvalTask::Classification,
         metrics: vec![],
+        options: Default::default(),
     };
     let err = model::run(&gone, dir.path(), &cache).unwrap_err();
     assert!(err.to_string().contains("fetch failed"), "{err}");

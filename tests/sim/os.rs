@@ -109,6 +109,7 @@ impl Launcher for Processes {
                     signal: None,
                     error: String::new(),
                     result: None,
+            oom_killed: false,
                 },
                 _ = tokio::time::sleep(timeout) => Exit {
                     error: format!("timed out after {} s (signal 15)", timeout.as_secs()),
@@ -139,5 +140,6 @@ fn signalled() -> Exit {
         signal: Some(15),
         error: String::new(),
         result: None,
+        oom_killed: false,
     }
 }

@@ -169,6 +169,18 @@ impl Actor {
                     model::artifact::CACHE_LIMIT_ENV.into(),
                     self.id.cache_max_bytes.to_string(),
                 );
+                if let Some(lib) = &self.id.onnxruntime {
+                    env.insert(
+                        model::engine::ONNXRUNTIME_ENV.into(),
+                        lib.display().to_string(),
+                    );
+                }
+                // As many engine threads as the CPUs the job was given.
+                let cpus = spec.resources.map(|r| r.cpu_millis).unwrap_or(1000);
+                env.insert(
+                    model::engine::THREADS_ENV.into(),
+                    cpus.div_ceil(1000).max(1).to_string(),
+                );
                 match prepare_model_job(&self.id, alloc, job) {
                     Ok(argv) => argv,
                     Err(e) => return self.end(alloc, Exit::error(e.to_string())),
@@ -215,6 +227,7 @@ impl Actor {
         tracing::info!(alloc, job = job_id, node = %self.id.node_id, "started");
         let tx = self.events_tx.clone();
         let dir = executor::alloc_dir(&self.id.work_dir, alloc);
+        let memory_limit = launch.memory_bytes;
         let kind = match &model_job {
             Some(ModelJob::Inference { .. }) => "inference",
             Some(ModelJob::Evaluation { .. }) => "evaluation",
@@ -226,7 +239,7 @@ impl Actor {
         tokio::spawn(async move {
             let mut exit = started.exit.await;
             if is_model {
-                collect_model_outcome(&dir, &mut exit);
+                collect_model_outcome(&dir, &mut exit, memory_limit);
             }
             let outcome = if exit.code == Some(0) && exit.error.is_empty() {
                 "succeeded"
@@ -282,8 +295,44 @@ fn prepare_model_job(
     ])
 }
 
+/// Reads what the model child left: its result, or the reason it failed,
+/// with running out of memory named as such.
+fn collect_model_outcome(dir: &std::path::Path, exit: &mut Exit, memory_limit: u64) {
+    collect_model_result(dir, exit);
+    if exit.code != Some(0) && ran_out_of_memory(dir, exit) {
+        exit.error = out_of_memory_message(memory_limit);
+    }
+}
+
+/// The message for a model job that ran out of memory.
+pub fn out_of_memory_message(limit: u64) -> String {
+    format!(
+        "out of memory: the job's memory limit is {} and the model with its data needed more; \
+         resubmit with a larger --memory (e.g. --memory {})",
+        coop_core::resources::format_bytes(limit),
+        coop_core::resources::format_bytes(limit.saturating_mul(2))
+    )
+}
+
+/// Whether the child died of an allocation that failed: Rust aborts with
+/// "memory allocation of N bytes failed" (SIGABRT under the rlimit), the
+/// kernel's OOM killer sends SIGKILL (under cgroup v2, counted in
+/// memory.events), and ONNX Runtime reports a failed allocation as an error.
+fn ran_out_of_memory(dir: &std::path::Path, exit: &Exit) -> bool {
+    let stderr = std::fs::read(dir.join("stderr.log")).unwrap_or_default();
+    let tail =
+        String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(64 * 1024)..]).to_string();
+    let said = |t: &str| {
+        t.contains("memory allocation of")
+            || t.contains("bad_alloc")
+            || t.contains("Failed to allocate memory")
+            || t.contains("out of memory")
+    };
+    said(&tail) || said(&exit.error) || exit.oom_killed
+}
+
 /// Reads what the model child left: its result, or the reason it failed.
-fn collect_model_outcome(dir: &std::path::Path, exit: &mut Exit) {
+fn collect_model_result(dir: &std::path::Path, exit: &mut Exit) {
     if exit.code == Some(0) {
         match std::fs::read_to_string(dir.join(model::RESULT_FILE)) {
             Ok(json) => match serde_json::from_str(&json) {
@@ -314,6 +363,7 @@ mod tests {
             gpus: 0,
         };
         Arc::new(Identity {
+            onnxruntime: None,
             node_id: "n1".into(),
             owner: "ana".into(),
             metrics: Arc::new(crate::metrics::WorkerMetrics::new(&capacity, &[])),

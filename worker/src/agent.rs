@@ -36,6 +36,8 @@ pub struct Identity {
     pub stop_grace: Duration,
     /// The binary that runs model jobs (`<runner> run-model DIR CACHE`).
     pub runner: PathBuf,
+    /// ONNX Runtime's library, when this worker has one that loads.
+    pub onnxruntime: Option<PathBuf>,
     pub cache_max_bytes: u64,
     /// First uid and how many, when each job runs as its own user.
     pub job_uids: Option<(u32, u32)>,
@@ -613,6 +615,7 @@ mod tests {
         let addr = silent.local_addr().unwrap().to_string();
         let scheds = Schedulers::new(vec![addr.clone()], None);
         let id = Identity {
+            onnxruntime: None,
             node_id: "n".into(),
             owner: "o".into(),
             capacity: Resources::default(),

@@ -71,11 +71,8 @@ struct Args {
 pub fn main() -> i32 {
     // A model job runs in a child process of the worker: `run-model DIR CACHE`.
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("run-model") && args.len() == 4 {
-        return crate::model::child_main(
-            std::path::Path::new(&args[2]),
-            std::path::Path::new(&args[3]),
-        );
+    if let Some(code) = crate::model::child_dispatch(&args) {
+        return code;
     }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

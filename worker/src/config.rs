@@ -46,6 +46,10 @@ pub struct WorkerConfig {
     /// The binary that runs model jobs as `<it> run-model DIR CACHE`; this
     /// worker's own binary by default (`coop-worker` and `coop` both can).
     pub model_runner: Option<PathBuf>,
+    /// ONNX Runtime's library (`libonnxruntime.so.*`); found through
+    /// `COOP_ONNXRUNTIME_LIB`, `ORT_DYLIB_PATH` or the onnxruntime Python
+    /// wheel when unset.
+    pub onnxruntime_lib: Option<PathBuf>,
     /// The node's secret key; `node.key` in the work dir by default,
     /// created at first start. Its owner authorizes the public half with
     /// `coop node add NODE --key PUBKEY`.
@@ -94,6 +98,7 @@ impl Default for WorkerConfig {
             metrics_listen: None,
             stop_grace_ms: 5000,
             model_runner: None,
+            onnxruntime_lib: None,
             key_file: None,
             ca_file: None,
             plaintext: false,

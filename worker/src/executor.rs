@@ -20,6 +20,8 @@ pub struct Exit {
     pub error: String,
     /// What a model job produced, when it produced something.
     pub result: Option<coop_core::JobResult>,
+    /// The kernel's OOM killer ended a process of the job's cgroup.
+    pub oom_killed: bool,
 }
 
 impl Exit {
@@ -29,6 +31,7 @@ impl Exit {
             signal: None,
             error: message.into(),
             result: None,
+            oom_killed: false,
         }
     }
 }
@@ -272,7 +275,8 @@ impl Launcher for Processes {
         Ok(Started {
             pgid: child.id(),
             exit: Box::pin(async move {
-                let exit = wait_with_timeout(child, timeout, grace).await;
+                let mut exit = wait_with_timeout(child, timeout, grace).await;
+                exit.oom_killed = oom_killed(&confinement);
                 release(&confinement);
                 exit
             }),
@@ -301,6 +305,22 @@ pub fn launcher() -> &'static dyn Launcher {
     }
 }
 
+/// Whether the kernel killed a process of the job's cgroup for memory
+/// (`oom_kill` in its `memory.events`).
+fn oom_killed(confinement: &Confinement) -> bool {
+    let Confinement::Cgroup(dir) = confinement else {
+        return false;
+    };
+    std::fs::read_to_string(dir.join("memory.events"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .is_some_and(|n| n > 0)
+}
+
 /// Removes a finished job's cgroup.
 fn release(confinement: &Confinement) {
     if let Confinement::Cgroup(dir) = confinement {
@@ -323,6 +343,7 @@ async fn wait(mut child: Child) -> Exit {
                 signal: status.signal(),
                 error: String::new(),
                 result: None,
+                oom_killed: false,
             }
         }
         Err(e) => Exit::error(format!("wait for process: {e}")),

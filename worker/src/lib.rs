@@ -139,7 +139,24 @@ impl Worker {
             key.public_key()
         );
         let metrics = Arc::new(metrics::WorkerMetrics::new(&capacity, &gpus));
+        let runner = match &config.model_runner {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(WorkerError::io("find own binary"))?,
+        };
+        let engines = {
+            let (runner, lib) = (runner.clone(), config.onnxruntime_lib.clone());
+            tokio::task::spawn_blocking(move || model::detect_engines(&runner, lib.as_deref()))
+                .await
+                .unwrap_or_default()
+        };
+        tracing::info!(
+            onnxruntime = engines.onnxruntime.is_some(),
+            cuda = engines.cuda,
+            detail = %engines.detail,
+            "model engines: tract, and ONNX Runtime where found"
+        );
         let id = Arc::new(Identity {
+            onnxruntime: engines.onnxruntime,
             node_id: config.node_id.clone(),
             owner: config.owner.clone(),
             capacity,
@@ -156,10 +173,7 @@ impl Worker {
             cluster_id: Default::default(),
             session: Default::default(),
             clock,
-            runner: match &config.model_runner {
-                Some(p) => p.clone(),
-                None => std::env::current_exe().map_err(WorkerError::io("find own binary"))?,
-            },
+            runner,
         });
         tracing::info!(
             limits = if id.cgroups.is_some() {

@@ -105,6 +105,7 @@ mod tests {
             signal: None,
             error: String::new(),
             result: None,
+            oom_killed: false,
         };
         record(dir.path(), &Entry::new(7, 3, &ok)).unwrap();
         record(dir.path(), &Entry::new(5, 3, &ok)).unwrap();

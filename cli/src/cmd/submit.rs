@@ -77,6 +77,21 @@ pub struct SubmitArgs {
     /// Evaluation: a metric (repeatable; default: all of the task's).
     #[arg(long = "metric")]
     pub metrics: Vec<String>,
+    /// Model jobs: auto (ONNX Runtime where the worker has it, else tract),
+    /// tract or onnxruntime.
+    #[arg(long, default_value = "auto")]
+    pub engine: String,
+    /// Model jobs: the model output to write or score (default: every
+    /// output is written; the task picks the one scored).
+    #[arg(long)]
+    pub output_name: Option<String>,
+    /// Evaluation: the feature columns, in the order the model takes them
+    /// (comma-separated or repeated; default: every column but the label).
+    #[arg(long, value_delimiter = ',', conflicts_with = "drop")]
+    pub features: Vec<String>,
+    /// Evaluation: columns that are not features (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub drop: Vec<String>,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -104,6 +119,19 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
     if !model_job && args.command.is_empty() {
         bail!("empty command: give the program to run after --, e.g. coop submit -- echo hi");
     }
+    let Some(engine) = coop_core::Engine::parse(&args.engine) else {
+        bail!("--engine {:?}: use auto, tract or onnxruntime", args.engine);
+    };
+    let options = coop_core::ModelOptions {
+        engine,
+        output_name: args.output_name.clone(),
+        features: args.features.clone(),
+        drop: args.drop.clone(),
+    };
+    let options = (!options.is_default()).then(|| ModelOptions::from(&options));
+    if !model_job && options.is_some() {
+        bail!("--engine, --output-name, --features and --drop are for model jobs (--infer or --evaluate)");
+    }
     let inference = match &args.infer {
         Some(model) => Some(InferenceSpec {
             model: Some(artifact(model)),
@@ -113,6 +141,7 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
                     .ok_or_else(|| anyhow::anyhow!("--infer needs --input"))?,
             )),
             output: args.out.clone(),
+            options: options.clone(),
         }),
         None => None,
     };
@@ -132,6 +161,7 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
                 None => bail!("--task {:?}: use classification or regression", args.task),
             },
             metrics: args.metrics.clone(),
+            options,
         })
     };
     let cpu_millis = parse_cpu(&args.cpu).map_err(anyhow::Error::msg)?;

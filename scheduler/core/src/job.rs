@@ -36,6 +36,8 @@ pub enum JobKind {
         /// Where the worker writes the outputs: `.npy` or `.jsonl`, relative
         /// to the job's work dir (served with its logs).
         output: String,
+        #[serde(default, skip_serializing_if = "ModelOptions::is_default")]
+        options: ModelOptions,
     },
     /// Score one or more ONNX models (and, with several, their ensemble) on
     /// a labelled dataset.
@@ -47,7 +49,119 @@ pub enum JobKind {
         task: EvalTask,
         /// accuracy, macro_f1 (classification); mse, mae (regression).
         metrics: Vec<String>,
+        #[serde(default, skip_serializing_if = "ModelOptions::is_default")]
+        options: ModelOptions,
     },
+}
+
+/// Which runtime runs a model job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// ONNX Runtime where the worker has it, tract otherwise.
+    #[default]
+    Auto,
+    /// tract, pure Rust, on every worker.
+    Tract,
+    /// ONNX Runtime (on the job's GPUs through CUDA when it has any).
+    Onnxruntime,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tract => "tract",
+            Self::Onnxruntime => "onnxruntime",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(Self::Auto),
+            "tract" => Some(Self::Tract),
+            "onnxruntime" | "ort" => Some(Self::Onnxruntime),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a model job runs and reads its data, beyond the model and the files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelOptions {
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub engine: Engine,
+    /// The model output to write (inference) or score (evaluation); all of
+    /// them are written, and the task picks the one scored, when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_name: Option<String>,
+    /// Evaluation: the dataset columns that are features, in this order
+    /// (default: every column but the label, in the file's order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Evaluation: columns that are not features.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+fn is_auto(e: &Engine) -> bool {
+    *e == Engine::Auto
+}
+
+/// Most columns `--features` or `--drop` may name.
+pub const MAX_COLUMNS: usize = 4096;
+/// Longest column or output name.
+pub const MAX_COLUMN_NAME_LEN: usize = 128;
+
+impl ModelOptions {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn validate(&self, evaluation: bool) -> Result<(), SpecError> {
+        if self
+            .output_name
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > MAX_COLUMN_NAME_LEN)
+        {
+            return Err(SpecError::OutputName);
+        }
+        if !evaluation && !(self.features.is_empty() && self.drop.is_empty()) {
+            return Err(SpecError::Columns(
+                "--features and --drop choose an evaluation dataset's columns".into(),
+            ));
+        }
+        if !self.features.is_empty() && !self.drop.is_empty() {
+            return Err(SpecError::Columns(
+                "give --features or --drop, not both".into(),
+            ));
+        }
+        let names = self.features.iter().chain(&self.drop);
+        if self.features.len() + self.drop.len() > MAX_COLUMNS {
+            return Err(SpecError::Columns(format!(
+                "at most {MAX_COLUMNS} columns may be named"
+            )));
+        }
+        if let Some(bad) = names
+            .clone()
+            .find(|n| n.is_empty() || n.len() > MAX_COLUMN_NAME_LEN)
+        {
+            return Err(SpecError::Columns(format!(
+                "column name {bad:?} must be 1 to {MAX_COLUMN_NAME_LEN} bytes"
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = names.clone().find(|n| !seen.insert(n.as_str())) {
+            return Err(SpecError::Columns(format!("column {dup:?} is named twice")));
+        }
+        Ok(())
+    }
 }
 
 /// A file a model job reads: a local path or an http(s) URI, with the
@@ -128,6 +242,10 @@ pub enum SpecError {
     OutputFormat,
     #[error("output must be a relative path inside the job's work dir")]
     OutputPath,
+    #[error("output name must be 1 to {MAX_COLUMN_NAME_LEN} bytes")]
+    OutputName,
+    #[error("{0}")]
+    Columns(String),
     #[error("an evaluation needs 1 to {MAX_EVAL_MODELS} models")]
     ModelCount,
     #[error("give the dataset's label column")]
@@ -314,7 +432,9 @@ impl JobSpec {
                 model,
                 input,
                 output,
+                options,
             } => {
+                options.validate(false)?;
                 model.validate("model")?;
                 input.validate("input")?;
                 if !(output.ends_with(".npy") || output.ends_with(".jsonl")) {
@@ -333,7 +453,14 @@ impl JobSpec {
                 label_column,
                 task,
                 metrics,
+                options,
             } => {
+                options.validate(true)?;
+                if options.features.contains(label_column) {
+                    return Err(SpecError::Columns(format!(
+                        "the label column {label_column:?} cannot be a feature"
+                    )));
+                }
                 if models.is_empty() || models.len() > MAX_EVAL_MODELS {
                     return Err(SpecError::ModelCount);
                 }

@@ -37,6 +37,7 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
             task,
             scores,
             ensemble,
+            ..
         }) = &job.result
         else {
             continue;
@@ -66,13 +67,16 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
     for board in &mut out {
         let metric = board.task.metrics()[0];
         let higher_is_better = board.task == EvalTask::Classification;
+        // A model that could not be scored is listed after every score,
+        // with its error, so its failure is seen next to the others.
         board.entries.sort_by(|a, b| {
-            let x = a.score.metrics.get(metric).copied().unwrap_or(f64::NAN);
-            let y = b.score.metrics.get(metric).copied().unwrap_or(f64::NAN);
-            let ord = if higher_is_better {
-                y.total_cmp(&x)
-            } else {
-                x.total_cmp(&y)
+            let (x, y) = (a.score.metrics.get(metric), b.score.metrics.get(metric));
+            let ord = match (x, y) {
+                (Some(x), Some(y)) if higher_is_better => y.total_cmp(x),
+                (Some(x), Some(y)) => x.total_cmp(y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
             };
             ord.then(a.job.cmp(&b.job))
         });

@@ -51,12 +51,14 @@ pub use explain::{Explanation, PendingReason, WouldStart};
 pub use fairness::Fairness;
 pub use identity::{Auth, AuthError, MemberRequest, NodeReport, PublicKey, SecretKey, Signature};
 pub use ids::{AllocId, JobId, MemberId, NodeId};
-pub use job::{Artifact, EnvSalt, EvalTask, Job, JobKind, JobSpec, JobState, SpecError};
+pub use job::{
+    Artifact, Engine, EnvSalt, EvalTask, Job, JobKind, JobSpec, JobState, ModelOptions, SpecError,
+};
 pub use leaderboard::Leaderboard;
 pub use member::Member;
 pub use node::{GpuInfo, Node, NodeGrant, NodeState};
 pub use outcome::{Outcome, Placement, Preemption};
 pub use policy::{Policy, PolicyError};
 pub use resources::Resources;
-pub use result::{JobResult, ModelScore};
+pub use result::{JobResult, ModelScore, OutputFile};
 pub use state::ClusterState;

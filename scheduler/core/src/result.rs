@@ -30,7 +30,32 @@ pub struct ModelScore {
     /// SHA-256 of the model file (empty for the ensemble).
     pub sha256: String,
     pub metrics: BTreeMap<String, f64>,
+    /// Why this model could not be scored (the others still are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the model took over the whole dataset.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seconds: f64,
 }
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// One file an inference job wrote: the model output it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// The model output's name.
+    pub name: String,
+    /// Relative to the job's work dir.
+    pub path: String,
+    pub sha256: String,
+}
+
+/// Longest error a model score may carry.
+pub const MAX_SCORE_ERROR_LEN: usize = 2048;
+/// Most output files one inference may record.
+pub const MAX_OUTPUT_FILES: usize = 64;
 
 /// A model job's outcome, recorded through the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +67,12 @@ pub enum JobResult {
         output: String,
         output_sha256: String,
         model_sha256: String,
+        /// The engine that ran the model (tract or onnxruntime).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        engine: String,
+        /// Every file written, one per model output.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        outputs: Vec<OutputFile>,
     },
     Evaluation {
         dataset: String,
@@ -51,6 +82,8 @@ pub enum JobResult {
         scores: Vec<ModelScore>,
         /// Majority vote (classification) or mean (regression), with several models.
         ensemble: Option<ModelScore>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        engine: String,
     },
 }
 
@@ -58,10 +91,18 @@ impl JobResult {
     /// Refuses absurd reports (NaN scores, hundreds of models) before they reach the state.
     pub fn validate(&self) -> Result<(), ResultError> {
         let check = |s: &ModelScore| -> Result<(), ResultError> {
-            if s.metrics.len() > MAX_METRICS || s.model.len() > crate::job::MAX_URI_LEN {
+            if s.metrics.len() > MAX_METRICS
+                || s.model.len() > crate::job::MAX_URI_LEN
+                || s.error
+                    .as_ref()
+                    .is_some_and(|e| e.len() > MAX_SCORE_ERROR_LEN)
+            {
                 return Err(ResultError::TooLarge);
             }
-            if s.metrics.values().any(|v| !v.is_finite()) {
+            if s.metrics.values().any(|v| !v.is_finite())
+                || !s.seconds.is_finite()
+                || s.seconds < 0.0
+            {
                 return Err(ResultError::NonFinite {
                     model: s.model.clone(),
                 });
@@ -69,9 +110,20 @@ impl JobResult {
             Ok(())
         };
         match self {
-            JobResult::Inference { seconds, .. } => {
+            JobResult::Inference {
+                seconds, outputs, ..
+            } => {
                 if !seconds.is_finite() || *seconds < 0.0 {
                     return Err(ResultError::BadSeconds);
+                }
+                if outputs.len() > MAX_OUTPUT_FILES
+                    || outputs.iter().any(|o| {
+                        o.name.len() > crate::job::MAX_URI_LEN
+                            || o.path.len() > crate::job::MAX_URI_LEN
+                            || o.sha256.len() > 64
+                    })
+                {
+                    return Err(ResultError::TooLarge);
                 }
             }
             JobResult::Evaluation {

@@ -14,6 +14,12 @@ pub enum ModelError {
     /// Loading or running the model.
     #[error("{0}")]
     Model(String),
+    /// The engine cannot run the model (an operator it lacks); another may.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The engine the job asked for is not on this worker or did not start.
+    #[error("{0}")]
+    Engine(String),
     /// The model's output does not fit the job's task.
     #[error("{0}")]
     Task(String),

@@ -227,6 +227,240 @@ pub fn write_jsonl(path: &Path, m: &Matrix) -> Result<(), ModelError> {
     w.flush().map_err(|e| ModelError::Data(e.to_string()))
 }
 
+/// The inputs of a model that takes several, from JSONL objects with one
+/// field per input (`{"a": [1, 2], "b": 3}` per row), in the model's order.
+pub fn read_named_inputs(
+    path: &Path,
+    inputs: &[super::onnx::Io],
+) -> Result<Vec<tract_onnx::prelude::Tensor>, ModelError> {
+    if !matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("jsonl" | "json")
+    ) {
+        return Err(ModelError::Data(format!(
+            "the model takes {} inputs ({}): give them as JSONL objects with one field per input",
+            inputs.len(),
+            inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
+    let mut columns: Vec<(Vec<f32>, Option<usize>)> =
+        inputs.iter().map(|_| (Vec::new(), None)).collect();
+    let mut rows = 0;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| ModelError::Data(format!("read {}: {e}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at =
+            |what: String| ModelError::Data(format!("{} line {}: {what}", path.display(), n + 1));
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| at("expected an object with one field per model input".into()))?;
+        for (io, (data, width)) in inputs.iter().zip(columns.iter_mut()) {
+            let v = obj.get(&io.name).ok_or_else(|| {
+                at(format!(
+                    "no field {:?} (the model's inputs are {})",
+                    io.name,
+                    inputs
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            let before = data.len();
+            match v {
+                serde_json::Value::Array(a) => {
+                    for x in a {
+                        data.push(
+                            x.as_f64()
+                                .ok_or_else(|| at(format!("{}: not a number: {x}", io.name)))?
+                                as f32,
+                        );
+                    }
+                }
+                x => data.push(
+                    x.as_f64()
+                        .ok_or_else(|| at(format!("{}: not a number: {x}", io.name)))?
+                        as f32,
+                ),
+            }
+            let got = data.len() - before;
+            match width {
+                None => *width = Some(got),
+                Some(w) if *w != got => {
+                    return Err(at(format!(
+                        "{}: {got} values, earlier rows have {w}",
+                        io.name
+                    )))
+                }
+                _ => {}
+            }
+        }
+        rows += 1;
+    }
+    inputs
+        .iter()
+        .zip(columns)
+        .map(|(io, (data, width))| super::engine::input_tensor(data, rows, width.unwrap_or(0), io))
+        .collect()
+}
+
+/// Writes each output of an inference: to `output` itself when there is
+/// one, else to `<stem>.<output name>.<ext>` beside it, one file each.
+pub fn write_outputs(
+    dir: &Path,
+    output: &str,
+    names: &[String],
+    ys: &[tract_onnx::prelude::Tensor],
+) -> Result<Vec<coop_core::OutputFile>, ModelError> {
+    let (stem, ext) = output.rsplit_once('.').unwrap_or((output, "npy"));
+    names
+        .iter()
+        .zip(ys)
+        .map(|(name, y)| {
+            let rel = if names.len() == 1 {
+                output.to_string()
+            } else {
+                let safe: String = name
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                format!("{stem}.{safe}.{ext}")
+            };
+            let path = dir.join(&rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| ModelError::Data(format!("create {}: {e}", parent.display())))?;
+            }
+            if ext == "npy" {
+                write_npy_tensor(&path, name, y)?;
+            } else {
+                write_jsonl_tensor(&path, name, y)?;
+            }
+            Ok(coop_core::OutputFile {
+                name: name.clone(),
+                path: rel,
+                sha256: super::artifact::sha256_file(&path)?,
+            })
+        })
+        .collect()
+}
+
+/// Writes a tensor as `.npy` in its own element type and shape.
+pub fn write_npy_tensor(
+    path: &Path,
+    name: &str,
+    y: &tract_onnx::prelude::Tensor,
+) -> Result<(), ModelError> {
+    use tract_onnx::prelude::DatumType;
+    let descr = match y.datum_type() {
+        DatumType::F32 => "<f4",
+        DatumType::F64 => "<f8",
+        DatumType::I32 => "<i4",
+        DatumType::I64 => "<i8",
+        other => {
+            return Err(ModelError::Data(format!(
+            "output {name:?} holds {other:?} values, which .npy cannot: write it to a .jsonl file"
+        )))
+        }
+    };
+    let shape = match y.shape() {
+        [n] => format!("({n},)"),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let file = std::fs::File::create(path)
+        .map_err(|e| ModelError::Data(format!("create {}: {e}", path.display())))?;
+    let mut w = std::io::BufWriter::new(file);
+    let io = |e: std::io::Error| ModelError::Data(format!("write {}: {e}", path.display()));
+    w.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
+    w.write_all(&(header.len() as u16).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(header.as_bytes()).map_err(io)?;
+    // The tensor's bytes are its values in native order; every target Coop
+    // builds for is little-endian, as '<' says.
+    w.write_all(y.as_bytes()).map_err(io)?;
+    w.flush().map_err(io)
+}
+
+/// Writes a tensor as JSONL: one line per row, a value (1-D) or an array.
+pub fn write_jsonl_tensor(
+    path: &Path,
+    name: &str,
+    y: &tract_onnx::prelude::Tensor,
+) -> Result<(), ModelError> {
+    use tract_onnx::prelude::DatumType;
+    let rows = y.shape().first().copied().unwrap_or(0);
+    let width: usize = y.shape().iter().skip(1).product();
+    let flat = y.rank() == 1;
+    let bad =
+        |e: tract_onnx::prelude::TractError| ModelError::Data(format!("output {name:?}: {e}"));
+    let values: Vec<serde_json::Value> = match y.datum_type() {
+        DatumType::String => super::engine::values::<String>(y)
+            .map_err(bad)?
+            .iter()
+            .map(|v| v.clone().into())
+            .collect(),
+        DatumType::I64 => super::engine::values::<i64>(y)
+            .map_err(bad)?
+            .iter()
+            .map(|v| (*v).into())
+            .collect(),
+        DatumType::I32 => super::engine::values::<i32>(y)
+            .map_err(bad)?
+            .iter()
+            .map(|v| (*v).into())
+            .collect(),
+        _ => {
+            let f = y.cast_to::<f64>().map_err(bad)?;
+            super::engine::values::<f64>(&f)
+                .map_err(bad)?
+                .iter()
+                .map(|v| (*v).into())
+                .collect()
+        }
+    };
+    let file = std::fs::File::create(path)
+        .map_err(|e| ModelError::Data(format!("create {}: {e}", path.display())))?;
+    let mut w = std::io::BufWriter::new(file);
+    let io = |e: std::io::Error| ModelError::Data(format!("write {}: {e}", path.display()));
+    for i in 0..rows {
+        let row = &values[i * width..(i + 1) * width];
+        if flat {
+            serde_json::to_writer(&mut w, &row[0])
+        } else {
+            serde_json::to_writer(&mut w, row)
+        }
+        .map_err(|e| ModelError::Data(e.to_string()))?;
+        w.write_all(b"\n").map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
 /// Reads the input of an inference job by its extension.
 pub fn read_input(path: &Path) -> Result<Matrix, ModelError> {
     match path.extension().and_then(|e| e.to_str()) {
@@ -247,12 +481,45 @@ pub struct Dataset {
     pub feature_names: Vec<String>,
 }
 
-/// Reads CSV (with a header) or JSONL objects; every column but the label
-/// is a numeric feature. A missing or non-numeric label fails with the row.
-pub fn read_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
+/// Which columns are features: those named, in that order; or every
+/// column but the label and those dropped, in the file's order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Columns<'a> {
+    pub features: &'a [String],
+    pub drop: &'a [String],
+}
+
+impl Columns<'_> {
+    /// The positions in `names` (every column of the file) of the features.
+    fn choose(&self, names: &[String], label: &str, path: &Path) -> Result<Vec<usize>, ModelError> {
+        let find = |wanted: &String| {
+            names.iter().position(|n| n == wanted).ok_or_else(|| {
+                ModelError::Data(format!(
+                    "{}: no column {wanted:?} (columns: {})",
+                    path.display(),
+                    names.join(", ")
+                ))
+            })
+        };
+        if !self.features.is_empty() {
+            return self.features.iter().map(find).collect();
+        }
+        for d in self.drop {
+            find(d)?;
+        }
+        Ok((0..names.len())
+            .filter(|i| names[*i] != label && !self.drop.contains(&names[*i]))
+            .collect())
+    }
+}
+
+/// Reads CSV (with a header) or JSONL objects; the features are the columns
+/// `columns` chooses (every column but the label by default), numeric. A
+/// missing or non-numeric label fails with the row.
+pub fn read_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dataset, ModelError> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("csv") => read_csv_dataset(path, label),
-        Some("jsonl") | Some("json") => read_jsonl_dataset(path, label),
+        Some("csv") => read_csv_dataset(path, label, columns),
+        Some("jsonl") | Some("json") => read_jsonl_dataset(path, label, columns),
         _ => Err(ModelError::Data(format!(
             "{}: dataset must be .csv or .jsonl",
             path.display()
@@ -260,7 +527,7 @@ pub fn read_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
     }
 }
 
-fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
+fn read_csv_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dataset, ModelError> {
     let mut reader = csv::Reader::from_path(path)
         .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
     let headers: Vec<String> = reader
@@ -277,12 +544,8 @@ fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
             path.display(),
             headers.join(", ")
         )))?;
-    let feature_names: Vec<String> = headers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != label_at)
-        .map(|(_, h)| h.clone())
-        .collect();
+    let chosen = columns.choose(&headers, label, path)?;
+    let feature_names: Vec<String> = chosen.iter().map(|i| headers[*i].clone()).collect();
     let mut data = Vec::new();
     let mut labels = Vec::new();
     for (n, record) in reader.records().enumerate() {
@@ -304,7 +567,7 @@ fn read_csv_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
                 n + 1
             ))
         })?);
-        for i in (0..headers.len()).filter(|i| *i != label_at) {
+        for &i in &chosen {
             let v = cell(i);
             data.push(v.parse::<f32>().map_err(|_| {
                 ModelError::Data(format!(
@@ -355,10 +618,11 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
     }
 }
 
-fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
+fn read_jsonl_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dataset, ModelError> {
     let file = std::fs::File::open(path)
         .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
-    let mut names: Option<Vec<String>> = None;
+    // Every column's count, and the features' names, from the first row.
+    let mut names: Option<(usize, Vec<String>)> = None;
     let mut data = Vec::new();
     let mut labels = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -381,14 +645,18 @@ fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
         labels.push(l);
         // The first row fixes the columns and their order; later rows are
         // read by name, so their own key order does not matter.
-        let names = names.get_or_insert_with(|| {
-            entries
-                .iter()
-                .map(|(k, _)| k.clone())
-                .filter(|k| k != label)
-                .collect()
-        });
-        if obj.len() != names.len() + 1 || names.iter().any(|k| !obj.contains_key(k.as_str())) {
+        if names.is_none() {
+            let all: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+            let chosen = columns.choose(&all, label, path)?;
+            names = Some((
+                all.len(),
+                chosen.into_iter().map(|i| all[i].clone()).collect(),
+            ));
+        }
+        let Some((width, names)) = names.as_ref() else {
+            continue;
+        };
+        if obj.len() != *width || names.iter().any(|k| !obj.contains_key(k.as_str())) {
             return Err(ModelError::Data(format!(
                 "{} line {}: columns differ from the first row",
                 path.display(),
@@ -403,7 +671,7 @@ fn read_jsonl_dataset(path: &Path, label: &str) -> Result<Dataset, ModelError> {
             )))? as f32);
         }
     }
-    let feature_names = names.unwrap_or_default();
+    let feature_names = names.map(|n| n.1).unwrap_or_default();
     Ok(Dataset {
         features: Matrix {
             rows: labels.len(),
@@ -441,7 +709,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let d = read_dataset(&p, "label").unwrap();
+        let d = read_dataset(&p, "label", &Columns::default()).unwrap();
         let expected: Vec<String> = (0..12).map(|i| format!("px{i}")).collect();
         assert_eq!(d.feature_names, expected);
         assert_eq!(
@@ -480,16 +748,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.csv");
         std::fs::write(&p, "a,label,b\n1,0,2\n3,1,4\n").unwrap();
-        let d = read_dataset(&p, "label").unwrap();
+        let d = read_dataset(&p, "label", &Columns::default()).unwrap();
         assert_eq!(d.features.data, vec![1.0, 2.0, 3.0, 4.0]);
         assert_eq!(d.labels, vec![0.0, 1.0]);
         assert_eq!(d.feature_names, vec!["a", "b"]);
         std::fs::write(&p, "a,label\n1,\n").unwrap();
-        assert!(read_dataset(&p, "label")
+        assert!(read_dataset(&p, "label", &Columns::default())
             .unwrap_err()
             .to_string()
             .contains("missing label"));
-        assert!(read_dataset(&p, "y")
+        assert!(read_dataset(&p, "y", &Columns::default())
             .unwrap_err()
             .to_string()
             .contains("no label column"));
@@ -512,7 +780,7 @@ mod tests {
             "{\"x\": 1, \"y\": 2, \"label\": 1}\n{\"x\": 3, \"y\": 4, \"label\": 0}\n",
         )
         .unwrap();
-        let ds = read_dataset(&d, "label").unwrap();
+        let ds = read_dataset(&d, "label", &Columns::default()).unwrap();
         assert_eq!(
             (ds.features.data, ds.labels),
             (vec![1.0, 2.0, 3.0, 4.0], vec![1.0, 0.0])

@@ -1,4 +1,5 @@
-//! Model jobs: ONNX inference and evaluation with tract (pure Rust).
+//! Model jobs: ONNX inference and evaluation, on tract (pure Rust) or ONNX
+//! Runtime (see `engine`).
 //!
 //! The worker never loads a model itself: it writes the job to
 //! `model-job.json` in the allocation's work dir and runs itself as a child
@@ -8,10 +9,12 @@
 //! `JobResult`) or `error.txt` (the reason it failed).
 
 pub mod artifact;
+pub mod engine;
 pub mod error;
 pub mod examples;
 pub mod formats;
 pub mod metrics;
+pub mod onnx;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,6 +24,7 @@ use tract_onnx::prelude::*;
 
 pub use error::ModelError;
 use formats::Matrix;
+use onnx::Elem;
 
 pub const SPEC_FILE: &str = "model-job.json";
 pub const RESULT_FILE: &str = "result.json";
@@ -33,6 +37,83 @@ pub type ModelJob = JobKind;
 /// Whether a spec's kind is a model job (inference or evaluation).
 pub fn is_model_job(kind: &JobKind) -> bool {
     !matches!(kind, JobKind::Command { .. })
+}
+
+/// The child commands of a worker's binary, when `args` is one: `run-model
+/// DIR CACHE` (a model job) or `probe-onnxruntime LIB` (what the worker asks
+/// of an ONNX Runtime library before offering it). Returns the exit code.
+pub fn child_dispatch(args: &[String]) -> Option<i32> {
+    match (args.get(1).map(String::as_str), args.len()) {
+        (Some("run-model"), 4) => Some(child_main(Path::new(&args[2]), Path::new(&args[3]))),
+        (Some(PROBE_COMMAND), 3) => Some(
+            match engine::onnxruntime::OnnxRuntime::probe(Path::new(&args[2])) {
+                Ok(p) => {
+                    println!(
+                        "cuda={} {}",
+                        p.cuda,
+                        p.build_info.lines().next().unwrap_or("")
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            },
+        ),
+        _ => None,
+    }
+}
+
+pub const PROBE_COMMAND: &str = "probe-onnxruntime";
+
+/// What a worker offers for model jobs: ONNX Runtime's library (if found
+/// and it loads) and whether its CUDA provider is there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Engines {
+    pub onnxruntime: Option<PathBuf>,
+    pub cuda: bool,
+    /// The first line of the library's build info, or why it is not used.
+    pub detail: String,
+}
+
+/// Finds ONNX Runtime (see `engine::onnxruntime::find_library`) and loads it
+/// in a child of `runner`, so a library that crashes cannot take the worker
+/// down with it.
+pub fn detect_engines(runner: &Path, configured: Option<&Path>) -> Engines {
+    let Some(lib) = engine::onnxruntime::find_library(configured) else {
+        return Engines {
+            detail: "no ONNX Runtime found (set onnxruntime_lib or COOP_ONNXRUNTIME_LIB, or install the onnxruntime wheel)".into(),
+            ..Default::default()
+        };
+    };
+    let out = std::process::Command::new(runner)
+        .arg(PROBE_COMMAND)
+        .arg(&lib)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            Engines {
+                cuda: text.starts_with("cuda=true"),
+                detail: text,
+                onnxruntime: Some(lib),
+            }
+        }
+        Ok(o) => Engines {
+            detail: format!(
+                "ONNX Runtime at {} does not load: {}",
+                lib.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            ..Default::default()
+        },
+        Err(e) => Engines {
+            detail: format!("cannot run {} to probe ONNX Runtime: {e}", runner.display()),
+            ..Default::default()
+        },
+    }
 }
 
 /// The child's entry point: runs the job in `dir` and leaves `result.json`
@@ -61,37 +142,72 @@ pub fn child_main(dir: &Path, cache: &Path) -> i32 {
     }
 }
 
+/// Runs a model job with the engines the worker gave the child (see
+/// `engine::Runtime::from_env`).
 pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, ModelError> {
+    run_on(job, dir, cache, &engine::Runtime::from_env())
+}
+
+pub fn run_on(
+    job: &ModelJob,
+    dir: &Path,
+    cache: &Path,
+    runtime: &engine::Runtime,
+) -> Result<JobResult, ModelError> {
     match job {
         JobKind::Command { .. } => Err(ModelError::Job("a command is not a model job".into())),
         JobKind::Inference {
             model,
             input,
             output,
+            options,
         } => {
             let (model_path, model_sha) = artifact::fetch(model, cache, "model")?;
             let (input_path, _) = artifact::fetch(input, cache, "input")?;
-            let x = formats::read_input(&input_path)?;
-            let started = Instant::now();
-            let y = predict(&model_path, &x)?;
-            let seconds = started.elapsed().as_secs_f64();
-            let out_path = dir.join(output);
-            if let Some(parent) = out_path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| ModelError::Model(format!("create {}: {e}", parent.display())))?;
-            }
-            if output.ends_with(".npy") {
-                formats::write_npy(&out_path, &y)?;
+            let prepared = onnx::prepare(&model_path)?;
+            let engine = runtime.engine(options.engine)?;
+            let inputs = if prepared.inputs.len() > 1 {
+                formats::read_named_inputs(&input_path, &prepared.inputs)?
             } else {
-                formats::write_jsonl(&out_path, &y)?;
-            }
-            println!("inference: {} rows in {:.3} s -> {output}", x.rows, seconds);
+                let x = formats::read_input(&input_path)?;
+                let io = prepared
+                    .inputs
+                    .first()
+                    .ok_or_else(|| ModelError::Model("the model declares no input".into()))?;
+                vec![engine::input_tensor(x.data, x.rows, x.cols, io)?]
+            };
+            let rows = inputs.first().map(|t| t.shape()[0]).unwrap_or(0);
+            let names = match &options.output_name {
+                Some(name) => vec![prepared.output(name)?.name.clone()],
+                None => prepared.output_names(),
+            };
+            let started = Instant::now();
+            let mut session = engine.load(&prepared, &names)?;
+            let ys = engine::run_batched(session.as_mut(), &inputs, &names)?;
+            let seconds = started.elapsed().as_secs_f64();
+            drop(inputs);
+            let files = formats::write_outputs(dir, output, &names, &ys)?;
+            println!(
+                "inference ({}): {rows} rows in {seconds:.3} s -> {}",
+                engine.name(),
+                files
+                    .iter()
+                    .map(|f| f.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let first = files
+                .first()
+                .cloned()
+                .ok_or_else(|| ModelError::Model("the model has no output".into()))?;
             Ok(JobResult::Inference {
-                rows: x.rows as u64,
+                rows: rows as u64,
                 seconds,
-                output: output.clone(),
-                output_sha256: artifact::sha256_file(&out_path)?,
+                output: first.path,
+                output_sha256: first.sha256,
                 model_sha256: model_sha,
+                engine: engine.name().into(),
+                outputs: files,
             })
         }
         JobKind::Evaluation {
@@ -100,131 +216,326 @@ pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, ModelE
             label_column,
             task,
             metrics,
+            options,
         } => {
             let (data_path, data_sha) = artifact::fetch(dataset, cache, "dataset")?;
-            let data = formats::read_dataset(&data_path, label_column)?;
+            let data = formats::read_dataset(
+                &data_path,
+                label_column,
+                &formats::Columns {
+                    features: &options.features,
+                    drop: &options.drop,
+                },
+            )?;
+            let engine = runtime.engine(options.engine)?;
             let classify = *task == EvalTask::Classification;
+            // The features become one tensor, moved and never copied: every
+            // model whose input takes them as they are reads this one.
+            let formats::Dataset {
+                features,
+                labels,
+                feature_names,
+            } = data;
+            let table = Table {
+                x: engine::input_tensor(
+                    features.data,
+                    features.rows,
+                    features.cols,
+                    &onnx::Io {
+                        name: "features".into(),
+                        elem: None,
+                        dims: None,
+                    },
+                )?,
+                names: feature_names,
+            };
             let mut scores = Vec::new();
             let mut all_predictions = Vec::new();
+            let mut failures = Vec::new();
             for m in models {
-                let (path, sha) = artifact::fetch(m, cache, "model")?;
-                let y = predict(&path, &data.features)
-                    .map_err(|e| ModelError::Model(format!("model {}: {e}", m.uri)))?;
-                let pred = to_predictions(&y, classify)
-                    .map_err(|e| ModelError::Model(format!("model {}: {e}", m.uri)))?;
-                let scored = metrics::compute(metrics, &pred, &data.labels);
-                println!("{}: {:?}", m.uri, scored);
-                scores.push(ModelScore {
-                    model: m.uri.clone(),
-                    sha256: sha,
-                    metrics: scored,
+                let started = Instant::now();
+                let scored = artifact::fetch(m, cache, "model").and_then(|(path, sha)| {
+                    let pred = evaluate_one(engine.as_ref(), &path, &table, *task, options)?;
+                    Ok((sha, pred))
                 });
-                all_predictions.push(pred);
+                let seconds = started.elapsed().as_secs_f64();
+                match scored {
+                    Ok((sha, pred)) => {
+                        let scored = metrics::compute(metrics, &pred, &labels);
+                        println!("{}: {:?} in {seconds:.3} s", m.uri, scored);
+                        scores.push(ModelScore {
+                            model: m.uri.clone(),
+                            sha256: sha,
+                            metrics: scored,
+                            error: None,
+                            seconds,
+                        });
+                        all_predictions.push(pred);
+                    }
+                    // One model that cannot be scored is recorded with its
+                    // reason; the others are still scored.
+                    Err(e) => {
+                        eprintln!("{}: {e}", m.uri);
+                        failures.push(e.clone());
+                        scores.push(ModelScore {
+                            model: m.uri.clone(),
+                            sha256: m.sha256.clone().unwrap_or_default(),
+                            metrics: Default::default(),
+                            error: Some(truncate(
+                                &e.to_string(),
+                                coop_core::result::MAX_SCORE_ERROR_LEN,
+                            )),
+                            seconds,
+                        });
+                    }
+                }
             }
-            let ensemble = (models.len() > 1).then(|| {
+            if all_predictions.is_empty() {
+                // Nothing scored: the job fails, with the one reason as it
+                // was, or every model's.
+                return Err(match failures.len() {
+                    1 => failures.remove(0),
+                    _ => ModelError::Model(
+                        scores
+                            .iter()
+                            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.model)))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                });
+            }
+            let ensemble = (all_predictions.len() > 1).then(|| {
                 let combined = if classify {
                     metrics::majority_vote(&all_predictions)
                 } else {
                     metrics::mean(&all_predictions)
                 };
                 ModelScore {
-                    model: format!("ensemble of {}", models.len()),
+                    model: format!("ensemble of {}", all_predictions.len()),
                     sha256: String::new(),
-                    metrics: metrics::compute(metrics, &combined, &data.labels),
+                    metrics: metrics::compute(metrics, &combined, &labels),
+                    error: None,
+                    seconds: 0.0,
                 }
             });
             Ok(JobResult::Evaluation {
                 dataset: dataset.uri.clone(),
                 dataset_sha256: data_sha,
-                rows: data.labels.len() as u64,
+                rows: labels.len() as u64,
                 task: *task,
                 scores,
                 ensemble,
+                engine: engine.name().into(),
             })
         }
     }
 }
 
-/// Runs an ONNX model on a [rows, cols] f32 input; returns its first output as [rows, k].
-pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, ModelError> {
-    let plan = tract_onnx::onnx()
-        .model_for_path(model)
-        .map_err(|e| ModelError::Model(format!("cannot load ONNX model {}: {e}", model.display())))?
-        .with_input_fact(0, f32::fact([x.rows, x.cols]).into())
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| {
-            ModelError::Model(format!(
-                "the model does not accept input of shape [{}, {}]: {e:#}",
-                x.rows, x.cols
-            ))
-        })?;
-    let input = tract_ndarray::Array2::from_shape_vec((x.rows, x.cols), x.data.clone())
-        .map_err(|e| ModelError::Model(e.to_string()))?
-        .into_tensor();
-    let outputs = plan
-        .run(tvec!(input.into()))
-        .map_err(|e| ModelError::Model(format!("running the model failed: {e:#}")))?;
-    let out = outputs[0]
-        .cast_to::<f32>()
-        .map_err(|e| ModelError::Model(format!("model output is not numeric: {e}")))?;
-    let view = out
-        .to_plain_array_view::<f32>()
-        .map_err(|e| ModelError::Model(e.to_string()))?;
-    let shape = view.shape().to_vec();
-    let rows = shape.first().copied().unwrap_or(1);
-    if rows != x.rows {
-        return Err(ModelError::Model(format!(
-            "model output has {rows} rows for {} input rows",
-            x.rows
-        )));
+/// An evaluation's features: one `[rows, columns]` f32 tensor and the
+/// columns' names.
+struct Table {
+    x: Tensor,
+    names: Vec<String>,
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    let cols = shape.iter().skip(1).product::<usize>().max(1);
-    Ok(Matrix {
-        rows,
-        cols,
-        data: view.iter().copied().collect(),
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// One model's predictions on the dataset: its inputs fed by name (several
+/// inputs, each a dataset column) or all features in order (one input),
+/// and the output that fits the task turned into a class or a value per row.
+fn evaluate_one(
+    engine: &dyn engine::Engine,
+    path: &Path,
+    table: &Table,
+    task: EvalTask,
+    options: &coop_core::ModelOptions,
+) -> Result<Vec<f64>, ModelError> {
+    let prepared = onnx::prepare(path)?;
+    let (rows, cols) = (table.x.shape()[0], table.x.shape()[1]);
+    let values = engine::values::<f32>(&table.x).map_err(|e| ModelError::Data(e.to_string()))?;
+    let owned: Vec<Tensor>;
+    let inputs: &[Tensor] = match prepared.inputs.as_slice() {
+        [io] if io.elem.is_none_or(|e| e == Elem::F32)
+            && io.dims.as_ref().is_none_or(|d| d.len() == 2) =>
+        {
+            if let Some(width) = io.row_width().filter(|w| *w != cols) {
+                return Err(ModelError::Data(format!(
+                    "the model's input {:?} takes {width} features per row; the dataset has {cols} ({})",
+                    io.name,
+                    table.names.join(", ")
+                )));
+            }
+            std::slice::from_ref(&table.x)
+        }
+        [io] => {
+            owned = vec![engine::input_tensor(values.to_vec(), rows, cols, io)?];
+            &owned
+        }
+        many => {
+            owned = many
+                .iter()
+                .map(|io| {
+                    let col = table.names.iter().position(|n| *n == io.name).ok_or_else(|| {
+                        ModelError::Data(format!(
+                            "the model takes {} inputs, matched to dataset columns by name, and the dataset has no feature column {:?} (its feature columns: {})",
+                            many.len(),
+                            io.name,
+                            table.names.join(", ")
+                        ))
+                    })?;
+                    let column: Vec<f32> = (0..rows).map(|r| values[r * cols + col]).collect();
+                    engine::input_tensor(column, rows, 1, io)
+                })
+                .collect::<Result<_, _>>()?;
+            &owned
+        }
+    };
+    let output = scored_output(&prepared, task, options.output_name.as_deref())?;
+    let mut session = engine.load(&prepared, std::slice::from_ref(&output))?;
+    let mut ys = engine::run_batched(session.as_mut(), inputs, std::slice::from_ref(&output))?;
+    let y = ys
+        .pop()
+        .ok_or_else(|| ModelError::Model("no output".into()))?;
+    to_predictions(&output, &y, task, prepared.class_labels.get(&output))
+}
+
+/// The output a task scores: the one named, or for classification the
+/// model's integer labels if it has them and else its first float output,
+/// and for regression its first float output.
+fn scored_output(
+    model: &onnx::Prepared,
+    task: EvalTask,
+    named: Option<&str>,
+) -> Result<String, ModelError> {
+    if let Some(name) = named {
+        return Ok(model.output(name)?.name.clone());
+    }
+    fn is(e: &'static [Elem]) -> impl Fn(&&onnx::Io) -> bool {
+        move |o| o.elem.is_none_or(|x| e.contains(&x))
+    }
+    let found = match task {
+        EvalTask::Classification => model
+            .outputs
+            .iter()
+            .find(|o| matches!(o.elem, Some(Elem::I64 | Elem::I32)))
+            .or_else(|| model.outputs.iter().find(is(&[Elem::F32, Elem::F64]))),
+        EvalTask::Regression => model.outputs.iter().find(is(&[Elem::F32, Elem::F64])),
+    };
+    found.map(|o| o.name.clone()).ok_or_else(|| {
+        ModelError::Task(format!(
+            "the model has no output that a {task} can score (its outputs: {}); name one with --output-name",
+            model
+                .outputs
+                .iter()
+                .map(|o| format!("{} ({})", o.name, o.elem.map(Elem::name).unwrap_or("not a tensor".into())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     })
 }
 
-/// Class index (argmax of scores, or the single value rounded) or value.
-fn to_predictions(y: &Matrix, classify: bool) -> Result<Vec<f64>, ModelError> {
-    if !classify {
-        if y.cols != 1 {
-            return Err(ModelError::Task(format!(
-                "a regression model must output one value per row, not {}",
-                y.cols
-            )));
-        }
-        return Ok(y.data.iter().map(|v| *v as f64).collect());
-    }
-    // One value per row that is not a whole number is a regressor's output:
-    // rounding it into "classes" would score a wrong model, silently.
-    if y.cols == 1 {
-        if let Some(v) = y.data.iter().find(|v| v.fract() != 0.0) {
-            return Err(ModelError::Task(format!(
-                "the model outputs one continuous value per row (e.g. {v}), not class scores or labels: it looks like a regressor; evaluate it with --task regression"
-            )));
-        }
-    }
-    Ok((0..y.rows)
-        .map(|i| {
-            let row = y.row(i);
-            if row.len() == 1 {
-                return row[0] as f64;
+/// Class (an integer label, the argmax of scores mapped to the model's
+/// class labels, or one whole number per row) or value per row; an output
+/// that does not fit the task is refused, never scored.
+fn to_predictions(
+    name: &str,
+    y: &Tensor,
+    task: EvalTask,
+    class_labels: Option<&Vec<i64>>,
+) -> Result<Vec<f64>, ModelError> {
+    let rows = y.shape().first().copied().unwrap_or(0);
+    let cols: usize = y.shape().iter().skip(1).product();
+    let integer = matches!(y.datum_type(), DatumType::I64 | DatumType::I32);
+    let values = y
+        .cast_to::<f64>()
+        .map_err(|e| ModelError::Task(format!("output {name:?} is not numeric: {e}")))?;
+    let values = engine::values::<f64>(&values).map_err(|e| ModelError::Task(e.to_string()))?;
+    match task {
+        EvalTask::Regression => {
+            if cols != 1 {
+                return Err(ModelError::Task(format!(
+                    "output {name:?} has {cols} values per row: a regression scores one value per row (is it a classifier's class scores? evaluate it with --task classification)"
+                )));
             }
-            row.iter()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |best, (j, v)| {
-                    if *v > best.1 {
-                        (j, *v)
-                    } else {
-                        best
-                    }
+            if integer {
+                return Err(ModelError::Task(format!(
+                    "output {name:?} holds integer class labels: it looks like a classifier; evaluate it with --task classification"
+                )));
+            }
+            Ok(values.to_vec())
+        }
+        EvalTask::Classification if cols == 1 => {
+            // One value per row that is not a whole number is a regressor's
+            // output: rounding it into "classes" would score a wrong model.
+            if let Some(v) = values.iter().find(|v| v.fract() != 0.0) {
+                return Err(ModelError::Task(format!(
+                    "output {name:?} holds one continuous value per row (e.g. {v}), not class scores or labels: it looks like a regressor; evaluate it with --task regression"
+                )));
+            }
+            Ok(values.to_vec())
+        }
+        EvalTask::Classification => {
+            if let Some(labels) = class_labels.filter(|l| l.len() != cols) {
+                return Err(ModelError::Task(format!(
+                    "output {name:?} has {cols} class scores per row but the model names {} classes",
+                    labels.len()
+                )));
+            }
+            Ok((0..rows)
+                .map(|i| {
+                    let row = &values[i * cols..(i + 1) * cols];
+                    let best = row
+                        .iter()
+                        .enumerate()
+                        .fold((0usize, f64::NEG_INFINITY), |best, (j, v)| {
+                            if *v > best.1 {
+                                (j, *v)
+                            } else {
+                                best
+                            }
+                        })
+                        .0;
+                    class_labels.map(|l| l[best] as f64).unwrap_or(best as f64)
                 })
-                .0 as f64
-        })
-        .collect())
+                .collect())
+        }
+    }
+}
+
+/// Runs a single-input ONNX model on a [rows, cols] f32 input with tract;
+/// returns its first output as [rows, k] (the inference benchmark's path).
+pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, ModelError> {
+    let prepared = onnx::prepare(model)?;
+    let io = prepared
+        .inputs
+        .first()
+        .ok_or_else(|| ModelError::Model("the model declares no input".into()))?;
+    let input = engine::input_tensor(x.data.clone(), x.rows, x.cols, io)?;
+    let names = vec![prepared.outputs[0].name.clone()];
+    let mut session = engine::Engine::load(&engine::tract::Tract, &prepared, &names)?;
+    let y = engine::run_batched(session.as_mut(), &[input], &names)?.remove(0);
+    let y = y
+        .cast_to::<f32>()
+        .map_err(|e| ModelError::Model(e.to_string()))?
+        .into_owned();
+    let rows = y.shape()[0];
+    let cols = y.shape().iter().skip(1).product::<usize>().max(1);
+    Ok(Matrix {
+        rows,
+        cols,
+        data: engine::values::<f32>(&y)
+            .map_err(|e| ModelError::Model(e.to_string()))?
+            .to_vec(),
+    })
 }
 
 /// Where a worker keeps fetched artifacts.
@@ -236,24 +547,58 @@ pub fn cache_dir(work_dir: &Path) -> PathBuf {
 mod task_tests {
     use super::*;
 
+    fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
+        tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(shape), data)
+            .unwrap()
+            .into()
+    }
+
     #[test]
     fn a_regressor_is_refused_under_classification() {
-        let y = Matrix {
-            rows: 2,
-            cols: 1,
-            data: vec![0.25, 3.7],
-        };
-        assert!(matches!(to_predictions(&y, true), Err(ModelError::Task(_))));
+        let y = tensor(&[2, 1], vec![0.25, 3.7]);
+        let task = EvalTask::Classification;
+        assert!(matches!(
+            to_predictions("y", &y, task, None),
+            Err(ModelError::Task(_))
+        ));
         assert_eq!(
-            to_predictions(&y, false).unwrap(),
+            to_predictions("y", &y, EvalTask::Regression, None).unwrap(),
             vec![0.25, 3.700000047683716]
         );
         // Whole-number labels are a classifier's.
-        let labels = Matrix {
-            rows: 2,
-            cols: 1,
-            data: vec![1.0, 0.0],
-        };
-        assert_eq!(to_predictions(&labels, true).unwrap(), vec![1.0, 0.0]);
+        let labels = tensor(&[2, 1], vec![1.0, 0.0]);
+        assert_eq!(
+            to_predictions("y", &labels, task, None).unwrap(),
+            vec![1.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn a_classifier_is_refused_under_regression() {
+        let scores = tensor(&[1, 3], vec![0.1, 0.7, 0.2]);
+        assert!(matches!(
+            to_predictions("p", &scores, EvalTask::Regression, None),
+            Err(ModelError::Task(_))
+        ));
+        let labels: Tensor = tract_ndarray::arr1(&[3i64, 1]).into_dyn().into();
+        assert!(matches!(
+            to_predictions("label", &labels, EvalTask::Regression, None),
+            Err(ModelError::Task(_))
+        ));
+    }
+
+    #[test]
+    fn class_scores_map_to_the_models_class_labels() {
+        let scores = tensor(&[2, 3], vec![0.1, 0.7, 0.2, 0.5, 0.1, 0.4]);
+        let task = EvalTask::Classification;
+        assert_eq!(
+            to_predictions("p", &scores, task, None).unwrap(),
+            vec![1.0, 0.0]
+        );
+        let labels = vec![10, 20, 30];
+        assert_eq!(
+            to_predictions("p", &scores, task, Some(&labels)).unwrap(),
+            vec![20.0, 10.0]
+        );
     }
 }
