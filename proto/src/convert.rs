@@ -468,6 +468,8 @@ impl From<&core::Leaderboard> for api::Leaderboard {
                         .collect(),
                     rows: e.rows,
                     finished_at_ms: e.finished_at_ms,
+                    error: e.score.error.clone(),
+                    seconds: e.score.seconds,
                 })
                 .collect(),
         }
@@ -543,15 +545,42 @@ mod tests {
             dataset_sha256: "ab".repeat(32),
             rows: 10,
             task: core::EvalTask::Regression,
-            scores: vec![core::ModelScore {
-                model: "m.onnx".into(),
-                sha256: "cd".repeat(32),
-                metrics: [("mse".to_string(), 0.5)].into_iter().collect(),
-            }],
+            scores: vec![
+                core::ModelScore {
+                    model: "m.onnx".into(),
+                    sha256: "cd".repeat(32),
+                    metrics: [("mse".to_string(), 0.5)].into_iter().collect(),
+                    error: None,
+                    seconds: 0.25,
+                },
+                core::ModelScore {
+                    model: "broken.onnx".into(),
+                    sha256: String::new(),
+                    metrics: Default::default(),
+                    error: Some("the tract engine does not implement operator X".into()),
+                    seconds: 0.0,
+                },
+            ],
             ensemble: None,
+            engine: "onnxruntime".into(),
         };
         let wire = api::JobResult::from(&result);
         assert_eq!(core::JobResult::try_from(&wire), Ok(result));
+        let inference = core::JobResult::Inference {
+            rows: 3,
+            seconds: 0.5,
+            output: "out.label.npy".into(),
+            output_sha256: "ef".repeat(32),
+            model_sha256: "01".repeat(32),
+            engine: "tract".into(),
+            outputs: vec![core::OutputFile {
+                name: "label".into(),
+                path: "out.label.npy".into(),
+                sha256: "ef".repeat(32),
+            }],
+        };
+        let wire = api::JobResult::from(&inference);
+        assert_eq!(core::JobResult::try_from(&wire), Ok(inference));
         assert_eq!(
             core::JobResult::try_from(&api::JobResult { kind: None }),
             Err(ConvertError::Missing("result kind"))

@@ -336,7 +336,7 @@ fn collect_model_result(dir: &std::path::Path, exit: &mut Exit) {
     if exit.code == Some(0) {
         match std::fs::read_to_string(dir.join(model::RESULT_FILE)) {
             Ok(json) => match serde_json::from_str(&json) {
-                Ok(result) => exit.result = Some(result),
+                Ok(result) => exit.result = Some(Box::new(result)),
                 Err(e) => exit.error = format!("the model job left an unreadable result: {e}"),
             },
             Err(e) => exit.error = format!("the model job left no result: {e}"),

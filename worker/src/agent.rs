@@ -107,12 +107,12 @@ impl Identity {
 
     /// The signed report of a run's end, as `incarnation`.
     fn finished(&self, incarnation: u64, alloc: u64, exit: &Exit) -> ReportFinishedRequest {
-        let result = exit.result.as_ref().map(coop_proto::api::JobResult::from);
+        let result = exit.result.as_deref().map(coop_proto::api::JobResult::from);
         // Signed over what the scheduler will decode from the wire.
         let decoded = result
             .as_ref()
             .and_then(|r| coop_core::JobResult::try_from(r).ok())
-            .or_else(|| exit.result.clone());
+            .or_else(|| exit.result.as_deref().cloned());
         let status = coop_core::ExitStatus {
             code: exit.code,
             signal: exit.signal,

@@ -19,7 +19,7 @@ pub struct Exit {
     pub signal: Option<i32>,
     pub error: String,
     /// What a model job produced, when it produced something.
-    pub result: Option<coop_core::JobResult>,
+    pub result: Option<Box<coop_core::JobResult>>,
     /// The kernel's OOM killer ended a process of the job's cgroup.
     pub oom_killed: bool,
 }

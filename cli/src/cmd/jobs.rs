@@ -150,6 +150,10 @@ pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
     }
     if j.finished_at_ms > 0 {
         println!("  finished   {}", ms_ago(j.finished_at_ms, now));
+        if j.started_at_ms > 0 {
+            let ran = j.finished_at_ms.saturating_sub(j.started_at_ms);
+            println!("  ran for    {:.3} s", ran as f64 / 1000.0);
+        }
     }
     if !j.message.is_empty() {
         println!("  outcome    {}", j.message);

@@ -27,7 +27,7 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
                     "dataset": b.dataset, "dataset_sha256": b.dataset_sha256, "task": eval_task(b.task),
                     "entries": b.entries.iter().map(|e| json!({
                         "job_id": e.job_id, "member": e.member, "model": e.model, "model_sha256": e.model_sha256,
-                        "metrics": e.metrics, "rows": e.rows,
+                        "metrics": e.metrics, "rows": e.rows, "seconds": e.seconds, "error": e.error,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -55,17 +55,28 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
             n.dedup();
             n
         };
-        let mut header = vec!["RANK", "MODEL", "JOB", "MEMBER", "ROWS"];
+        let mut header = vec!["RANK", "MODEL", "JOB", "MEMBER", "ROWS", "SECONDS"];
         let upper: Vec<String> = names.iter().map(|n| n.to_uppercase()).collect();
         header.extend(upper.iter().map(String::as_str));
+        header.push("ERROR");
         let mut t = table(&header);
         for (i, e) in b.entries.iter().enumerate() {
+            // A model that could not be scored has no rank, and says why.
             let mut row = vec![
-                (i + 1).to_string(),
+                if e.error.is_some() {
+                    "-".to_string()
+                } else {
+                    (i + 1).to_string()
+                },
                 model_label(e, &b.entries),
                 e.job_id.to_string(),
                 e.member.clone(),
                 e.rows.to_string(),
+                if e.seconds > 0.0 {
+                    format!("{:.3}", e.seconds)
+                } else {
+                    String::new()
+                },
             ];
             row.extend(names.iter().map(|n| {
                 e.metrics
@@ -73,6 +84,7 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
                     .map(|v| format!("{v:.4}"))
                     .unwrap_or_default()
             }));
+            row.push(e.error.clone().unwrap_or_default());
             t.add_row(row);
         }
         println!("{t}");
@@ -87,7 +99,7 @@ fn model_label(e: &EvalEntry, entries: &[EvalEntry]) -> String {
     if e.model_sha256.is_empty() {
         let members: Vec<String> = entries
             .iter()
-            .filter(|o| o.job_id == e.job_id && !o.model_sha256.is_empty())
+            .filter(|o| o.job_id == e.job_id && !o.model_sha256.is_empty() && o.error.is_none())
             .map(|o| short(&o.model))
             .collect();
         return format!("{} ({})", e.model, members.join(", "));
@@ -107,6 +119,8 @@ pub fn print_result(r: &JobResult) {
             seconds,
             output,
             output_sha256,
+            engine,
+            outputs,
             ..
         } => {
             let rate = if *seconds > 0.0 {
@@ -114,8 +128,21 @@ pub fn print_result(r: &JobResult) {
             } else {
                 0.0
             };
-            println!("  result     {rows} rows in {seconds:.3} s ({rate:.0} rows/s) -> {output}");
-            println!("             output sha256 {output_sha256}");
+            let on = if engine.is_empty() {
+                String::new()
+            } else {
+                format!(" on {engine}")
+            };
+            println!("  result     {rows} rows in {seconds:.3} s{on} ({rate:.0} rows/s)");
+            if outputs.is_empty() {
+                println!("             {output} (sha256 {output_sha256})");
+            }
+            for o in outputs {
+                println!(
+                    "             {} -> {} (sha256 {})",
+                    o.name, o.path, o.sha256
+                );
+            }
         }
         JobResult::Evaluation {
             dataset,
@@ -123,16 +150,31 @@ pub fn print_result(r: &JobResult) {
             task,
             scores,
             ensemble,
+            engine,
             ..
         } => {
-            println!("  result     {rows} rows of {dataset} ({task})");
+            let on = if engine.is_empty() {
+                String::new()
+            } else {
+                format!(", on {engine}")
+            };
+            println!("  result     {rows} rows of {dataset} ({task}{on})");
             for s in scores.iter().chain(ensemble.iter()) {
+                if let Some(error) = &s.error {
+                    println!("             {}: not scored: {error}", s.model);
+                    continue;
+                }
                 let metrics: Vec<String> = s
                     .metrics
                     .iter()
                     .map(|(k, v)| format!("{k} {v:.4}"))
                     .collect();
-                println!("             {}: {}", s.model, metrics.join(", "));
+                let took = if s.seconds > 0.0 {
+                    format!(" ({:.3} s)", s.seconds)
+                } else {
+                    String::new()
+                };
+                println!("             {}: {}{took}", s.model, metrics.join(", "));
             }
         }
     }

@@ -132,7 +132,7 @@ impl ModelOptions {
         {
             return Err(SpecError::OutputName);
         }
-        if !evaluation && !(self.features.is_empty() && self.drop.is_empty()) {
+        if !evaluation && (!self.features.is_empty() || !self.drop.is_empty()) {
             return Err(SpecError::Columns(
                 "--features and --drop choose an evaluation dataset's columns".into(),
             ));
