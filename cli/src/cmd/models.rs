@@ -58,7 +58,10 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
         let mut header = vec!["RANK", "MODEL", "JOB", "MEMBER", "ROWS", "SECONDS"];
         let upper: Vec<String> = names.iter().map(|n| n.to_uppercase()).collect();
         header.extend(upper.iter().map(String::as_str));
-        header.push("ERROR");
+        let failures = b.entries.iter().any(|e| e.error.is_some());
+        if failures {
+            header.push("ERROR");
+        }
         let mut t = table(&header);
         for (i, e) in b.entries.iter().enumerate() {
             // A model that could not be scored has no rank, and says why.
@@ -84,7 +87,9 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
                     .map(|v| format!("{v:.4}"))
                     .unwrap_or_default()
             }));
-            row.push(e.error.clone().unwrap_or_default());
+            if failures {
+                row.push(e.error.clone().unwrap_or_default());
+            }
             t.add_row(row);
         }
         println!("{t}");
