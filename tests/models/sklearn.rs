@@ -76,6 +76,33 @@ fn evaluate(
     model::run_on(&job, dir.path(), &dir.path().join("cache"), runtime)
 }
 
+/// The digits test rows (CSV), scored as a classification.
+fn digits(
+    models: &[&str],
+    options: ModelOptions,
+    runtime: &Runtime,
+) -> Result<JobResult, ModelError> {
+    let task = EvalTask::Classification;
+    evaluate(models, "digits_test.csv", "label", task, options, runtime)
+}
+
+/// The diabetes test rows, scored as a regression.
+fn diabetes(
+    models: &[&str],
+    options: ModelOptions,
+    runtime: &Runtime,
+) -> Result<JobResult, ModelError> {
+    let task = EvalTask::Regression;
+    evaluate(
+        models,
+        "diabetes_test.csv",
+        "target",
+        task,
+        options,
+        runtime,
+    )
+}
+
 fn scores(
     result: &JobResult,
 ) -> Vec<(
@@ -121,15 +148,7 @@ fn skl2onnx_classifiers_score_as_scikit_learn_does_on_tract() {
     // skl2onnx's default export ends in ZipMap, which tract lacks: the
     // probabilities are taken before it, and the labels scored.
     let task = EvalTask::Classification;
-    let r = evaluate(
-        &CLASSIFIERS,
-        "digits_test.csv",
-        "label",
-        task,
-        Default::default(),
-        &tract(),
-    )
-    .unwrap();
+    let r = digits(&CLASSIFIERS, Default::default(), &tract()).unwrap();
     assert_matches_sklearn(&r, &CLASSIFIERS, 1e-12);
     // The same rows as JSONL objects (keys px0, px1, ..., px10, ...) score
     // the same: the columns keep the file's order.
@@ -153,38 +172,20 @@ fn the_probabilities_score_like_the_labels() {
         output_name: Some("output_probability".into()),
         ..Default::default()
     };
-    let task = EvalTask::Classification;
     let models = ["digits_logreg.onnx", "digits_mlp.onnx"];
-    let r = evaluate(&models, "digits_test.csv", "label", task, options, &tract()).unwrap();
+    let r = digits(&models, options, &tract()).unwrap();
     assert_matches_sklearn(&r, &models, 1e-12);
 }
 
 #[test]
 fn regressors_score_as_scikit_learn_does_and_a_missing_operator_is_named() {
-    let task = EvalTask::Regression;
     let models = ["diabetes_linear.onnx", "diabetes_mlp.onnx"];
-    let r = evaluate(
-        &models,
-        "diabetes_test.csv",
-        "target",
-        task,
-        Default::default(),
-        &tract(),
-    )
-    .unwrap();
+    let r = diabetes(&models, Default::default(), &tract()).unwrap();
     assert_matches_sklearn(&r, &models, 1e-4);
     // tract has no TreeEnsembleRegressor: the forest fails alone, named,
     // with what to do; the others are still scored beside it.
     let models = ["diabetes_linear.onnx", "diabetes_forest.onnx"];
-    let r = evaluate(
-        &models,
-        "diabetes_test.csv",
-        "target",
-        task,
-        Default::default(),
-        &tract(),
-    )
-    .unwrap();
+    let r = diabetes(&models, Default::default(), &tract()).unwrap();
     let s = scores(&r);
     assert!(s[0].1.is_none());
     let error = s[1].1.as_deref().unwrap();
@@ -195,15 +196,7 @@ fn regressors_score_as_scikit_learn_does_and_a_missing_operator_is_named() {
     );
     assert!(s[1].2.is_empty());
     // Alone, it fails the job with the same reason.
-    let err = evaluate(
-        &["diabetes_forest.onnx"],
-        "diabetes_test.csv",
-        "target",
-        task,
-        Default::default(),
-        &tract(),
-    )
-    .unwrap_err();
+    let err = diabetes(&["diabetes_forest.onnx"], Default::default(), &tract()).unwrap_err();
     assert!(err.to_string().contains("TreeEnsembleRegressor"), "{err}");
 }
 
@@ -406,16 +399,7 @@ fn onnxruntime_scores_every_model_as_scikit_learn_does() {
     let Some(ort) = onnxruntime() else {
         return;
     };
-    let task = EvalTask::Classification;
-    let r = evaluate(
-        &CLASSIFIERS,
-        "digits_test.csv",
-        "label",
-        task,
-        Default::default(),
-        &ort,
-    )
-    .unwrap();
+    let r = digits(&CLASSIFIERS, Default::default(), &ort).unwrap();
     assert_matches_sklearn(&r, &CLASSIFIERS, 1e-12);
     let JobResult::Evaluation { engine, .. } = &r else {
         unreachable!()
@@ -427,31 +411,14 @@ fn onnxruntime_scores_every_model_as_scikit_learn_does() {
         "diabetes_mlp.onnx",
         "diabetes_forest.onnx",
     ];
-    let task = EvalTask::Regression;
-    let r = evaluate(
-        &models,
-        "diabetes_test.csv",
-        "target",
-        task,
-        Default::default(),
-        &ort,
-    )
-    .unwrap();
+    let r = diabetes(&models, Default::default(), &ort).unwrap();
     assert_matches_sklearn(&r, &models, 1e-4);
     // Asking for tract on a worker with ONNX Runtime gets tract.
     let options = ModelOptions {
         engine: Engine::Tract,
         ..Default::default()
     };
-    let r = evaluate(
-        &["diabetes_linear.onnx"],
-        "diabetes_test.csv",
-        "target",
-        task,
-        options,
-        &ort,
-    )
-    .unwrap();
+    let r = diabetes(&["diabetes_linear.onnx"], options, &ort).unwrap();
     let JobResult::Evaluation { engine, .. } = &r else {
         unreachable!()
     };
@@ -464,14 +431,6 @@ fn asking_for_onnxruntime_where_there_is_none_says_what_to_do() {
         engine: Engine::Onnxruntime,
         ..Default::default()
     };
-    let err = evaluate(
-        &["diabetes_linear.onnx"],
-        "diabetes_test.csv",
-        "target",
-        EvalTask::Regression,
-        options,
-        &tract(),
-    )
-    .unwrap_err();
+    let err = diabetes(&["diabetes_linear.onnx"], options, &tract()).unwrap_err();
     assert!(err.to_string().contains("no ONNX Runtime"), "{err}");
 }

@@ -356,6 +356,53 @@ mod tests {
     use super::*;
     use crate::agent::Report;
 
+    #[test]
+    fn a_model_child_out_of_memory_is_named_with_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let died = |stderr: &str| {
+            std::fs::write(dir.path().join("stderr.log"), stderr).unwrap();
+            let mut exit = Exit {
+                code: None,
+                signal: Some(6),
+                error: String::new(),
+                result: None,
+                oom_killed: false,
+            };
+            collect_model_outcome(dir.path(), &mut exit, 256 << 20);
+            exit
+        };
+        // What Rust's allocator prints before it aborts.
+        let oom = died("memory allocation of 4294967296 bytes failed\n");
+        assert!(oom.error.starts_with("out of memory"), "{}", oom.error);
+        assert!(
+            oom.error.contains("256Mi") && oom.error.contains("--memory"),
+            "{}",
+            oom.error
+        );
+        // Another crash is not called one.
+        let crash = died("thread 'main' panicked\n");
+        assert!(
+            crash.error.contains("killed by signal 6"),
+            "{}",
+            crash.error
+        );
+        // The kernel's OOM killer, as the cgroup counts it.
+        std::fs::write(dir.path().join("stderr.log"), "").unwrap();
+        let mut killed = Exit {
+            code: None,
+            signal: Some(9),
+            error: String::new(),
+            result: None,
+            oom_killed: true,
+        };
+        collect_model_outcome(dir.path(), &mut killed, 1 << 30);
+        assert!(
+            killed.error.starts_with("out of memory"),
+            "{}",
+            killed.error
+        );
+    }
+
     fn identity(work_dir: &std::path::Path) -> Arc<Identity> {
         let capacity = coop_proto::api::Resources {
             cpu_millis: 1000,

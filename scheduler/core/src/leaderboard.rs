@@ -65,21 +65,60 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
     }
     let mut out: Vec<Leaderboard> = boards.into_values().collect();
     for board in &mut out {
-        let metric = board.task.metrics()[0];
-        let higher_is_better = board.task == EvalTask::Classification;
-        // A model that could not be scored is listed after every score,
-        // with its error, so its failure is seen next to the others.
-        board.entries.sort_by(|a, b| {
-            let (x, y) = (a.score.metrics.get(metric), b.score.metrics.get(metric));
-            let ord = match (x, y) {
-                (Some(x), Some(y)) if higher_is_better => y.total_cmp(x),
-                (Some(x), Some(y)) => x.total_cmp(y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            };
-            ord.then(a.job.cmp(&b.job))
-        });
+        let task = board.task;
+        board
+            .entries
+            .sort_by(|a, b| by_score(task, &a.score, &b.score).then(a.job.cmp(&b.job)));
     }
     out
+}
+
+/// Best first by the task's first metric (the highest accuracy, the lowest
+/// mse); a model that could not be scored comes after every score, so its
+/// failure is listed next to the others.
+fn by_score(task: EvalTask, a: &ModelScore, b: &ModelScore) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let metric = task.metrics()[0];
+    match (a.metrics.get(metric), b.metrics.get(metric)) {
+        (Some(x), Some(y)) if task == EvalTask::Classification => y.total_cmp(x),
+        (Some(x), Some(y)) => x.total_cmp(y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(metric: &str, value: Option<f64>) -> ModelScore {
+        ModelScore {
+            model: format!("{value:?}"),
+            sha256: String::new(),
+            metrics: value.map(|v| (metric.to_string(), v)).into_iter().collect(),
+            error: value.is_none().then(|| "cannot be scored".to_string()),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_best_first_and_a_failed_model_last() {
+        for (task, metric, best, worst) in [
+            (EvalTask::Classification, "accuracy", 0.9, 0.5),
+            (EvalTask::Regression, "mse", 0.5, 0.9),
+        ] {
+            let mut scores = [
+                score(metric, None),
+                score(metric, Some(worst)),
+                score(metric, Some(best)),
+            ];
+            scores.sort_by(|a, b| by_score(task, a, b));
+            let order: Vec<Option<f64>> = scores
+                .iter()
+                .map(|s| s.metrics.get(metric).copied())
+                .collect();
+            assert_eq!(order, vec![Some(best), Some(worst), None], "{task}");
+        }
+    }
 }

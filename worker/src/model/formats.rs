@@ -130,23 +130,11 @@ fn decode(
 
 /// Writes a 2-D f32 `.npy` (version 1.0).
 pub fn write_npy(path: &Path, m: &Matrix) -> Result<(), ModelError> {
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
-        m.rows, m.cols
-    );
-    // Pad so the data starts on a 64-byte boundary, ending in a newline.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + m.data.len() * 4);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in &m.data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(path, out)
-        .map_err(|e| ModelError::Data(format!("write {}: {e}", path.display())))
+    write_npy_tensor(
+        path,
+        "matrix",
+        &super::engine::matrix(m.data.clone(), m.rows, m.cols)?,
+    )
 }
 
 /// Reads JSONL rows: each line an array of numbers (or an object whose
@@ -213,18 +201,6 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Matrix, ModelError> {
         cols: cols.unwrap_or(0),
         data,
     })
-}
-
-pub fn write_jsonl(path: &Path, m: &Matrix) -> Result<(), ModelError> {
-    let file = std::fs::File::create(path)
-        .map_err(|e| ModelError::Data(format!("create {}: {e}", path.display())))?;
-    let mut w = std::io::BufWriter::new(file);
-    for i in 0..m.rows {
-        serde_json::to_writer(&mut w, m.row(i)).map_err(|e| ModelError::Data(e.to_string()))?;
-        w.write_all(b"\n")
-            .map_err(|e| ModelError::Data(e.to_string()))?;
-    }
-    w.flush().map_err(|e| ModelError::Data(e.to_string()))
 }
 
 /// The inputs of a model that takes several, from JSONL objects with one
@@ -407,58 +383,44 @@ pub fn write_npy_tensor(
     w.flush().map_err(io)
 }
 
-/// Writes a tensor as JSONL: one line per row, a value (1-D) or an array.
+/// Writes a tensor as JSONL: one line per row, a value (1-D) or an array,
+/// straight from the tensor's values.
 pub fn write_jsonl_tensor(
     path: &Path,
     name: &str,
     y: &tract_onnx::prelude::Tensor,
 ) -> Result<(), ModelError> {
-    use tract_onnx::prelude::DatumType;
-    let rows = y.shape().first().copied().unwrap_or(0);
-    let width: usize = y.shape().iter().skip(1).product();
-    let flat = y.rank() == 1;
-    let bad =
-        |e: tract_onnx::prelude::TractError| ModelError::Data(format!("output {name:?}: {e}"));
-    let values: Vec<serde_json::Value> = match y.datum_type() {
-        DatumType::String => super::engine::values::<String>(y)
-            .map_err(bad)?
-            .iter()
-            .map(|v| v.clone().into())
-            .collect(),
-        DatumType::I64 => super::engine::values::<i64>(y)
-            .map_err(bad)?
-            .iter()
-            .map(|v| (*v).into())
-            .collect(),
-        DatumType::I32 => super::engine::values::<i32>(y)
-            .map_err(bad)?
-            .iter()
-            .map(|v| (*v).into())
-            .collect(),
-        _ => {
-            let f = y.cast_to::<f64>().map_err(bad)?;
-            super::engine::values::<f64>(&f)
-                .map_err(bad)?
-                .iter()
-                .map(|v| (*v).into())
-                .collect()
+    use tract_onnx::prelude::{Datum, DatumType, TractError};
+    fn rows<T: Datum + serde::Serialize>(
+        w: &mut impl Write,
+        y: &tract_onnx::prelude::Tensor,
+    ) -> Result<(), String> {
+        let values = super::engine::values::<T>(y).map_err(|e: TractError| e.to_string())?;
+        let width: usize = y.shape().iter().skip(1).product();
+        for row in values.chunks(width.max(1)) {
+            if y.rank() == 1 {
+                serde_json::to_writer(&mut *w, &row[0])
+            } else {
+                serde_json::to_writer(&mut *w, row)
+            }
+            .map_err(|e| e.to_string())?;
+            w.write_all(b"\n").map_err(|e| e.to_string())?;
         }
-    };
+        Ok(())
+    }
     let file = std::fs::File::create(path)
         .map_err(|e| ModelError::Data(format!("create {}: {e}", path.display())))?;
     let mut w = std::io::BufWriter::new(file);
-    let io = |e: std::io::Error| ModelError::Data(format!("write {}: {e}", path.display()));
-    for i in 0..rows {
-        let row = &values[i * width..(i + 1) * width];
-        if flat {
-            serde_json::to_writer(&mut w, &row[0])
-        } else {
-            serde_json::to_writer(&mut w, row)
-        }
-        .map_err(|e| ModelError::Data(e.to_string()))?;
-        w.write_all(b"\n").map_err(io)?;
+    match y.datum_type() {
+        DatumType::F32 => rows::<f32>(&mut w, y),
+        DatumType::F64 => rows::<f64>(&mut w, y),
+        DatumType::I32 => rows::<i32>(&mut w, y),
+        DatumType::I64 => rows::<i64>(&mut w, y),
+        DatumType::String => rows::<String>(&mut w, y),
+        other => Err(format!("{other:?} values cannot be written")),
     }
-    w.flush().map_err(io)
+    .and_then(|()| w.flush().map_err(|e| e.to_string()))
+    .map_err(|e| ModelError::Data(format!("output {name:?} to {}: {e}", path.display())))
 }
 
 /// Reads the input of an inference job by its extension.

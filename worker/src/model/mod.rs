@@ -237,21 +237,11 @@ pub fn run_on(
                 feature_names,
             } = data;
             let table = Table {
-                x: engine::input_tensor(
-                    features.data,
-                    features.rows,
-                    features.cols,
-                    &onnx::Io {
-                        name: "features".into(),
-                        elem: None,
-                        dims: None,
-                    },
-                )?,
+                x: engine::matrix(features.data, features.rows, features.cols)?,
                 names: feature_names,
             };
             let mut scores = Vec::new();
             let mut all_predictions = Vec::new();
-            let mut failures = Vec::new();
             for m in models {
                 let started = Instant::now();
                 let scored = artifact::fetch(m, cache, "model").and_then(|(path, sha)| {
@@ -274,9 +264,10 @@ pub fn run_on(
                     }
                     // One model that cannot be scored is recorded with its
                     // reason; the others are still scored.
+                    // A model evaluated alone fails the job with its reason.
+                    Err(e) if models.len() == 1 => return Err(e),
                     Err(e) => {
                         eprintln!("{}: {e}", m.uri);
-                        failures.push(e.clone());
                         scores.push(ModelScore {
                             model: m.uri.clone(),
                             sha256: m.sha256.clone().unwrap_or_default(),
@@ -291,18 +282,14 @@ pub fn run_on(
                 }
             }
             if all_predictions.is_empty() {
-                // Nothing scored: the job fails, with the one reason as it
-                // was, or every model's.
-                return Err(match failures.len() {
-                    1 => failures.remove(0),
-                    _ => ModelError::Model(
-                        scores
-                            .iter()
-                            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.model)))
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    ),
-                });
+                // Nothing scored: the job fails, with every model's reason.
+                return Err(ModelError::Model(
+                    scores
+                        .iter()
+                        .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.model)))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ));
             }
             let ensemble = (all_predictions.len() > 1).then(|| {
                 let combined = if classify {
@@ -520,9 +507,12 @@ pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, ModelError> {
         .first()
         .ok_or_else(|| ModelError::Model("the model declares no input".into()))?;
     let input = engine::input_tensor(x.data.clone(), x.rows, x.cols, io)?;
-    let names = vec![prepared.outputs[0].name.clone()];
+    let names: Vec<String> = prepared.output_names().into_iter().take(1).collect();
     let mut session = engine::Engine::load(&engine::tract::Tract, &prepared, &names)?;
-    let y = engine::run_batched(session.as_mut(), &[input], &names)?.remove(0);
+    let y = engine::run_batched(session.as_mut(), &[input], &names)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ModelError::Model("the model declares no output".into()))?;
     let y = y
         .cast_to::<f32>()
         .map_err(|e| ModelError::Model(e.to_string()))?

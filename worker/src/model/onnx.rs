@@ -67,15 +67,15 @@ impl Io {
         let dims = self.dims.as_ref()?;
         dims.iter()
             .skip(1)
-            .try_fold(1usize, |acc, d| Some(acc * (*d)?))
+            .try_fold(1usize, |acc, d| acc.checked_mul((*d)?))
     }
 }
 
 /// The model, ready for an engine.
 pub struct Prepared {
-    pub proto: pb::ModelProto,
-    /// `proto` encoded again (what ONNX Runtime loads).
-    pub bytes: Vec<u8>,
+    /// Shared with the engines that keep it (tract plans from it per batch
+    /// shape), so a large model is held once.
+    pub proto: std::sync::Arc<pb::ModelProto>,
     pub inputs: Vec<Io>,
     pub outputs: Vec<Io>,
     /// For an output that was a ZipMap's: the class of each column.
@@ -145,10 +145,8 @@ pub fn prepare(path: &Path) -> Result<Prepared, ModelError> {
         .map(io)
         .collect();
     let outputs = graph.output.iter().map(io).collect();
-    let bytes = proto.encode_to_vec();
     Ok(Prepared {
-        proto,
-        bytes,
+        proto: std::sync::Arc::new(proto),
         inputs,
         outputs,
         class_labels,
@@ -177,6 +175,12 @@ fn io(v: &pb::ValueInfoProto) -> Io {
 }
 
 impl Prepared {
+    /// The model as ONNX bytes (what ONNX Runtime loads), with the changes
+    /// `prepare` made.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.proto.encode_to_vec()
+    }
+
     /// The operators (as `domain:op`, or `op` in the default domain) of the
     /// graph's nodes for which `known` is false, each once.
     pub fn ops_missing(&self, known: impl Fn(&str) -> bool) -> Vec<String> {

@@ -25,7 +25,8 @@ pub fn values<D: Datum>(t: &Tensor) -> TractResult<&[D]> {
 /// Rows per batch.
 pub const BATCH_ROWS: usize = 8192;
 
-/// One engine: loads a prepared model for the outputs asked for.
+/// One engine: loads a prepared model for the outputs asked for (names of
+/// the model's outputs, which the caller checked with `Prepared::output`).
 pub trait Engine {
     fn name(&self) -> &'static str;
     fn load(&self, model: &Prepared, outputs: &[String]) -> Result<Box<dyn Session>, ModelError>;
@@ -96,28 +97,31 @@ pub fn run_batched(
     outputs: &[String],
 ) -> Result<Vec<Tensor>, ModelError> {
     let rows = inputs.first().map(|t| t.shape()[0]).unwrap_or(0);
+    // An empty input still runs once, so its outputs have their shapes.
+    let batches: Vec<Range<usize>> = if rows == 0 {
+        std::iter::once(0..0).collect()
+    } else {
+        (0..rows)
+            .step_by(BATCH_ROWS)
+            .map(|start| start..(start + BATCH_ROWS).min(rows))
+            .collect()
+    };
     let mut buffers: Vec<Option<Buffer>> = outputs.iter().map(|_| None).collect();
-    let mut start = 0;
-    while start < rows || (rows == 0 && start == 0) {
-        let end = (start + BATCH_ROWS).min(rows);
-        let got = session.run(inputs, start..end)?;
+    for batch in batches {
+        let got = session.run(inputs, batch.clone())?;
         for ((buffer, t), name) in buffers.iter_mut().zip(got).zip(outputs) {
-            if t.rank() == 0 || t.shape()[0] != end - start {
+            if t.rank() == 0 || t.shape()[0] != batch.len() {
                 return Err(ModelError::Model(format!(
                     "output {name:?} has shape {:?} for {} input rows: it is not one row per input row",
                     t.shape(),
-                    end - start
+                    batch.len()
                 )));
             }
             match buffer {
-                None => *buffer = Some(Buffer::new(&t, rows)?),
+                None => *buffer = Some(Buffer::new(&t, rows, name)?),
                 Some(b) => b.push(&t, name)?,
             }
         }
-        if rows == 0 {
-            break;
-        }
-        start = end;
     }
     buffers
         .into_iter()
@@ -146,7 +150,7 @@ enum Column {
 }
 
 impl Buffer {
-    fn new(first: &Tensor, total_rows: usize) -> Result<Self, ModelError> {
+    fn new(first: &Tensor, total_rows: usize, name: &str) -> Result<Self, ModelError> {
         let row_shape = first.shape()[1..].to_vec();
         let capacity = total_rows * row_shape.iter().product::<usize>();
         let data = match first.datum_type() {
@@ -157,7 +161,7 @@ impl Buffer {
             DatumType::String => Column::Str(Vec::with_capacity(capacity)),
             other => {
                 return Err(ModelError::Model(format!(
-                    "an output of type {other:?} cannot be written: outputs must be float, int or string tensors"
+                    "output {name:?} is of type {other:?}: outputs must be float, int or string tensors"
                 )))
             }
         };
@@ -167,7 +171,7 @@ impl Buffer {
             rows: 0,
             data,
         };
-        b.push(first, "")?;
+        b.push(first, name)?;
         Ok(b)
     }
 
@@ -204,6 +208,13 @@ impl Buffer {
     }
 }
 
+/// A `[rows, cols]` f32 matrix as a tensor, its data moved, not copied.
+pub fn matrix(data: Vec<f32>, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
+    tract_ndarray::Array2::from_shape_vec((rows, cols), data)
+        .map(|a| Tensor::from(a.into_dyn()))
+        .map_err(|e| ModelError::Data(e.to_string()))
+}
+
 /// A `[rows, cols]` f32 matrix as the tensor a model input declares:
 /// its element type (the values cast, as numpy's `astype` would), and the
 /// row reshaped to the input's fixed dimensions where it has them.
@@ -227,7 +238,7 @@ pub fn input_tensor(
             io.name,
             &io.dims
                 .as_ref()
-                .map(|d| d[1..].to_vec())
+                .map(|d| d.iter().skip(1).copied().collect::<Vec<_>>())
                 .unwrap_or_default()
         )));
     }

@@ -25,11 +25,10 @@ pub struct OnnxRuntime {
     gpus: usize,
 }
 
-/// What `probe` learned of a library: its version line and whether CUDA is
+/// What `probe` learned of a library: its build info and whether CUDA is
 /// among its execution providers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
-    pub library: PathBuf,
     pub build_info: String,
     pub cuda: bool,
 }
@@ -75,7 +74,6 @@ impl OnnxRuntime {
     pub fn probe(lib: &Path) -> Result<Probe, ModelError> {
         let _runtime = Self::new(lib, 1, 0)?;
         Ok(Probe {
-            library: lib.to_path_buf(),
             build_info: ort::info().to_string(),
             cuda: ort::ep::CUDA::is_available().map_err(|e| load_error(lib, e))?,
         })
@@ -105,9 +103,6 @@ impl Engine for OnnxRuntime {
     }
 
     fn load(&self, model: &Prepared, outputs: &[String]) -> Result<Box<dyn Session>, ModelError> {
-        for o in outputs {
-            model.output(o)?;
-        }
         let mut builder = OrtSession::builder(&self.env)
             .map_err(model_error("session"))?
             .with_intra_threads(self.threads)
@@ -126,7 +121,7 @@ impl Engine for OnnxRuntime {
             })?;
         }
         let session = builder
-            .commit_from_memory(&model.bytes)
+            .commit_from_memory(&model.bytes())
             .map_err(model_error("cannot load the model"))?;
         Ok(Box::new(OrtRun {
             session,
@@ -174,36 +169,26 @@ fn to_tract(name: &str, v: &DynValue) -> Result<Tensor, ModelError> {
             v.dtype()
         )));
     };
-    fn build<T: Clone + tract_onnx::prelude::Datum>(
-        shape: &[i64],
-        data: Vec<T>,
-    ) -> Result<Tensor, ModelError> {
+    fn build<T: Clone + Datum>(shape: &[i64], data: Vec<T>) -> Result<Tensor, ModelError> {
         let shape: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
         tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&shape), data)
             .map(Tensor::from)
             .map_err(|e| ModelError::Model(e.to_string()))
     }
+    fn numeric<T: ort::value::PrimitiveTensorElementType + Clone + Datum>(
+        v: &DynValue,
+    ) -> ort::Result<Result<Tensor, ModelError>> {
+        let (shape, data) = v.try_extract_tensor::<T>()?;
+        Ok(build(shape, data.to_vec()))
+    }
     match ty {
-        TensorElementType::Float32 => {
-            let (s, d) = v.try_extract_tensor::<f32>().map_err(bad)?;
-            build(s, d.to_vec())
-        }
-        TensorElementType::Float64 => {
-            let (s, d) = v.try_extract_tensor::<f64>().map_err(bad)?;
-            build(s, d.to_vec())
-        }
-        TensorElementType::Int32 => {
-            let (s, d) = v.try_extract_tensor::<i32>().map_err(bad)?;
-            build(s, d.to_vec())
-        }
-        TensorElementType::Int64 => {
-            let (s, d) = v.try_extract_tensor::<i64>().map_err(bad)?;
-            build(s, d.to_vec())
-        }
+        TensorElementType::Float32 => numeric::<f32>(v).map_err(bad)?,
+        TensorElementType::Float64 => numeric::<f64>(v).map_err(bad)?,
+        TensorElementType::Int32 => numeric::<i32>(v).map_err(bad)?,
+        TensorElementType::Int64 => numeric::<i64>(v).map_err(bad)?,
         TensorElementType::String => {
-            let (s, d) = v.try_extract_strings().map_err(bad)?;
-            let s = s.to_vec();
-            build(&s, d)
+            let (shape, data) = v.try_extract_strings().map_err(bad)?;
+            build(shape, data)
         }
         other => Err(ModelError::Model(format!(
             "output {name:?} has element type {other:?}: outputs must be float, int or string tensors"
@@ -281,7 +266,6 @@ pub fn python_wheel_library() -> Option<PathBuf> {
         .filter(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
                 n.starts_with("libonnxruntime.so")
-                    || n == "libonnxruntime.dylib"
                     || n.starts_with("libonnxruntime.") && n.ends_with(".dylib")
             })
         })

@@ -17,9 +17,10 @@ pub struct Tract;
 type Plan = std::sync::Arc<TypedRunnableModel>;
 
 struct TractSession {
-    proto: tract_onnx::pb::ModelProto,
+    proto: std::sync::Arc<tract_onnx::pb::ModelProto>,
     outputs: Vec<String>,
-    plans: HashMap<Vec<usize>, Plan>,
+    /// One plan per batch size (every batch but the last has the same).
+    plans: HashMap<usize, Plan>,
 }
 
 impl Engine for Tract {
@@ -41,9 +42,6 @@ impl Engine for Tract {
                 },
                 missing.join(", ")
             )));
-        }
-        for o in outputs {
-            model.output(o)?;
         }
         Ok(Box::new(TractSession {
             proto: model.proto.clone(),
@@ -83,14 +81,14 @@ impl Session for TractSession {
             .map(|t| t.slice(0, rows.start, rows.end))
             .collect::<TractResult<_>>()
             .map_err(|e| ModelError::Model(e.to_string()))?;
-        let key: Vec<usize> = batch.iter().map(|t| t.shape()[0]).collect();
+        let key = rows.len();
         if !self.plans.contains_key(&key) {
             let facts: Vec<(DatumType, Vec<usize>)> = batch
                 .iter()
                 .map(|t| (t.datum_type(), t.shape().to_vec()))
                 .collect();
             let plan = self.plan(&facts)?;
-            self.plans.insert(key.clone(), plan);
+            self.plans.insert(key, plan);
         }
         let plan = &self.plans[&key];
         let out = plan
