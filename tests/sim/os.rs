@@ -131,6 +131,21 @@ impl Launcher for Processes {
         }
         Box::pin(async {})
     }
+
+    /// No child probes ONNX Runtime here: its real-time answer would land
+    /// at a different simulated moment in each run.
+    fn detect_engines(
+        &self,
+        _runner: &Path,
+        _configured: Option<&Path>,
+    ) -> BoxFuture<'static, coop_worker::model::Engines> {
+        Box::pin(async {
+            coop_worker::model::Engines {
+                detail: "the simulation runs no model jobs".into(),
+                ..Default::default()
+            }
+        })
+    }
 }
 
 /// A process that ended on SIGTERM.

@@ -256,6 +256,24 @@ pub trait Launcher: Send + Sync {
 
     /// Stops the process group `pgid`: SIGTERM, then SIGKILL after `grace`.
     fn stop(&self, pgid: u32, grace: Duration) -> BoxFuture<'static, ()>;
+
+    /// Finds ONNX Runtime and probes it in a child of `runner` (see
+    /// `model::detect_engines`), on the blocking pool. A seam like `start`:
+    /// the probe is a process, and a simulation must not wait on one.
+    fn detect_engines(
+        &self,
+        runner: &Path,
+        configured: Option<&Path>,
+    ) -> BoxFuture<'static, crate::model::Engines> {
+        let (runner, lib) = (runner.to_path_buf(), configured.map(Path::to_path_buf));
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                crate::model::detect_engines(&runner, lib.as_deref())
+            })
+            .await
+            .unwrap_or_default()
+        })
+    }
 }
 
 /// The operating system's processes (see `spawn`).

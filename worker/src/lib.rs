@@ -143,12 +143,9 @@ impl Worker {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(WorkerError::io("find own binary"))?,
         };
-        let engines = {
-            let (runner, lib) = (runner.clone(), config.onnxruntime_lib.clone());
-            tokio::task::spawn_blocking(move || model::detect_engines(&runner, lib.as_deref()))
-                .await
-                .unwrap_or_default()
-        };
+        let engines = executor::launcher()
+            .detect_engines(&runner, config.onnxruntime_lib.as_deref())
+            .await;
         tracing::info!(
             onnxruntime = engines.onnxruntime.is_some(),
             cuda = engines.cuda,
