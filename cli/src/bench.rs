@@ -307,6 +307,7 @@ fn audit(entries: usize) -> Result<i32> {
                 capacity: &capacity,
                 addr: &addr,
                 gpus: &[],
+                engines: &Default::default(),
             },
         );
         push(
@@ -320,6 +321,7 @@ fn audit(entries: usize) -> Result<i32> {
                 incarnation: 1,
                 now_ms: now,
                 gpus: vec![],
+                engines: Default::default(),
                 auth,
             },
         );

@@ -134,6 +134,24 @@ impl From<&api::GpuInfo> for core::GpuInfo {
     }
 }
 
+impl From<&core::NodeEngines> for api::NodeEngines {
+    fn from(e: &core::NodeEngines) -> Self {
+        Self {
+            onnxruntime: e.onnxruntime.clone().unwrap_or_default(),
+            cuda: e.cuda,
+        }
+    }
+}
+
+impl From<&api::NodeEngines> for core::NodeEngines {
+    fn from(e: &api::NodeEngines) -> Self {
+        Self {
+            onnxruntime: (!e.onnxruntime.is_empty()).then(|| e.onnxruntime.clone()),
+            cuda: e.cuda,
+        }
+    }
+}
+
 impl From<&core::Artifact> for api::Artifact {
     fn from(a: &core::Artifact) -> Self {
         Self {
@@ -416,6 +434,7 @@ impl From<&core::Node> for api::Node {
             allocations: node.allocs().len() as u32,
             incarnation: node.incarnation,
             gpus: node.gpus.iter().map(api::GpuInfo::from).collect(),
+            engines: Some((&node.engines).into()),
         }
     }
 }

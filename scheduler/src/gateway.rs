@@ -149,6 +149,8 @@ impl WorkerGateway for GatewayService {
         let owner = MemberId::new(req.owner.clone());
         let capacity = coop_proto::convert::resources(req.capacity.as_ref());
         let gpus: Vec<coop_core::GpuInfo> = req.gpus.iter().map(coop_core::GpuInfo::from).collect();
+        let engines: coop_core::NodeEngines =
+            req.engines.as_ref().map(Into::into).unwrap_or_default();
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = self.shared.now_ms();
         self.shared.precheck(|state| {
@@ -160,6 +162,7 @@ impl WorkerGateway for GatewayService {
                     addr: &req.addr,
                     incarnation: req.incarnation,
                     gpus: &gpus,
+                    engines: &engines,
                     auth: &auth,
                 },
                 now,
@@ -173,6 +176,7 @@ impl WorkerGateway for GatewayService {
             incarnation: req.incarnation,
             now_ms: now,
             gpus,
+            engines,
             auth,
         };
         match self.shared.write(cmd).await? {

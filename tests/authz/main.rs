@@ -434,6 +434,7 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                     capacity: &coop_core::Resources::from(&capacity),
                     addr: &addr,
                     gpus: &[],
+                    engines: &Default::default(),
                 },
             );
             // Incarnation 1 is older than the running worker's: an allowed
@@ -446,6 +447,7 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                     addr,
                     incarnation: 1,
                     gpus: vec![],
+                    engines: None,
                     issued_at_ms,
                     signature,
                 })

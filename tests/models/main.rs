@@ -335,6 +335,114 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     cluster.stop_all().await;
 }
 
+/// Workers advertise their engines in their registration; a job that
+/// asks for ONNX Runtime runs only where it is, and one that needs an
+/// engine no node has is refused with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn engine_jobs_go_where_the_engine_is() {
+    let Some(lib) = coop_worker::model::engine::onnxruntime::find_library(None) else {
+        assert!(
+            std::env::var("COOP_REQUIRE_ONNXRUNTIME").is_err(),
+            "COOP_REQUIRE_ONNXRUNTIME is set but no ONNX Runtime library was found"
+        );
+        eprintln!("no ONNX Runtime library here: this test did not run");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let models = fixtures::classifiers(dir.path()).unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 1, |c| c.heartbeat_interval_ms = 100).await;
+    let addrs = cluster.addrs();
+    let mut workers = Vec::new();
+    // w1 is first in the node order, so a job that can run anywhere would
+    // go there; its ONNX Runtime is a path with no library, so it has tract only.
+    for (node, lib) in [("w1", dir.path().join("no-such-lib.so")), ("w2", lib)] {
+        coop_e2e::add_node(&addrs, "ana", node).await;
+        let work = dir.path().join(node);
+        std::fs::create_dir_all(&work).unwrap();
+        workers.push(Proc(
+            coop_e2e::worker(node, "ana", "2", &addrs, work)
+                .env("COOP_ONNXRUNTIME_LIB", lib)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let c = coop_e2e::client(&addrs[0]);
+    let nodes = loop {
+        let nodes = c
+            .clone()
+            .list_nodes(ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        if nodes.len() == 2 {
+            break nodes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let engines = |id: &str| {
+        let n = nodes.iter().find(|n| n.id == id).unwrap();
+        n.engines.clone().unwrap_or_default()
+    };
+    assert!(engines("w1").onnxruntime.is_empty(), "{nodes:?}");
+    assert!(!engines("w2").onnxruntime.is_empty(), "{nodes:?}");
+    assert!(!engines("w1").cuda && !engines("w2").cuda, "{nodes:?}");
+
+    let rows = dir.path().join("rows.jsonl");
+    std::fs::write(&rows, "[1, 0]\n[0, 1]\n").unwrap();
+    let inference = |engine: Engine, gpus: u32| {
+        let mut spec = model_spec(
+            Some(InferenceSpec {
+                model: Some(Artifact {
+                    uri: models[0].display().to_string(),
+                    sha256: None,
+                }),
+                input: Some(Artifact {
+                    uri: rows.display().to_string(),
+                    sha256: None,
+                }),
+                output: "pred.npy".into(),
+                options: Some(ModelOptions {
+                    engine: engine as i32,
+                    ..Default::default()
+                }),
+            }),
+            None,
+        );
+        spec.resources.as_mut().unwrap().gpus = gpus;
+        spec
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let req = coop_e2e::submit_request(
+            "ana",
+            &format!("ort-{i}"),
+            inference(Engine::Onnxruntime, 0),
+        );
+        ids.push(coop_e2e::submit(&c, req).await.unwrap());
+    }
+    for id in ids {
+        let j = coop_e2e::wait_job(&addrs, id, coop_e2e::ended).await;
+        assert_eq!(j.state_name(), "succeeded", "{j:?}");
+        assert_eq!(j.node, "w2", "{j:?}");
+        match j.result.as_ref().and_then(|r| r.kind.as_ref()) {
+            Some(job_result::Kind::Inference(i)) => assert_eq!(i.engine, "onnxruntime"),
+            other => panic!("not an inference result: {other:?}"),
+        }
+    }
+    // A model job with a GPU needs ONNX Runtime's CUDA provider: no node has it.
+    let req = coop_e2e::submit_request("ana", "cuda", inference(Engine::Auto, 1));
+    let refused = coop_e2e::submit(&c, req).await.unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains("no node in the pool has ONNX Runtime with its CUDA execution provider"),
+        "{refused:?}"
+    );
+    cluster.stop_all().await;
+}
+
 /// Serves one file over plain HTTP/1.1 on loopback, counting requests.
 fn serve_file(bytes: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};

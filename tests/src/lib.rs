@@ -297,6 +297,7 @@ pub fn register_request(
             capacity: &coop_core::Resources::from(&capacity),
             addr: &addr,
             gpus: &[],
+            engines: &Default::default(),
         },
     );
     coop_proto::worker::RegisterRequest {
@@ -306,6 +307,7 @@ pub fn register_request(
         addr,
         incarnation: 1,
         gpus: vec![],
+        engines: None,
         issued_at_ms: auth.issued_at_ms,
         signature: auth.signature.0.to_vec(),
     }

@@ -411,6 +411,7 @@ mod tests {
         };
         Arc::new(Identity {
             onnxruntime: None,
+            advertised: Default::default(),
             node_id: "n1".into(),
             owner: "ana".into(),
             metrics: Arc::new(crate::metrics::WorkerMetrics::new(&capacity, &[])),

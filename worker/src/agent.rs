@@ -38,6 +38,8 @@ pub struct Identity {
     pub runner: PathBuf,
     /// ONNX Runtime's library, when this worker has one that loads.
     pub onnxruntime: Option<PathBuf>,
+    /// The engines advertised in its registration (ONNX Runtime, CUDA).
+    pub advertised: coop_core::NodeEngines,
     pub cache_max_bytes: u64,
     /// First uid and how many, when each job runs as its own user.
     pub job_uids: Option<(u32, u32)>,
@@ -332,6 +334,7 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
         capacity: &capacity,
         addr: &id.addr,
         gpus: &gpus,
+        engines: &id.advertised,
     });
     let reply = client
         .register(RegisterRequest {
@@ -341,6 +344,7 @@ async fn register(id: &Identity, scheds: &Schedulers) -> Result<Duration, tonic:
             addr: id.addr.clone(),
             incarnation: id.incarnation,
             gpus: id.gpus.clone(),
+            engines: Some((&id.advertised).into()),
             issued_at_ms: auth.issued_at_ms,
             signature: auth.signature.0.to_vec(),
         })
@@ -616,6 +620,7 @@ mod tests {
         let scheds = Schedulers::new(vec![addr.clone()], None);
         let id = Identity {
             onnxruntime: None,
+            advertised: Default::default(),
             node_id: "n".into(),
             owner: "o".into(),
             capacity: Resources::default(),

@@ -153,6 +153,7 @@ impl Worker {
             "model engines: tract, and ONNX Runtime where found"
         );
         let id = Arc::new(Identity {
+            advertised: engines.advertised(),
             onnxruntime: engines.onnxruntime,
             node_id: config.node_id.clone(),
             owner: config.owner.clone(),

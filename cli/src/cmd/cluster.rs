@@ -55,7 +55,7 @@ pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
             .map(|n| {
                 json!({"id": n.id, "owner": n.owner, "state": node_state(n.state), "addr": n.addr,
                        "capacity": res_json(n.capacity.as_ref()), "allocated": res_json(n.allocated.as_ref()),
-                       "allocations": n.allocations})
+                       "allocations": n.allocations, "engines": engines_json(n.engines.as_ref())})
             })
             .collect();
         print_json(&json!(nodes));
@@ -69,6 +69,7 @@ pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
         "MEMORY USED/TOTAL",
         "GPUS",
         "ALLOCS",
+        "ENGINES",
     ]);
     for n in &reply.nodes {
         let c = n.capacity.unwrap_or_default();
@@ -85,10 +86,25 @@ pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
             ),
             format!("{}/{}", a.gpus, c.gpus),
             n.allocations.to_string(),
+            engines_text(n.engines.as_ref()),
         ]);
     }
     println!("{t}");
     Ok(0)
+}
+
+/// The engines a node's worker advertised, as the core names them.
+fn engines_of(e: Option<&coop_proto::api::NodeEngines>) -> coop_core::NodeEngines {
+    e.map(Into::into).unwrap_or_default()
+}
+
+fn engines_text(e: Option<&coop_proto::api::NodeEngines>) -> String {
+    engines_of(e).describe()
+}
+
+fn engines_json(e: Option<&coop_proto::api::NodeEngines>) -> serde_json::Value {
+    let e = engines_of(e);
+    json!({"tract": true, "onnxruntime": e.onnxruntime, "cuda": e.cuda})
 }
 
 fn print_replicas(replicas: &[Replica]) {

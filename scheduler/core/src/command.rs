@@ -142,6 +142,9 @@ pub enum Command {
         /// when empty and `capacity.gpus` > 0.
         #[serde(default)]
         gpus: Vec<GpuInfo>,
+        /// The model engines it offers beyond tract.
+        #[serde(default, skip_serializing_if = "crate::node::NodeEngines::is_none")]
+        engines: crate::node::NodeEngines,
         auth: Auth,
     },
     /// The leader saw no heartbeat from this incarnation of the node within the timeout.

@@ -25,8 +25,12 @@ pub enum Impossible {
     NoMatchingGpus { gpus: u32 },
     #[error("no node in the pool can ever hold {want} (largest node: {largest})")]
     NoNodeLargeEnough { want: Resources, largest: Resources },
-    #[error("no node in the pool has both {want} and the GPUs the job asks for: some have the GPUs, others the room")]
+    #[error("no node in the pool has both {want} and the GPUs or engine the job asks for: some have one, others the room")]
     NoNodeHasAll { want: Resources },
+    #[error("no node in the pool has {engine}: a member whose worker has it can add one, or run the job with --engine tract and no GPUs")]
+    NoEngine { engine: String },
+    #[error("node {node} advertises the CUDA provider without ONNX Runtime, or an engine description longer than {max} bytes", max = crate::node::MAX_ENGINE_INFO_LEN)]
+    EngineInventory { node: NodeId },
     #[error("a node must offer some cpu and memory")]
     EmptyNode,
     #[error("node {node} lists {listed} GPUs but offers {offered}; indices must be 0..{offered}")]

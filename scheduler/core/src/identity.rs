@@ -207,6 +207,9 @@ pub enum NodeReport<'a> {
         capacity: &'a Resources,
         addr: &'a str,
         gpus: &'a [GpuInfo],
+        /// Omitted from the signed bytes when the worker has only tract.
+        #[serde(skip_serializing_if = "crate::node::NodeEngines::is_none")]
+        engines: &'a crate::node::NodeEngines,
     },
     Started {
         alloc: AllocId,

@@ -54,6 +54,26 @@ pub enum JobKind {
     },
 }
 
+/// What a model job needs of a worker beyond room (see `JobSpec::engine_needs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineNeeds {
+    pub onnxruntime: bool,
+    pub cuda: bool,
+}
+
+impl EngineNeeds {
+    /// The need as `why` names it.
+    pub fn describe(self) -> String {
+        if self.cuda {
+            "ONNX Runtime with its CUDA execution provider".into()
+        } else if self.onnxruntime {
+            "ONNX Runtime".into()
+        } else {
+            "tract".into()
+        }
+    }
+}
+
 /// Which runtime runs a model job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -244,6 +264,8 @@ pub enum SpecError {
     OutputPath,
     #[error("output name must be 1 to {MAX_COLUMN_NAME_LEN} bytes")]
     OutputName,
+    #[error("tract runs on CPUs only: a model job with GPUs runs on ONNX Runtime's CUDA provider (--engine auto or onnxruntime), or ask for no GPUs")]
+    TractOnGpus,
     #[error("{0}")]
     Columns(String),
     #[error("an evaluation needs 1 to {MAX_EVAL_MODELS} models")]
@@ -417,6 +439,28 @@ impl JobSpec {
         }
     }
 
+    /// What the job needs of a worker's engines: a model job asking for
+    /// ONNX Runtime needs it, and one with GPUs needs its CUDA provider
+    /// (tract runs on CPUs only, so GPUs would sit idle under it).
+    pub fn engine_needs(&self) -> EngineNeeds {
+        match &self.kind {
+            JobKind::Command { .. } => EngineNeeds::default(),
+            JobKind::Inference { options, .. } | JobKind::Evaluation { options, .. } => {
+                let cuda = self.resources.gpus > 0;
+                EngineNeeds {
+                    onnxruntime: cuda || options.engine == Engine::Onnxruntime,
+                    cuda,
+                }
+            }
+        }
+    }
+
+    /// True when not every node with room can take the job: GPU
+    /// constraints, or an engine only some workers have.
+    pub fn has_node_constraints(&self) -> bool {
+        self.has_gpu_constraints() || self.engine_needs() != EngineNeeds::default()
+    }
+
     /// True when the job constrains which GPUs it may get.
     pub fn has_gpu_constraints(&self) -> bool {
         self.resources.gpus > 0 && (self.gpu_model.is_some() || self.gpu_min_memory_bytes.is_some())
@@ -426,6 +470,12 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.name.len() > MAX_NAME_LEN {
             return Err(SpecError::NameTooLong);
+        }
+        if let JobKind::Inference { options, .. } | JobKind::Evaluation { options, .. } = &self.kind
+        {
+            if options.engine == Engine::Tract && self.resources.gpus > 0 {
+                return Err(SpecError::TractOnGpus);
+            }
         }
         match &self.kind {
             JobKind::Inference {

@@ -56,7 +56,7 @@ pub use job::{
 };
 pub use leaderboard::Leaderboard;
 pub use member::Member;
-pub use node::{GpuInfo, Node, NodeGrant, NodeState};
+pub use node::{GpuInfo, Node, NodeEngines, NodeGrant, NodeState};
 pub use outcome::{Outcome, Placement, Preemption};
 pub use policy::{Policy, PolicyError};
 pub use resources::Resources;

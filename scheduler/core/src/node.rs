@@ -69,6 +69,46 @@ pub struct Node {
     /// The GPUs, by index; `capacity.gpus` of them.
     #[serde(default)]
     pub gpus: Vec<GpuInfo>,
+    /// The model engines its worker offers beyond tract.
+    #[serde(default, skip_serializing_if = "NodeEngines::is_none")]
+    pub engines: NodeEngines,
+}
+
+/// Longest ONNX Runtime build description a worker may advertise.
+pub const MAX_ENGINE_INFO_LEN: usize = 256;
+
+/// The model engines a worker offers beyond tract, which every worker has:
+/// ONNX Runtime if its library loaded there, and whether ONNX Runtime's
+/// CUDA execution provider did. Advertised in the signed registration, so
+/// placement, `why` and any auditor read the same facts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEngines {
+    /// ONNX Runtime's build description (its version first) when loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<String>,
+    /// ONNX Runtime's CUDA execution provider is available.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cuda: bool,
+}
+
+impl NodeEngines {
+    pub fn is_none(&self) -> bool {
+        self.onnxruntime.is_none() && !self.cuda
+    }
+
+    /// Whether a job with these needs can run here.
+    pub fn meets(&self, needs: crate::job::EngineNeeds) -> bool {
+        (!needs.onnxruntime || self.onnxruntime.is_some()) && (!needs.cuda || self.cuda)
+    }
+
+    /// The engines as `coop nodes` lists them.
+    pub fn describe(&self) -> String {
+        match (&self.onnxruntime, self.cuda) {
+            (None, _) => "tract".into(),
+            (Some(_), false) => "tract, onnxruntime".into(),
+            (Some(_), true) => "tract, onnxruntime (cuda)".into(),
+        }
+    }
 }
 
 /// One GPU of a node, as the worker detected it.
@@ -113,6 +153,7 @@ impl Node {
             registered_at_ms: now_ms,
             allocs: BTreeSet::new(),
             gpus: Vec::new(),
+            engines: NodeEngines::default(),
         }
     }
 
@@ -154,9 +195,15 @@ impl Node {
     /// constraint on this one node.
     pub fn can_ever_hold(&self, spec: &JobSpec) -> bool {
         let want = spec.resources;
-        want.fits_in(&self.capacity)
+        self.runs(spec)
+            && want.fits_in(&self.capacity)
             && self.matching_gpus(spec.gpu_model.as_deref(), spec.gpu_min_memory_bytes)
                 >= want.gpus as usize
+    }
+
+    /// Whether this node's worker has the engine a job of this spec needs.
+    pub fn runs(&self, spec: &JobSpec) -> bool {
+        self.engines.meets(spec.engine_needs())
     }
 
     /// How many of this node's GPUs meet a job's constraints.
@@ -182,10 +229,16 @@ pub fn never_fits<'a>(
     if nodes.clone().any(|n| n.can_ever_hold(spec)) {
         return None;
     }
+    let needs = spec.engine_needs();
+    if !nodes.clone().any(|n| n.engines.meets(needs)) {
+        return Some(Impossible::NoEngine {
+            engine: needs.describe(),
+        });
+    }
     if spec.has_gpu_constraints() && !nodes.clone().any(gpus_match) {
         return Some(Impossible::NoMatchingGpus { gpus: want.gpus });
     }
-    if spec.has_gpu_constraints() && nodes.clone().any(|n| want.fits_in(&n.capacity)) {
+    if spec.has_node_constraints() && nodes.clone().any(|n| want.fits_in(&n.capacity)) {
         return Some(Impossible::NoNodeHasAll { want });
     }
     let largest = nodes

@@ -9,7 +9,7 @@ use crate::command::{Command, ExitStatus, Founder};
 use crate::identity::{MemberRequest, NodeReport, SecretKey};
 use crate::ids::{AllocId, JobId, MemberId, NodeId};
 use crate::job::JobSpec;
-use crate::node::GpuInfo;
+use crate::node::{GpuInfo, NodeEngines};
 use crate::policy::Policy;
 use crate::resources::Resources;
 use crate::result::JobResult;
@@ -138,6 +138,27 @@ pub fn register(
     gpus: Vec<GpuInfo>,
     now_ms: u64,
 ) -> Command {
+    register_with_engines(
+        node,
+        owner,
+        capacity,
+        incarnation,
+        gpus,
+        NodeEngines::default(),
+        now_ms,
+    )
+}
+
+/// `register`, for a worker that offers `engines` beyond tract.
+pub fn register_with_engines(
+    node: &str,
+    owner: &str,
+    capacity: Resources,
+    incarnation: u64,
+    gpus: Vec<GpuInfo>,
+    engines: NodeEngines,
+    now_ms: u64,
+) -> Command {
     let (n, owner) = (NodeId::new(node), MemberId::new(owner));
     let addr = "127.0.0.1:1".to_string();
     let auth = node_secret(node).sign_node_report(
@@ -150,6 +171,7 @@ pub fn register(
             capacity: &capacity,
             addr: &addr,
             gpus: &gpus,
+            engines: &engines,
         },
     );
     Command::RegisterNode {
@@ -160,6 +182,7 @@ pub fn register(
         incarnation,
         now_ms,
         gpus,
+        engines,
         auth,
     }
 }

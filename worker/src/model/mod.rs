@@ -77,6 +77,21 @@ pub struct Engines {
     pub detail: String,
 }
 
+impl Engines {
+    /// What the worker advertises in its signed registration, so the
+    /// scheduler places jobs that need ONNX Runtime or CUDA only here.
+    pub fn advertised(&self) -> coop_core::NodeEngines {
+        let mut build = self.detail.clone();
+        while build.len() > coop_core::node::MAX_ENGINE_INFO_LEN {
+            build.pop();
+        }
+        coop_core::NodeEngines {
+            onnxruntime: self.onnxruntime.as_ref().map(|_| build),
+            cuda: self.onnxruntime.is_some() && self.cuda,
+        }
+    }
+}
+
 /// Finds ONNX Runtime (see `engine::onnxruntime::find_library`) and loads it
 /// in a child of `runner`, so a library that crashes cannot take the worker
 /// down with it.
@@ -97,7 +112,9 @@ pub fn detect_engines(runner: &Path, configured: Option<&Path>) -> Engines {
             let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
             Engines {
                 cuda: text.starts_with("cuda=true"),
-                detail: text,
+                detail: text
+                    .split_once(' ')
+                    .map_or(String::new(), |(_, build)| build.to_string()),
                 onnxruntime: Some(lib),
             }
         }

@@ -119,6 +119,7 @@ impl ClusterState {
                 addr,
                 incarnation,
                 gpus,
+                engines,
                 auth,
                 ..
             } => nodes::register(
@@ -130,6 +131,7 @@ impl ClusterState {
                     addr,
                     incarnation: *incarnation,
                     gpus,
+                    engines,
                     auth,
                 },
                 at,

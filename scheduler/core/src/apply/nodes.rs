@@ -10,7 +10,9 @@ use crate::error::{CoreError, Impossible};
 use crate::identity::{Auth, NodeReport, PublicKey};
 use crate::ids::{validate_name, JobId, MemberId, NodeId};
 use crate::job::JobState;
-use crate::node::{GpuInfo, Node, NodeGrant, NodeState, MAX_NODE_CAPACITY};
+use crate::node::{
+    GpuInfo, Node, NodeEngines, NodeGrant, NodeState, MAX_ENGINE_INFO_LEN, MAX_NODE_CAPACITY,
+};
 use crate::outcome::Outcome;
 use crate::resources::Resources;
 use crate::state::ClusterState;
@@ -53,6 +55,7 @@ pub struct Registration<'a> {
     pub addr: &'a str,
     pub incarnation: u64,
     pub gpus: &'a [GpuInfo],
+    pub engines: &'a NodeEngines,
     pub auth: &'a Auth,
 }
 
@@ -72,6 +75,7 @@ fn check(state: &ClusterState, r: &Registration<'_>, now: u64) -> Result<(), Cor
         capacity: &r.capacity,
         addr: r.addr,
         gpus: r.gpus,
+        engines: r.engines,
     };
     state.verify_node_report(r.node, r.incarnation, r.auth, &report, now)?;
     // A node contributes to its owner's share: the member who authorized it.
@@ -91,6 +95,17 @@ fn check(state: &ClusterState, r: &Registration<'_>, now: u64) -> Result<(), Cor
             node: r.node.clone(),
             offered: r.capacity,
             max: MAX_NODE_CAPACITY,
+        }
+        .into());
+    }
+    let e = r.engines;
+    if (e.cuda && e.onnxruntime.is_none())
+        || e.onnxruntime
+            .as_ref()
+            .is_some_and(|i| i.len() > MAX_ENGINE_INFO_LEN)
+    {
+        return Err(Impossible::EngineInventory {
+            node: r.node.clone(),
         }
         .into());
     }
@@ -116,7 +131,9 @@ fn check(state: &ClusterState, r: &Registration<'_>, now: u64) -> Result<(), Cor
         // Within one worker process the capacity is fixed: allocations
         // were sized against it, so a change needs a new incarnation.
         if r.incarnation == existing.incarnation
-            && (r.capacity != existing.capacity || existing.owner != *r.owner)
+            && (r.capacity != existing.capacity
+                || existing.owner != *r.owner
+                || existing.engines != *r.engines)
         {
             return Err(Impossible::NodeChanged {
                 node: r.node.clone(),
@@ -168,6 +185,7 @@ pub(super) fn register(
     node.incarnation = r.incarnation;
     node.state = NodeState::Ready;
     node.gpus = inventory;
+    node.engines = r.engines.clone();
     if !same_incarnation {
         node.registered_at_ms = now;
     }

@@ -45,7 +45,7 @@ pub(crate) fn pick_gpus(
     free_gpus: &BTreeSet<u32>,
 ) -> Option<Vec<u32>> {
     let want = job.spec.resources;
-    if !want.fits_in(free) {
+    if !want.fits_in(free) || !node.runs(&job.spec) {
         return None;
     }
     let model = job.spec.gpu_model.as_deref();
@@ -149,10 +149,10 @@ impl<'a> Pass<'a> {
 
     /// The leftmost room the job fits in, with the GPUs it would get.
     fn find(&mut self, job: &Job) -> Option<(usize, Vec<u32>)> {
-        // A GPU model or memory, or a reservation of its own, makes a job
+        // A GPU model or memory, an engine, or a reservation of its own, makes a job
         // unlike others of its shape: it searches from the left.
         let key =
-            (!job.spec.has_gpu_constraints() && !self.reserved.contains(&job.id)).then(|| {
+            (!job.spec.has_node_constraints() && !self.reserved.contains(&job.id)).then(|| {
                 let r = job.spec.resources;
                 (r.cpu_millis, r.memory_bytes, r.gpus, job.spec.timeout_secs)
             });
@@ -320,7 +320,7 @@ impl<'a> Fill<'_, 'a> {
                 if dominant(&after) > entitlement + EPS || over_cap(self.view.policy, &after) {
                     continue;
                 }
-                let constrained = job.spec.has_gpu_constraints();
+                let constrained = job.spec.has_node_constraints();
                 if !constrained && failed.iter().any(|f| f.covers(job)) {
                     continue;
                 }
@@ -373,7 +373,7 @@ impl<'a> Fill<'_, 'a> {
                 *pos += 1;
                 let want = job.spec.resources;
                 let after = add(&self.share_now[member], &share_of(&want, &pool));
-                let constrained = job.spec.has_gpu_constraints();
+                let constrained = job.spec.has_node_constraints();
                 if over_cap(policy, &after)
                     || (!constrained && failed.iter().any(|f| f.covers(job)))
                 {

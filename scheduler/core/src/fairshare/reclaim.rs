@@ -202,7 +202,7 @@ pub(super) fn reclaim<'a>(
             if dominant(&after) > entitlement + EPS || over_cap(view.policy, &after) {
                 continue;
             }
-            let constrained = job.spec.has_gpu_constraints();
+            let constrained = job.spec.has_node_constraints();
             if !constrained && failed.iter().any(|f| f.covers(job)) {
                 continue;
             }

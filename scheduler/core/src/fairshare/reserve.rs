@@ -203,7 +203,7 @@ pub fn earliest_fit(view: &View<'_>, node: &Node, job: &Job) -> Option<u64> {
 fn fits_at(tl: &Timeline<'_>, job: &Job, now: u64) -> Option<(u64, Resources)> {
     let node = tl.node;
     let want = job.spec.resources;
-    if !want.fits_in(&node.capacity) {
+    if !want.fits_in(&node.capacity) || !node.runs(&job.spec) {
         return None;
     }
     let model = job.spec.gpu_model.as_deref();

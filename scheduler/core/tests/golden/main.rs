@@ -12,7 +12,9 @@
 //! genesis members=(ana,bea,...)   input: the genesis policy's TOML; founds the
 //!                   cluster with those members (testkit keys)
 //! node id= owner= [gpus=] [cpu=] [mem=] [gpu-model=] [gpu-mem=] [incarnation=]
+//!      [engines=onnxruntime|cuda]   ONNX Runtime (with its CUDA provider) besides tract
 //! submit member= [n=] [gpus=] [cpu=] [mem=] [preemptible] [gpu-model=] [gpu-mem=] [timeout=SECS]
+//!      [engine=auto|tract|onnxruntime]   a model (inference) job on that engine
 //! schedule          one pass: every placement and preemption, with its rule
 //! start job=        the worker reports the job's allocation started
 //! finish job= [exit=]   ... and ended (exit code, 0 by default)
@@ -143,12 +145,20 @@ impl Scenario {
                 return format!("error: {e}");
             }
         }
-        match self.apply(testkit::register(
+        let engines = match arg(tc, "engines").as_deref() {
+            None => NodeEngines::default(),
+            Some(e) => NodeEngines {
+                onnxruntime: Some("1.23.2".into()),
+                cuda: e == "cuda",
+            },
+        };
+        match self.apply(testkit::register_with_engines(
             &node,
             &owner,
             Resources::new(cpu, mem, gpus),
             num(tc, "incarnation", 1),
             inventory,
+            engines,
             self.now_ms,
         )) {
             Ok(Outcome::NodeRegistered { requeued, .. }) if requeued.is_empty() => {
@@ -172,6 +182,21 @@ impl Scenario {
         let mut jobs = Vec::new();
         for _ in 0..num(tc, "n", 1) {
             let mut spec = JobSpec::command(vec!["work".into()], resources);
+            if let Some(engine) = arg(tc, "engine") {
+                let artifact = |uri: &str| Artifact {
+                    uri: uri.into(),
+                    sha256: None,
+                };
+                spec.kind = JobKind::Inference {
+                    model: artifact("model.onnx"),
+                    input: artifact("rows.csv"),
+                    output: "out.npy".into(),
+                    options: ModelOptions {
+                        engine: Engine::parse(&engine).expect("auto, tract or onnxruntime"),
+                        ..ModelOptions::default()
+                    },
+                };
+            }
             spec.preemptible = flag(tc, "preemptible");
             spec.timeout_secs = arg(tc, "timeout").map(|_| num(tc, "timeout", 0));
             spec.gpu_model = arg(tc, "gpu-model");

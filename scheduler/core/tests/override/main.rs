@@ -178,6 +178,7 @@ fn forge(cmd: &Command) -> Option<Command> {
             addr,
             incarnation,
             gpus,
+            engines,
             auth,
             ..
         } => {
@@ -191,6 +192,7 @@ fn forge(cmd: &Command) -> Option<Command> {
                     capacity,
                     addr,
                     gpus,
+                    engines,
                 },
             )
         }
