@@ -75,6 +75,21 @@ enum Cmd {
         #[arg(long, env = "COOP_MEMBER")]
         member: Option<String>,
     },
+    /// Download the files an ended job of yours left on its worker: every
+    /// one into ./job-JOB (or --to DIR), or the one PATH names (--to FILE,
+    /// or --to - for standard output). A model job's outputs are checked
+    /// against the SHA-256s in its result.
+    Fetch {
+        job: u64,
+        /// A file relative to the job's work dir, e.g. out.npy.
+        path: Option<String>,
+        /// Where to write it (a directory for every file).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// Only list the files, with their sizes.
+        #[arg(long)]
+        list: bool,
+    },
     /// Print a job's output (kept on the worker that ran it).
     Logs {
         job: u64,
@@ -375,6 +390,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             stderr,
             follow,
         } => cmd::jobs::logs(&addr, job, stderr, follow).await,
+        Cmd::Fetch {
+            job,
+            path,
+            to,
+            list,
+        } => cmd::jobs::fetch(&addr, job, path, to, list).await,
         Cmd::Nodes => cmd::cluster::nodes(&addr, fmt).await,
         Cmd::Propose { change } => {
             use cmd::governance::Change;
@@ -442,5 +463,51 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Dev { data_dir, port } => demo::dev(&settings, data_dir, port).await,
         Cmd::Demo => demo::demo().await,
         Cmd::Bench(args) => bench::run(&settings, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks over every subcommand: two arguments
+    /// of one name (a subcommand's `-o` against the global one) fail here,
+    /// not in a member's hands.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+
+    /// Each command of the README's reference parses; a subcommand's
+    /// argument clashing with a global one (`-o`) panics here.
+    #[test]
+    fn the_documented_commands_parse() {
+        use clap::Parser;
+        for line in [
+            "submit --cpu 0.5 --memory 128Mi --retries 2 -- sh -c true",
+            "jobs --state pending -o json",
+            "status 12",
+            "status 12 -o json",
+            "why 12",
+            "share",
+            "policy show",
+            "submit --cpu 1 --memory 1Gi --evaluate a.onnx --evaluate b.onnx --dataset test.csv --label y",
+            "submit --engine onnxruntime --infer m.onnx --input x.npy --out out.npy",
+            "evals",
+            "logs 12 --follow",
+            "fetch 12",
+            "fetch 12 --list",
+            "fetch 12 out.npy --to -",
+            "fetch 12 --to results -o json",
+            "nodes -o json",
+            "cancel 12",
+            "cluster status --addr 127.0.0.1:7002",
+            "key show",
+            "top --once",
+        ] {
+            let argv = std::iter::once("coop").chain(line.split_whitespace());
+            if let Err(e) = super::Cli::try_parse_from(argv) {
+                panic!("coop {line}: {e}");
+            }
+        }
     }
 }

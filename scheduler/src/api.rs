@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use coop_core::{Command, JobId, JobState, MemberId, Outcome, PublicKey};
+use coop_core::{AllocId, Command, JobId, JobState, MemberId, NodeId, Outcome, PublicKey};
 use coop_proto::api::coop_client::CoopClient;
 use coop_proto::api::coop_server::Coop;
 use coop_proto::api::*;
 use coop_proto::convert::FromWire;
 use coop_proto::worker::worker_agent_client::WorkerAgentClient;
-use coop_proto::worker::ReadLogsRequest;
+use coop_proto::worker::{ReadFileRequest, ReadLogsRequest};
 use tonic::{Request, Response, Status};
 
 use crate::convert::job_to_proto;
@@ -18,6 +18,16 @@ use crate::shared::{forwarded, signed, unexpected, Route, Shared, VerifiedCreden
 
 /// Largest log chunk one `Logs` call returns.
 const MAX_LOG_CHUNK: u32 = 1024 * 1024;
+
+/// Job's last run, as `ApiService::last_run` finds it.
+struct LastRun {
+    alloc: AllocId,
+    node: NodeId,
+    addr: String,
+    node_key: coop_core::PublicKey,
+    /// The job has ended and no allocation of it is live.
+    ended: bool,
+}
 
 pub struct CoopService {
     shared: Arc<Shared>,
@@ -48,6 +58,53 @@ impl CoopService {
         tokio::task::spawn_blocking(move || query(&state))
             .await
             .map_err(|e| Status::internal(format!("query: {e}")))
+    }
+
+    /// Where job `job`'s last run was, for its member `reader` only: what
+    /// `logs` and `fetch` read from its worker.
+    async fn last_run(&self, job: u64, reader: &MemberId, what: &str) -> Result<LastRun, Status> {
+        self.shared.read_barrier().await?;
+        let applied = self.shared.node.state_machine().read();
+        let id = JobId(job);
+        let job = applied
+            .state
+            .job(id)
+            .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
+        // A job's output is its member's alone.
+        if &job.member != reader {
+            return Err(Status::permission_denied(format!(
+                "job {id}'s {what} are {}'s alone",
+                job.member
+            )));
+        }
+        let Some((alloc, node)) = &job.last_run else {
+            return Err(Status::failed_precondition(format!(
+                "job {id} has not run yet: no {what}"
+            )));
+        };
+        let addr = applied
+            .state
+            .nodes()
+            .get(node)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| Status::not_found(format!("node {node} is unknown")))?;
+        let node_key = applied
+            .state
+            .node_grants()
+            .get(node)
+            .map(|g| g.key)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "node {node} is no longer authorized: its {what} cannot be fetched"
+                ))
+            })?;
+        Ok(LastRun {
+            alloc: *alloc,
+            node: node.clone(),
+            addr,
+            node_key,
+            ended: job.state().is_terminal() && job.alloc.is_none(),
+        })
     }
 
     /// The member a read is from: its credential must verify against the
@@ -420,57 +477,14 @@ impl Coop for CoopService {
         if req.stream != "stdout" && req.stream != "stderr" {
             return Err(Status::invalid_argument("stream must be stdout or stderr"));
         }
-        self.shared.read_barrier().await?;
-        let (alloc, addr, node_key, terminal) = {
-            let applied = self.shared.node.state_machine().read();
-            let id = JobId(req.job_id);
-            let job = applied
-                .state
-                .job(id)
-                .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
-            // A job's output is its member's alone.
-            if job.member != reader {
-                return Err(Status::permission_denied(format!(
-                    "job {id}'s logs are {}'s alone",
-                    job.member
-                )));
-            }
-            let Some((alloc, node)) = &job.last_run else {
-                return Err(Status::failed_precondition(format!(
-                    "job {id} has not run yet: no logs"
-                )));
-            };
-            let addr = applied
-                .state
-                .nodes()
-                .get(node)
-                .map(|n| n.addr.clone())
-                .ok_or_else(|| Status::not_found(format!("node {node} is unknown")))?;
-            let node_key = applied
-                .state
-                .node_grants()
-                .get(node)
-                .map(|g| g.key)
-                .ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "node {node} is no longer authorized: its logs cannot be fetched"
-                    ))
-                })?;
-            (
-                *alloc,
-                addr,
-                node_key,
-                job.state().is_terminal() && job.alloc.is_none(),
-            )
-        };
+        let run = self.last_run(req.job_id, &reader, "logs").await?;
         // The worker checks the reader's own credential against the job's
         // member's key: a replica cannot read a member's logs by itself.
         let (member, auth) = coop_proto::read_auth::credential(request.metadata())
             .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
-        let channel = self.shared.worker_channel(&addr, &node_key)?;
-        let reply = WorkerAgentClient::new(channel)
+        let reply = WorkerAgentClient::new(self.shared.worker_channel(&run.addr, &run.node_key)?)
             .read_logs(ReadLogsRequest {
-                alloc_id: alloc.0,
+                alloc_id: run.alloc.0,
                 stream: req.stream,
                 offset: req.offset,
                 max_bytes: req.max_bytes.clamp(1, MAX_LOG_CHUNK),
@@ -479,12 +493,52 @@ impl Coop for CoopService {
                 signature: auth.signature.0.to_vec(),
             })
             .await
-            .map_err(|s| Status::new(s.code(), format!("worker at {addr}: {}", s.message())))?
+            .map_err(|s| Status::new(s.code(), format!("worker at {}: {}", run.addr, s.message())))?
             .into_inner();
         Ok(Response::new(LogsResponse {
-            complete: terminal && !reply.running && reply.data.is_empty(),
+            complete: run.ended && !reply.running && reply.data.is_empty(),
             data: reply.data,
             next_offset: reply.next_offset,
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        via_leader!(self, request, fetch);
+        let reader = self.reader(&request)?;
+        let req = request.get_ref().clone();
+        let run = self.last_run(req.job_id, &reader, "files").await?;
+        if !run.ended {
+            return Err(Status::failed_precondition(format!(
+                "job {} has not ended: its files can be fetched once it does (coop logs follows it meanwhile)",
+                req.job_id
+            )));
+        }
+        // As for logs, the worker admits only the member's own credential.
+        let (member, auth) = coop_proto::read_auth::credential(request.metadata())
+            .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
+        let reply = WorkerAgentClient::new(self.shared.worker_channel(&run.addr, &run.node_key)?)
+            .read_file(ReadFileRequest {
+                alloc_id: run.alloc.0,
+                path: req.path,
+                offset: req.offset,
+                max_bytes: req.max_bytes.clamp(1, MAX_LOG_CHUNK),
+                member: member.to_string(),
+                issued_at_ms: auth.issued_at_ms,
+                signature: auth.signature.0.to_vec(),
+            })
+            .await
+            .map_err(|s| Status::new(s.code(), format!("worker at {}: {}", run.addr, s.message())))?
+            .into_inner();
+        Ok(Response::new(FetchResponse {
+            data: reply.data,
+            next_offset: reply.next_offset,
+            size: reply.size,
+            files: reply.files,
+            node: run.node.to_string(),
+            alloc_id: run.alloc.0,
         }))
     }
 

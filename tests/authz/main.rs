@@ -72,6 +72,7 @@ const MATRIX: &[(&str, &str)] = &[
     ("coop.api.v1.Coop/ProveJob", "AADDDD"),
     // A job's logs are its member's alone.
     ("coop.api.v1.Coop/Logs", "ADDDDD"),
+    ("coop.api.v1.Coop/Fetch", "ADDDDD"),
     // Members act in their own name only.
     ("coop.api.v1.Coop/Submit", "AADDDD"),
     ("coop.api.v1.Coop/Cancel", "ADDDDD"),
@@ -97,6 +98,7 @@ const MATRIX: &[(&str, &str)] = &[
     ("coop.worker.v1.WorkerGateway/ReportFinished", "ADDDDD"),
     // The worker serves logs to the job's member's own credential only.
     ("coop.worker.v1.WorkerAgent/ReadLogs", "ADDDDD"),
+    ("coop.worker.v1.WorkerAgent/ReadFile", "ADDDDD"),
     // The Raft transport is the replicas' alone.
     ("coop.raft.v1.RaftTransport/AppendEntries", "DDDDDA"),
     ("coop.raft.v1.RaftTransport/Vote", "DDDDDA"),
@@ -256,6 +258,15 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                 max_bytes: 1024,
             };
             coop().logs(read(who, req)).await?;
+        }
+        "coop.api.v1.Coop/Fetch" => {
+            let req = FetchRequest {
+                job_id: ctx.job,
+                path: String::new(),
+                offset: 0,
+                max_bytes: 1024,
+            };
+            coop().fetch(read(who, req)).await?;
         }
         "coop.api.v1.Coop/Submit" => {
             let spec = coop_e2e::small_job();
@@ -517,7 +528,7 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                 })
                 .await?;
         }
-        "coop.worker.v1.WorkerAgent/ReadLogs" => {
+        "coop.worker.v1.WorkerAgent/ReadLogs" | "coop.worker.v1.WorkerAgent/ReadFile" => {
             let (member, issued_at_ms, signature) = match member_key(who) {
                 Some((member, key)) => {
                     let auth =
@@ -535,17 +546,32 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                 testkit::node_secret("ana-box").public_key().0,
             )
             .unwrap();
-            WorkerAgentClient::new(agent)
-                .read_logs(ReadLogsRequest {
-                    alloc_id: ctx.alloc,
-                    stream: "stdout".into(),
-                    offset: 0,
-                    max_bytes: 1024,
-                    member,
-                    issued_at_ms,
-                    signature,
-                })
-                .await?;
+            let mut agent = WorkerAgentClient::new(agent);
+            if rpc.ends_with("ReadLogs") {
+                agent
+                    .read_logs(ReadLogsRequest {
+                        alloc_id: ctx.alloc,
+                        stream: "stdout".into(),
+                        offset: 0,
+                        max_bytes: 1024,
+                        member,
+                        issued_at_ms,
+                        signature,
+                    })
+                    .await?;
+            } else {
+                agent
+                    .read_file(ReadFileRequest {
+                        alloc_id: ctx.alloc,
+                        path: "stdout.log".into(),
+                        offset: 0,
+                        max_bytes: 1024,
+                        member,
+                        issued_at_ms,
+                        signature,
+                    })
+                    .await?;
+            }
         }
         // Harmless Raft messages (term 0 never wins anything; the snapshot
         // does not decode): only who may send them is tested.

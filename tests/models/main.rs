@@ -302,13 +302,59 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         Some(job_result::Kind::Inference(i)) => assert_eq!(i.rows, 2),
         other => panic!("not an inference result: {other:?}"),
     }
-    // The output is served with the job's logs: read it back from the work dir.
-    let out = std::fs::read_to_string(
-        dir.path()
-            .join(format!("w/allocs/{}/pred.jsonl", j.alloc_id)),
-    )
-    .unwrap();
-    assert_eq!(out, "[2.0,0.0,1.0]\n[0.0,2.0,1.0]\n");
+    // The output comes back through the scheduler from the worker, for
+    // the job's member only, byte for byte what the result's digest says.
+    let fetch = |member: &str, path: &str, offset: u64, max_bytes: u32| {
+        let c = coop_e2e::client_as(&addrs[0], Some(member));
+        let req = FetchRequest {
+            job_id: infer,
+            path: path.into(),
+            offset,
+            max_bytes,
+        };
+        async move { c.clone().fetch(req).await }
+    };
+    let listing = fetch("ana", "", 0, 0).await.unwrap().into_inner();
+    let names: Vec<&str> = listing.files.iter().map(|f| f.path.as_str()).collect();
+    assert!(names.contains(&"pred.jsonl"), "{names:?}");
+    assert!(!names.contains(&".reader"), "{names:?}");
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        // Small chunks, so the offsets are exercised.
+        let r = fetch("ana", "pred.jsonl", offset, 7)
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend_from_slice(&r.data);
+        offset = r.next_offset;
+        if offset >= r.size {
+            break;
+        }
+    }
+    assert_eq!(
+        String::from_utf8(out.clone()).unwrap(),
+        "[2.0,0.0,1.0]\n[0.0,2.0,1.0]\n"
+    );
+    use sha2::Digest;
+    match j.result.as_ref().and_then(|r| r.kind.as_ref()) {
+        Some(job_result::Kind::Inference(i)) => {
+            assert_eq!(i.output_sha256, hex::encode(sha2::Sha256::digest(&out)))
+        }
+        other => panic!("not an inference result: {other:?}"),
+    }
+    let denied = fetch("bo", "pred.jsonl", 0, 1024).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    for bad in ["../w/node.key", "/etc/passwd", ".reader", "missing.npy"] {
+        let refused = fetch("ana", bad, 0, 1024).await.unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::InvalidArgument | tonic::Code::NotFound
+            ),
+            "{bad}: {refused:?}"
+        );
+    }
 
     let boards = c
         .clone()

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod files;
 pub mod inventory;
 pub mod logs;
 pub mod metrics;

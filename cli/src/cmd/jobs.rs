@@ -15,6 +15,7 @@ use crate::identity::{Settings, Signer};
 use crate::output::{
     decision_kind, job_json, job_state, ms_ago, print_json, res, rule_name, table, Format,
 };
+use coop_core::resources::format_bytes;
 
 /// Signs and sends one submit; a retry sends the same signed request.
 pub async fn submit_one(
@@ -305,4 +306,126 @@ pub async fn logs(addr: &str, job: u64, stderr: bool, follow: bool) -> Result<i3
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The SHA-256s a job's result records for its output files, by path.
+fn recorded_digests(job: &Job) -> std::collections::BTreeMap<String, String> {
+    let outputs = match job.result.as_ref().and_then(|r| r.kind.as_ref()) {
+        Some(job_result::Kind::Inference(i)) => i.outputs.as_slice(),
+        _ => &[],
+    };
+    outputs
+        .iter()
+        .map(|o| (o.path.clone(), o.sha256.clone()))
+        .collect()
+}
+
+/// Downloads one file of `job` into `to` (`-`: standard output) in
+/// chunks; returns its SHA-256.
+async fn fetch_file(client: &Client, job: u64, path: &str, to: &std::path::Path) -> Result<String> {
+    use sha2::Digest;
+    let mut out: Box<dyn Write> = if to == std::path::Path::new("-") {
+        Box::new(std::io::stdout())
+    } else {
+        if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Box::new(std::io::BufWriter::new(std::fs::File::create(to)?))
+    };
+    let mut hash = sha2::Sha256::new();
+    let mut offset = 0;
+    loop {
+        let req = FetchRequest {
+            job_id: job,
+            path: path.to_string(),
+            offset,
+            max_bytes: 1024 * 1024,
+        };
+        let reply = call(client, req, |mut c, req| async move { c.fetch(req).await }).await?;
+        out.write_all(&reply.data)?;
+        hash.update(&reply.data);
+        offset = reply.next_offset;
+        if reply.data.is_empty() || offset >= reply.size {
+            break;
+        }
+    }
+    out.flush()?;
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// `coop fetch`: the files an ended job left on its worker, through the
+/// scheduler, for the job's member only. A file whose SHA-256 the job's
+/// result recorded is checked against it.
+pub async fn fetch(
+    addr: &str,
+    job: u64,
+    path: Option<String>,
+    output: Option<std::path::PathBuf>,
+    list: bool,
+) -> Result<i32> {
+    let client = connect(addr).await?;
+    let recorded = recorded_digests(&get_job(&client, job, true).await?);
+    let check = |path: &str, digest: &str| -> Result<&'static str> {
+        match recorded.get(path) {
+            Some(want) if want != digest => bail!(
+                "{path}: SHA-256 {digest} differs from the {want} the job's result recorded: the file changed since the job wrote it"
+            ),
+            Some(_) => Ok(" (SHA-256 matches the job's result)"),
+            None => Ok(""),
+        }
+    };
+    if let Some(path) = path {
+        let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+        let to = output.unwrap_or_else(|| name.into());
+        let digest = fetch_file(&client, job, &path, &to).await?;
+        let note = check(&path, &digest)?;
+        if to != std::path::Path::new("-") {
+            eprintln!("{path} -> {}{note}", to.display());
+        }
+        return Ok(0);
+    }
+    let listing = call(&client, job, |mut c, job| async move {
+        c.fetch(FetchRequest {
+            job_id: job,
+            ..Default::default()
+        })
+        .await
+    })
+    .await?;
+    if list {
+        let mut t = table(&["FILE", "SIZE"]);
+        for f in &listing.files {
+            t.add_row(vec![f.path.clone(), format_bytes(f.size)]);
+        }
+        println!("{t}");
+        println!("on {} (allocation {})", listing.node, listing.alloc_id);
+        return Ok(0);
+    }
+    let dir = output.unwrap_or_else(|| format!("job-{job}").into());
+    for f in &listing.files {
+        // The listing comes from a worker: a name that could land outside
+        // the directory is refused, not written.
+        if f.path.is_empty()
+            || f.path.starts_with('/')
+            || f.path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            bail!(
+                "the worker listed {:?}, which is not a path inside the job's work dir",
+                f.path
+            );
+        }
+        let to = dir.join(&f.path);
+        let digest = fetch_file(&client, job, &f.path, &to).await?;
+        let note = check(&f.path, &digest)?;
+        println!("{} ({}){note}", to.display(), format_bytes(f.size));
+    }
+    println!(
+        "{} files of job {job} from {} in {}",
+        listing.files.len(),
+        listing.node,
+        dir.display()
+    );
+    Ok(0)
 }
