@@ -649,7 +649,7 @@ async fn fair_share_act(
     wait_state(client, &owners, "succeeded", Duration::from_secs(60)).await?;
     for id in &cams {
         let req = members["cam"]
-            .cancel(client, &new_request_id(), *id)
+            .cancel(client, &new_request_id(), *id, false)
             .await?;
         let _ = c.cancel(req).await;
     }
@@ -681,7 +681,7 @@ async fn refusals_act(
         ),
     }
     let cancel = members["cam"]
-        .cancel(client, &new_request_id(), anas_job)
+        .cancel(client, &new_request_id(), anas_job, false)
         .await?;
     match client.clone().cancel(cancel).await {
         Err(s) => println!(

@@ -253,21 +253,24 @@ impl Signer {
         client: &Client,
         request_id: &str,
         job: u64,
+        array: bool,
     ) -> Result<CancelRequest> {
         let cluster = self.cluster_id(client).await?;
-        let auth = self.key.sign_request(
-            cluster,
-            &self.member,
-            request_id,
-            now_ms(),
-            &MemberRequest::Cancel { job: JobId(job) },
-        );
+        let request = if array {
+            MemberRequest::CancelArray { job: JobId(job) }
+        } else {
+            MemberRequest::Cancel { job: JobId(job) }
+        };
+        let auth = self
+            .key
+            .sign_request(cluster, &self.member, request_id, now_ms(), &request);
         Ok(CancelRequest {
             job_id: job,
             member: self.member.to_string(),
             request_id: request_id.to_string(),
             issued_at_ms: auth.issued_at_ms,
             signature: auth.signature.0.to_vec(),
+            array,
         })
     }
 

@@ -74,6 +74,9 @@ enum Cmd {
         /// The member you act as.
         #[arg(long, env = "COOP_MEMBER")]
         member: Option<String>,
+        /// Every unfinished job of the array JOB belongs to.
+        #[arg(long)]
+        array: bool,
     },
     /// Download the files an ended job of yours left on its worker: every
     /// one into ./job-JOB (or --to DIR), or the one PATH names (--to FILE,
@@ -384,7 +387,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             member,
             limit,
         } => cmd::jobs::jobs(&addr, fmt, state, member, limit).await,
-        Cmd::Cancel { job, member } => cmd::jobs::cancel(&settings, fmt, job, member).await,
+        Cmd::Cancel { job, member, array } => {
+            cmd::jobs::cancel(&settings, fmt, job, member, array).await
+        }
         Cmd::Logs {
             job,
             stderr,

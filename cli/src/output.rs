@@ -102,6 +102,11 @@ pub fn job_json(j: &api::Job) -> Value {
         "result": job_result(j),
         "history": j.history.iter().map(|e| json!({"at_ms": e.at_ms, "what": e.what})).collect::<Vec<_>>(),
         "request_id": j.request_id,
+        "array": j.array.as_ref().map(|a| json!({
+            "first": a.first, "index": a.index, "total": a.total, "pending": a.pending,
+            "running": a.running, "succeeded": a.succeeded, "failed": a.failed,
+            "cancelled": a.cancelled,
+        })),
     })
 }
 

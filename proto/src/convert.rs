@@ -182,6 +182,10 @@ impl From<&core::JobSpec> for api::JobSpec {
             gpu_model: spec.gpu_model.clone(),
             gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
             timeout_secs: spec.timeout_secs,
+            array: spec.array.map(|r| api::ArrayRange {
+                first: r.first,
+                last: r.last,
+            }),
             ..Default::default()
         };
         match &spec.kind {
@@ -273,6 +277,10 @@ impl TryFrom<&api::JobSpec> for core::JobSpec {
             gpu_model: spec.gpu_model.clone(),
             gpu_min_memory_bytes: spec.gpu_min_memory_bytes,
             timeout_secs: spec.timeout_secs,
+            array: spec.array.as_ref().map(|r| core::ArrayRange {
+                first: r.first,
+                last: r.last,
+            }),
         })
     }
 }

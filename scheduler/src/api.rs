@@ -453,18 +453,42 @@ impl Coop for CoopService {
         let auth = signed(req.issued_at_ms, &req.signature)?;
         let now = self.shared.now_ms();
         // An unsigned, unknown, foreign or ended job is refused here, not in the log.
-        self.shared
-            .precheck(|state| state.check_cancel(job, &member, &req.request_id, &auth, now))?;
-        let cmd = Command::Cancel {
-            job,
-            member,
-            request_id: req.request_id.clone(),
-            auth,
-            now_ms: now,
+        let cmd = if req.array {
+            self.shared.precheck(|state| {
+                state
+                    .check_cancel_array(job, &member, &req.request_id, &auth, now)
+                    .map(|_| ())
+            })?;
+            Command::CancelArray {
+                job,
+                member,
+                request_id: req.request_id.clone(),
+                auth,
+                now_ms: now,
+            }
+        } else {
+            self.shared
+                .precheck(|state| state.check_cancel(job, &member, &req.request_id, &auth, now))?;
+            Command::Cancel {
+                job,
+                member,
+                request_id: req.request_id.clone(),
+                auth,
+                now_ms: now,
+            }
         };
         match self.shared.write(cmd).await? {
             Outcome::Cancelled { stopping, .. } => Ok(Response::new(CancelResponse {
                 stopping: stopping.is_some(),
+                cancelled: 1,
+            })),
+            Outcome::ArrayCancelled {
+                cancelled,
+                stopping,
+                ..
+            } => Ok(Response::new(CancelResponse {
+                stopping: !stopping.is_empty(),
+                cancelled: cancelled.len() as u32,
             })),
             other => Err(unexpected(other)),
         }

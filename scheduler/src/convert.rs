@@ -71,7 +71,43 @@ pub fn job_to_proto(
         } else {
             Vec::new()
         },
+        array: job
+            .array
+            .map(|place| array_status(state, job, place, with_detail)),
     }
+}
+
+/// A job's place in its array and, with `counts`, how the array's jobs
+/// stand (one pass over the array's ids).
+fn array_status(
+    state: &ClusterState,
+    job: &Job,
+    place: coop_core::ArrayPlace,
+    counts: bool,
+) -> api::ArrayStatus {
+    let total = job.spec.array.map_or(0, |r| r.len());
+    let mut status = api::ArrayStatus {
+        first: place.first.0,
+        index: place.index,
+        total,
+        ..Default::default()
+    };
+    if counts {
+        for id in place.first.0..place.first.0 + u64::from(total) {
+            let Some(j) = state.job(coop_core::JobId(id)) else {
+                continue;
+            };
+            use coop_core::JobState as S;
+            match j.state() {
+                S::Pending => status.pending += 1,
+                S::Succeeded => status.succeeded += 1,
+                S::Failed => status.failed += 1,
+                S::Cancelled => status.cancelled += 1,
+                _ => status.running += 1,
+            }
+        }
+    }
+    status
 }
 
 pub fn assignment_to_proto(state: &ClusterState, alloc: &Allocation) -> worker::Assignment {
@@ -87,6 +123,7 @@ pub fn assignment_to_proto(state: &ClusterState, alloc: &Allocation) -> worker::
             spec.timeout_secs = spec.timeout_secs.or(policy.max_job_runtime_secs);
             spec
         }),
+        array_index: job.and_then(|j| j.array).map(|a| a.index),
         gpu_indices: alloc.gpu_indices.clone(),
         state: wire::<api::AllocState, _>(alloc.state),
         stop_grace_ms: if alloc.preempted {

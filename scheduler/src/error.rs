@@ -16,6 +16,7 @@ pub fn core_status(e: &CoreError) -> Status {
         CoreError::UnknownJob(_) | CoreError::UnknownNode(_) | CoreError::UnknownProposal(_) => {
             Code::NotFound
         }
+        CoreError::NotAnArray(_) => Code::InvalidArgument,
         CoreError::BadProposal(_) => Code::InvalidArgument,
         CoreError::ProposalClosed { .. } => Code::FailedPrecondition,
         CoreError::AlreadyVoted { .. } => Code::AlreadyExists,

@@ -297,6 +297,7 @@ async fn call(rpc: &str, who: Who, ctx: &Ctx) -> Result<(), tonic::Status> {
                     request_id: unique,
                     issued_at_ms,
                     signature,
+                    array: false,
                 })
                 .await?;
         }

@@ -826,3 +826,81 @@ async fn a_worker_cut_off_from_every_replica_stops_its_jobs() {
     cluster.stop_all().await;
     wait_for("the cut-off worker to stop its job", || !alive(pid)).await;
 }
+
+/// `--array`: one submit makes a job per index, each sees its
+/// COOP_ARRAY_INDEX, the array's progress shows on any of its jobs, and one
+/// signed cancel ends what is left of an array.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_array_runs_each_index_and_cancels_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = coop_e2e::replicas(dir.path(), 1, fast).await;
+    let addrs = cluster.addrs();
+    let work = dir.path().join("w1");
+    std::fs::create_dir_all(&work).unwrap();
+    let _worker = spawn_worker("w1", &addrs, &work, "4").await;
+    let mut indexed = spec(&["sh", "-c", "echo index=$COOP_ARRAY_INDEX"], 100, 0);
+    indexed.array = Some(ArrayRange {
+        first: 10,
+        last: 13,
+    });
+    let first = submit(&addrs, "ana", "arr-1", &indexed).await;
+    let ids: Vec<u64> = (first..first + 4).collect();
+    for (k, &id) in ids.iter().enumerate() {
+        let j = coop_e2e::wait_job(&addrs, id, coop_e2e::ended).await;
+        assert_eq!(j.state_name(), "succeeded", "{j:?}");
+        let logs = coop_e2e::client(&addrs[0])
+            .logs(LogsRequest {
+                job_id: id,
+                stream: "stdout".into(),
+                offset: 0,
+                max_bytes: 1024,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            String::from_utf8_lossy(&logs.data),
+            format!("index={}\n", 10 + k)
+        );
+    }
+    let full = coop_e2e::client(&addrs[0])
+        .get_job(GetJobRequest {
+            job_id: ids[2],
+            brief: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let a = full.array.expect("an array job says so");
+    assert_eq!(
+        (a.first, a.index, a.total, a.succeeded),
+        (first, 12, 4, 4),
+        "{a:?}"
+    );
+
+    // An array of sleepers: four run on the four CPUs, two wait; one
+    // cancel ends all six.
+    let mut sleepers = spec(&["sleep", "60"], 1000, 0);
+    sleepers.array = Some(ArrayRange { first: 0, last: 5 });
+    let first = submit(&addrs, "ana", "arr-2", &sleepers).await;
+    let running = |j: &Job| j.state_name() == "running";
+    coop_e2e::wait_job(&addrs, first, running).await;
+    let mut c = coop_e2e::client(&addrs[0]);
+    let other = c
+        .cancel(coop_e2e::cancel_array_request("bo", "bo-c", first + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other:?}");
+    let reply = c
+        .cancel(coop_e2e::cancel_array_request("ana", "ana-c", first + 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.cancelled, 6);
+    assert!(reply.stopping);
+    for id in first..first + 6 {
+        let j = coop_e2e::wait_job(&addrs, id, coop_e2e::ended).await;
+        assert_eq!(j.state_name(), "cancelled", "{j:?}");
+    }
+    cluster.stop_all().await;
+}

@@ -251,6 +251,32 @@ pub fn cancel_request(member: &str, request_id: &str, job: u64) -> coop_proto::a
         request_id: request_id.into(),
         issued_at_ms: auth.issued_at_ms,
         signature: auth.signature.0.to_vec(),
+        array: false,
+    }
+}
+
+/// A cancel of every unfinished job of `job`'s array, signed as `member`.
+pub fn cancel_array_request(
+    member: &str,
+    request_id: &str,
+    job: u64,
+) -> coop_proto::api::CancelRequest {
+    let auth = coop_core::testkit::secret(member).sign_request(
+        coop_core::testkit::CLUSTER,
+        &coop_core::MemberId::new(member),
+        request_id,
+        wall_clock_ms(),
+        &coop_core::MemberRequest::CancelArray {
+            job: coop_core::JobId(job),
+        },
+    );
+    coop_proto::api::CancelRequest {
+        job_id: job,
+        member: member.into(),
+        request_id: request_id.into(),
+        issued_at_ms: auth.issued_at_ms,
+        signature: auth.signature.0.to_vec(),
+        array: true,
     }
 }
 

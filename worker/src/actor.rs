@@ -153,6 +153,9 @@ impl Actor {
         }
         let gpu_indices = a.gpu_indices.clone();
         let mut env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
+        if let Some(index) = a.array_index {
+            env.insert("COOP_ARRAY_INDEX".into(), index.to_string());
+        }
         let model_job = match coop_core::JobSpec::try_from(&spec) {
             Ok(s) if model::is_model_job(&s.kind) => Some(s.kind),
             Ok(_) => None,

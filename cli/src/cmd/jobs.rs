@@ -54,7 +54,16 @@ pub async fn submit(settings: &Settings, fmt: Format, args: SubmitArgs) -> Resul
                 } else {
                     ""
                 };
-                println!("submitted job {}{note}", reply.job_id);
+                match spec.array.as_ref() {
+                    Some(r) => {
+                        let last = reply.job_id + u64::from(r.last - r.first);
+                        println!(
+                            "submitted array {}: jobs {}-{last} for indices {}-{}{note}",
+                            reply.job_id, reply.job_id, r.first, r.last
+                        )
+                    }
+                    None => println!("submitted job {}{note}", reply.job_id),
+                }
             }
         }
         return Ok(0);
@@ -121,6 +130,13 @@ pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
     }
     let spec = j.spec.clone().unwrap_or_default();
     let now = now_ms();
+    if let Some(a) = &j.array {
+        let last = a.first + u64::from(a.total.saturating_sub(1));
+        println!(
+            "array {} (jobs {}-{last}): index {} of {}; {} pending, {} running, {} succeeded, {} failed, {} cancelled",
+            a.first, a.first, a.index, a.total, a.pending, a.running, a.succeeded, a.failed, a.cancelled
+        );
+    }
     println!(
         "job {}  {}",
         j.id,
@@ -261,24 +277,32 @@ pub async fn cancel(
     fmt: Format,
     job: u64,
     member: Option<String>,
+    array: bool,
 ) -> Result<i32> {
     let signer = settings.signer(member)?;
     let client = connect(&settings.addr).await?;
-    let req = signer.cancel(&client, &new_request_id(), job).await?;
+    let req = signer
+        .cancel(&client, &new_request_id(), job, array)
+        .await?;
     let reply = call(
         &client,
         req,
         |mut c, req| async move { c.cancel(req).await },
     )
     .await?;
+    let what = if array {
+        format!("{} unfinished jobs of job {job}'s array", reply.cancelled)
+    } else {
+        format!("job {job}")
+    };
     match fmt {
-        Format::Json => {
-            print_json(&json!({"job_id": job, "cancelled": true, "stopping": reply.stopping}))
-        }
+        Format::Json => print_json(
+            &json!({"job_id": job, "cancelled": reply.cancelled, "stopping": reply.stopping}),
+        ),
         Format::Table if reply.stopping => {
-            println!("cancelled job {job}; its process is being stopped")
+            println!("cancelled {what}; running processes are being stopped")
         }
-        Format::Table => println!("cancelled job {job}"),
+        Format::Table => println!("cancelled {what}"),
     }
     Ok(0)
 }

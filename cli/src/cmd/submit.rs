@@ -31,6 +31,10 @@ pub struct SubmitArgs {
     /// Kill the run after this many seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// A job array: one job per index of FIRST-LAST (e.g. 0-999), each
+    /// with COOP_ARRAY_INDEX; shown and cancellable as one.
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub array: Option<String>,
     /// A label for the job.
     #[arg(long, default_value = "")]
     pub name: String,
@@ -192,6 +196,16 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
             .transpose()
             .map_err(anyhow::Error::msg)?,
         timeout_secs: args.timeout,
+        array: match &args.array {
+            None => None,
+            Some(text) => match coop_core::ArrayRange::parse(text) {
+                Some(r) => Some(coop_proto::api::ArrayRange {
+                    first: r.first,
+                    last: r.last,
+                }),
+                None => bail!("--array {text:?}: give FIRST-LAST, e.g. 0-999"),
+            },
+        },
         inference,
         evaluation,
     })

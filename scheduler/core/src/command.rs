@@ -81,6 +81,15 @@ pub enum Command {
         auth: Auth,
         now_ms: u64,
     },
+    /// A member cancels every unfinished job of one of its arrays (named
+    /// by any of its jobs), signed with its key.
+    CancelArray {
+        job: JobId,
+        member: MemberId,
+        request_id: String,
+        auth: Auth,
+        now_ms: u64,
+    },
     /// A member authorizes a node of its own to join with `key` (or
     /// replaces the key of one it authorized before), signed by the member.
     AddNode {
@@ -224,6 +233,7 @@ impl Command {
         match self {
             Self::Submit { now_ms, .. }
             | Self::Cancel { now_ms, .. }
+            | Self::CancelArray { now_ms, .. }
             | Self::AddNode { now_ms, .. }
             | Self::AddReplica { now_ms, .. }
             | Self::RemoveReplica { now_ms, .. }
@@ -244,6 +254,7 @@ impl Command {
         match self {
             Self::Submit { .. } => "submit",
             Self::Cancel { .. } => "cancel",
+            Self::CancelArray { .. } => "cancel_array",
             Self::AddNode { .. } => "add_node",
             Self::AddReplica { .. } => "add_replica",
             Self::RemoveReplica { .. } => "remove_replica",

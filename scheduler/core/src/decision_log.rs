@@ -77,8 +77,18 @@ impl ClusterState {
         self.push_leaf(merkle::leaf_hash(&leaf));
         if let Ok(outcome) = &result {
             for job in jobs_in(outcome) {
-                if let Some(j) = self.job_mut(job) {
-                    j.note_leaf(index);
+                // An array's submit is a decision about each of its jobs.
+                let count = match outcome {
+                    Outcome::Submitted { .. } => self
+                        .job(job)
+                        .and_then(|j| j.spec.array)
+                        .map_or(1, |r| r.len()),
+                    _ => 1,
+                };
+                for id in (job.0..job.0 + u64::from(count)).map(crate::ids::JobId) {
+                    if let Some(j) = self.job_mut(id) {
+                        j.note_leaf(index);
+                    }
                 }
             }
         }
@@ -108,6 +118,7 @@ fn jobs_in(outcome: &Outcome) -> Vec<crate::ids::JobId> {
             requeued, failed, ..
         } => requeued.iter().chain(failed).copied().collect(),
         Outcome::NodeRegistered { requeued, .. } => requeued.clone(),
+        Outcome::ArrayCancelled { cancelled, .. } => cancelled.clone(),
         _ => Vec::new(),
     }
 }

@@ -64,6 +64,8 @@ pub enum CoreError {
     Impossible(#[from] Impossible),
     #[error("unknown job {0}")]
     UnknownJob(JobId),
+    #[error("job {0} is not one of an array's jobs")]
+    NotAnArray(JobId),
     #[error("unknown node {0}")]
     UnknownNode(NodeId),
     #[error("job {job} belongs to member {owner}")]

@@ -171,6 +171,10 @@ pub enum MemberRequest<'a> {
     Cancel {
         job: JobId,
     },
+    /// Every unfinished job of the array `job` belongs to.
+    CancelArray {
+        job: JobId,
+    },
     /// The member authorizes a node of its own to join with this key.
     AddNode {
         node: &'a NodeId,

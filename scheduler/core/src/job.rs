@@ -232,6 +232,53 @@ impl EvalTask {
     }
 }
 
+/// Most jobs one array submit makes.
+pub const MAX_ARRAY_JOBS: u32 = 100_000;
+
+/// A job array's indices, both ends included (`--array 0-999`): one job per
+/// index, each with `COOP_ARRAY_INDEX`, submitted, signed and logged once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl ArrayRange {
+    /// How many jobs the range makes (0 for a reversed range).
+    pub fn len(self) -> u32 {
+        self.last
+            .checked_sub(self.first)
+            .map_or(0, |d| d.saturating_add(1))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// `A-B` or a lone `A`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (a, b) = text.split_once('-').unwrap_or((text, text));
+        Some(Self {
+            first: a.trim().parse().ok()?,
+            last: b.trim().parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for ArrayRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Where a job sits in its array: the array's first job (its id) and the
+/// job's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayPlace {
+    pub first: JobId,
+    pub index: u32,
+}
+
 /// Most models one evaluation may compare.
 pub const MAX_EVAL_MODELS: usize = 16;
 
@@ -264,6 +311,8 @@ pub enum SpecError {
     OutputPath,
     #[error("output name must be 1 to {MAX_COLUMN_NAME_LEN} bytes")]
     OutputName,
+    #[error("an array is FIRST-LAST with FIRST <= LAST, at most {MAX_ARRAY_JOBS} jobs")]
+    Array,
     #[error("tract runs on CPUs only: a model job with GPUs runs on ONNX Runtime's CUDA provider (--engine auto or onnxruntime), or ask for no GPUs")]
     TractOnGpus,
     #[error("{0}")]
@@ -356,6 +405,9 @@ pub struct JobSpec {
     /// `max_job_runtime_secs`, which is also the default when set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// One job per index of this range (a job array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayRange>,
 }
 
 /// A job's secret salt for its env commitments: random to others (the
@@ -436,6 +488,7 @@ impl JobSpec {
             gpu_model: None,
             gpu_min_memory_bytes: None,
             timeout_secs: None,
+            array: None,
         }
     }
 
@@ -556,6 +609,12 @@ impl JobSpec {
         }
         if self.max_retries > MAX_RETRIES {
             return Err(SpecError::TooManyRetries);
+        }
+        if self
+            .array
+            .is_some_and(|r| r.is_empty() || r.len() > MAX_ARRAY_JOBS)
+        {
+            return Err(SpecError::Array);
         }
         Ok(())
     }
@@ -691,6 +750,9 @@ pub struct Job {
     #[serde(default)]
     pub result: Option<JobResult>,
     pub history: Vec<JobEvent>,
+    /// Its place in a job array, for one of an array's jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayPlace>,
 }
 
 /// Leaf indices kept per job.
@@ -735,6 +797,7 @@ impl Job {
             message: String::new(),
             result: None,
             history: Vec::new(),
+            array: None,
         };
         job.record(now_ms, "submitted".into());
         job

@@ -52,7 +52,8 @@ pub use fairness::Fairness;
 pub use identity::{Auth, AuthError, MemberRequest, NodeReport, PublicKey, SecretKey, Signature};
 pub use ids::{AllocId, JobId, MemberId, NodeId};
 pub use job::{
-    Artifact, Engine, EnvSalt, EvalTask, Job, JobKind, JobSpec, JobState, ModelOptions, SpecError,
+    ArrayPlace, ArrayRange, Artifact, Engine, EnvSalt, EvalTask, Job, JobKind, JobSpec, JobState,
+    ModelOptions, SpecError,
 };
 pub use leaderboard::Leaderboard;
 pub use member::Member;

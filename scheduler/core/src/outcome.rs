@@ -44,6 +44,12 @@ pub enum Outcome {
         job: JobId,
         stopping: Option<AllocId>,
     },
+    /// An array's unfinished jobs were cancelled; these allocations stop.
+    ArrayCancelled {
+        first: JobId,
+        cancelled: Vec<JobId>,
+        stopping: Vec<AllocId>,
+    },
     Proposed {
         proposal: u64,
         existing: bool,

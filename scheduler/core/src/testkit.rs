@@ -93,6 +93,25 @@ pub fn cancel(member: &str, request_id: &str, job: JobId, now_ms: u64) -> Comman
     }
 }
 
+/// `member` cancels every unfinished job of `job`'s array, signed with its key.
+pub fn cancel_array(member: &str, request_id: &str, job: JobId, now_ms: u64) -> Command {
+    let m = MemberId::new(member);
+    let auth = secret(member).sign_request(
+        CLUSTER,
+        &m,
+        request_id,
+        now_ms,
+        &MemberRequest::CancelArray { job },
+    );
+    Command::CancelArray {
+        job,
+        member: m,
+        request_id: request_id.into(),
+        auth,
+        now_ms,
+    }
+}
+
 /// A read credential of `member`'s testkit key, issued at `now_ms`.
 pub fn read(member: &str, now_ms: u64) -> crate::identity::Auth {
     secret(member).sign_read(CLUSTER, &MemberId::new(member), now_ms)

@@ -30,24 +30,36 @@ pub(super) fn submit(
             existing: true,
         });
     }
-    let id = state.next_job_id();
+    // A salt matters only to a job with env values; without any, the job
+    // is its public form already (and the digest needs no copy).
+    let salt = env_salt.copied().filter(
+        |_| matches!(&spec.kind, crate::job::JobKind::Command { env, .. } if !env.is_empty()),
+    );
+    // An array's jobs take consecutive ids from the first, which names the
+    // array; each is an ordinary job to the allocator.
+    let count = spec.array.map_or(1, |r| r.len());
+    let first = JobId(state.last_job_id() + 1);
     if let Some(m) = state.member_mut(member, now) {
-        m.jobs_submitted += 1;
+        m.jobs_submitted += u64::from(count);
     }
-    state.insert_job(Job::new(
-        id,
-        member.clone(),
-        request_id.to_string(),
-        spec.clone(),
-        // A salt matters only to a job with env values; without any, the
-        // job is its public form already (and the digest needs no copy).
-        env_salt.copied().filter(
-            |_| matches!(&spec.kind, crate::job::JobKind::Command { env, .. } if !env.is_empty()),
-        ),
-        now,
-    ));
+    for k in 0..count {
+        let id = state.next_job_id();
+        let mut job = Job::new(
+            id,
+            member.clone(),
+            request_id.to_string(),
+            spec.clone(),
+            salt,
+            now,
+        );
+        job.array = spec.array.map(|r| crate::job::ArrayPlace {
+            first,
+            index: r.first + k,
+        });
+        state.insert_job(job);
+    }
     Ok(Outcome::Submitted {
-        job: id,
+        job: first,
         existing: false,
     })
 }
@@ -67,6 +79,32 @@ pub(super) fn cancel(
     Ok(Outcome::Cancelled {
         job: job_id,
         stopping: alloc,
+    })
+}
+
+pub(super) fn cancel_array(
+    state: &mut ClusterState,
+    job_id: JobId,
+    member: &MemberId,
+    request_id: &str,
+    auth: &Auth,
+    at: Time,
+) -> Result<Outcome, CoreError> {
+    let Time { stamp, now } = at;
+    let jobs = state.check_cancel_array(job_id, member, request_id, auth, stamp)?;
+    let first = state
+        .job(job_id)
+        .and_then(|j| j.array)
+        .map_or(job_id, |a| a.first);
+    let why = format!("cancelled by {member} with its array");
+    let stopping = jobs
+        .iter()
+        .filter_map(|&id| end_cancelled(state, id, now, why.clone(), why.clone(), false))
+        .collect();
+    Ok(Outcome::ArrayCancelled {
+        first,
+        cancelled: jobs,
+        stopping,
     })
 }
 

@@ -73,6 +73,13 @@ impl ClusterState {
                 auth,
                 ..
             } => jobs::cancel(self, *job, member, request_id, auth, at),
+            Command::CancelArray {
+                job,
+                member,
+                request_id,
+                auth,
+                ..
+            } => jobs::cancel_array(self, *job, member, request_id, auth, at),
             Command::AddNode {
                 node,
                 member,

@@ -288,4 +288,46 @@ impl ClusterState {
         }
         Ok(())
     }
+
+    /// Checks an array cancel without applying it: `job` is one of the
+    /// member's own arrays. Returns the array's unfinished jobs (none is
+    /// refused: there is nothing to cancel).
+    pub fn check_cancel_array(
+        &self,
+        job: JobId,
+        member: &MemberId,
+        request_id: &str,
+        auth: &Auth,
+        now_ms: u64,
+    ) -> Result<Vec<JobId>, CoreError> {
+        self.verify(
+            member,
+            request_id,
+            auth,
+            &MemberRequest::CancelArray { job },
+            now_ms,
+        )?;
+        let j = self.jobs.get(&job).ok_or(CoreError::UnknownJob(job))?;
+        if &j.member != member {
+            return Err(CoreError::NotOwner {
+                job,
+                owner: j.member.clone(),
+            });
+        }
+        let (Some(place), Some(range)) = (j.array, j.spec.array) else {
+            return Err(CoreError::NotAnArray(job));
+        };
+        let first = place.first.0;
+        let open: Vec<JobId> = (first..first + u64::from(range.len()))
+            .map(JobId)
+            .filter(|id| self.jobs.get(id).is_some_and(|j| !j.state().is_terminal()))
+            .collect();
+        if open.is_empty() {
+            return Err(CoreError::AlreadyEnded {
+                job,
+                state: j.state(),
+            });
+        }
+        Ok(open)
+    }
 }

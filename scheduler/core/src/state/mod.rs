@@ -391,6 +391,11 @@ impl ClusterState {
         self.pass_due = false;
     }
 
+    /// The highest job id given so far.
+    pub fn last_job_id(&self) -> u64 {
+        self.last_job_id
+    }
+
     pub(crate) fn next_job_id(&mut self) -> JobId {
         self.last_job_id += 1;
         JobId(self.last_job_id)
@@ -408,10 +413,12 @@ impl ClusterState {
             self.pending.insert(id);
             enqueue(&mut self.queued, &job.member, id);
         }
+        // An array's jobs share its request id, which names the first.
         self.requests
             .entry(job.member.clone())
             .or_default()
-            .insert(job.request_id.clone(), id);
+            .entry(job.request_id.clone())
+            .or_insert(id);
         self.jobs.insert(id, job);
         self.pass_due = true;
     }
@@ -423,7 +430,9 @@ impl ClusterState {
             dequeue(&mut self.queued, &job.member, id);
         }
         if let Some(requests) = self.requests.get_mut(&job.member) {
-            requests.remove(&job.request_id);
+            if requests.get(&job.request_id) == Some(&id) {
+                requests.remove(&job.request_id);
+            }
             if requests.is_empty() {
                 self.requests.remove(&job.member);
             }

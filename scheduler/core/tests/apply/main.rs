@@ -731,3 +731,89 @@ fn after_a_quiet_hour_a_fresh_request_is_taken() {
     testkit::advance(&mut s, 10 + hour);
     assert_eq!(s.now_ms(), 10 + hour);
 }
+
+/// An array submit makes one job per index under one request id, each an
+/// ordinary job with its place; a retry returns the same array; a cancel
+/// of the array ends its unfinished jobs and is its member's alone.
+#[test]
+fn an_array_is_one_submit_and_one_cancel() {
+    let mut s = new_state();
+    let mut spec = JobSpec::command(vec!["true".into()], res(100, 64, 0));
+    spec.array = Some(ArrayRange { first: 5, last: 9 });
+    let first = match s
+        .apply_logged(&testkit::submit("ana", "arr", spec.clone(), 10))
+        .0
+    {
+        Ok(Outcome::Submitted {
+            job,
+            existing: false,
+        }) => job,
+        other => panic!("{other:?}"),
+    };
+    let ids: Vec<JobId> = (first.0..first.0 + 5).map(JobId).collect();
+    for (k, id) in ids.iter().enumerate() {
+        let j = s.job(*id).expect("every index is a job");
+        assert_eq!(
+            j.array,
+            Some(ArrayPlace {
+                first,
+                index: 5 + k as u32
+            })
+        );
+        assert_eq!(j.state(), JobState::Pending);
+        assert_eq!(j.leaves.len(), 1, "the submit is each job's decision");
+    }
+    assert_eq!(s.last_job_id(), ids[4].0);
+    // A retry of the same request is the same array, not another one.
+    assert_eq!(
+        s.apply(&testkit::submit("ana", "arr", spec.clone(), 11)),
+        Ok(Outcome::Submitted {
+            job: first,
+            existing: true
+        })
+    );
+    assert_eq!(s.last_job_id(), ids[4].0);
+    // Bad ranges are refused before anything is made.
+    for (a, b) in [(3, 2), (0, coop_core::job::MAX_ARRAY_JOBS)] {
+        let mut bad = spec.clone();
+        bad.array = Some(ArrayRange { first: a, last: b });
+        assert_eq!(
+            s.apply(&testkit::submit("ana", &format!("bad{a}"), bad, 12)),
+            Err(CoreError::InvalidSpec(SpecError::Array))
+        );
+    }
+    // One job of it ends on its own; the array cancel ends the other four.
+    s.apply(&testkit::cancel("ana", "c1", ids[1], 20)).unwrap();
+    assert!(matches!(
+        s.apply(&testkit::cancel_array("bo", "c2", ids[3], 21)),
+        Err(CoreError::NotOwner { .. })
+    ));
+    match s.apply(&testkit::cancel_array("ana", "c3", ids[3], 22)) {
+        Ok(Outcome::ArrayCancelled {
+            first: f,
+            cancelled,
+            stopping,
+        }) => {
+            assert_eq!(f, first);
+            assert_eq!(cancelled, vec![ids[0], ids[2], ids[3], ids[4]]);
+            assert!(stopping.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(ids
+        .iter()
+        .all(|id| s.job(*id).unwrap().state() == JobState::Cancelled));
+    assert!(matches!(
+        s.apply(&testkit::cancel_array("ana", "c4", ids[0], 23)),
+        Err(CoreError::AlreadyEnded { .. })
+    ));
+    // A lone job is not an array.
+    let lone = match submit(&mut s, "lone", "ana", res(100, 64, 0)).unwrap() {
+        Outcome::Submitted { job, .. } => job,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        s.apply(&testkit::cancel_array("ana", "c5", lone, 24)),
+        Err(CoreError::NotAnArray(lone))
+    );
+}

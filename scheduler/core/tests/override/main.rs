@@ -38,6 +38,7 @@ fn guard(cmd: &Command) -> Guard {
     match cmd {
         Command::Submit { .. }
         | Command::Cancel { .. }
+        | Command::CancelArray { .. }
         | Command::AddNode { .. }
         | Command::AddReplica { .. }
         | Command::RemoveReplica { .. }
@@ -88,6 +89,21 @@ fn forge(cmd: &Command) -> Option<Command> {
                 request_id,
                 auth.issued_at_ms,
                 &MemberRequest::Cancel { job: *job },
+            )
+        }
+        Command::CancelArray {
+            member,
+            request_id,
+            job,
+            auth,
+            ..
+        } => {
+            *auth = evil.sign_request(
+                testkit::CLUSTER,
+                member,
+                request_id,
+                auth.issued_at_ms,
+                &MemberRequest::CancelArray { job: *job },
             )
         }
         Command::AddNode {
@@ -277,6 +293,10 @@ fn busy() -> (ClusterState, AllocId) {
         .unwrap();
     s.apply(&testkit::propose("ana", "p1", next_policy(), 7))
         .unwrap();
+    // An array of ana's (jobs 3 and 4), for the array cancel.
+    let mut array = spec(100);
+    array.array = Some(ArrayRange { first: 0, last: 1 });
+    s.apply(&testkit::submit("ana", "arr", array, 8)).unwrap();
     (s, alloc)
 }
 
@@ -333,6 +353,7 @@ fn every_command(alloc: AllocId) -> Vec<Command> {
         testkit::propose("bo", "p2", next_policy(), 10),
         testkit::vote("bo", "v1", 1, true, 10),
         testkit::cancel("ana", "c1", JobId(1), 10),
+        testkit::cancel_array("ana", "c2", JobId(4), 10),
         testkit::add_node("bo", "bo-box", 10),
         replica,
         testkit::register("box", "ana", res(1000), 2, vec![], 10),
@@ -427,5 +448,5 @@ fn no_command_changes_the_state_without_the_signature_its_rule_requires() {
     let mut names: Vec<_> = guards.iter().map(|(n, _)| *n).collect();
     names.sort();
     names.dedup();
-    assert_eq!(names.len(), 15, "{names:?}");
+    assert_eq!(names.len(), 16, "{names:?}");
 }
