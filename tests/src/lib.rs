@@ -236,23 +236,7 @@ pub fn submit_request(
 
 /// A cancel in `member`'s name, signed with its testkit key now.
 pub fn cancel_request(member: &str, request_id: &str, job: u64) -> coop_proto::api::CancelRequest {
-    let auth = coop_core::testkit::secret(member).sign_request(
-        coop_core::testkit::CLUSTER,
-        &coop_core::MemberId::new(member),
-        request_id,
-        wall_clock_ms(),
-        &coop_core::MemberRequest::Cancel {
-            job: coop_core::JobId(job),
-        },
-    );
-    coop_proto::api::CancelRequest {
-        job_id: job,
-        member: member.into(),
-        request_id: request_id.into(),
-        issued_at_ms: auth.issued_at_ms,
-        signature: auth.signature.0.to_vec(),
-        array: false,
-    }
+    signed_cancel(member, request_id, job, false)
 }
 
 /// A cancel of every unfinished job of `job`'s array, signed as `member`.
@@ -261,14 +245,27 @@ pub fn cancel_array_request(
     request_id: &str,
     job: u64,
 ) -> coop_proto::api::CancelRequest {
+    signed_cancel(member, request_id, job, true)
+}
+
+fn signed_cancel(
+    member: &str,
+    request_id: &str,
+    job: u64,
+    array: bool,
+) -> coop_proto::api::CancelRequest {
+    let job_id = coop_core::JobId(job);
+    let request = if array {
+        coop_core::MemberRequest::CancelArray { job: job_id }
+    } else {
+        coop_core::MemberRequest::Cancel { job: job_id }
+    };
     let auth = coop_core::testkit::secret(member).sign_request(
         coop_core::testkit::CLUSTER,
         &coop_core::MemberId::new(member),
         request_id,
         wall_clock_ms(),
-        &coop_core::MemberRequest::CancelArray {
-            job: coop_core::JobId(job),
-        },
+        &request,
     );
     coop_proto::api::CancelRequest {
         job_id: job,
@@ -276,7 +273,7 @@ pub fn cancel_array_request(
         request_id: request_id.into(),
         issued_at_ms: auth.issued_at_ms,
         signature: auth.signature.0.to_vec(),
-        array: true,
+        array,
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::error::{CoreError, Impossible, MAX_REQUEST_ID_LEN};
 use crate::identity::{self, Auth, AuthError, MemberRequest, NodeReport, PublicKey};
 use crate::ids::{JobId, MemberId, NodeId};
-use crate::job::{EnvSalt, JobSpec};
+use crate::job::{EnvSalt, Job, JobSpec};
 
 use super::ClusterState;
 
@@ -273,13 +273,7 @@ impl ClusterState {
             &MemberRequest::Cancel { job },
             now_ms,
         )?;
-        let j = self.jobs.get(&job).ok_or(CoreError::UnknownJob(job))?;
-        if &j.member != member {
-            return Err(CoreError::NotOwner {
-                job,
-                owner: j.member.clone(),
-            });
-        }
+        let j = self.own_job(job, member)?;
         if j.state().is_terminal() {
             return Err(CoreError::AlreadyEnded {
                 job,
@@ -287,6 +281,18 @@ impl ClusterState {
             });
         }
         Ok(())
+    }
+
+    /// Job `job`, if it is `member`'s.
+    fn own_job(&self, job: JobId, member: &MemberId) -> Result<&Job, CoreError> {
+        let j = self.jobs.get(&job).ok_or(CoreError::UnknownJob(job))?;
+        if &j.member != member {
+            return Err(CoreError::NotOwner {
+                job,
+                owner: j.member.clone(),
+            });
+        }
+        Ok(j)
     }
 
     /// Checks an array cancel without applying it: `job` is one of the
@@ -307,13 +313,7 @@ impl ClusterState {
             &MemberRequest::CancelArray { job },
             now_ms,
         )?;
-        let j = self.jobs.get(&job).ok_or(CoreError::UnknownJob(job))?;
-        if &j.member != member {
-            return Err(CoreError::NotOwner {
-                job,
-                owner: j.member.clone(),
-            });
-        }
+        let j = self.own_job(job, member)?;
         let (Some(place), Some(range)) = (j.array, j.spec.array) else {
             return Err(CoreError::NotAnArray(job));
         };
