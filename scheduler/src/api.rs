@@ -27,6 +27,28 @@ struct LastRun {
     node_key: coop_core::PublicKey,
     /// The job has ended and no allocation of it is live.
     ended: bool,
+    /// The reader (the job's member) and its read credential.
+    reader: MemberId,
+    auth: coop_core::Auth,
+}
+
+impl LastRun {
+    /// The reader's credential as the worker's requests carry it.
+    fn passed_on(&self) -> (String, u64, Vec<u8>) {
+        (
+            self.reader.to_string(),
+            self.auth.issued_at_ms,
+            self.auth.signature.0.to_vec(),
+        )
+    }
+
+    /// A worker's refusal, saying which worker.
+    fn worker_error(&self, s: Status) -> Status {
+        Status::new(
+            s.code(),
+            format!("worker at {}: {}", self.addr, s.message()),
+        )
+    }
 }
 
 pub struct CoopService {
@@ -60,9 +82,20 @@ impl CoopService {
             .map_err(|e| Status::internal(format!("query: {e}")))
     }
 
-    /// Where job `job`'s last run was, for its member `reader` only: what
-    /// `logs` and `fetch` read from its worker.
-    async fn last_run(&self, job: u64, reader: &MemberId, what: &str) -> Result<LastRun, Status> {
+    /// Where job `job`'s last run was, for its member only (the reader of
+    /// `request`): what `logs` and `fetch` read from its worker, with the
+    /// reader's own credential to pass on.
+    async fn last_run<T>(
+        &self,
+        request: &Request<T>,
+        job: u64,
+        what: &str,
+    ) -> Result<LastRun, Status> {
+        let reader = self.reader(request)?;
+        // The worker checks the reader's own credential against the job's
+        // member's key: a replica cannot read a member's logs or files by itself.
+        let (_, auth) = coop_proto::read_auth::credential(request.metadata())
+            .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
         self.shared.read_barrier().await?;
         let applied = self.shared.node.state_machine().read();
         let id = JobId(job);
@@ -71,7 +104,7 @@ impl CoopService {
             .job(id)
             .ok_or_else(|| Status::not_found(format!("unknown job {id}")))?;
         // A job's output is its member's alone.
-        if &job.member != reader {
+        if job.member != reader {
             return Err(Status::permission_denied(format!(
                 "job {id}'s {what} are {}'s alone",
                 job.member
@@ -104,7 +137,19 @@ impl CoopService {
             addr,
             node_key,
             ended: job.state().is_terminal() && job.alloc.is_none(),
+            reader,
+            auth,
         })
+    }
+
+    /// The agent of the worker that ran `run`, over TLS pinned to its node key.
+    fn worker(
+        &self,
+        run: &LastRun,
+    ) -> Result<WorkerAgentClient<tonic::transport::Channel>, Status> {
+        Ok(WorkerAgentClient::new(
+            self.shared.worker_channel(&run.addr, &run.node_key)?,
+        ))
     }
 
     /// The member a read is from: its credential must verify against the
@@ -496,28 +541,25 @@ impl Coop for CoopService {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogsResponse>, Status> {
         via_leader!(self, request, logs);
-        let reader = self.reader(&request)?;
         let req = request.get_ref().clone();
         if req.stream != "stdout" && req.stream != "stderr" {
             return Err(Status::invalid_argument("stream must be stdout or stderr"));
         }
-        let run = self.last_run(req.job_id, &reader, "logs").await?;
-        // The worker checks the reader's own credential against the job's
-        // member's key: a replica cannot read a member's logs by itself.
-        let (member, auth) = coop_proto::read_auth::credential(request.metadata())
-            .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
-        let reply = WorkerAgentClient::new(self.shared.worker_channel(&run.addr, &run.node_key)?)
+        let run = self.last_run(&request, req.job_id, "logs").await?;
+        let (member, issued_at_ms, signature) = run.passed_on();
+        let reply = self
+            .worker(&run)?
             .read_logs(ReadLogsRequest {
                 alloc_id: run.alloc.0,
                 stream: req.stream,
                 offset: req.offset,
                 max_bytes: req.max_bytes.clamp(1, MAX_LOG_CHUNK),
-                member: member.to_string(),
-                issued_at_ms: auth.issued_at_ms,
-                signature: auth.signature.0.to_vec(),
+                member,
+                issued_at_ms,
+                signature,
             })
             .await
-            .map_err(|s| Status::new(s.code(), format!("worker at {}: {}", run.addr, s.message())))?
+            .map_err(|s| run.worker_error(s))?
             .into_inner();
         Ok(Response::new(LogsResponse {
             complete: run.ended && !reply.running && reply.data.is_empty(),
@@ -531,30 +573,28 @@ impl Coop for CoopService {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         via_leader!(self, request, fetch);
-        let reader = self.reader(&request)?;
         let req = request.get_ref().clone();
-        let run = self.last_run(req.job_id, &reader, "files").await?;
+        let run = self.last_run(&request, req.job_id, "files").await?;
         if !run.ended {
             return Err(Status::failed_precondition(format!(
                 "job {} has not ended: its files can be fetched once it does (coop logs follows it meanwhile)",
                 req.job_id
             )));
         }
-        // As for logs, the worker admits only the member's own credential.
-        let (member, auth) = coop_proto::read_auth::credential(request.metadata())
-            .ok_or_else(|| Status::unauthenticated("reads are for members"))?;
-        let reply = WorkerAgentClient::new(self.shared.worker_channel(&run.addr, &run.node_key)?)
+        let (member, issued_at_ms, signature) = run.passed_on();
+        let reply = self
+            .worker(&run)?
             .read_file(ReadFileRequest {
                 alloc_id: run.alloc.0,
                 path: req.path,
                 offset: req.offset,
                 max_bytes: req.max_bytes.clamp(1, MAX_LOG_CHUNK),
-                member: member.to_string(),
-                issued_at_ms: auth.issued_at_ms,
-                signature: auth.signature.0.to_vec(),
+                member,
+                issued_at_ms,
+                signature,
             })
             .await
-            .map_err(|s| Status::new(s.code(), format!("worker at {}: {}", run.addr, s.message())))?
+            .map_err(|s| run.worker_error(s))?
             .into_inner();
         Ok(Response::new(FetchResponse {
             data: reply.data,

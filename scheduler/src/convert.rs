@@ -78,7 +78,7 @@ pub fn job_to_proto(
 }
 
 /// A job's place in its array and, with `counts`, how the array's jobs
-/// stand (one pass over the array's ids).
+/// stand.
 fn array_status(
     state: &ClusterState,
     job: &Job,
@@ -93,10 +93,7 @@ fn array_status(
         ..Default::default()
     };
     if counts {
-        for id in place.first.0..place.first.0 + u64::from(total) {
-            let Some(j) = state.job(coop_core::JobId(id)) else {
-                continue;
-            };
+        for j in state.array_jobs(job) {
             use coop_core::JobState as S;
             match j.state() {
                 S::Pending => status.pending += 1,

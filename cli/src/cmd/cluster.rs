@@ -86,7 +86,7 @@ pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
             ),
             format!("{}/{}", a.gpus, c.gpus),
             n.allocations.to_string(),
-            engines_text(n.engines.as_ref()),
+            engines_of(n.engines.as_ref()).describe(),
         ]);
     }
     println!("{t}");
@@ -96,10 +96,6 @@ pub async fn nodes(addr: &str, fmt: Format) -> Result<i32> {
 /// The engines a node's worker advertised, as the core names them.
 fn engines_of(e: Option<&coop_proto::api::NodeEngines>) -> coop_core::NodeEngines {
     e.map(Into::into).unwrap_or_default()
-}
-
-fn engines_text(e: Option<&coop_proto::api::NodeEngines>) -> String {
-    engines_of(e).describe()
 }
 
 fn engines_json(e: Option<&coop_proto::api::NodeEngines>) -> serde_json::Value {

@@ -389,11 +389,17 @@ pub async fn fetch(
 ) -> Result<i32> {
     let client = connect(addr).await?;
     let recorded = recorded_digests(&get_job(&client, job, true).await?);
-    let check = |path: &str, digest: &str| -> Result<&'static str> {
+    // A file that does not match its recorded digest is removed, not kept.
+    let check = |path: &str, to: &std::path::Path, digest: &str| -> Result<&'static str> {
         match recorded.get(path) {
-            Some(want) if want != digest => bail!(
-                "{path}: SHA-256 {digest} differs from the {want} the job's result recorded: the file changed since the job wrote it"
-            ),
+            Some(want) if want != digest => {
+                if to != std::path::Path::new("-") {
+                    let _ = std::fs::remove_file(to);
+                }
+                bail!(
+                    "{path}: SHA-256 {digest} differs from the {want} the job's result recorded: the file changed since the job wrote it (not kept)"
+                )
+            }
             Some(_) => Ok(" (SHA-256 matches the job's result)"),
             None => Ok(""),
         }
@@ -402,7 +408,7 @@ pub async fn fetch(
         let name = path.rsplit('/').next().unwrap_or(&path).to_string();
         let to = output.unwrap_or_else(|| name.into());
         let digest = fetch_file(&client, job, &path, &to).await?;
-        let note = check(&path, &digest)?;
+        let note = check(&path, &to, &digest)?;
         if to != std::path::Path::new("-") {
             eprintln!("{path} -> {}{note}", to.display());
         }
@@ -442,7 +448,7 @@ pub async fn fetch(
         }
         let to = dir.join(&f.path);
         let digest = fetch_file(&client, job, &f.path, &to).await?;
-        let note = check(&f.path, &digest)?;
+        let note = check(&f.path, &to, &digest)?;
         println!("{} ({}){note}", to.display(), format_bytes(f.size));
     }
     println!(

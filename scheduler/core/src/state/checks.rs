@@ -314,13 +314,13 @@ impl ClusterState {
             now_ms,
         )?;
         let j = self.own_job(job, member)?;
-        let (Some(place), Some(range)) = (j.array, j.spec.array) else {
+        if j.array.is_none() {
             return Err(CoreError::NotAnArray(job));
-        };
-        let first = place.first.0;
-        let open: Vec<JobId> = (first..first + u64::from(range.len()))
-            .map(JobId)
-            .filter(|id| self.jobs.get(id).is_some_and(|j| !j.state().is_terminal()))
+        }
+        let open: Vec<JobId> = self
+            .array_jobs(j)
+            .filter(|j| !j.state().is_terminal())
+            .map(|j| j.id)
             .collect();
         if open.is_empty() {
             return Err(CoreError::AlreadyEnded {

@@ -391,6 +391,16 @@ impl ClusterState {
         self.pass_due = false;
     }
 
+    /// The jobs of the array `job` is one of, in index order (those the
+    /// state still holds); none for a job outside an array.
+    pub fn array_jobs<'a>(&'a self, job: &Job) -> impl Iterator<Item = &'a Job> + 'a {
+        let ids = match (job.array, job.spec.array) {
+            (Some(place), Some(range)) => place.first.0..place.first.0 + u64::from(range.len()),
+            _ => 0..0,
+        };
+        ids.filter_map(|id| self.jobs.get(&JobId(id)))
+    }
+
     /// The highest job id given so far.
     pub fn last_job_id(&self) -> u64 {
         self.last_job_id
