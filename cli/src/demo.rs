@@ -567,6 +567,44 @@ async fn evaluation_act(
         );
         return Ok(1);
     }
+    // The same evaluation split in 3 shards, which run side by side and
+    // merge into one entry per model: the same scores, from the shards'
+    // tallies.
+    println!("== the same evaluation as 3 shards (coop submit ... --shards 3)");
+    let mut sharded = spec.clone();
+    sharded.name = "points-eval-sharded".into();
+    sharded.array = Some(coop_proto::api::ArrayRange { first: 0, last: 2 });
+    sharded.max_retries = 2;
+    if let Some(e) = sharded.evaluation.as_mut() {
+        e.options = Some(coop_proto::api::ModelOptions {
+            shards: 3,
+            ..Default::default()
+        });
+    }
+    let first = submit_one(client, &members["ana"], &new_request_id(), &sharded)
+        .await?
+        .job_id;
+    let started = Instant::now();
+    loop {
+        let j = crate::cmd::jobs::get_job(client, first, false).await?;
+        let a = j.array.unwrap_or_default();
+        if a.merged.is_some() {
+            println!(
+                "   shards {first}-{}: all 3 succeeded and merged",
+                first + 2
+            );
+            break;
+        }
+        if a.failed + a.cancelled > 0 || !a.merge_error.is_empty() {
+            println!("   FAILED: sharded evaluation {first}: {a:?}");
+            return Ok(1);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            println!("   FAILED: sharded evaluation {first} did not finish within 60 s");
+            return Ok(1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     println!("== coop evals");
     crate::cmd::models::evals(addr, crate::output::Format::Table, None).await?;
     Ok(0)

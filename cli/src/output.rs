@@ -106,6 +106,8 @@ pub fn job_json(j: &api::Job) -> Value {
             "first": a.first, "index": a.index, "total": a.total, "pending": a.pending,
             "running": a.running, "succeeded": a.succeeded, "failed": a.failed,
             "cancelled": a.cancelled,
+            "merged": a.merged.as_ref().and_then(|r| JobResult::try_from(r).ok()),
+            "merge_error": a.merge_error,
         })),
     })
 }

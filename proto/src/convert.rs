@@ -70,6 +70,7 @@ impl From<&core::ModelOptions> for api::ModelOptions {
             output_name: o.output_name.clone(),
             features: o.features.clone(),
             drop: o.drop.clone(),
+            shards: o.shards,
         }
     }
 }
@@ -83,6 +84,7 @@ fn model_options(o: Option<&api::ModelOptions>) -> Result<core::ModelOptions, Co
         output_name: o.output_name.clone(),
         features: o.features.clone(),
         drop: o.drop.clone(),
+        shards: o.shards,
     })
 }
 
@@ -293,6 +295,7 @@ impl From<&core::ModelScore> for api::ModelScore {
             metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             error: s.error.clone(),
             seconds: s.seconds,
+            tally: s.tally.as_ref().map(api::Tally::from),
         }
     }
 }
@@ -305,6 +308,91 @@ impl From<&api::ModelScore> for core::ModelScore {
             metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             error: s.error.clone(),
             seconds: s.seconds,
+            // A tally without its kind is none: the core refuses a shard's
+            // score that lacks one.
+            tally: s.tally.as_ref().and_then(tally),
+        }
+    }
+}
+
+impl From<&core::Tally> for api::Tally {
+    fn from(t: &core::Tally) -> Self {
+        use api::tally::Kind;
+        let kind = match t {
+            core::Tally::Classification {
+                rows,
+                correct,
+                classes,
+            } => Kind::Classification(api::ClassificationTally {
+                rows: *rows,
+                correct: *correct,
+                classes: classes
+                    .iter()
+                    .map(|c| api::ClassCount {
+                        class: c.class,
+                        true_positives: c.tp,
+                        false_positives: c.fp,
+                        false_negatives: c.fn_,
+                    })
+                    .collect(),
+            }),
+            core::Tally::Regression {
+                rows,
+                abs_error,
+                squared_error,
+            } => Kind::Regression(api::RegressionTally {
+                rows: *rows,
+                abs_error: *abs_error,
+                squared_error: *squared_error,
+            }),
+        };
+        Self { kind: Some(kind) }
+    }
+}
+
+fn tally(t: &api::Tally) -> Option<core::Tally> {
+    use api::tally::Kind;
+    Some(match t.kind.as_ref()? {
+        Kind::Classification(c) => core::Tally::Classification {
+            rows: c.rows,
+            correct: c.correct,
+            classes: c
+                .classes
+                .iter()
+                .map(|c| core::ClassCount {
+                    class: c.class,
+                    tp: c.true_positives,
+                    fp: c.false_positives,
+                    fn_: c.false_negatives,
+                })
+                .collect(),
+        },
+        Kind::Regression(r) => core::Tally::Regression {
+            rows: r.rows,
+            abs_error: r.abs_error,
+            squared_error: r.squared_error,
+        },
+    })
+}
+
+impl From<&core::ShardPart> for api::ShardPart {
+    fn from(p: &core::ShardPart) -> Self {
+        Self {
+            index: p.index,
+            of: p.of,
+            first_row: p.first_row,
+            dataset_rows: p.dataset_rows,
+        }
+    }
+}
+
+impl From<&api::ShardPart> for core::ShardPart {
+    fn from(p: &api::ShardPart) -> Self {
+        Self {
+            index: p.index,
+            of: p.of,
+            first_row: p.first_row,
+            dataset_rows: p.dataset_rows,
         }
     }
 }
@@ -358,7 +446,9 @@ impl From<&core::JobResult> for api::JobResult {
                 scores,
                 ensemble,
                 engine,
+                shard,
             } => Kind::Evaluation(api::EvaluationResult {
+                shard: shard.as_ref().map(api::ShardPart::from),
                 engine: engine.clone(),
                 dataset: dataset.clone(),
                 dataset_sha256: dataset_sha256.clone(),
@@ -400,6 +490,7 @@ impl TryFrom<&api::JobResult> for core::JobResult {
                     scores: e.scores.iter().map(core::ModelScore::from).collect(),
                     ensemble: e.ensemble.as_ref().map(core::ModelScore::from),
                     engine: e.engine.clone(),
+                    shard: e.shard.as_ref().map(core::ShardPart::from),
                 },
             },
         )
@@ -497,6 +588,7 @@ impl From<&core::Leaderboard> for api::Leaderboard {
                     finished_at_ms: e.finished_at_ms,
                     error: e.score.error.clone(),
                     seconds: e.score.seconds,
+                    shards: e.shards,
                 })
                 .collect(),
         }
@@ -579,6 +671,11 @@ mod tests {
                     metrics: [("mse".to_string(), 0.5)].into_iter().collect(),
                     error: None,
                     seconds: 0.25,
+                    tally: Some(core::Tally::Regression {
+                        rows: 10,
+                        abs_error: 2.0,
+                        squared_error: 5.0,
+                    }),
                 },
                 core::ModelScore {
                     model: "broken.onnx".into(),
@@ -586,10 +683,41 @@ mod tests {
                     metrics: Default::default(),
                     error: Some("the tract engine does not implement operator X".into()),
                     seconds: 0.0,
+                    tally: None,
                 },
             ],
-            ensemble: None,
+            ensemble: Some(core::ModelScore {
+                model: "ensemble of 2".into(),
+                sha256: String::new(),
+                metrics: Default::default(),
+                error: None,
+                seconds: 0.0,
+                tally: Some(core::Tally::Classification {
+                    rows: 4,
+                    correct: 3,
+                    classes: vec![
+                        core::ClassCount {
+                            class: -1,
+                            tp: 1,
+                            fp: 1,
+                            fn_: 0,
+                        },
+                        core::ClassCount {
+                            class: 7,
+                            tp: 2,
+                            fp: 0,
+                            fn_: 1,
+                        },
+                    ],
+                }),
+            }),
             engine: "onnxruntime".into(),
+            shard: Some(core::ShardPart {
+                index: 1,
+                of: 3,
+                first_row: 3,
+                dataset_rows: 10,
+            }),
         };
         let wire = api::JobResult::from(&result);
         assert_eq!(core::JobResult::try_from(&wire), Ok(result));

@@ -103,6 +103,11 @@ fn array_status(
                 _ => status.running += 1,
             }
         }
+        match state.sharded_result(job) {
+            Some(Ok(merged)) => status.merged = Some(api::JobResult::from(&merged)),
+            Some(Err(e)) => status.merge_error = e.to_string(),
+            None => {}
+        }
     }
     status
 }

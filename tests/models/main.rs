@@ -137,6 +137,91 @@ fn metrics_and_the_ensemble_match_hand_computed_values() {
     assert!((e.metrics["mae"] - (0.75 + 0.5 + 2.5) / 3.0).abs() < 1e-9);
 }
 
+/// Each shard reads only its rows and reports their tally; the shards
+/// merged score exactly what one job over every row scores, for CSV and
+/// JSONL, whatever the number of shards (more shards than rows included).
+#[test]
+fn shards_merged_score_what_the_whole_dataset_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = fixtures::classifiers(dir.path()).unwrap();
+    let csv = fixtures::dataset(dir.path()).unwrap();
+    let jsonl = dir.path().join("points.jsonl");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let v: Vec<&str> = l.split(',').collect();
+            format!("{{\"x\": {}, \"y\": {}, \"label\": {}}}", v[0], v[1], v[2])
+        })
+        .collect();
+    // A blank line is not a row.
+    std::fs::write(
+        &jsonl,
+        format!("{}\n\n{}\n", lines[..3].join("\n"), lines[3..].join("\n")),
+    )
+    .unwrap();
+    let runtime = model::engine::Runtime::default();
+    for data in [&csv, &jsonl] {
+        let whole = model::run(
+            &eval_job(&models, data, "classification", &[]),
+            dir.path(),
+            &dir.path().join("c"),
+        )
+        .unwrap();
+        for of in [1u32, 2, 4, 9] {
+            let mut job = eval_job(&models, data, "classification", &[]);
+            if let ModelJob::Evaluation { options, .. } = &mut job {
+                options.shards = of;
+            }
+            let parts: Vec<JobResult> = (0..of)
+                .map(|i| {
+                    model::run_shard(&job, dir.path(), &dir.path().join("c"), &runtime, Some(i))
+                        .unwrap()
+                })
+                .collect();
+            let merged =
+                coop_core::result::merge_shards(&parts.iter().collect::<Vec<_>>()).unwrap();
+            let (
+                JobResult::Evaluation {
+                    scores: m,
+                    ensemble: me,
+                    rows: mr,
+                    ..
+                },
+                JobResult::Evaluation {
+                    scores: w,
+                    ensemble: we,
+                    rows: wr,
+                    ..
+                },
+            ) = (&merged, &whole)
+            else {
+                panic!("not evaluations")
+            };
+            assert_eq!(mr, wr, "{} in {of}", data.display());
+            let metrics = |s: &[coop_core::ModelScore]| {
+                s.iter().map(|s| s.metrics.clone()).collect::<Vec<_>>()
+            };
+            assert_eq!(metrics(m), metrics(w), "{} in {of}", data.display());
+            assert_eq!(
+                me.as_ref().map(|e| &e.metrics),
+                we.as_ref().map(|e| &e.metrics)
+            );
+        }
+        // A shard needs its index, below the count.
+        let mut job = eval_job(&models, data, "classification", &[]);
+        if let ModelJob::Evaluation { options, .. } = &mut job {
+            options.shards = 2;
+        }
+        for index in [None, Some(2)] {
+            let err = model::run_shard(&job, dir.path(), &dir.path().join("c"), &runtime, index)
+                .unwrap_err();
+            assert!(err.to_string().contains("COOP_ARRAY_INDEX"), "{err}");
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_fail_with_a_clear_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -356,6 +441,59 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         );
     }
 
+    // The same evaluation split in 4: four jobs, one array, merged into
+    // one entry per model once every shard has succeeded.
+    let sharded = submit(
+        JobSpec {
+            array: Some(ArrayRange { first: 0, last: 3 }),
+            max_retries: 2,
+            ..model_spec(
+                None,
+                Some(EvaluationSpec {
+                    models: models.iter().map(|m| artifact(m)).collect(),
+                    dataset: Some(artifact(&data)),
+                    label_column: "label".into(),
+                    task: coop_proto::api::EvalTask::Classification as i32,
+                    metrics: vec![],
+                    options: Some(ModelOptions {
+                        shards: 4,
+                        ..Default::default()
+                    }),
+                }),
+            )
+        },
+        "sharded",
+    )
+    .await;
+    let parent = coop_e2e::wait_job(&addrs[..1], sharded, |j| {
+        j.array
+            .as_ref()
+            .is_some_and(|a| a.merged.is_some() || a.failed > 0 || !a.merge_error.is_empty())
+    })
+    .await;
+    let array = parent.array.clone().unwrap();
+    assert_eq!((array.total, array.succeeded), (4, 4), "{array:?}");
+    let rows = |r: &Option<JobResult>| match r {
+        Some(JobResult::Evaluation { rows, .. }) => *rows,
+        _ => panic!("not an evaluation: {r:?}"),
+    };
+    let merged = array
+        .merged
+        .as_ref()
+        .map(|r| JobResult::try_from(r).unwrap());
+    assert_eq!(rows(&merged), 6);
+    // Each shard's own result is its rows only.
+    let shard = coop_e2e::job(&addrs[..1], sharded + 3).await;
+    let shard_result = shard
+        .result
+        .as_ref()
+        .map(|r| JobResult::try_from(r).unwrap());
+    assert_eq!(
+        rows(&shard_result),
+        2,
+        "shard 3 of 4 over 6 rows: rows 4..6"
+    );
+
     let boards = c
         .clone()
         .list_evaluations(ListEvaluationsRequest::default())
@@ -364,9 +502,20 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         .into_inner()
         .leaderboards;
     assert_eq!(boards.len(), 1);
-    let order: Vec<(String, f64)> = boards[0]
-        .entries
+    let (whole, split): (Vec<&EvalEntry>, Vec<&EvalEntry>) =
+        boards[0].entries.iter().partition(|e| e.shards == 0);
+    assert_eq!(split.len(), 4, "three models and the ensemble, once each");
+    for e in &split {
+        assert_eq!((e.job_id, e.shards, e.rows), (sharded, 4, 6));
+        let unsharded = whole
+            .iter()
+            .find(|w| w.job_id == good && w.model == e.model)
+            .unwrap();
+        assert_eq!(e.metrics, unsharded.metrics, "{}", e.model);
+    }
+    let order: Vec<(String, f64)> = whole
         .iter()
+        .filter(|e| e.job_id == good)
         .map(|e| {
             (
                 e.model.rsplit('/').next().unwrap().to_string(),
@@ -376,7 +525,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         .collect();
     assert_eq!(order[0], ("by_x.onnx".to_string(), 1.0));
     assert_eq!(order[1].0, "ensemble of 3");
-    let metrics: BTreeMap<_, _> = boards[0].entries[0].metrics.clone().into_iter().collect();
+    let metrics: BTreeMap<_, _> = whole[0].metrics.clone().into_iter().collect();
     assert!(metrics.contains_key("macro_f1"));
     cluster.stop_all().await;
 }

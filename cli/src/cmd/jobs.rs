@@ -55,6 +55,13 @@ pub async fn submit(settings: &Settings, fmt: Format, args: SubmitArgs) -> Resul
                     ""
                 };
                 match spec.array.as_ref() {
+                    Some(r) if args.shards.is_some() => {
+                        let last = reply.job_id + u64::from(r.last - r.first);
+                        println!(
+                            "submitted sharded evaluation {}: shards {}-{} are jobs {}-{last}{note}",
+                            reply.job_id, r.first, r.last, reply.job_id
+                        )
+                    }
                     Some(r) => {
                         let last = reply.job_id + u64::from(r.last - r.first);
                         println!(
@@ -130,12 +137,32 @@ pub async fn status(addr: &str, fmt: Format, job: u64) -> Result<i32> {
     }
     let spec = j.spec.clone().unwrap_or_default();
     let now = now_ms();
+    let sharded = spec
+        .evaluation
+        .as_ref()
+        .and_then(|e| e.options.as_ref())
+        .is_some_and(|o| o.shards > 0);
     if let Some(a) = &j.array {
         let last = a.first + u64::from(a.total.saturating_sub(1));
+        let (what, index) = if sharded {
+            ("sharded evaluation", "shard")
+        } else {
+            ("array", "index")
+        };
         println!(
-            "array {} (jobs {}-{last}): index {} of {}; {} pending, {} running, {} succeeded, {} failed, {} cancelled",
+            "{what} {} (jobs {}-{last}): {index} {} of {}; {} pending, {} running, {} succeeded, {} failed, {} cancelled",
             a.first, a.first, a.index, a.total, a.pending, a.running, a.succeeded, a.failed, a.cancelled
         );
+        if let Some(merged) = a
+            .merged
+            .as_ref()
+            .and_then(|r| coop_core::JobResult::try_from(r).ok())
+        {
+            println!("all {} shards merged:", a.total);
+            super::models::print_result(&merged);
+        } else if !a.merge_error.is_empty() {
+            println!("the shards cannot be merged: {}", a.merge_error);
+        }
     }
     println!(
         "job {}  {}",

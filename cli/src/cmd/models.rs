@@ -28,6 +28,7 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
                     "entries": b.entries.iter().map(|e| json!({
                         "job_id": e.job_id, "member": e.member, "model": e.model, "model_sha256": e.model_sha256,
                         "metrics": e.metrics, "rows": e.rows, "seconds": e.seconds, "error": e.error,
+                        "shards": e.shards,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -72,7 +73,12 @@ pub async fn evals(addr: &str, fmt: Format, dataset: Option<String>) -> Result<i
                     (i + 1).to_string()
                 },
                 model_label(e, &b.entries),
-                e.job_id.to_string(),
+                // A sharded evaluation is named by its first shard's job.
+                if e.shards > 0 {
+                    format!("{} ({} shards)", e.job_id, e.shards)
+                } else {
+                    e.job_id.to_string()
+                },
                 e.member.clone(),
                 e.rows.to_string(),
                 if e.seconds > 0.0 {
@@ -156,6 +162,7 @@ pub fn print_result(r: &JobResult) {
             scores,
             ensemble,
             engine,
+            shard,
             ..
         } => {
             let on = if engine.is_empty() {
@@ -163,7 +170,17 @@ pub fn print_result(r: &JobResult) {
             } else {
                 format!(", on {engine}")
             };
-            println!("  result     {rows} rows of {dataset} ({task}{on})");
+            match shard {
+                Some(p) => println!(
+                    "  result     shard {} of {}: rows {}..{} of {} in {dataset} ({task}{on})",
+                    p.index,
+                    p.of,
+                    p.first_row,
+                    p.first_row + rows,
+                    p.dataset_rows
+                ),
+                None => println!("  result     {rows} rows of {dataset} ({task}{on})"),
+            }
             for s in scores.iter().chain(ensemble.iter()) {
                 if let Some(error) = &s.error {
                     println!("             {}: not scored: {error}", s.model);

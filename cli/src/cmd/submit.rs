@@ -16,9 +16,10 @@ pub struct SubmitArgs {
     pub memory: String,
     #[arg(long, default_value_t = 0)]
     pub gpus: u32,
-    /// Retries after a failed or lost run.
-    #[arg(long, default_value_t = 0)]
-    pub retries: u32,
+    /// Retries after a failed or lost run (default 0; 2 for each shard of
+    /// a sharded evaluation).
+    #[arg(long)]
+    pub retries: Option<u32>,
     /// May be preempted to give resources back to a member below entitlement.
     #[arg(long)]
     pub preemptible: bool,
@@ -96,6 +97,16 @@ pub struct SubmitArgs {
     /// Evaluation: columns that are not features (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub drop: Vec<String>,
+    /// Evaluation: split the dataset's rows into N jobs (the array 0..N),
+    /// run in parallel and merged into one leaderboard entry; a failed
+    /// shard re-runs alone.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "evaluate",
+        conflicts_with = "array"
+    )]
+    pub shards: Option<u32>,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -115,6 +126,10 @@ pub fn artifact(text: &str) -> Artifact {
     }
 }
 
+/// How often a shard of a sharded evaluation is retried unless told: a
+/// shard lost with its worker, or failing once, re-runs alone.
+const SHARD_RETRIES: u32 = 2;
+
 pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
     let model_job = args.infer.is_some() || !args.evaluate.is_empty();
     if model_job && !args.command.is_empty() {
@@ -131,6 +146,7 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
         output_name: args.output_name.clone(),
         features: args.features.clone(),
         drop: args.drop.clone(),
+        shards: args.shards.unwrap_or(0),
     };
     let options = (!options.is_default()).then(|| ModelOptions::from(&options));
     if !model_job && options.is_some() {
@@ -186,7 +202,11 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
             memory_bytes,
             gpus: args.gpus,
         }),
-        max_retries: args.retries,
+        max_retries: args.retries.unwrap_or(if args.shards.is_some() {
+            SHARD_RETRIES
+        } else {
+            0
+        }),
         preemptible: args.preemptible,
         gpu_model: args.gpu_model.clone(),
         gpu_min_memory_bytes: args
@@ -197,7 +217,11 @@ pub fn build_spec(args: &SubmitArgs) -> Result<JobSpec> {
             .map_err(anyhow::Error::msg)?,
         timeout_secs: args.timeout,
         array: match &args.array {
-            None => None,
+            // A sharded evaluation is the array of its shards.
+            None => args.shards.filter(|n| *n > 0).map(|n| ArrayRange {
+                first: 0,
+                last: n - 1,
+            }),
             Some(text) => match coop_core::ArrayRange::parse(text) {
                 Some(r) => Some(coop_proto::api::ArrayRange {
                     first: r.first,

@@ -128,7 +128,19 @@ pub struct ModelOptions {
     /// Evaluation: columns that are not features.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop: Vec<String>,
+    /// Evaluation: split the dataset's rows into this many jobs (an array
+    /// `0..shards`, one shard per index), each reporting its models'
+    /// sufficient statistics, merged into one score (0: not sharded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shards: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Most shards one evaluation may be split into.
+pub const MAX_SHARDS: u32 = 1024;
 
 fn is_auto(e: &Engine) -> bool {
     *e == Engine::Auto
@@ -151,6 +163,16 @@ impl ModelOptions {
             .is_some_and(|n| n.is_empty() || n.len() > MAX_COLUMN_NAME_LEN)
         {
             return Err(SpecError::OutputName);
+        }
+        if !evaluation && self.shards > 0 {
+            return Err(SpecError::Shards(
+                "--shards splits an evaluation's dataset; an inference is one job".into(),
+            ));
+        }
+        if self.shards > MAX_SHARDS {
+            return Err(SpecError::Shards(format!(
+                "an evaluation is split into at most {MAX_SHARDS} shards"
+            )));
         }
         if !evaluation && (!self.features.is_empty() || !self.drop.is_empty()) {
             return Err(SpecError::Columns(
@@ -317,6 +339,8 @@ pub enum SpecError {
     TractOnGpus,
     #[error("{0}")]
     Columns(String),
+    #[error("{0}")]
+    Shards(String),
     #[error("an evaluation needs 1 to {MAX_EVAL_MODELS} models")]
     ModelCount,
     #[error("give the dataset's label column")]
@@ -615,6 +639,21 @@ impl JobSpec {
             .is_some_and(|r| r.is_empty() || r.len() > MAX_ARRAY_JOBS)
         {
             return Err(SpecError::Array);
+        }
+        // A model job's array is its evaluation's shards, exactly `0..shards`:
+        // the worker splits the rows by index over that count.
+        if let JobKind::Inference { options, .. } | JobKind::Evaluation { options, .. } = &self.kind
+        {
+            let shards = (options.shards > 0).then(|| ArrayRange {
+                first: 0,
+                last: options.shards - 1,
+            });
+            if self.array != shards {
+                return Err(SpecError::Shards(match shards {
+                    Some(r) => format!("a sharded evaluation is the array {r}"),
+                    None => "a model job is not an array: split an evaluation with --shards".into(),
+                }));
+            }
         }
         Ok(())
     }

@@ -5,16 +5,19 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{JobId, MemberId};
-use crate::job::{EvalTask, Job};
-use crate::result::{JobResult, ModelScore};
+use crate::job::{EvalTask, Job, JobState};
+use crate::result::{merge_shards, JobResult, ModelScore, ResultError};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
+    /// The evaluation's job (a sharded evaluation's first shard).
     pub job: JobId,
     pub member: MemberId,
     pub score: ModelScore,
     pub rows: u64,
     pub finished_at_ms: u64,
+    /// How many shards the score was merged from (0: not sharded).
+    pub shards: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -27,10 +30,44 @@ pub struct Leaderboard {
 }
 
 /// The boards for every dataset, or for the one named by URI or digest.
+/// A sharded evaluation is one entry per model, merged from its shards
+/// once every shard has succeeded.
 pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -> Vec<Leaderboard> {
     let mut boards: BTreeMap<String, Leaderboard> = BTreeMap::new();
+    // Each result with its job, finish time and shard count: unsharded
+    // evaluations as they are, and each sharded one merged.
+    let mut results: Vec<(&Job, std::borrow::Cow<JobResult>, Option<u64>, u32)> = Vec::new();
+    // Shards by their array, in index order (an array's ids are consecutive).
+    let mut arrays: BTreeMap<JobId, Vec<&Job>> = BTreeMap::new();
     for job in jobs {
-        let Some(JobResult::Evaluation {
+        match (&job.result, job.array) {
+            (Some(JobResult::Evaluation { shard: None, .. }), _) => {
+                results.push((
+                    job,
+                    std::borrow::Cow::Borrowed(job.result.as_ref().expect("matched")),
+                    job.finished_at_ms,
+                    0,
+                ));
+            }
+            (Some(JobResult::Evaluation { shard: Some(_), .. }), Some(place)) => {
+                arrays.entry(place.first).or_default().push(job);
+            }
+            _ => {}
+        }
+    }
+    for shards in arrays.values() {
+        if let Some(Ok(result)) = merge_array(shards.iter().copied()) {
+            let last = shards.iter().filter_map(|j| j.finished_at_ms).max();
+            results.push((
+                shards[0],
+                std::borrow::Cow::Owned(result),
+                last,
+                shards.len() as u32,
+            ));
+        }
+    }
+    for (job, result, finished_at_ms, shards) in &results {
+        let JobResult::Evaluation {
             dataset: uri,
             dataset_sha256,
             rows,
@@ -38,7 +75,7 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
             scores,
             ensemble,
             ..
-        }) = &job.result
+        } = result.as_ref()
         else {
             continue;
         };
@@ -59,7 +96,8 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
                 member: job.member.clone(),
                 score: score.clone(),
                 rows: *rows,
-                finished_at_ms: job.finished_at_ms.unwrap_or(0),
+                finished_at_ms: finished_at_ms.unwrap_or(0),
+                shards: *shards,
             });
         }
     }
@@ -71,6 +109,30 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
             .sort_by(|a, b| by_score(task, &a.score, &b.score).then(a.job.cmp(&b.job)));
     }
     out
+}
+
+/// A sharded evaluation's merged result, from its array's jobs in index
+/// order: none until every shard has succeeded with its result, then the
+/// merge (or why the shards cannot be merged).
+pub fn merge_array<'a>(
+    jobs: impl Iterator<Item = &'a Job>,
+) -> Option<Result<JobResult, ResultError>> {
+    let mut parts = Vec::new();
+    for job in jobs {
+        let total = job.spec.array.map_or(0, |r| r.len());
+        if job.state() != JobState::Succeeded
+            || job.array.map(|a| a.index) != Some(parts.len() as u32)
+        {
+            return None;
+        }
+        parts.push((job.result.as_ref()?, total));
+    }
+    let total = parts.first()?.1;
+    if parts.len() as u32 != total {
+        return None;
+    }
+    let parts: Vec<&JobResult> = parts.into_iter().map(|(r, _)| r).collect();
+    Some(merge_shards(&parts))
 }
 
 /// Best first by the task's first metric (the highest accuracy, the lowest
@@ -99,6 +161,7 @@ mod tests {
             metrics: value.map(|v| (metric.to_string(), v)).into_iter().collect(),
             error: value.is_none().then(|| "cannot be scored".to_string()),
             seconds: 0.0,
+            tally: None,
         }
     }
 

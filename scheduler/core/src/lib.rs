@@ -61,5 +61,5 @@ pub use node::{GpuInfo, Node, NodeEngines, NodeGrant, NodeState};
 pub use outcome::{Outcome, Placement, Preemption};
 pub use policy::{Policy, PolicyError};
 pub use resources::Resources;
-pub use result::{JobResult, ModelScore, OutputFile};
+pub use result::{ClassCount, JobResult, ModelScore, OutputFile, ShardPart, Tally};
 pub use state::ClusterState;

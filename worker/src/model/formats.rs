@@ -441,6 +441,17 @@ pub struct Dataset {
     pub features: Matrix,
     pub labels: Vec<f64>,
     pub feature_names: Vec<String>,
+    /// The file's row the first of these rows is (0 unless a shard).
+    pub first_row: u64,
+    /// Every row in the file (those read, unless a shard).
+    pub file_rows: u64,
+}
+
+/// Shard `index` of `of`: the rows `ShardPart::range` gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub of: u32,
 }
 
 /// Which columns are features: those named, in that order; or every
@@ -479,17 +490,88 @@ impl Columns<'_> {
 /// `columns` chooses (every column but the label by default), numeric. A
 /// missing or non-numeric label fails with the row.
 pub fn read_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dataset, ModelError> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("csv") => read_csv_dataset(path, label, columns),
-        Some("jsonl") | Some("json") => read_jsonl_dataset(path, label, columns),
-        _ => Err(ModelError::Data(format!(
-            "{}: dataset must be .csv or .jsonl",
-            path.display()
-        ))),
-    }
+    read_dataset_rows(path, label, columns, None)
 }
 
-fn read_csv_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dataset, ModelError> {
+/// The same, keeping only a shard's rows: the rows are counted first and
+/// only the shard's are parsed and held, so a shard needs memory for its
+/// own rows only.
+pub fn read_dataset_rows(
+    path: &Path,
+    label: &str,
+    columns: &Columns,
+    shard: Option<Shard>,
+) -> Result<Dataset, ModelError> {
+    let csv = match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => true,
+        Some("jsonl") | Some("json") => false,
+        _ => {
+            return Err(ModelError::Data(format!(
+                "{}: dataset must be .csv or .jsonl",
+                path.display()
+            )))
+        }
+    };
+    let rows = match shard {
+        Some(s) => {
+            let total = if csv {
+                count_csv_rows(path)?
+            } else {
+                count_jsonl_rows(path)?
+            };
+            let (start, end) = coop_core::result::ShardPart::range(s.index, s.of, total);
+            Some((start as usize, end as usize, total))
+        }
+        None => None,
+    };
+    let mut dataset = if csv {
+        read_csv_dataset(path, label, columns, rows)?
+    } else {
+        read_jsonl_dataset(path, label, columns, rows)?
+    };
+    if let Some((start, _, total)) = rows {
+        dataset.first_row = start as u64;
+        dataset.file_rows = total;
+    }
+    Ok(dataset)
+}
+
+fn count_csv_rows(path: &Path) -> Result<u64, ModelError> {
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0;
+    while reader
+        .read_byte_record(&mut record)
+        .map_err(|e| ModelError::Data(format!("{} row {}: {e}", path.display(), n + 1)))?
+    {
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn count_jsonl_rows(path: &Path) -> Result<u64, ModelError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
+    let mut n = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|e| ModelError::Data(e.to_string()))?;
+        if !line.trim().is_empty() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `rows`: only the rows `[start, end)` are kept.
+type RowRange = Option<(usize, usize, u64)>;
+
+fn read_csv_dataset(
+    path: &Path,
+    label: &str,
+    columns: &Columns,
+    range: RowRange,
+) -> Result<Dataset, ModelError> {
     let mut reader = csv::Reader::from_path(path)
         .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
     let headers: Vec<String> = reader
@@ -511,6 +593,14 @@ fn read_csv_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Datas
     let mut data = Vec::new();
     let mut labels = Vec::new();
     for (n, record) in reader.records().enumerate() {
+        if let Some((start, end, _)) = range {
+            if n >= end {
+                break;
+            }
+            if n < start {
+                continue;
+            }
+        }
         let record = record
             .map_err(|e| ModelError::Data(format!("{} row {}: {e}", path.display(), n + 1)))?;
         let cell = |i: usize| record.get(i).map(str::trim).unwrap_or("");
@@ -547,8 +637,10 @@ fn read_csv_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Datas
             cols: feature_names.len(),
             data,
         },
+        file_rows: labels.len() as u64,
         labels,
         feature_names,
+        first_row: 0,
     })
 }
 
@@ -580,31 +672,39 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
     }
 }
 
-fn read_jsonl_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dataset, ModelError> {
+fn read_jsonl_dataset(
+    path: &Path,
+    label: &str,
+    columns: &Columns,
+    range: RowRange,
+) -> Result<Dataset, ModelError> {
     let file = std::fs::File::open(path)
         .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
     // Every column's count, and the features' names, from the first row.
     let mut names: Option<(usize, Vec<String>)> = None;
     let mut data = Vec::new();
     let mut labels = Vec::new();
+    let mut row = 0;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| ModelError::Data(e.to_string()))?;
         if line.trim().is_empty() {
+            continue;
+        }
+        let this = row;
+        row += 1;
+        // Outside a shard's rows, only the first row is read: it names the columns.
+        let keep = range.is_none_or(|(start, end, _)| (start..end).contains(&this));
+        if range.is_some_and(|(_, end, _)| this >= end) {
+            break;
+        }
+        if !keep && names.is_some() {
             continue;
         }
         let OrderedObject(entries) = serde_json::from_str(&line)
             .map_err(|e| ModelError::Data(format!("{} line {}: {e}", path.display(), n + 1)))?;
         let obj: BTreeMap<&str, &serde_json::Value> =
             entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let l = obj
-            .get(label)
-            .and_then(|v| v.as_f64())
-            .ok_or(ModelError::Data(format!(
-                "{} line {}: missing or non-numeric label {label:?}",
-                path.display(),
-                n + 1
-            )))?;
-        labels.push(l);
+        let l = obj.get(label).and_then(|v| v.as_f64());
         // The first row fixes the columns and their order; later rows are
         // read by name, so their own key order does not matter.
         if names.is_none() {
@@ -615,6 +715,15 @@ fn read_jsonl_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dat
                 chosen.into_iter().map(|i| all[i].clone()).collect(),
             ));
         }
+        if !keep {
+            continue;
+        }
+        let l = l.ok_or(ModelError::Data(format!(
+            "{} line {}: missing or non-numeric label {label:?}",
+            path.display(),
+            n + 1
+        )))?;
+        labels.push(l);
         let Some((width, names)) = names.as_ref() else {
             continue;
         };
@@ -640,8 +749,10 @@ fn read_jsonl_dataset(path: &Path, label: &str, columns: &Columns) -> Result<Dat
             cols: feature_names.len(),
             data,
         },
+        file_rows: labels.len() as u64,
         labels,
         feature_names,
+        first_row: 0,
     })
 }
 

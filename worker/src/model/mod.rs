@@ -19,6 +19,7 @@ pub mod onnx;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use coop_core::result::Tally;
 use coop_core::{EvalTask, JobKind, JobResult, ModelScore};
 use tract_onnx::prelude::*;
 
@@ -162,14 +163,32 @@ pub fn child_main(dir: &Path, cache: &Path) -> i32 {
 /// Runs a model job with the engines the worker gave the child (see
 /// `engine::Runtime::from_env`).
 pub fn run(job: &ModelJob, dir: &Path, cache: &Path) -> Result<JobResult, ModelError> {
-    run_on(job, dir, cache, &engine::Runtime::from_env())
+    let index = std::env::var(ARRAY_INDEX_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    run_shard(job, dir, cache, &engine::Runtime::from_env(), index)
 }
+
+/// The index of an array's job, set by the worker: a sharded evaluation's shard.
+pub const ARRAY_INDEX_ENV: &str = "COOP_ARRAY_INDEX";
 
 pub fn run_on(
     job: &ModelJob,
     dir: &Path,
     cache: &Path,
     runtime: &engine::Runtime,
+) -> Result<JobResult, ModelError> {
+    run_shard(job, dir, cache, runtime, None)
+}
+
+/// Runs a model job; `index` is its array index, which picks a sharded
+/// evaluation's shard.
+pub fn run_shard(
+    job: &ModelJob,
+    dir: &Path,
+    cache: &Path,
+    runtime: &engine::Runtime,
+    index: Option<u32>,
 ) -> Result<JobResult, ModelError> {
     match job {
         JobKind::Command { .. } => Err(ModelError::Job("a command is not a model job".into())),
@@ -235,24 +254,59 @@ pub fn run_on(
             metrics,
             options,
         } => {
+            let shard = match (options.shards, index) {
+                (0, _) => None,
+                (of, Some(index)) if index < of => Some(formats::Shard { index, of }),
+                (of, index) => {
+                    return Err(ModelError::Job(format!(
+                        "a shard of an evaluation split in {of} runs with {ARRAY_INDEX_ENV} \
+                         below {of}, not {index:?}"
+                    )))
+                }
+            };
             let (data_path, data_sha) = artifact::fetch(dataset, cache, "dataset")?;
-            let data = formats::read_dataset(
+            let data = formats::read_dataset_rows(
                 &data_path,
                 label_column,
                 &formats::Columns {
                     features: &options.features,
                     drop: &options.drop,
                 },
+                shard,
             )?;
+            let part = shard.map(|s| coop_core::result::ShardPart {
+                index: s.index,
+                of: s.of,
+                first_row: data.first_row,
+                dataset_rows: data.file_rows,
+            });
             let engine = runtime.engine(options.engine)?;
             let classify = *task == EvalTask::Classification;
             // The features become one tensor, moved and never copied: every
             // model whose input takes them as they are reads this one.
+            if part.is_none() && data.labels.is_empty() {
+                return Err(ModelError::Data(format!(
+                    "{}: the dataset has no rows",
+                    dataset.uri
+                )));
+            }
             let formats::Dataset {
                 features,
                 labels,
                 feature_names,
+                ..
             } = data;
+            // Every metric comes from the tally; a shard records its tally so
+            // the shards' scores merge exactly.
+            let score = |pred: &[f64]| {
+                let tally = Tally::of(*task, pred, &labels);
+                let names = if metrics.is_empty() {
+                    task.metrics().to_vec()
+                } else {
+                    metrics.iter().map(String::as_str).collect()
+                };
+                (tally.metrics(names), part.is_some().then_some(tally))
+            };
             let table = Table {
                 x: engine::matrix(features.data, features.rows, features.cols)?,
                 names: feature_names,
@@ -262,13 +316,19 @@ pub fn run_on(
             for m in models {
                 let started = Instant::now();
                 let scored = artifact::fetch(m, cache, "model").and_then(|(path, sha)| {
-                    let pred = evaluate_one(engine.as_ref(), &path, &table, *task, options)?;
+                    // A shard may have no rows (more shards than rows): it
+                    // scores nothing, and its tally adds nothing.
+                    let pred = if labels.is_empty() {
+                        Vec::new()
+                    } else {
+                        evaluate_one(engine.as_ref(), &path, &table, *task, options)?
+                    };
                     Ok((sha, pred))
                 });
                 let seconds = started.elapsed().as_secs_f64();
                 match scored {
                     Ok((sha, pred)) => {
-                        let scored = metrics::compute(metrics, &pred, &labels);
+                        let (scored, tally) = score(&pred);
                         println!("{}: {:?} in {seconds:.3} s", m.uri, scored);
                         scores.push(ModelScore {
                             model: m.uri.clone(),
@@ -276,6 +336,7 @@ pub fn run_on(
                             metrics: scored,
                             error: None,
                             seconds,
+                            tally,
                         });
                         all_predictions.push(pred);
                     }
@@ -294,6 +355,7 @@ pub fn run_on(
                                 coop_core::result::MAX_SCORE_ERROR_LEN,
                             )),
                             seconds,
+                            tally: None,
                         });
                     }
                 }
@@ -314,12 +376,14 @@ pub fn run_on(
                 } else {
                     metrics::mean(&all_predictions)
                 };
+                let (scored, tally) = score(&combined);
                 ModelScore {
                     model: format!("ensemble of {}", all_predictions.len()),
                     sha256: String::new(),
-                    metrics: metrics::compute(metrics, &combined, &labels),
+                    metrics: scored,
                     error: None,
                     seconds: 0.0,
+                    tally,
                 }
             });
             Ok(JobResult::Evaluation {
@@ -330,6 +394,7 @@ pub fn run_on(
                 scores,
                 ensemble,
                 engine: engine.name().into(),
+                shard: part,
             })
         }
     }

@@ -78,7 +78,7 @@ pub(super) fn finished(
             node: node.clone(),
         })?;
     if let (Some(result), Some(job)) = (result, state.job_mut(alloc.job)) {
-        match result.validate() {
+        match result.validate().and_then(|()| result.fits(job)) {
             Ok(()) => job.result = Some(result.clone()),
             Err(e) => job.record(now, format!("result of allocation {alloc_id} dropped: {e}")),
         }

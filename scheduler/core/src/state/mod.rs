@@ -329,6 +329,20 @@ impl ClusterState {
         leaderboard::compute(self.jobs.values(), dataset)
     }
 
+    /// A sharded evaluation's merged result, asked of any of its shards:
+    /// none until every shard has succeeded (see `leaderboard::merge_array`).
+    pub fn sharded_result(
+        &self,
+        job: &Job,
+    ) -> Option<Result<crate::JobResult, crate::result::ResultError>> {
+        match &job.spec.kind {
+            crate::JobKind::Evaluation { options, .. } if options.shards > 0 => {
+                leaderboard::merge_array(self.array_jobs(job))
+            }
+            _ => None,
+        }
+    }
+
     /// Why a job waits; `None` for an unknown job.
     pub fn explain(&self, job: JobId) -> Option<Explanation> {
         explain::explain(&self.view(), job)

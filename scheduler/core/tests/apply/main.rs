@@ -817,3 +817,177 @@ fn an_array_is_one_submit_and_one_cancel() {
         Err(CoreError::NotAnArray(lone))
     );
 }
+
+/// An evaluation of one model on `d.csv`, split into `shards`.
+fn sharded_evaluation(shards: u32) -> JobSpec {
+    let mut spec = JobSpec::command(vec!["unused".into()], res(100, 64, 0));
+    spec.kind = JobKind::Evaluation {
+        models: vec![Artifact {
+            uri: "m.onnx".into(),
+            sha256: None,
+        }],
+        dataset: Artifact {
+            uri: "d.csv".into(),
+            sha256: None,
+        },
+        label_column: "label".into(),
+        task: EvalTask::Classification,
+        metrics: vec!["accuracy".into()],
+        options: ModelOptions {
+            shards,
+            ..Default::default()
+        },
+    };
+    spec.array = (shards > 0).then(|| ArrayRange {
+        first: 0,
+        last: shards - 1,
+    });
+    spec
+}
+
+/// What a worker reports for shard `index` of `of` over `labels`, scoring
+/// `pred`.
+fn shard_result(index: u32, of: u32, labels: &[f64], pred: &[f64]) -> JobResult {
+    let (start, end) = ShardPart::range(index, of, labels.len() as u64);
+    let (start, end) = (start as usize, end as usize);
+    let tally = Tally::of(
+        EvalTask::Classification,
+        &pred[start..end],
+        &labels[start..end],
+    );
+    JobResult::Evaluation {
+        dataset: "d.csv".into(),
+        dataset_sha256: "d".repeat(64),
+        rows: (end - start) as u64,
+        task: EvalTask::Classification,
+        scores: vec![ModelScore {
+            model: "m.onnx".into(),
+            sha256: "m".repeat(64),
+            metrics: tally.metrics(["accuracy"]),
+            error: None,
+            seconds: 0.5,
+            tally: Some(tally),
+        }],
+        ensemble: None,
+        engine: "tract".into(),
+        shard: Some(ShardPart {
+            index,
+            of,
+            first_row: start as u64,
+            dataset_rows: labels.len() as u64,
+        }),
+    }
+}
+
+#[test]
+fn a_sharded_evaluation_merges_its_shards_and_a_failed_shard_reruns_alone() {
+    let mut s = new_state();
+    register(&mut s, "a", res(1000, 1024, 0), 1).unwrap();
+    let node = NodeId::new("a");
+    let mut spec = sharded_evaluation(3);
+    spec.max_retries = 1;
+    let first = match s.apply(&testkit::submit("ana", "ev", spec, 10)) {
+        Ok(Outcome::Submitted { job, .. }) => job,
+        other => panic!("{other:?}"),
+    };
+    let labels: Vec<f64> = (0..10).map(|i| f64::from(i % 3)).collect();
+    let pred: Vec<f64> = (0..10).map(|i| f64::from(i % 3 * (i % 2))).collect();
+    let placed = placements(s.apply(&Command::Schedule { now_ms: 20 }).unwrap());
+    assert_eq!(placed.len(), 3, "the shards run side by side");
+    let ok = ExitStatus {
+        code: Some(0),
+        signal: None,
+        error: String::new(),
+    };
+    let failed = ExitStatus {
+        code: Some(1),
+        ..ok.clone()
+    };
+    for p in &placed {
+        s.apply(&testkit::started(p.alloc, &node, 21)).unwrap();
+    }
+    // A result naming another shard is not taken for this one.
+    let wrong = shard_result(2, 3, &labels, &pred);
+    assert!(wrong.fits(s.job(placed[0].job).unwrap()).is_err());
+    assert_eq!(wrong.fits(s.job(placed[2].job).unwrap()), Ok(()));
+    for p in &placed {
+        let i = s.job(p.job).unwrap().array.unwrap().index;
+        let (exit, result) = if i == 1 {
+            (failed.clone(), None)
+        } else {
+            (ok.clone(), Some(shard_result(i, 3, &labels, &pred)))
+        };
+        s.apply(&testkit::finished(p.alloc, &node, exit, result, 30))
+            .unwrap();
+    }
+    // Shard 1 failed: it waits to run again, alone; nothing is merged yet.
+    let shard1 = JobId(first.0 + 1);
+    assert_eq!(s.job(shard1).unwrap().state(), JobState::Pending);
+    assert!(s.leaderboards(None).is_empty());
+    assert_eq!(s.sharded_result(s.job(first).unwrap()), None);
+    let again = placements(s.apply(&Command::Schedule { now_ms: 40 }).unwrap());
+    assert_eq!(
+        again.iter().map(|p| p.job).collect::<Vec<_>>(),
+        vec![shard1]
+    );
+    s.apply(&testkit::started(again[0].alloc, &node, 41))
+        .unwrap();
+    s.apply(&testkit::finished(
+        again[0].alloc,
+        &node,
+        ok,
+        Some(shard_result(1, 3, &labels, &pred)),
+        50,
+    ))
+    .unwrap();
+    // One entry, merged from the three, equal to scoring every row at once.
+    let whole = Tally::of(EvalTask::Classification, &pred, &labels);
+    let boards = s.leaderboards(None);
+    assert_eq!(boards.len(), 1);
+    let entries = &boards[0].entries;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].job, entries[0].shards, entries[0].rows),
+        (first, 3, 10)
+    );
+    assert_eq!(entries[0].score.metrics, whole.metrics(["accuracy"]));
+    assert_eq!(entries[0].finished_at_ms, 50);
+    let merged = s.sharded_result(s.job(JobId(first.0 + 2)).unwrap());
+    assert!(matches!(
+        merged,
+        Some(Ok(JobResult::Evaluation {
+            rows: 10,
+            shard: None,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn a_model_job_is_an_array_only_as_its_shards() {
+    let mut s = new_state();
+    let mut bad = Vec::new();
+    // An evaluation's array other than 0..shards.
+    let mut spec = sharded_evaluation(3);
+    spec.array = Some(ArrayRange { first: 1, last: 3 });
+    bad.push(spec);
+    let mut spec = sharded_evaluation(3);
+    spec.array = None;
+    bad.push(spec);
+    // An array of an unsharded evaluation.
+    let mut spec = sharded_evaluation(0);
+    spec.array = Some(ArrayRange { first: 0, last: 1 });
+    bad.push(spec);
+    // Too many shards.
+    bad.push(sharded_evaluation(coop_core::job::MAX_SHARDS + 1));
+    for (i, spec) in bad.into_iter().enumerate() {
+        assert!(
+            matches!(
+                s.apply(&testkit::submit("ana", &format!("b{i}"), spec, 10)),
+                Err(CoreError::InvalidSpec(SpecError::Shards(_)))
+            ),
+            "case {i}"
+        );
+    }
+    assert!(s.jobs().is_empty());
+}
