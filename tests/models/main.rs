@@ -44,11 +44,7 @@ fn inference_output_matches_the_known_answer() {
     let input = dir.path().join("in.npy");
     formats::write_npy(
         &input,
-        &formats::Matrix {
-            rows: 2,
-            cols: 2,
-            data: vec![1.0, 0.5, 3.0, -1.0],
-        },
+        &formats::Matrix::new(2, 2, vec![1.0, 0.5, 3.0, -1.0]).unwrap(),
     )
     .unwrap();
     let job = ModelJob::Inference {
@@ -61,7 +57,7 @@ fn inference_output_matches_the_known_answer() {
     // by_x scores (2x, 2y, 1).
     let out = formats::read_npy(&dir.path().join("out/scores.npy")).unwrap();
     assert_eq!((out.rows, out.cols), (2, 3));
-    assert_eq!(out.data, vec![2.0, 1.0, 1.0, 6.0, -2.0, 1.0]);
+    assert_eq!(out.values(), [2.0, 1.0, 1.0, 6.0, -2.0, 1.0]);
     match result {
         JobResult::Inference {
             rows,

@@ -302,11 +302,7 @@ fn inference_writes_every_output_and_honours_declared_input_types() {
     let input = dir.path().join("x.npy");
     formats::write_npy(
         &input,
-        &formats::Matrix {
-            rows: 5,
-            cols: 64,
-            data: data.features.data[..5 * 64].to_vec(),
-        },
+        &formats::Matrix::new(5, 64, data.features.values()[..5 * 64].to_vec()).unwrap(),
     )
     .unwrap();
     let want = expected();
@@ -346,7 +342,7 @@ fn inference_writes_every_output_and_honours_declared_input_types() {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        assert_eq!(labels.data, want_labels);
+        assert_eq!(labels.values(), want_labels);
         let want_probs: Vec<f32> = ort["output_probability"]
             .as_array()
             .unwrap()
@@ -360,7 +356,7 @@ fn inference_writes_every_output_and_honours_declared_input_types() {
             .collect();
         assert_eq!((probs.rows, probs.cols), (5, 10));
         let diff = probs
-            .data
+            .values()
             .iter()
             .zip(&want_probs)
             .map(|(a, b)| (a - b).abs())

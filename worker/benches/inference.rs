@@ -17,11 +17,12 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("inference");
     group.sample_size(10);
     for rows in [1_000usize, 100_000] {
-        let x = Matrix {
+        let x = Matrix::new(
             rows,
-            cols: inputs,
-            data: (0..rows * inputs).map(|i| (i % 17) as f32 / 17.0).collect(),
-        };
+            inputs,
+            (0..rows * inputs).map(|i| (i % 17) as f32 / 17.0).collect(),
+        )
+        .unwrap();
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_function(
             format!("linear 64->10, {rows} rows (load + run)"),

@@ -30,7 +30,7 @@ fn main() {
     )
     .expect("diabetes");
     let repeat = |m: &formats::Matrix| -> Vec<f32> {
-        m.data.iter().copied().cycle().take(rows * m.cols).collect()
+        m.values().iter().copied().cycle().take(rows * m.cols).collect()
     };
     let ort = onnxruntime::find_library(None)
         .map(|lib| onnxruntime::OnnxRuntime::new(&lib, 1, 0).expect("ONNX Runtime loads"));
@@ -53,8 +53,8 @@ fn main() {
         ("diabetes_forest.onnx", &diabetes.features),
     ] {
         let model = onnx::prepare(&dir.join(name)).expect("model");
-        let x =
-            engine::input_tensor(repeat(data), rows, data.cols, &model.inputs[0]).expect("input");
+        let x = formats::Matrix::new(rows, data.cols, repeat(data)).expect("rows");
+        let x = engine::input_tensor(x, &model.inputs[0]).expect("input");
         let outputs = vec![model.outputs[0].name.clone()];
         for e in &engines {
             let started = Instant::now();

@@ -5,42 +5,190 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
+use tract_onnx::prelude::Tensor;
+
 use super::error::ModelError;
 
-/// A 2-D matrix of f32, row-major.
+/// A 2-D matrix of f32, row-major, held as the `[rows, cols]` tensor an
+/// engine takes: readers allocate it once at its size and parse into it,
+/// and a model job moves it into the engine, so the values exist once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<f32>,
+    tensor: Tensor,
 }
 
 impl Matrix {
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.cols..(i + 1) * self.cols]
+    /// A matrix of these values (copied: for small inputs and tests).
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, ModelError> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(ModelError::Data(format!(
+                "{} values do not make {rows} rows of {cols}",
+                data.len()
+            )));
+        }
+        let tensor = tract_onnx::prelude::tract_ndarray::Array2::from_shape_vec((rows, cols), data)
+            .map(|a| Tensor::from(a.into_dyn()))
+            .map_err(|e| ModelError::Data(e.to_string()))?;
+        Ok(Self { rows, cols, tensor })
     }
+
+    /// A matrix of zeros, to be filled (`fill`).
+    pub fn zeros(rows: usize, cols: usize) -> Result<Self, ModelError> {
+        let tensor = Tensor::zero::<f32>(&[rows, cols])
+            .map_err(|e| ModelError::Data(format!("{rows} rows of {cols}: {e}")))?;
+        Ok(Self { rows, cols, tensor })
+    }
+
+    /// Every value, row after row.
+    pub fn values(&self) -> &[f32] {
+        super::engine::values::<f32>(&self.tensor).expect("a Matrix is a plain f32 tensor")
+    }
+
+    /// Runs `f` on the values to write them.
+    pub fn fill<R>(&mut self, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        let mut view = self
+            .tensor
+            .try_as_plain_ram_mut()
+            .expect("a Matrix is a plain f32 tensor");
+        f(view.as_slice_mut::<f32>().expect("a Matrix is a plain f32 tensor"))
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values()[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// The `[rows, cols]` tensor, moved out.
+    pub fn into_tensor(self) -> Tensor {
+        self.tensor
+    }
+}
+
+/// Refuses a file that grew or shrank between the pass that counted its
+/// rows and the pass that read them.
+fn changed(path: &Path) -> ModelError {
+    ModelError::Data(format!(
+        "{}: the file changed while it was read",
+        path.display()
+    ))
 }
 
 /// Reads a `.npy` file of f32, f64, i32 or i64 (little-endian, C order)
-/// with 1 or 2 dimensions; a 1-D array is one column.
+/// with 1 or 2 dimensions; a 1-D array is one column. The values are
+/// decoded as they stream from the file, so only the f32 matrix is held
+/// (never the file's bytes beside it), and a header whose shape claims more
+/// than the file holds is refused before anything is allocated.
 pub fn read_npy(path: &Path) -> Result<Matrix, ModelError> {
-    let bytes = std::fs::read(path)
+    use std::io::Read;
+    let at = |e: String| ModelError::Data(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path)
         .map_err(|e| ModelError::Data(format!("read {}: {e}", path.display())))?;
-    parse_npy(&bytes).map_err(|e| ModelError::Data(format!("{}: {e}", path.display())))
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut head = vec![0u8; 10];
+    reader
+        .read_exact(&mut head)
+        .map_err(|_| at("not a .npy file (too short)".into()))?;
+    if head[6] >= 2 {
+        let mut more = [0u8; 2];
+        reader
+            .read_exact(&mut more)
+            .map_err(|_| at("truncated .npy header".into()))?;
+        head.extend_from_slice(&more);
+    }
+    let header_len = header_len(&head).map_err(|e| at(e.to_string()))?;
+    if header_len > MAX_NPY_HEADER {
+        return Err(at(format!("a .npy header of {header_len} bytes")));
+    }
+    let start = head.len();
+    head.resize(start + header_len, 0);
+    reader
+        .read_exact(&mut head[start..])
+        .map_err(|_| at("truncated .npy header".into()))?;
+    let h = parse_header(&head).map_err(|e| at(e.to_string()))?;
+    let body_len = file_len.saturating_sub(head.len() as u64);
+    if (h.count as u64).saturating_mul(h.width as u64) > body_len {
+        return Err(at(format!(
+            "truncated .npy data: {body_len} bytes for {} values",
+            h.count
+        )));
+    }
+    let mut m = Matrix::zeros(h.rows, h.cols)?;
+    m.fill(|values| {
+        let mut chunk = vec![0u8; (1 << 16) / h.width * h.width];
+        let mut at_value = 0;
+        while at_value < values.len() {
+            let n = (values.len() - at_value).min(chunk.len() / h.width);
+            reader
+                .read_exact(&mut chunk[..n * h.width])
+                .map_err(|e| at(format!("read .npy data: {e}")))?;
+            for (v, b) in values[at_value..at_value + n]
+                .iter_mut()
+                .zip(chunk.chunks_exact(h.width))
+            {
+                *v = (h.decode)(b);
+            }
+            at_value += n;
+        }
+        Ok(())
+    })?;
+    Ok(m)
 }
 
-pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ModelError> {
+/// Longest `.npy` header read (numpy writes well under 1 KiB).
+const MAX_NPY_HEADER: usize = 1 << 20;
+
+/// A `.npy` file's layout, from its header.
+struct NpyHeader {
+    rows: usize,
+    cols: usize,
+    count: usize,
+    /// Bytes per value.
+    width: usize,
+    decode: fn(&[u8]) -> f32,
+}
+
+/// The header's length from the file's first 10 (version 1) or 12 bytes.
+fn header_len(bytes: &[u8]) -> Result<usize, ModelError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(ModelError::Data("not a .npy file (bad magic)".into()));
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(ModelError::Data(format!("unsupported .npy version {v}"))),
-    };
+    match bytes[6] {
+        1 => Ok(u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
+        2 | 3 if bytes.len() >= 12 => {
+            Ok(u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize)
+        }
+        v => Err(ModelError::Data(format!("unsupported .npy version {v}"))),
+    }
+}
+
+pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ModelError> {
+    let h = parse_header(bytes)?;
+    let start = if bytes[6] == 1 { 10 } else { 12 } + header_len(bytes)?;
+    let body = &bytes[start.min(bytes.len())..];
+    if body.len() < h.count * h.width {
+        return Err(ModelError::Data(format!(
+            "truncated .npy data: {} bytes for {} values",
+            body.len(),
+            h.count
+        )));
+    }
+    Matrix::new(
+        h.rows,
+        h.cols,
+        body[..h.count * h.width]
+            .chunks_exact(h.width)
+            .map(h.decode)
+            .collect(),
+    )
+}
+
+/// Parses the header of a `.npy` file that `bytes` begins with (at least
+/// up to the header's end).
+fn parse_header(bytes: &[u8]) -> Result<NpyHeader, ModelError> {
+    let header_len = header_len(bytes)?;
+    let start = if bytes[6] == 1 { 10 } else { 12 };
     let header = bytes
         .get(start..start + header_len)
         .ok_or(ModelError::Data("truncated .npy header".into()))?;
@@ -65,9 +213,9 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ModelError> {
         ));
     }
     let shape_text = field("shape")?;
-    let shape_text = &shape_text[1..shape_text
-        .find(')')
-        .ok_or(ModelError::Data("bad shape".into()))?];
+    let shape_text = shape_text
+        .get(1..shape_text.find(')').ok_or(ModelError::Data("bad shape".into()))?)
+        .ok_or(ModelError::Data("bad shape".into()))?;
     let shape: Vec<usize> = shape_text
         .split(',')
         .map(str::trim)
@@ -87,63 +235,49 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ModelError> {
             )))
         }
     };
-    let body = &bytes[start + header_len..];
     let count = rows
         .checked_mul(cols)
         .ok_or(ModelError::Data("shape overflows".into()))?;
-    let data: Vec<f32> = match descr {
-        "<f4" => decode(body, count, 4, |b| {
-            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-        })?,
-        "<f8" => decode(body, count, 8, |b| {
-            f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32
-        })?,
-        "<i4" => decode(body, count, 4, |b| {
-            i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
-        })?,
-        "<i8" => decode(body, count, 8, |b| {
-            i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32
-        })?,
+    let (width, decode): (usize, fn(&[u8]) -> f32) = match descr {
+        "<f4" => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        "<f8" => (8, |b| {
+            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+        }),
+        "<i4" => (4, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32),
+        "<i8" => (8, |b| {
+            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+        }),
         other => {
             return Err(ModelError::Data(format!(
                 "unsupported dtype {other}: use float32, float64, int32 or int64"
             )))
         }
     };
-    Ok(Matrix { rows, cols, data })
-}
-
-fn decode(
-    body: &[u8],
-    count: usize,
-    width: usize,
-    f: impl Fn(&[u8]) -> f32,
-) -> Result<Vec<f32>, ModelError> {
-    if body.len() < count * width {
-        return Err(ModelError::Data(format!(
-            "truncated .npy data: {} bytes for {count} values",
-            body.len()
-        )));
-    }
-    Ok(body[..count * width].chunks_exact(width).map(f).collect())
+    count
+        .checked_mul(width)
+        .ok_or(ModelError::Data("shape overflows".into()))?;
+    Ok(NpyHeader {
+        rows,
+        cols,
+        count,
+        width,
+        decode,
+    })
 }
 
 /// Writes a 2-D f32 `.npy` (version 1.0).
 pub fn write_npy(path: &Path, m: &Matrix) -> Result<(), ModelError> {
-    write_npy_tensor(
-        path,
-        "matrix",
-        &super::engine::matrix(m.data.clone(), m.rows, m.cols)?,
-    )
+    write_npy_tensor(path, "matrix", &m.tensor)
 }
 
 /// Reads JSONL rows: each line an array of numbers (or an object whose
 /// `input` field is one).
 pub fn read_jsonl_rows(path: &Path) -> Result<Matrix, ModelError> {
+    // Counted first, so the matrix is allocated once at its size.
+    let total = count_jsonl_rows(path)? as usize;
     let file = std::fs::File::open(path)
         .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
-    let mut data = Vec::new();
-    let mut cols = None;
+    let mut m: Option<Matrix> = None;
     let mut rows = 0;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| ModelError::Data(format!("read {}: {e}", path.display())))?;
@@ -181,26 +315,33 @@ pub fn read_jsonl_rows(path: &Path) -> Result<Matrix, ModelError> {
                 )))
             })
             .collect::<Result<_, _>>()?;
-        match cols {
-            None => cols = Some(row.len()),
-            Some(c) if c != row.len() => {
-                return Err(ModelError::Data(format!(
-                    "{} line {}: {} values, earlier rows have {c}",
-                    path.display(),
-                    n + 1,
-                    row.len()
-                )))
-            }
-            _ => {}
+        let m = match &mut m {
+            Some(m) => m,
+            None => m.insert(Matrix::zeros(total, row.len())?),
+        };
+        if m.cols != row.len() {
+            return Err(ModelError::Data(format!(
+                "{} line {}: {} values, earlier rows have {}",
+                path.display(),
+                n + 1,
+                row.len(),
+                m.cols
+            )));
         }
-        data.extend(row);
+        if rows >= total {
+            return Err(changed(path));
+        }
+        let cols = m.cols;
+        m.fill(|values| values[rows * cols..(rows + 1) * cols].copy_from_slice(&row));
         rows += 1;
     }
-    Ok(Matrix {
-        rows,
-        cols: cols.unwrap_or(0),
-        data,
-    })
+    if rows != total {
+        return Err(changed(path));
+    }
+    match m {
+        Some(m) => Ok(m),
+        None => Matrix::zeros(0, 0),
+    }
 }
 
 /// The inputs of a model that takes several, from JSONL objects with one
@@ -286,7 +427,9 @@ pub fn read_named_inputs(
     inputs
         .iter()
         .zip(columns)
-        .map(|(io, (data, width))| super::engine::input_tensor(data, rows, width.unwrap_or(0), io))
+        .map(|(io, (data, width))| {
+            super::engine::input_tensor(Matrix::new(rows, width.unwrap_or(0), data)?, io)
+        })
         .collect()
 }
 
@@ -512,27 +655,25 @@ pub fn read_dataset_rows(
             )))
         }
     };
-    let rows = match shard {
-        Some(s) => {
-            let total = if csv {
-                count_csv_rows(path)?
-            } else {
-                count_jsonl_rows(path)?
-            };
-            let (start, end) = coop_core::result::ShardPart::range(s.index, s.of, total);
-            Some((start as usize, end as usize, total))
-        }
-        None => None,
+    // Counted first, so the matrix is allocated once at its size: growing
+    // it row by row would hold up to twice the features while it grows.
+    let total = if csv {
+        count_csv_rows(path)?
+    } else {
+        count_jsonl_rows(path)?
     };
+    let (start, end) = match shard {
+        Some(s) => coop_core::result::ShardPart::range(s.index, s.of, total),
+        None => (0, total),
+    };
+    let rows = (start as usize, end as usize);
     let mut dataset = if csv {
         read_csv_dataset(path, label, columns, rows)?
     } else {
         read_jsonl_dataset(path, label, columns, rows)?
     };
-    if let Some((start, _, total)) = rows {
-        dataset.first_row = start as u64;
-        dataset.file_rows = total;
-    }
+    dataset.first_row = start;
+    dataset.file_rows = total;
     Ok(dataset)
 }
 
@@ -563,8 +704,8 @@ fn count_jsonl_rows(path: &Path) -> Result<u64, ModelError> {
     Ok(n)
 }
 
-/// `rows`: only the rows `[start, end)` are kept.
-type RowRange = Option<(usize, usize, u64)>;
+/// Only the rows `[start, end)` are kept.
+type RowRange = (usize, usize);
 
 fn read_csv_dataset(
     path: &Path,
@@ -590,16 +731,15 @@ fn read_csv_dataset(
         )))?;
     let chosen = columns.choose(&headers, label, path)?;
     let feature_names: Vec<String> = chosen.iter().map(|i| headers[*i].clone()).collect();
-    let mut data = Vec::new();
-    let mut labels = Vec::new();
+    let (start, end) = range;
+    let mut features = Matrix::zeros(end - start, chosen.len())?;
+    let mut labels = Vec::with_capacity(end - start);
     for (n, record) in reader.records().enumerate() {
-        if let Some((start, end, _)) = range {
-            if n >= end {
-                break;
-            }
-            if n < start {
-                continue;
-            }
+        if n >= end {
+            break;
+        }
+        if n < start {
+            continue;
         }
         let record = record
             .map_err(|e| ModelError::Data(format!("{} row {}: {e}", path.display(), n + 1)))?;
@@ -619,24 +759,28 @@ fn read_csv_dataset(
                 n + 1
             ))
         })?);
-        for &i in &chosen {
-            let v = cell(i);
-            data.push(v.parse::<f32>().map_err(|_| {
-                ModelError::Data(format!(
-                    "{} row {}: column {} is {v:?}, not a number",
-                    path.display(),
-                    n + 1,
-                    headers[i]
-                ))
-            })?);
-        }
+        let r = n - start;
+        let cols = chosen.len();
+        features.fill(|values| {
+            for (slot, &i) in values[r * cols..(r + 1) * cols].iter_mut().zip(&chosen) {
+                let v = cell(i);
+                *slot = v.parse::<f32>().map_err(|_| {
+                    ModelError::Data(format!(
+                        "{} row {}: column {} is {v:?}, not a number",
+                        path.display(),
+                        n + 1,
+                        headers[i]
+                    ))
+                })?;
+            }
+            Ok::<_, ModelError>(())
+        })?;
+    }
+    if labels.len() != end - start {
+        return Err(changed(path));
     }
     Ok(Dataset {
-        features: Matrix {
-            rows: labels.len(),
-            cols: feature_names.len(),
-            data,
-        },
+        features,
         file_rows: labels.len() as u64,
         labels,
         feature_names,
@@ -682,8 +826,8 @@ fn read_jsonl_dataset(
         .map_err(|e| ModelError::Data(format!("open {}: {e}", path.display())))?;
     // Every column's count, and the features' names, from the first row.
     let mut names: Option<(usize, Vec<String>)> = None;
-    let mut data = Vec::new();
-    let mut labels = Vec::new();
+    let mut features: Option<Matrix> = None;
+    let mut labels = Vec::with_capacity(range.1 - range.0);
     let mut row = 0;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| ModelError::Data(e.to_string()))?;
@@ -693,8 +837,8 @@ fn read_jsonl_dataset(
         let this = row;
         row += 1;
         // Outside a shard's rows, only the first row is read: it names the columns.
-        let keep = range.is_none_or(|(start, end, _)| (start..end).contains(&this));
-        if range.is_some_and(|(_, end, _)| this >= end) {
+        let keep = (range.0..range.1).contains(&this);
+        if this >= range.1 {
             break;
         }
         if !keep && names.is_some() {
@@ -710,6 +854,7 @@ fn read_jsonl_dataset(
         if names.is_none() {
             let all: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
             let chosen = columns.choose(&all, label, path)?;
+            features = Some(Matrix::zeros(range.1 - range.0, chosen.len())?);
             names = Some((
                 all.len(),
                 chosen.into_iter().map(|i| all[i].clone()).collect(),
@@ -734,21 +879,32 @@ fn read_jsonl_dataset(
                 n + 1
             )));
         }
-        for k in names.iter() {
-            data.push(obj[k.as_str()].as_f64().ok_or(ModelError::Data(format!(
-                "{} line {}: {k} is not a number",
-                path.display(),
-                n + 1
-            )))? as f32);
-        }
+        let Some(features) = features.as_mut() else {
+            continue;
+        };
+        let r = this - range.0;
+        let cols = names.len();
+        features.fill(|values| {
+            for (slot, k) in values[r * cols..(r + 1) * cols].iter_mut().zip(names) {
+                *slot = obj[k.as_str()].as_f64().ok_or(ModelError::Data(format!(
+                    "{} line {}: {k} is not a number",
+                    path.display(),
+                    n + 1
+                )))? as f32;
+            }
+            Ok::<_, ModelError>(())
+        })?;
+    }
+    if labels.len() != range.1 - range.0 {
+        return Err(changed(path));
     }
     let feature_names = names.map(|n| n.1).unwrap_or_default();
+    let features = match features {
+        Some(f) => f,
+        None => Matrix::zeros(0, 0)?,
+    };
     Ok(Dataset {
-        features: Matrix {
-            rows: labels.len(),
-            cols: feature_names.len(),
-            data,
-        },
+        features,
         file_rows: labels.len() as u64,
         labels,
         feature_names,
@@ -803,17 +959,46 @@ mod tests {
     fn npy_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.npy");
-        let m = Matrix {
-            rows: 2,
-            cols: 3,
-            data: vec![1.0, 2.0, 3.0, 4.0, 5.5, -6.0],
-        };
+        let m = Matrix::new(2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.5, -6.0]).unwrap();
         write_npy(&p, &m).unwrap();
         assert_eq!(read_npy(&p).unwrap(), m);
         assert!(parse_npy(b"not numpy at all")
             .unwrap_err()
             .to_string()
             .contains("magic"));
+        // Read from the file as from memory, in every dtype and header version.
+        let npy = |version: u8, descr: &str, shape: &str, body: &[u8]| {
+            let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+            let mut bytes = b"\x93NUMPY".to_vec();
+            bytes.extend_from_slice(&[version, 0]);
+            if version == 1 {
+                bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            } else {
+                bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            }
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend_from_slice(body);
+            std::fs::write(&p, &bytes).unwrap();
+            let from_file = read_npy(&p);
+            match (&from_file, parse_npy(&bytes)) {
+                (Ok(a), Ok(b)) => assert_eq!(*a, b),
+                (Err(a), Err(b)) => assert!(a.to_string().ends_with(&b.to_string()), "{a} / {b}"),
+                (a, b) => panic!("{descr} {shape}: {a:?} from the file, {b:?} from memory"),
+            }
+            from_file
+        };
+        let f64s: Vec<u8> = [1.5f64, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let i32s: Vec<u8> = [7i32, -3, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(npy(1, "<f8", "(2,)", &f64s).unwrap().values(), vec![1.5, -2.0]);
+        let m = npy(2, "<i4", "(1, 3)", &i32s).unwrap();
+        assert_eq!((m.rows, m.cols, m.values()), (1, 3, &[7.0, -3.0, 0.0][..]));
+        // A shape the file does not hold is refused before anything is
+        // allocated for it; one that overflows too.
+        for shape in ["(1000000000000, 64)", "(3, 2)", "(18446744073709551615, 2)"] {
+            let err = npy(1, "<i4", shape, &i32s).unwrap_err().to_string();
+            assert!(err.contains("truncated") || err.contains("overflows"), "{shape}: {err}");
+        }
+        assert!(npy(1, "<u2", "(1,)", &[0, 0]).is_err());
     }
 
     #[test]
@@ -822,7 +1007,7 @@ mod tests {
         let p = dir.path().join("d.csv");
         std::fs::write(&p, "a,label,b\n1,0,2\n3,1,4\n").unwrap();
         let d = read_dataset(&p, "label", &Columns::default()).unwrap();
-        assert_eq!(d.features.data, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(d.features.values(), [1.0, 2.0, 3.0, 4.0]);
         assert_eq!(d.labels, vec![0.0, 1.0]);
         assert_eq!(d.feature_names, vec!["a", "b"]);
         std::fs::write(&p, "a,label\n1,\n").unwrap();
@@ -841,7 +1026,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.jsonl");
         std::fs::write(&p, "[1, 2]\n{\"input\": [3, 4]}\n").unwrap();
-        assert_eq!(read_jsonl_rows(&p).unwrap().data, vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(read_jsonl_rows(&p).unwrap().values(), [1.0, 2.0, 3.0, 4.0]);
         std::fs::write(&p, "[1, 2]\n[3]\n").unwrap();
         assert!(read_jsonl_rows(&p)
             .unwrap_err()
@@ -855,7 +1040,7 @@ mod tests {
         .unwrap();
         let ds = read_dataset(&d, "label", &Columns::default()).unwrap();
         assert_eq!(
-            (ds.features.data, ds.labels),
+            (ds.features.values().to_vec(), ds.labels),
             (vec![1.0, 2.0, 3.0, 4.0], vec![1.0, 0.0])
         );
     }

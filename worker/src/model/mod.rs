@@ -210,7 +210,7 @@ pub fn run_shard(
                     .inputs
                     .first()
                     .ok_or_else(|| ModelError::Model("the model declares no input".into()))?;
-                vec![engine::input_tensor(x.data, x.rows, x.cols, io)?]
+                vec![engine::input_tensor(x, io)?]
             };
             let rows = inputs.first().map(|t| t.shape()[0]).unwrap_or(0);
             let names = match &options.output_name {
@@ -308,7 +308,7 @@ pub fn run_shard(
                 (tally.metrics(names), part.is_some().then_some(tally))
             };
             let table = Table {
-                x: engine::matrix(features.data, features.rows, features.cols)?,
+                x: features.into_tensor(),
                 names: feature_names,
             };
             let mut scores = Vec::new();
@@ -446,7 +446,7 @@ fn evaluate_one(
             std::slice::from_ref(&table.x)
         }
         [io] => {
-            owned = vec![engine::input_tensor(values.to_vec(), rows, cols, io)?];
+            owned = vec![engine::input_tensor_from(&table.x, io)?];
             &owned
         }
         many => {
@@ -462,7 +462,7 @@ fn evaluate_one(
                         ))
                     })?;
                     let column: Vec<f32> = (0..rows).map(|r| values[r * cols + col]).collect();
-                    engine::input_tensor(column, rows, 1, io)
+                    engine::input_tensor(Matrix::new(rows, 1, column)?, io)
                 })
                 .collect::<Result<_, _>>()?;
             &owned
@@ -588,7 +588,7 @@ pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, ModelError> {
         .inputs
         .first()
         .ok_or_else(|| ModelError::Model("the model declares no input".into()))?;
-    let input = engine::input_tensor(x.data.clone(), x.rows, x.cols, io)?;
+    let input = engine::input_tensor(x.clone(), io)?;
     let names: Vec<String> = prepared.output_names().into_iter().take(1).collect();
     let mut session = engine::Engine::load(&engine::tract::Tract, &prepared, &names)?;
     let y = engine::run_batched(session.as_mut(), &[input], &names)?
@@ -601,13 +601,13 @@ pub fn predict(model: &Path, x: &Matrix) -> Result<Matrix, ModelError> {
         .into_owned();
     let rows = y.shape()[0];
     let cols = y.shape().iter().skip(1).product::<usize>().max(1);
-    Ok(Matrix {
+    Matrix::new(
         rows,
         cols,
-        data: engine::values::<f32>(&y)
+        engine::values::<f32>(&y)
             .map_err(|e| ModelError::Model(e.to_string()))?
             .to_vec(),
-    })
+    )
 }
 
 /// Where a worker keeps fetched artifacts.

@@ -15,6 +15,7 @@ use coop_core::Engine as Choice;
 use tract_onnx::prelude::*;
 
 use super::error::ModelError;
+use super::formats::Matrix;
 use super::onnx::{Elem, Prepared};
 
 /// The values of a tensor in memory, as a slice of `D`.
@@ -208,22 +209,40 @@ impl Buffer {
     }
 }
 
-/// A `[rows, cols]` f32 matrix as a tensor, its data moved, not copied.
-pub fn matrix(data: Vec<f32>, rows: usize, cols: usize) -> Result<Tensor, ModelError> {
-    tract_ndarray::Array2::from_shape_vec((rows, cols), data)
-        .map(|a| Tensor::from(a.into_dyn()))
+/// A `[rows, cols]` f32 matrix as the tensor a model input declares:
+/// its element type (the values cast, as numpy's `astype` would), and the
+/// row reshaped to the input's fixed dimensions where it has them. An f32
+/// input takes the matrix's own tensor, moved and never copied.
+pub fn input_tensor(x: Matrix, io: &super::onnx::Io) -> Result<Tensor, ModelError> {
+    let shape = input_shape(x.rows, x.cols, io)?;
+    let dt = input_type(io)?;
+    let t = x
+        .into_tensor()
+        .into_shape(&shape)
+        .map_err(|e| ModelError::Data(e.to_string()))?;
+    if dt == DatumType::F32 {
+        return Ok(t);
+    }
+    t.cast_to_dt(dt)
+        .map(|c| c.into_owned())
+        .map_err(|e| ModelError::Data(format!("input {:?} as {dt:?}: {e}", io.name)))
+}
+
+/// The same from a `[rows, cols]` f32 tensor that stays where it is (an
+/// evaluation's features, read by every model): cast or copied once.
+pub fn input_tensor_from(x: &Tensor, io: &super::onnx::Io) -> Result<Tensor, ModelError> {
+    let (rows, cols) = (x.shape()[0], x.shape().get(1).copied().unwrap_or(1));
+    let shape = input_shape(rows, cols, io)?;
+    let dt = input_type(io)?;
+    x.cast_to_dt(dt)
+        .map(|c| c.into_owned())
+        .map_err(|e| ModelError::Data(format!("input {:?} as {dt:?}: {e}", io.name)))?
+        .into_shape(&shape)
         .map_err(|e| ModelError::Data(e.to_string()))
 }
 
-/// A `[rows, cols]` f32 matrix as the tensor a model input declares:
-/// its element type (the values cast, as numpy's `astype` would), and the
-/// row reshaped to the input's fixed dimensions where it has them.
-pub fn input_tensor(
-    data: Vec<f32>,
-    rows: usize,
-    cols: usize,
-    io: &super::onnx::Io,
-) -> Result<Tensor, ModelError> {
+/// The shape an input takes `rows` rows of `cols` values as.
+fn input_shape(rows: usize, cols: usize, io: &super::onnx::Io) -> Result<Vec<usize>, ModelError> {
     let mut shape = vec![rows];
     match io.dims.as_ref() {
         Some(dims) if dims.len() > 2 && dims[1..].iter().all(Option::is_some) => {
@@ -250,11 +269,13 @@ pub fn input_tensor(
             )));
         }
     }
-    let t = tract_ndarray::ArrayD::from_shape_vec(tract_ndarray::IxDyn(&shape), data)
-        .map(Tensor::from)
-        .map_err(|e| ModelError::Data(e.to_string()))?;
-    let dt = match io.elem {
-        None | Some(Elem::F32) => return Ok(t),
+    Ok(shape)
+}
+
+/// The element type an input declares (numeric ones only).
+fn input_type(io: &super::onnx::Io) -> Result<DatumType, ModelError> {
+    Ok(match io.elem {
+        None | Some(Elem::F32) => DatumType::F32,
         Some(Elem::F64) => DatumType::F64,
         Some(Elem::I32) => DatumType::I32,
         Some(Elem::I64) => DatumType::I64,
@@ -265,8 +286,5 @@ pub fn input_tensor(
                 other.name()
             )))
         }
-    };
-    t.cast_to_dt(dt)
-        .map(|c| c.into_owned())
-        .map_err(|e| ModelError::Data(format!("input {:?} as {dt:?}: {e}", io.name)))
+    })
 }
