@@ -329,6 +329,16 @@ fn main() {
         std::process::exit(code);
     }
     let cli = Cli::parse();
+    // A command whose output is piped into `head` ends quietly when the
+    // reader goes, as Unix tools do, instead of panicking on the write; the
+    // in-process servers of `dev` and `demo` keep Rust's default (ignored),
+    // so a peer that hangs up never kills them.
+    if !matches!(cli.command, Cmd::Dev { .. } | Cmd::Demo) {
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COOP_LOG")
