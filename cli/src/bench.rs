@@ -19,10 +19,13 @@ pub struct BenchArgs {
     /// `latency` (submit-to-start on an idle worker), `failover` (from the
     /// leader's loss to the next acknowledged submit, over --trials, on a
     /// local cluster) or `audit` (replaying a journal of --jobs entries from
-    /// genesis, as `coop audit verify` does; built in memory, no cluster).
-    #[arg(value_parser = ["submit", "latency", "failover", "audit"])]
+    /// genesis, as `coop audit verify` does; built in memory, no cluster)
+    /// or `e2e` (--jobs trivial jobs submitted by --clients at once, then
+    /// drained: jobs run per second end to end, and submit-to-start).
+    #[arg(value_parser = ["submit", "latency", "failover", "audit", "e2e"])]
     pub what: String,
-    /// Start a local 3-replica cluster (and one worker for latency) instead of using --addr.
+    /// Start a local 3-replica cluster (and one worker for latency, one
+    /// offering --slots for e2e) instead of using --addr.
     #[arg(long)]
     pub local: bool,
     /// Concurrent clients (submit).
@@ -34,6 +37,10 @@ pub struct BenchArgs {
     /// Leader losses to time (failover).
     #[arg(long, default_value_t = 10)]
     pub trials: usize,
+    /// e2e --local: the slots the worker offers (0.1 CPU and 16 MiB each,
+    /// what each bench job asks for).
+    #[arg(long, default_value_t = 64)]
+    pub slots: u64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -59,6 +66,17 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> Result<i32> {
             c.add_worker("bench-node", "bench", 4000, 4 << 30).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        if args.what == "e2e" {
+            let slots = args.slots.max(1);
+            c.add_worker(
+                "bench-node",
+                "bench",
+                slots * SLOT_CPU_MILLIS,
+                slots * SLOT_MEMORY,
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let leader = c.leader(Duration::from_secs(5)).await.unwrap_or(0);
         let a = c.addr(leader).unwrap_or_default();
         let signer = c.signer("bench")?;
@@ -70,6 +88,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> Result<i32> {
     };
     let result = match args.what.as_str() {
         "submit" => submit_throughput(&addr, &signer, args.clients.max(1), args.jobs).await,
+        "e2e" => end_to_end(&addr, &signer, args.clients.max(1), args.jobs.max(1)).await,
         _ => latency(&addr, &signer, args.jobs.min(10_000)).await,
     };
     if let Some(c) = cluster {
@@ -78,14 +97,18 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> Result<i32> {
     result
 }
 
+/// What one bench job asks for: a worker offers its slots in these.
+const SLOT_CPU_MILLIS: u64 = 100;
+const SLOT_MEMORY: u64 = 16 << 20;
+
 fn bench_spec(argv: &[&str]) -> JobSpec {
     JobSpec {
         name: "bench".into(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: Default::default(),
         resources: Some(Resources {
-            cpu_millis: 100,
-            memory_bytes: 16 << 20,
+            cpu_millis: SLOT_CPU_MILLIS,
+            memory_bytes: SLOT_MEMORY,
             gpus: 0,
         }),
         max_retries: 0,
@@ -137,6 +160,108 @@ async fn submit_throughput(
         latencies.len() as f64 / secs,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99)
+    );
+    Ok(0)
+}
+
+/// End to end: `clients` submitters send `jobs` trivial jobs (`true`), one
+/// signed submit each, as fast as they are acknowledged; then the bench
+/// waits until the member has nothing pending or running. Jobs per second
+/// is the jobs over the client's time from the first submit to the drain;
+/// submit-to-start is the leader's clock (the submit's log time to the
+/// worker's start report), from every job's record. The member should have
+/// no other jobs (on --local it has none).
+async fn end_to_end(addr: &str, signer: &Arc<Signer>, clients: usize, jobs: usize) -> Result<i32> {
+    use coop_proto::api::{ListJobsRequest, ShareRequest};
+    let client = connect(addr).await?;
+    let member = signer.member.to_string();
+    let outstanding = |client: crate::client::Client| {
+        let member = member.clone();
+        async move {
+            let share = crate::client::call(&client, (), |mut c, ()| async move {
+                c.share(ShareRequest {}).await
+            })
+            .await?;
+            Ok::<_, anyhow::Error>(
+                share
+                    .members
+                    .iter()
+                    .find(|m| m.member == member)
+                    .map_or(0, |m| m.pending + m.running),
+            )
+        }
+    };
+    if outstanding(client.clone()).await? > 0 {
+        bail!("{member} already has jobs pending or running: e2e measures from an idle queue");
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let spec = bench_spec(&["true"]);
+    let run_id = crate::cmd::new_request_id();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, next, spec, run_id, signer) = (
+            client.clone(),
+            next.clone(),
+            spec.clone(),
+            run_id.clone(),
+            signer.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= jobs as u64 {
+                    return Ok::<_, anyhow::Error>(ids);
+                }
+                let reply =
+                    submit_one(&client, &signer, &format!("{run_id}-e2e-{n}"), &spec).await?;
+                ids.push(reply.job_id);
+            }
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    let submitted = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while outstanding(client.clone()).await? > 0 {
+        if Instant::now() > deadline {
+            bail!("the jobs did not drain within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let listed = crate::client::call(
+        &client,
+        ListJobsRequest {
+            state: 0,
+            member: member.clone(),
+            limit: u32::try_from(jobs.saturating_mul(2)).unwrap_or(u32::MAX),
+        },
+        |mut c, req| async move { c.list_jobs(req).await },
+    )
+    .await?;
+    let mine: Vec<_> = listed.jobs.iter().filter(|j| ids.contains(&j.id)).collect();
+    let succeeded = mine
+        .iter()
+        .filter(|j| crate::output::job_state(j.state) == "succeeded")
+        .count();
+    let mut to_start: Vec<f64> = mine
+        .iter()
+        .filter(|j| j.started_at_ms > 0)
+        .map(|j| j.started_at_ms.saturating_sub(j.submitted_at_ms) as f64)
+        .collect();
+    to_start.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "e2e: {} jobs (`true`) via {addr} with {clients} submitters: submitted in {submitted:.2} s ({:.0} submits/s), all ended in {secs:.2} s = {:.1} jobs/s end to end; {succeeded} succeeded; submit-to-start p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ids.len(),
+        ids.len() as f64 / submitted,
+        ids.len() as f64 / secs,
+        percentile(&to_start, 0.5),
+        percentile(&to_start, 0.99),
+        to_start.last().copied().unwrap_or(0.0)
     );
     Ok(0)
 }

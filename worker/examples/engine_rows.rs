@@ -30,7 +30,12 @@ fn main() {
     )
     .expect("diabetes");
     let repeat = |m: &formats::Matrix| -> Vec<f32> {
-        m.values().iter().copied().cycle().take(rows * m.cols).collect()
+        m.values()
+            .iter()
+            .copied()
+            .cycle()
+            .take(rows * m.cols)
+            .collect()
     };
     let ort = onnxruntime::find_library(None)
         .map(|lib| onnxruntime::OnnxRuntime::new(&lib, 1, 0).expect("ONNX Runtime loads"));

@@ -52,7 +52,9 @@ impl Matrix {
             .tensor
             .try_as_plain_ram_mut()
             .expect("a Matrix is a plain f32 tensor");
-        f(view.as_slice_mut::<f32>().expect("a Matrix is a plain f32 tensor"))
+        f(view
+            .as_slice_mut::<f32>()
+            .expect("a Matrix is a plain f32 tensor"))
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -214,7 +216,11 @@ fn parse_header(bytes: &[u8]) -> Result<NpyHeader, ModelError> {
     }
     let shape_text = field("shape")?;
     let shape_text = shape_text
-        .get(1..shape_text.find(')').ok_or(ModelError::Data("bad shape".into()))?)
+        .get(
+            1..shape_text
+                .find(')')
+                .ok_or(ModelError::Data("bad shape".into()))?,
+        )
         .ok_or(ModelError::Data("bad shape".into()))?;
     let shape: Vec<usize> = shape_text
         .split(',')
@@ -968,7 +974,8 @@ mod tests {
             .contains("magic"));
         // Read from the file as from memory, in every dtype and header version.
         let npy = |version: u8, descr: &str, shape: &str, body: &[u8]| {
-            let header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+            let header =
+                format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
             let mut bytes = b"\x93NUMPY".to_vec();
             bytes.extend_from_slice(&[version, 0]);
             if version == 1 {
@@ -987,16 +994,25 @@ mod tests {
             }
             from_file
         };
-        let f64s: Vec<u8> = [1.5f64, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f64s: Vec<u8> = [1.5f64, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let i32s: Vec<u8> = [7i32, -3, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(npy(1, "<f8", "(2,)", &f64s).unwrap().values(), vec![1.5, -2.0]);
+        assert_eq!(
+            npy(1, "<f8", "(2,)", &f64s).unwrap().values(),
+            vec![1.5, -2.0]
+        );
         let m = npy(2, "<i4", "(1, 3)", &i32s).unwrap();
         assert_eq!((m.rows, m.cols, m.values()), (1, 3, &[7.0, -3.0, 0.0][..]));
         // A shape the file does not hold is refused before anything is
         // allocated for it; one that overflows too.
         for shape in ["(1000000000000, 64)", "(3, 2)", "(18446744073709551615, 2)"] {
             let err = npy(1, "<i4", shape, &i32s).unwrap_err().to_string();
-            assert!(err.contains("truncated") || err.contains("overflows"), "{shape}: {err}");
+            assert!(
+                err.contains("truncated") || err.contains("overflows"),
+                "{shape}: {err}"
+            );
         }
         assert!(npy(1, "<u2", "(1,)", &[0, 0]).is_err());
     }
