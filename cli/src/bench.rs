@@ -124,35 +124,10 @@ async fn submit_throughput(
     jobs: usize,
 ) -> Result<i32> {
     let client = connect(addr).await?;
-    let next = Arc::new(AtomicU64::new(0));
-    let spec = bench_spec(&["true"]);
-    let run_id = crate::cmd::new_request_id();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let client = client.clone();
-        let next = next.clone();
-        let spec = spec.clone();
-        let run_id = run_id.clone();
-        let signer = signer.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= jobs as u64 {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                let t = Instant::now();
-                submit_one(&client, &signer, &format!("{run_id}-{n}"), &spec).await?;
-                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
+    let acked = submit_all(&client, signer, clients, jobs).await?;
     let secs = started.elapsed().as_secs_f64();
+    let mut latencies: Vec<f64> = acked.iter().map(|(_, ms)| *ms).collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
     println!(
         "submit: {} jobs acknowledged by {addr} with {clients} clients in {secs:.2} s = {:.0} submits/s (ack latency p50 {:.2} ms, p99 {:.2} ms)",
@@ -194,36 +169,12 @@ async fn end_to_end(addr: &str, signer: &Arc<Signer>, clients: usize, jobs: usiz
     if outstanding(client.clone()).await? > 0 {
         bail!("{member} already has jobs pending or running: e2e measures from an idle queue");
     }
-    let next = Arc::new(AtomicU64::new(0));
-    let spec = bench_spec(&["true"]);
-    let run_id = crate::cmd::new_request_id();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, next, spec, run_id, signer) = (
-            client.clone(),
-            next.clone(),
-            spec.clone(),
-            run_id.clone(),
-            signer.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= jobs as u64 {
-                    return Ok::<_, anyhow::Error>(ids);
-                }
-                let reply =
-                    submit_one(&client, &signer, &format!("{run_id}-e2e-{n}"), &spec).await?;
-                ids.push(reply.job_id);
-            }
-        }));
-    }
-    let mut ids = std::collections::BTreeSet::new();
-    for t in tasks {
-        ids.extend(t.await??);
-    }
+    let ids: std::collections::BTreeSet<u64> = submit_all(&client, signer, clients, jobs)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let submitted = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
     while outstanding(client.clone()).await? > 0 {
@@ -264,6 +215,47 @@ async fn end_to_end(addr: &str, signer: &Arc<Signer>, clients: usize, jobs: usiz
         to_start.last().copied().unwrap_or(0.0)
     );
     Ok(0)
+}
+
+/// `jobs` trivial jobs submitted by `clients` concurrent submitters, each
+/// as soon as its previous submit is acknowledged: every job's id with its
+/// acknowledgement latency in milliseconds.
+async fn submit_all(
+    client: &crate::client::Client,
+    signer: &Arc<Signer>,
+    clients: usize,
+    jobs: usize,
+) -> Result<Vec<(u64, f64)>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let spec = bench_spec(&["true"]);
+    let run_id = crate::cmd::new_request_id();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, next, spec, run_id, signer) = (
+            client.clone(),
+            next.clone(),
+            spec.clone(),
+            run_id.clone(),
+            signer.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= jobs as u64 {
+                    return Ok::<_, anyhow::Error>(acked);
+                }
+                let t = Instant::now();
+                let reply = submit_one(&client, &signer, &format!("{run_id}-{n}"), &spec).await?;
+                acked.push((reply.job_id, t.elapsed().as_secs_f64() * 1000.0));
+            }
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await??);
+    }
+    Ok(acked)
 }
 
 async fn latency(addr: &str, signer: &Signer, jobs: usize) -> Result<i32> {
