@@ -34,20 +34,12 @@ pub struct Leaderboard {
 /// once every shard has succeeded.
 pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -> Vec<Leaderboard> {
     let mut boards: BTreeMap<String, Leaderboard> = BTreeMap::new();
-    // Each result with its job, finish time and shard count: unsharded
-    // evaluations as they are, and each sharded one merged.
-    let mut results: Vec<(&Job, std::borrow::Cow<JobResult>, Option<u64>, u32)> = Vec::new();
     // Shards by their array, in index order (an array's ids are consecutive).
     let mut arrays: BTreeMap<JobId, Vec<&Job>> = BTreeMap::new();
     for job in jobs {
         match (&job.result, job.array) {
-            (Some(JobResult::Evaluation { shard: None, .. }), _) => {
-                results.push((
-                    job,
-                    std::borrow::Cow::Borrowed(job.result.as_ref().expect("matched")),
-                    job.finished_at_ms,
-                    0,
-                ));
+            (Some(r @ JobResult::Evaluation { shard: None, .. }), _) => {
+                add(&mut boards, dataset, job, r, job.finished_at_ms, 0);
             }
             (Some(JobResult::Evaluation { shard: Some(_), .. }), Some(place)) => {
                 arrays.entry(place.first).or_default().push(job);
@@ -56,49 +48,16 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
         }
     }
     for shards in arrays.values() {
-        if let Some(Ok(result)) = merge_array(shards.iter().copied()) {
+        if let Some(Ok(merged)) = merge_array(shards.iter().copied()) {
             let last = shards.iter().filter_map(|j| j.finished_at_ms).max();
-            results.push((
+            add(
+                &mut boards,
+                dataset,
                 shards[0],
-                std::borrow::Cow::Owned(result),
+                &merged,
                 last,
                 shards.len() as u32,
-            ));
-        }
-    }
-    for (job, result, finished_at_ms, shards) in &results {
-        let JobResult::Evaluation {
-            dataset: uri,
-            dataset_sha256,
-            rows,
-            task,
-            scores,
-            ensemble,
-            ..
-        } = result.as_ref()
-        else {
-            continue;
-        };
-        if dataset.is_some_and(|d| d != uri && d != dataset_sha256) {
-            continue;
-        }
-        let board = boards
-            .entry(dataset_sha256.clone())
-            .or_insert_with(|| Leaderboard {
-                dataset: uri.clone(),
-                dataset_sha256: dataset_sha256.clone(),
-                task: *task,
-                entries: Vec::new(),
-            });
-        for score in scores.iter().chain(ensemble.iter()) {
-            board.entries.push(Entry {
-                job: job.id,
-                member: job.member.clone(),
-                score: score.clone(),
-                rows: *rows,
-                finished_at_ms: finished_at_ms.unwrap_or(0),
-                shards: *shards,
-            });
+            );
         }
     }
     let mut out: Vec<Leaderboard> = boards.into_values().collect();
@@ -111,6 +70,51 @@ pub fn compute<'a>(jobs: impl Iterator<Item = &'a Job>, dataset: Option<&str>) -
     out
 }
 
+/// Puts an evaluation's scores (a sharded one's merged, named by its first
+/// shard) on its dataset's board, unless another dataset was asked for.
+fn add(
+    boards: &mut BTreeMap<String, Leaderboard>,
+    dataset: Option<&str>,
+    job: &Job,
+    result: &JobResult,
+    finished_at_ms: Option<u64>,
+    shards: u32,
+) {
+    let JobResult::Evaluation {
+        dataset: uri,
+        dataset_sha256,
+        rows,
+        task,
+        scores,
+        ensemble,
+        ..
+    } = result
+    else {
+        return;
+    };
+    if dataset.is_some_and(|d| d != uri && d != dataset_sha256) {
+        return;
+    }
+    let board = boards
+        .entry(dataset_sha256.clone())
+        .or_insert_with(|| Leaderboard {
+            dataset: uri.clone(),
+            dataset_sha256: dataset_sha256.clone(),
+            task: *task,
+            entries: Vec::new(),
+        });
+    for score in scores.iter().chain(ensemble.iter()) {
+        board.entries.push(Entry {
+            job: job.id,
+            member: job.member.clone(),
+            score: score.clone(),
+            rows: *rows,
+            finished_at_ms: finished_at_ms.unwrap_or(0),
+            shards,
+        });
+    }
+}
+
 /// A sharded evaluation's merged result, from its array's jobs in index
 /// order: none until every shard has succeeded with its result, then the
 /// merge (or why the shards cannot be merged).
@@ -118,21 +122,17 @@ pub fn merge_array<'a>(
     jobs: impl Iterator<Item = &'a Job>,
 ) -> Option<Result<JobResult, ResultError>> {
     let mut parts = Vec::new();
+    let mut total = 0;
     for job in jobs {
-        let total = job.spec.array.map_or(0, |r| r.len());
         if job.state() != JobState::Succeeded
             || job.array.map(|a| a.index) != Some(parts.len() as u32)
         {
             return None;
         }
-        parts.push((job.result.as_ref()?, total));
+        total = job.spec.array.map_or(0, |r| r.len());
+        parts.push(job.result.as_ref()?);
     }
-    let total = parts.first()?.1;
-    if parts.len() as u32 != total {
-        return None;
-    }
-    let parts: Vec<&JobResult> = parts.into_iter().map(|(r, _)| r).collect();
-    Some(merge_shards(&parts))
+    (!parts.is_empty() && parts.len() as u32 == total).then(|| merge_shards(&parts))
 }
 
 /// Best first by the task's first metric (the highest accuracy, the lowest
