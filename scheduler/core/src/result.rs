@@ -475,8 +475,32 @@ impl JobResult {
 /// changed between them) cannot be merged.
 pub fn merge_shards(parts: &[&JobResult]) -> Result<JobResult, ResultError> {
     let fail = |m: String| Err(ResultError::Shard(m));
-    let mut merged: Option<JobResult> = None;
-    let mut next_row = 0;
+    let Some(&first) = parts.first() else {
+        return fail("no shards to merge".into());
+    };
+    // Shard 0 is the start of the sum; the others are added to it.
+    let mut merged = first.clone();
+    let JobResult::Evaluation {
+        dataset_sha256: whole_sha,
+        rows: whole_rows,
+        task: whole_task,
+        scores: whole_scores,
+        ensemble: whole_ensemble,
+        shard: whole_shard,
+        ..
+    } = &mut merged
+    else {
+        return fail("shard 0 is not an evaluation".into());
+    };
+    let Some(ShardPart { dataset_rows, .. }) = whole_shard.take() else {
+        return fail("shard 0 has no shard part".into());
+    };
+    for s in whole_scores.iter_mut().chain(whole_ensemble.iter_mut()) {
+        if let Some(e) = &mut s.error {
+            *e = format!("on shard 0: {e}");
+        }
+    }
+    *whole_rows = 0;
     for (i, part) in parts.iter().enumerate() {
         let JobResult::Evaluation {
             dataset_sha256,
@@ -492,30 +516,18 @@ pub fn merge_shards(parts: &[&JobResult]) -> Result<JobResult, ResultError> {
         };
         if shard.index as usize != i
             || shard.of as usize != parts.len()
-            || shard.first_row != next_row
+            || shard.first_row != *whole_rows
+            || shard.dataset_rows != dataset_rows
         {
             return fail(format!(
-                "the results are not shards 0..{} in order",
+                "the results are not shards 0..{} of one dataset's rows, in order",
                 parts.len()
             ));
         }
-        next_row += rows;
-        let Some(JobResult::Evaluation {
-            dataset_sha256: whole_sha,
-            rows: whole_rows,
-            task: whole_task,
-            scores: whole_scores,
-            ensemble: whole_ensemble,
-            ..
-        }) = &mut merged
-        else {
-            let mut first = (*part).clone();
-            if let JobResult::Evaluation { shard, .. } = &mut first {
-                *shard = None;
-            }
-            merged = Some(first);
+        *whole_rows += rows;
+        if i == 0 {
             continue;
-        };
+        }
         if dataset_sha256 != whole_sha {
             return fail(format!(
                 "shard {i} read a different dataset (sha256 {dataset_sha256}, shard 0 read {whole_sha})"
@@ -524,7 +536,6 @@ pub fn merge_shards(parts: &[&JobResult]) -> Result<JobResult, ResultError> {
         if task != whole_task || scores.len() != whole_scores.len() {
             return fail(format!("shard {i} scored a different task or models"));
         }
-        *whole_rows += rows;
         for (whole, s) in whole_scores.iter_mut().zip(scores) {
             add_score(whole, s, i)?;
         }
@@ -541,27 +552,18 @@ pub fn merge_shards(parts: &[&JobResult]) -> Result<JobResult, ResultError> {
             }
         }
     }
-    let Some(mut merged) = merged else {
-        return fail("no shards to merge".into());
-    };
-    if let JobResult::Evaluation {
-        scores,
-        ensemble,
-        rows,
-        ..
-    } = &mut merged
-    {
-        if *rows != next_row {
-            return fail("the shards' rows do not add up".into());
-        }
-        for s in scores.iter_mut().chain(ensemble.iter_mut()) {
-            if s.error.is_some() {
-                s.metrics.clear();
-                s.tally = None;
-            } else if let Some(t) = &s.tally {
-                let names: Vec<String> = s.metrics.keys().cloned().collect();
-                s.metrics = t.metrics(names.iter().map(String::as_str));
-            }
+    if *whole_rows != dataset_rows {
+        return fail(format!(
+            "the shards' {whole_rows} rows are not the dataset's {dataset_rows}"
+        ));
+    }
+    for s in whole_scores.iter_mut().chain(whole_ensemble.iter_mut()) {
+        if s.error.is_some() {
+            s.metrics.clear();
+            s.tally = None;
+        } else if let Some(t) = &s.tally {
+            let names: Vec<String> = s.metrics.keys().cloned().collect();
+            s.metrics = t.metrics(names.iter().map(String::as_str));
         }
     }
     Ok(merged)
@@ -781,6 +783,19 @@ mod tests {
             unreachable!()
         };
         assert_eq!(s[1].error.as_deref(), Some("on shard 1: out of memory"));
+        // A model that failed on the first shard is named the same way.
+        let mut first_failed: Vec<JobResult> = (0..3)
+            .map(|i| scored(task, &labels, &preds, Some((i, 3))))
+            .collect();
+        if let JobResult::Evaluation { scores, .. } = &mut first_failed[0] {
+            scores[0].error = Some("cannot load".into());
+            scores[0].tally = None;
+        }
+        let merged = merge_shards(&first_failed.iter().collect::<Vec<_>>()).unwrap();
+        let JobResult::Evaluation { scores: f, .. } = &merged else {
+            unreachable!()
+        };
+        assert_eq!(f[0].error.as_deref(), Some("on shard 0: cannot load"));
         assert!(s[1].metrics.is_empty());
         assert!(s[0].error.is_none() && !s[0].metrics.is_empty());
         // A model file that changed between shards is not merged with itself.
@@ -808,6 +823,18 @@ mod tests {
             err.to_string().contains("shard 1 read a different dataset"),
             "{err}"
         );
+        // Shards that each cover their part of different row counts do not
+        // add up to one dataset.
+        let mut uneven: Vec<JobResult> = (0..2)
+            .map(|i| scored(task, &labels, &preds, Some((i, 2))))
+            .collect();
+        let (more_labels, more_preds) = data(30, task);
+        uneven[1] = scored(task, &more_labels, &more_preds, Some((1, 2)));
+        if let JobResult::Evaluation { shard: Some(p), .. } = &mut uneven[1] {
+            // 15 rows of a 30-row file, claimed to start where shard 0 ended.
+            p.first_row = 5;
+        }
+        assert!(merge_shards(&uneven.iter().collect::<Vec<_>>()).is_err());
         // Missing or misordered shards are refused.
         let parts: Vec<JobResult> = (0..3)
             .map(|i| scored(task, &labels, &preds, Some((i, 3))))
