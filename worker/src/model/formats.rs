@@ -99,7 +99,7 @@ pub fn read_npy(path: &Path) -> Result<Matrix, ModelError> {
             .map_err(|_| at("truncated .npy header".into()))?;
         head.extend_from_slice(&more);
     }
-    let header_len = header_len(&head).map_err(|e| at(e.to_string()))?;
+    let (_, header_len) = header_len(&head).map_err(|e| at(e.to_string()))?;
     if header_len > MAX_NPY_HEADER {
         return Err(at(format!("a .npy header of {header_len} bytes")));
     }
@@ -151,24 +151,26 @@ struct NpyHeader {
     decode: fn(&[u8]) -> f32,
 }
 
-/// The header's length from the file's first 10 (version 1) or 12 bytes.
-fn header_len(bytes: &[u8]) -> Result<usize, ModelError> {
+/// Where the header starts and how long it is, from the file's first 10
+/// (version 1) or 12 bytes.
+fn header_len(bytes: &[u8]) -> Result<(usize, usize), ModelError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(ModelError::Data("not a .npy file (bad magic)".into()));
     }
     match bytes[6] {
-        1 => Ok(u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
-        2 | 3 if bytes.len() >= 12 => {
-            Ok(u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize)
-        }
+        1 => Ok((10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize)),
+        2 | 3 if bytes.len() >= 12 => Ok((
+            12,
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+        )),
         v => Err(ModelError::Data(format!("unsupported .npy version {v}"))),
     }
 }
 
 pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ModelError> {
     let h = parse_header(bytes)?;
-    let start = if bytes[6] == 1 { 10 } else { 12 } + header_len(bytes)?;
-    let body = &bytes[start.min(bytes.len())..];
+    let (start, len) = header_len(bytes)?;
+    let body = &bytes[(start + len).min(bytes.len())..];
     if body.len() < h.count * h.width {
         return Err(ModelError::Data(format!(
             "truncated .npy data: {} bytes for {} values",
@@ -189,8 +191,7 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Matrix, ModelError> {
 /// Parses the header of a `.npy` file that `bytes` begins with (at least
 /// up to the header's end).
 fn parse_header(bytes: &[u8]) -> Result<NpyHeader, ModelError> {
-    let header_len = header_len(bytes)?;
-    let start = if bytes[6] == 1 { 10 } else { 12 };
+    let (start, header_len) = header_len(bytes)?;
     let header = bytes
         .get(start..start + header_len)
         .ok_or(ModelError::Data("truncated .npy header".into()))?;

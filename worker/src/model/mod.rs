@@ -282,8 +282,6 @@ pub fn run_shard(
             });
             let engine = runtime.engine(options.engine)?;
             let classify = *task == EvalTask::Classification;
-            // The features become one tensor, moved and never copied: every
-            // model whose input takes them as they are reads this one.
             if part.is_none() && data.labels.is_empty() {
                 return Err(ModelError::Data(format!(
                     "{}: the dataset has no rows",
@@ -307,6 +305,8 @@ pub fn run_shard(
                 };
                 (tally.metrics(names), part.is_some().then_some(tally))
             };
+            // The features are one tensor, moved and never copied: every
+            // model whose input takes them as they are reads this one.
             let table = Table {
                 x: features.into_tensor(),
                 names: feature_names,

@@ -214,18 +214,13 @@ impl Buffer {
 /// row reshaped to the input's fixed dimensions where it has them. An f32
 /// input takes the matrix's own tensor, moved and never copied.
 pub fn input_tensor(x: Matrix, io: &super::onnx::Io) -> Result<Tensor, ModelError> {
-    let shape = input_shape(x.rows, x.cols, io)?;
-    let dt = input_type(io)?;
-    let t = x
-        .into_tensor()
-        .into_shape(&shape)
-        .map_err(|e| ModelError::Data(e.to_string()))?;
-    if dt == DatumType::F32 {
-        return Ok(t);
+    if input_type(io)? != DatumType::F32 {
+        return input_tensor_from(&x.into_tensor(), io);
     }
-    t.cast_to_dt(dt)
-        .map(|c| c.into_owned())
-        .map_err(|e| ModelError::Data(format!("input {:?} as {dt:?}: {e}", io.name)))
+    let shape = input_shape(x.rows, x.cols, io)?;
+    x.into_tensor()
+        .into_shape(&shape)
+        .map_err(|e| ModelError::Data(e.to_string()))
 }
 
 /// The same from a `[rows, cols]` f32 tensor that stays where it is (an
