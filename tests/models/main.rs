@@ -304,6 +304,16 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
         uri: p.display().to_string(),
         sha256: None,
     };
+    // A classification of `models` on the points dataset.
+    let evaluation = |models: &[&std::path::Path], options: Option<ModelOptions>| EvaluationSpec {
+        models: models.iter().map(|m| artifact(m)).collect(),
+        dataset: Some(artifact(&data)),
+        label_column: "label".into(),
+        task: coop_proto::api::EvalTask::Classification as i32,
+        metrics: vec![],
+        options,
+    };
+    let models: Vec<&std::path::Path> = models.iter().map(|m| m.as_path()).collect();
     let submit = |spec: JobSpec, req: &str| {
         let c = c.clone();
         let req = coop_e2e::submit_request("ana", req, spec);
@@ -312,21 +322,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     // A corrupt model fails with its reason, and the worker carries on.
     let corrupt = dir.path().join("corrupt.onnx");
     std::fs::write(&corrupt, b"garbage").unwrap();
-    let bad = submit(
-        model_spec(
-            None,
-            Some(EvaluationSpec {
-                models: vec![artifact(&corrupt)],
-                dataset: Some(artifact(&data)),
-                label_column: "label".into(),
-                task: coop_proto::api::EvalTask::Classification as i32,
-                metrics: vec![],
-                options: Default::default(),
-            }),
-        ),
-        "bad",
-    )
-    .await;
+    let bad = submit(model_spec(None, Some(evaluation(&[&corrupt], None))), "bad").await;
     let j = coop_e2e::wait_job(&addrs[..1], bad, |j| {
         matches!(j.state_name(), "succeeded" | "failed")
     })
@@ -334,21 +330,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     assert_eq!(j.state_name(), "failed");
     assert!(j.message.contains("cannot load ONNX model"), "{j:?}");
 
-    let good = submit(
-        model_spec(
-            None,
-            Some(EvaluationSpec {
-                models: models.iter().map(|m| artifact(m)).collect(),
-                dataset: Some(artifact(&data)),
-                label_column: "label".into(),
-                task: coop_proto::api::EvalTask::Classification as i32,
-                metrics: vec![],
-                options: Default::default(),
-            }),
-        ),
-        "good",
-    )
-    .await;
+    let good = submit(model_spec(None, Some(evaluation(&models, None))), "good").await;
     let j = coop_e2e::wait_job(&addrs[..1], good, |j| {
         matches!(j.state_name(), "succeeded" | "failed")
     })
@@ -364,7 +346,7 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
     let infer = submit(
         model_spec(
             Some(InferenceSpec {
-                model: Some(artifact(&models[0])),
+                model: Some(artifact(models[0])),
                 input: Some(artifact(&rows)),
                 output: "pred.jsonl".into(),
                 options: None,
@@ -445,17 +427,13 @@ async fn evaluations_run_on_a_worker_and_make_a_leaderboard() {
             max_retries: 2,
             ..model_spec(
                 None,
-                Some(EvaluationSpec {
-                    models: models.iter().map(|m| artifact(m)).collect(),
-                    dataset: Some(artifact(&data)),
-                    label_column: "label".into(),
-                    task: coop_proto::api::EvalTask::Classification as i32,
-                    metrics: vec![],
-                    options: Some(ModelOptions {
+                Some(evaluation(
+                    &models,
+                    Some(ModelOptions {
                         shards: 4,
                         ..Default::default()
                     }),
-                }),
+                )),
             )
         },
         "sharded",
