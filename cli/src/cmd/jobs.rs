@@ -55,17 +55,15 @@ pub async fn submit(settings: &Settings, fmt: Format, args: SubmitArgs) -> Resul
                     ""
                 };
                 match spec.array.as_ref() {
-                    Some(r) if args.shards.is_some() => {
-                        let last = reply.job_id + u64::from(r.last - r.first);
-                        println!(
-                            "submitted sharded evaluation {}: shards {}-{} are jobs {}-{last}{note}",
-                            reply.job_id, r.first, r.last, reply.job_id
-                        )
-                    }
                     Some(r) => {
+                        let (what, indices) = if args.shards.is_some() {
+                            ("sharded evaluation", "shards")
+                        } else {
+                            ("array", "indices")
+                        };
                         let last = reply.job_id + u64::from(r.last - r.first);
                         println!(
-                            "submitted array {}: jobs {}-{last} for indices {}-{}{note}",
+                            "submitted {what} {}: jobs {}-{last} for {indices} {}-{}{note}",
                             reply.job_id, reply.job_id, r.first, r.last
                         )
                     }
